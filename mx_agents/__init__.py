@@ -1,0 +1,1 @@
+"""MetaAgentX agents: LLM backends, designer/executor policies, baselines, rollouts."""

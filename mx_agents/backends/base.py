@@ -1,0 +1,52 @@
+"""The backend protocol: a batch of chat requests in, completions with token ids/logprobs out."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+Message = dict[str, str]  # {"role": "system"|"user"|"assistant", "content": str}
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0  # 0: disabled
+    max_new_tokens: int = 256
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+
+
+@dataclass
+class ChatRequest:
+    messages: list[Message]
+    params: SamplingParams = field(default_factory=SamplingParams)
+    metadata: dict[str, Any] = field(default_factory=dict)  # caller's bookkeeping, passed through
+
+
+@dataclass
+class Completion:
+    """One sampled reply.
+
+    ``prompt_ids + response_ids`` is exactly the sequence the learner scores; ``logprobs[i]`` is the
+    sampling log-probability of ``response_ids[i]`` (``None`` when the backend cannot report it).
+    """
+
+    text: str
+    prompt_ids: list[int]
+    response_ids: list[int]
+    logprobs: list[float] | None
+    finish_reason: str  # "stop" | "length" | "error"
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@runtime_checkable
+class Backend(Protocol):
+    name: str
+
+    def generate(self, requests: list[ChatRequest]) -> list[Completion]:
+        """Generate one completion per request, in order; batches internally where it can."""
+
+    def load_weights(self, state_dict: dict[str, Any]) -> None:
+        """Replace the served weights (called by the learner after each update)."""

@@ -1,0 +1,46 @@
+"""Standardized transitions: one per LLM turn, what the learner consumes."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+Role = Literal["designer", "executor"]
+
+
+@dataclass
+class Transition:
+    """One LLM turn of a hierarchical episode.
+
+    Group ids are explicit: ``task_uid`` groups every turn of one task in a training step (the M x N
+    block); ``design_id`` groups the executions of one design; ``execution_id`` one execution of it.
+    ``reward`` is filled at episode end; ``advantage`` by the credit assignment.
+    """
+
+    episode_id: str
+    task_uid: str
+    task_id: str
+    design_id: int
+    execution_id: int
+    role: Role
+    agent: str  # "designer" or the sub-agent's name
+    turn: int
+    prompt_ids: list[int]
+    response_ids: list[int]
+    logprobs: list[float] | None
+    loss_mask: list[int] | None = None  # over response_ids; None = all ones
+    reward: float = 0.0
+    advantage: float = 0.0
+    termination_reason: str = ""
+    policy_version: int = 0
+    messages: list[dict[str, str]] = field(default_factory=list)
+    response_text: str = ""
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), ensure_ascii=False)
+
+    @classmethod
+    def from_json(cls, line: str) -> Transition:
+        return cls(**json.loads(line))

@@ -1,0 +1,114 @@
+"""The sandbox contract shared by every backend: limits in, a result out.
+
+Backends (`process`, `docker`) implement :class:`Sandbox`. Everything here is standard library
+only, so the API can be imported anywhere (including inside a warm pool server).
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+
+class Verdict(str, enum.Enum):
+    """How a sandboxed run ended."""
+
+    OK = "ok"  # exited with status 0 within every limit
+    RUNTIME_ERROR = "runtime_error"  # non-zero exit status or an uncaught exception
+    TIMEOUT = "timeout"  # wall-clock or CPU-time limit reached
+    MEMORY_EXCEEDED = "memory_exceeded"  # address-space limit reached (MemoryError / failed alloc)
+    OUTPUT_EXCEEDED = "output_exceeded"  # stdout/stderr over the cap, or a file over the size limit
+    KILLED = "killed"  # ended by a signal not caused by one of our limits
+    SANDBOX_ERROR = "sandbox_error"  # the sandbox itself failed; says nothing about the program
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Resource limits of one run. ``None`` means "backend default" where noted."""
+
+    wall_s: float = 10.0
+    cpu_s: float | None = None  # None: same as wall_s
+    memory_mb: int = 1024  # address space (RLIMIT_AS) / container memory
+    max_processes: int = 32  # processes+threads the run may create (RLIMIT_NPROC / pids limit)
+    output_bytes: int = 1 << 20  # cap on each of stdout and stderr
+    file_size_mb: int = 16  # largest file the program may write (RLIMIT_FSIZE)
+    open_files: int = 256  # RLIMIT_NOFILE
+    network: bool = False  # True leaves networking as the host has it (never the default)
+
+    def effective_cpu_s(self) -> float:
+        return float(self.cpu_s if self.cpu_s is not None else self.wall_s)
+
+
+@dataclass
+class RunResult:
+    """Everything a caller may want to know about one sandboxed run."""
+
+    verdict: Verdict
+    exit_code: int | None  # None when ended by a signal
+    stdout: str = ""
+    stderr: str = ""
+    stdout_truncated: bool = False
+    stderr_truncated: bool = False
+    wall_s: float = 0.0
+    cpu_s: float = 0.0
+    peak_memory_mb: float = 0.0
+    signal: int | None = None
+    message: str = ""  # human-readable reason for the verdict (e.g. which limit)
+    isolation: dict[str, Any] = field(default_factory=dict)  # what was enforced (namespaces, uid, ...)
+
+    @property
+    def ok(self) -> bool:
+        return self.verdict is Verdict.OK
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["verdict"] = self.verdict.value
+        return d
+
+
+@runtime_checkable
+class Channel(Protocol):
+    """A live sandboxed run with a message channel to the host (JSON objects, not stdout)."""
+
+    def send(self, message: dict[str, Any]) -> None: ...
+
+    def recv(self, timeout: float | None = None) -> dict[str, Any] | None:
+        """Next message from the program; ``None`` when it has exited (then call :meth:`wait`).
+
+        Raises ``TimeoutError`` if nothing arrived within ``timeout`` seconds.
+        """
+
+    def wait(self, timeout: float | None = None) -> RunResult: ...
+
+    def kill(self) -> RunResult: ...
+
+
+@runtime_checkable
+class Sandbox(Protocol):
+    """Runs untrusted Python source under :class:`Limits`."""
+
+    name: str
+
+    def run(
+        self,
+        source: str,
+        stdin: str | bytes = "",
+        limits: Limits | None = None,
+        files: dict[str, str | bytes] | None = None,
+    ) -> RunResult:
+        """Run ``source`` as ``__main__`` to completion in a fresh private working directory.
+
+        ``files`` are written into the working directory first. Never raises for anything the
+        program does; a failure of the sandbox itself is ``Verdict.SANDBOX_ERROR``.
+        """
+
+    def start(
+        self,
+        source: str,
+        limits: Limits | None = None,
+        files: dict[str, str | bytes] | None = None,
+    ) -> Channel:
+        """Start ``source`` with a host channel; inside, ``mx_envs.sandbox.channel`` talks to it."""
+
+    def close(self) -> None: ...

@@ -1,0 +1,1 @@
+"""MetaAgentX training: rollouts -> transitions -> advantages -> policy updates."""

@@ -1,0 +1,63 @@
+"""The ``mx`` command: one entry point, subcommands contributed by each package.
+
+Each module in :data:`COMMAND_MODULES` defines ``register(subparsers)``, which adds its
+subcommand(s) with ``set_defaults(func=...)``. Those modules import only argparse at module level,
+so ``mx --help`` stays fast; the handlers import what they need.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+# Order = order in `mx --help`.
+COMMAND_MODULES: list[str] = [
+    "mx_envs.sandbox.cli",
+    "mx_envs.tasks.cli",
+    "mx_envs.envs.cli",
+    "mx_agents.cli",
+    "mx_train.train_cli",
+    "mx_train.eval_cli",
+    "mx_train.bench_cli",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mx",
+        description=(
+            "MetaAgentX: environments, agents and RL training for LLMs that design and execute "
+            "their own multi-agent systems. Run `mx COMMAND --help` for a command's options."
+        ),
+    )
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name == name:  # a command module not built yet: leave it out of the menu
+                continue
+            raise
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=[logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)],
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    rc = args.func(args)
+    return int(rc or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
