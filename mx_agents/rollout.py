@@ -1,0 +1,339 @@
+"""Run many envs to completion with one policy, batching every pending LLM turn across envs.
+
+Each round, every unfinished env has one pending turn; :func:`run_episodes` hands all of them to
+``policy.act`` at once, so an LLM policy sends them to its backend in one ``generate`` call (designer
+and executor turns together when they share a backend), then steps each env with its action. The
+result is one :class:`EpisodeRecord` per env, with every turn's text and token data, which
+:meth:`EpisodeRecord.transitions` turns into :class:`~mx_agents.transition.Transition` s with explicit
+group ids.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from mx_agents.action import Action
+from mx_agents.observation import ActorTurn, parse_observation
+from mx_agents.policies.base import Policy
+from mx_agents.transition import Role, Transition
+
+EnvLike = Any  # a gymnasium.Env with the MetaAgentX observation layout, or a callable making one
+
+
+@dataclass(frozen=True)
+class GroupIds:
+    """Where an episode sits in the learner's M x N block of a task."""
+
+    task_uid: str
+    design_id: int = 0
+    execution_id: int = 0
+
+
+@dataclass
+class TurnRecord:
+    """One turn as played: who acted, what it saw (as sent to the model), what it answered."""
+
+    turn: int
+    role: Role
+    agent: str
+    messages: list[dict[str, str]]
+    text: str
+    source: str
+    prompt_ids: list[int] | None = None
+    response_ids: list[int] | None = None
+    logprobs: list[float] | None = None
+    finish_reason: str = ""
+
+    @classmethod
+    def from_action(cls, turn: int, action: Action) -> TurnRecord:
+        return cls(
+            turn=turn,
+            role=action.role,
+            agent=action.agent,
+            messages=action.messages,
+            text=action.text,
+            source=action.source,
+            prompt_ids=action.prompt_ids,
+            response_ids=action.response_ids,
+            logprobs=action.logprobs,
+            finish_reason=action.finish_reason,
+        )
+
+    @property
+    def from_llm(self) -> bool:
+        return self.source == "llm"
+
+
+def _get(info: Mapping[str, Any], *keys: str, default: Any = None) -> Any:
+    for key in keys:
+        if key in info and info[key] is not None:
+            return info[key]
+    return default
+
+
+@dataclass
+class EpisodeRecord:
+    """One finished (or cut) episode."""
+
+    index: int
+    episode_id: str
+    groups: GroupIds
+    seed: int | None
+    task_id: str | None
+    turns: list[TurnRecord] = field(default_factory=list)
+    reward: float = 0.0
+    terminated: bool = False
+    truncated: bool = False
+    info: dict[str, Any] = field(default_factory=dict)
+    error: str = ""  # set when the rollout itself stopped the episode (max_turns, policy/env error)
+
+    @property
+    def done(self) -> bool:
+        return self.terminated or self.truncated
+
+    @property
+    def correct(self) -> bool | None:
+        value = _get(self.info, "correct")
+        return None if value is None else bool(value)
+
+    @property
+    def termination_reason(self) -> str:
+        if self.error:
+            return "rollout_error"
+        reason = _get(self.info, "termination_reason", default="")
+        return str(getattr(reason, "value", reason))
+
+    @property
+    def design(self) -> str | None:
+        return _get(self.info, "design")
+
+    @property
+    def design_valid(self) -> bool | None:
+        value = _get(self.info, "design_valid", "valid_design")
+        return None if value is None else bool(value)
+
+    @property
+    def answer(self) -> Any:
+        return _get(self.info, "answer", "answer_text", "extracted_answer")
+
+    @property
+    def llm_calls(self) -> int:
+        """Turns answered by an LLM (designer and executor)."""
+        return sum(t.from_llm for t in self.turns)
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "episode_id": self.episode_id,
+            "task_id": self.task_id,
+            "reward": self.reward,
+            "correct": self.correct,
+            "termination_reason": self.termination_reason,
+            "design_valid": self.design_valid,
+            "answer": self.answer,
+            "turns": len(self.turns),
+            "llm_calls": self.llm_calls,
+            "error": self.error,
+        }
+
+    def transitions(self, policy_version: int = 0, include_non_llm: bool = False) -> list[Transition]:
+        """One transition per LLM turn (per turn at all with ``include_non_llm``), reward filled in."""
+        out = []
+        for t in self.turns:
+            if not (t.from_llm or include_non_llm):
+                continue
+            out.append(
+                Transition(
+                    episode_id=self.episode_id,
+                    task_uid=self.groups.task_uid,
+                    task_id=self.task_id or "",
+                    design_id=self.groups.design_id,
+                    execution_id=self.groups.execution_id,
+                    role=t.role,
+                    agent=t.agent,
+                    turn=t.turn,
+                    prompt_ids=list(t.prompt_ids or []),
+                    response_ids=list(t.response_ids or []),
+                    logprobs=None if t.logprobs is None else list(t.logprobs),
+                    loss_mask=None if t.from_llm else [0] * len(t.response_ids or []),
+                    reward=float(self.reward),
+                    termination_reason=self.termination_reason,
+                    policy_version=policy_version,
+                    messages=[dict(m) for m in t.messages],
+                    response_text=t.text,
+                    metadata={"source": t.source, "finish_reason": t.finish_reason, "correct": self.correct},
+                )
+            )
+        return out
+
+
+def _per_env(value: Any, n: int, what: str) -> list[Any]:
+    if value is None or isinstance(value, int | Mapping):
+        return [value] * n
+    values = list(value)
+    if len(values) != n:
+        raise ValueError(f"{what}: got {len(values)} values for {n} envs")
+    return values
+
+
+@dataclass
+class RolloutStats:
+    """Counters of one :func:`run_episodes` call (wall time is not part of any record)."""
+
+    rounds: int = 0
+    act_calls: int = 0
+    turns: int = 0
+    wall_s: float = 0.0
+
+
+def run_episodes(
+    envs: Sequence[EnvLike],
+    policy: Policy,
+    seeds: int | Sequence[int | None] | None = None,
+    options: Mapping[str, Any] | Sequence[Mapping[str, Any] | None] | None = None,
+    *,
+    groups: Sequence[GroupIds] | None = None,
+    progress: bool = True,
+    batch: bool = True,
+    max_turns: int = 256,
+    step_workers: int = 1,
+    close: bool | None = None,
+    stats: RolloutStats | None = None,
+    run_id: str | None = None,
+) -> list[EpisodeRecord]:
+    """Reset every env, play all of them to the end with ``policy``, return one record per env.
+
+    ``envs`` holds envs or zero-argument callables making one (those are closed afterwards unless
+    ``close=False``). ``seeds``: one int (each env gets ``seed + i``), one per env, or ``None``.
+    ``options``: one mapping for all or one per env (e.g. ``{"task_id": ...}``). ``groups``: the
+    learner's group ids per env (default: ``task_uid`` = the task id, ``design_id`` = env index).
+
+    ``batch=True``: each round all pending turns go to one ``policy.act`` call. ``batch=False``: the
+    episodes run one after another, one turn per call (the sequential baseline). An env still running
+    after ``max_turns`` turns is cut (``error`` says so). An exception from ``env.step``/``reset`` is
+    recorded on that episode (``error``) and the others go on; an exception from ``policy.act`` is
+    raised (it is the caller's model/backend failing). ``step_workers > 1`` steps envs in threads
+    (useful when scripts run tool calls). ``stats`` receives round/call counters and wall time.
+    """
+    if max_turns <= 0:
+        raise ValueError("max_turns must be positive")
+    n = len(envs)
+    if isinstance(seeds, int):
+        seed_list: list[int | None] = [seeds + i for i in range(n)]
+    else:
+        seed_list = _per_env(seeds, n, "seeds")
+    option_list = _per_env(options, n, "options")
+    if groups is not None and len(groups) != n:
+        raise ValueError(f"groups: got {len(groups)} for {n} envs")
+    made = [callable(e) and not hasattr(e, "step") for e in envs]
+    live = [e() if m else e for e, m in zip(envs, made, strict=True)]
+    close = any(made) if close is None else close
+    run_id = run_id or uuid.uuid4().hex[:12]
+    stats = stats if stats is not None else RolloutStats()
+    start = time.perf_counter()
+    records: list[EpisodeRecord] = []
+    pending_obs: dict[int, Any] = {}
+    for i, env in enumerate(live):
+        rec = EpisodeRecord(index=i, episode_id=f"{run_id}-{i}", groups=GroupIds(""), seed=seed_list[i], task_id=None)
+        try:
+            obs, info = env.reset(seed=seed_list[i], options=dict(option_list[i]) if option_list[i] else None)
+            rec.task_id = _task_id(info, option_list[i])
+            pending_obs[i] = obs
+        except Exception as exc:  # noqa: BLE001 - recorded on the episode, the others go on
+            rec.error, rec.truncated = f"reset failed: {type(exc).__name__}: {exc}", True
+        rec.groups = groups[i] if groups is not None else GroupIds(rec.task_id or f"env{i}", design_id=i)
+        records.append(rec)
+
+    bar = _progress(n, progress)
+    bar_done = sum(r.done for r in records)
+    if bar is not None:
+        bar.update(bar_done)
+    pool = ThreadPoolExecutor(step_workers) if step_workers > 1 else None
+    try:
+        order = sorted(pending_obs)
+        while pending_obs:
+            if batch:
+                active = list(pending_obs)
+            else:  # one episode at a time, in env order
+                active = [order[0]] if order[0] in pending_obs else []
+                if not active:
+                    order.pop(0)
+                    continue
+            turns: list[ActorTurn] = [parse_observation(pending_obs[i]) for i in active]
+            actions = policy.act(turns)
+            stats.act_calls += 1
+            stats.rounds += 1
+            if len(actions) != len(turns):
+                raise RuntimeError(f"policy {policy.name!r} returned {len(actions)} actions for {len(turns)} turns")
+
+            for i, action in zip(active, actions, strict=True):
+                rec = records[i]
+                rec.turns.append(TurnRecord.from_action(len(rec.turns), action))
+            stats.turns += len(active)
+            jobs = list(zip(active, actions, strict=True))
+            if pool is not None:
+                results = list(pool.map(lambda ja: _step(live, *ja), jobs))
+            else:
+                results = [_step(live, i, a) for i, a in jobs]
+            for i, out, exc in results:
+                rec = records[i]
+                if exc is not None:
+                    rec.error, rec.truncated = f"step failed: {type(exc).__name__}: {exc}", True
+                else:
+                    obs, reward, terminated, truncated, info = out
+                    rec.reward += float(reward)
+                    rec.terminated, rec.truncated = bool(terminated), bool(truncated)
+                    if rec.done:
+                        rec.info = dict(info)
+                        rec.task_id = rec.task_id or _task_id(info, None)
+                    elif len(rec.turns) >= max_turns:
+                        rec.error, rec.truncated = f"cut after max_turns={max_turns} turns", True
+                    else:
+                        pending_obs[i] = obs
+                        continue
+                del pending_obs[i]
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(turns=stats.turns, refresh=False)
+    finally:
+        if pool is not None:
+            pool.shutdown()
+        if bar is not None:
+            bar.close()
+        if close:
+            for env in live:
+                try:
+                    env.close()
+                except Exception:  # noqa: BLE001 - closing must not mask the result
+                    pass
+    stats.wall_s += time.perf_counter() - start
+    return records
+
+
+def _step(envs: Sequence[Any], i: int, action: Action) -> tuple[int, Any, BaseException | None]:
+    try:
+        return i, envs[i].step(action.text), None
+    except Exception as exc:  # noqa: BLE001 - the caller records it on the episode
+        return i, None, exc
+
+
+def _task_id(info: Mapping[str, Any], options: Mapping[str, Any] | None) -> str | None:
+    value = _get(info, "task_id") if isinstance(info, Mapping) else None
+    if value is None and options:
+        value = options.get("task_id")
+    return None if value is None else str(value)
+
+
+def _progress(total: int, enabled: bool) -> Any:
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc="episodes", unit="ep", dynamic_ncols=True)
+
+
+EnvFactory = Callable[[], Any]
