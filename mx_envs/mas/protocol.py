@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 
-class TerminationReason(str, enum.Enum):
+class TerminationReason(str, enum.Enum):  # noqa: UP042 - str() behaviour kept for 3.10
     COMPLETED = "completed"  # entry function returned an answer
     NO_CODE = "no_code"  # no script found in the designer's text
     SYNTAX_ERROR = "syntax_error"
@@ -31,6 +31,7 @@ class Budgets:
     max_message_chars: int = 32_000  # any single message the script sends to an agent
     tool_wall_s: float = 10.0  # one tool (python) call
     tool_memory_mb: int = 1024
+    max_tool_calls: int = 16  # tool runs per episode (their time is not script time, so capped apart)
 
 
 @dataclass
@@ -56,6 +57,20 @@ class ToolCall:
     verdict: str
     stdout: str
     stderr: str
+
+
+@dataclass
+class AgentTurn:
+    """One LLM turn of a sub-agent: the chat it was given and the reply it got (for trajectories)."""
+
+    call_index: int
+    agent: str
+    messages: list[dict[str, str]]
+    reply: str
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 @dataclass

@@ -1,0 +1,371 @@
+"""Host side of a MAS script run: a resumable session that turns a design into LLM requests.
+
+``start(design_text, task_text)`` extracts and checks the script, starts it in the sandbox and
+runs it until its first LLM request; ``reply(text)`` hands the reply back and runs to the next
+request. Both return :class:`~mx_envs.mas.protocol.LLMRequest` or
+:class:`~mx_envs.mas.protocol.Finished`; whatever the script does, nothing is raised to the
+caller. Tool calls are separate ``sandbox.run`` calls made here, on the host.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from mx_envs.mas.protocol import AgentTurn, Budgets, Finished, LLMRequest, TerminationReason, ToolCall
+from mx_envs.mas.runner import BOOTSTRAP
+from mx_envs.mas.script import check_script, extract_script
+from mx_envs.sandbox.api import Channel, Limits, RunResult, Sandbox, Verdict
+
+PRELOAD = ("mx_envs.mas.lib", "mx_envs.mas.runner")  # modules a warm sandbox should hold
+TOOL_OUTPUT_CHARS = 8000  # per stream, what the script gets back from a tool run
+ERROR_TAIL_CHARS = 2000
+MAX_AGENT_NAME_CHARS = 64
+
+
+def default_mas_sandbox() -> Sandbox:
+    """The process sandbox with the script library preloaded in its warm server."""
+    from mx_envs.sandbox import get_sandbox
+
+    return get_sandbox(preload=PRELOAD)
+
+
+def answer_text(answer: Any) -> str:
+    """The grader's view of an answer: strings as they are, other values as JSON (``None``: "")."""
+    if answer is None:
+        return ""
+    if isinstance(answer, str):
+        return answer
+    try:
+        return json.dumps(answer, ensure_ascii=False)
+    except (TypeError, ValueError):
+        return str(answer)
+
+
+def _tail(text: str, n: int = ERROR_TAIL_CHARS) -> str:
+    return text if len(text) <= n else "..." + text[-n:]
+
+
+def _clip(text: str, n: int) -> str:
+    if len(text) <= n:
+        return text
+    return text[: n // 2] + "\n...[truncated]...\n" + text[-n // 2 :]
+
+
+class _End(Exception):
+    """Internal: the session must end with ``reason`` (never leaves this module)."""
+
+    def __init__(self, reason: TerminationReason, error: str) -> None:
+        super().__init__(error)
+        self.reason = reason
+        self.error = error
+
+
+class MASSession:
+    """One design run on one task, driven one LLM turn at a time.
+
+    ``trajectories`` maps each sub-agent name to its :class:`AgentTurn` list (the nested
+    execution envs); ``finished`` holds the outcome once there is one. ``start`` may be called
+    again to run another episode with the same session (the previous run is ended first).
+    ``script_limits`` bound the script's process (its wall limit spans the whole episode,
+    LLM time included, so keep it generous); the script's own time is bounded by
+    ``budgets.wall_s`` here. ``tool_limits`` default to ``budgets.tool_wall_s`` and
+    ``budgets.tool_memory_mb``.
+    """
+
+    def __init__(
+        self,
+        sandbox: Sandbox | None = None,
+        budgets: Budgets | None = None,
+        tool_limits: Limits | None = None,
+        script_limits: Limits | None = None,
+    ) -> None:
+        self.budgets = budgets or Budgets()
+        self._sandbox = sandbox
+        self.tool_limits = tool_limits or Limits(
+            wall_s=self.budgets.tool_wall_s, memory_mb=self.budgets.tool_memory_mb
+        )
+        self.script_limits = script_limits or Limits(
+            wall_s=3600.0, cpu_s=self.budgets.wall_s + 5.0, memory_mb=1024, max_processes=32
+        )
+        self._channel: Channel | None = None
+        self._reset()
+
+    # ------------------------------------------------------------------ public API
+
+    @property
+    def sandbox(self) -> Sandbox:
+        if self._sandbox is None:
+            self._sandbox = default_mas_sandbox()
+        return self._sandbox
+
+    @property
+    def pending(self) -> LLMRequest | None:
+        """The request awaiting :meth:`reply`, if any."""
+        return self._pending
+
+    def start(self, design_text: str, task_text: str) -> LLMRequest | Finished:
+        """Extract and check the script in ``design_text``, run ``forward(task_text)`` to its first request."""
+        self.close()
+        self._reset()
+        if not isinstance(task_text, str):
+            raise TypeError(f"task_text must be a str, got {type(task_text).__name__}")
+        script = extract_script(design_text)
+        if script is None:
+            return self._finish(
+                TerminationReason.NO_CODE,
+                error="no script found: expected a ```python block that defines forward(task)",
+            )
+        self.script = script
+        problem = check_script(script)
+        if problem is not None:
+            return self._finish(problem[0], error=problem[1])
+        try:
+            self._channel = self.sandbox.start(BOOTSTRAP, limits=self.script_limits)
+            self._channel.send({"type": "init", "script": script, "task": task_text})
+        except Exception as exc:  # noqa: BLE001 - any sandbox failure is a result, not a crash
+            return self._finish(TerminationReason.SANDBOX_ERROR, error=f"could not start the script: {exc!r}")
+        return self._advance()
+
+    def reply(self, text: str) -> LLMRequest | Finished:
+        """Give the pending request its reply; run the script to its next request or its end."""
+        if self._pending is None:
+            raise RuntimeError("reply() without a pending LLM request (call start() first)")
+        if not isinstance(text, str):
+            raise TypeError(f"reply text must be a str, got {type(text).__name__}")
+        req, self._pending = self._pending, None
+        self.trajectories.setdefault(req.agent, []).append(
+            AgentTurn(req.call_index, req.agent, req.messages, text, dict(req.options))
+        )
+        try:
+            self._send({"type": "reply", "text": text})
+        except _End as end:
+            return self._finish(end.reason, error=end.error)
+        return self._advance()
+
+    def close(self) -> None:
+        """End the script process if it still runs (a live episode ends as TRUNCATED)."""
+        if self._channel is not None and self.finished is None:
+            self._finish(TerminationReason.TRUNCATED, error="session closed by the host")
+        self._kill()
+
+    def __enter__(self) -> MASSession:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self._kill()
+        except Exception:  # noqa: BLE001 - interpreter teardown
+            pass
+
+    # ------------------------------------------------------------------ internals
+
+    def _reset(self) -> None:
+        self.script: str | None = None
+        self.finished: Finished | None = None
+        self.trajectories: dict[str, list[AgentTurn]] = {}
+        self.agents: list[str] = []
+        self.tool_calls: list[ToolCall] = []
+        self.script_output: str = ""  # the script's stdout/stderr, for debugging designs
+        self.script_time_s = 0.0  # the script's own time so far (LLM and tool time excluded)
+        self._llm_calls = 0
+        self._pending: LLMRequest | None = None
+
+    def _kill(self) -> RunResult | None:
+        ch, self._channel = self._channel, None
+        if ch is None:
+            return None
+        try:
+            return ch.kill()
+        except Exception:  # noqa: BLE001
+            return None
+
+    def _send(self, message: dict[str, Any]) -> None:
+        assert self._channel is not None
+        try:
+            self._channel.send(message)
+        except Exception:  # noqa: BLE001 - the script died: its exit status tells why (next recv)
+            pass
+
+    def _finish(
+        self, reason: TerminationReason, error: str = "", answer: Any = None, run: RunResult | None = None
+    ) -> Finished:
+        killed = self._kill()
+        run = run or killed
+        if run is not None:
+            out = run.stdout + (("\n" + run.stderr) if run.stderr else "")
+            self.script_output = _tail(out, 8 * ERROR_TAIL_CHARS)
+        self._pending = None
+        self.finished = Finished(
+            reason=reason,
+            answer=answer if reason is TerminationReason.COMPLETED else None,
+            answer_text=answer_text(answer) if reason is TerminationReason.COMPLETED else None,
+            error=error,
+            llm_calls=self._llm_calls,
+            agents=list(self.agents),
+            tool_calls=list(self.tool_calls),
+        )
+        return self.finished
+
+    def _advance(self) -> LLMRequest | Finished:
+        """Serve the script's messages until it asks for an LLM reply or ends."""
+        try:
+            while True:
+                message = self._recv()
+                if message is None:
+                    return self._finish_from_exit()
+                out = self._handle(message)
+                if out is not None:
+                    return out
+        except _End as end:
+            return self._finish(end.reason, error=end.error)
+        except Exception as exc:  # noqa: BLE001 - a broken channel is a sandbox failure, not a crash
+            return self._finish(TerminationReason.SANDBOX_ERROR, error=f"channel failure: {exc!r}")
+
+    def _recv(self) -> dict[str, Any] | None:
+        assert self._channel is not None
+        remaining = self.budgets.wall_s - self.script_time_s
+        if remaining <= 0:
+            raise _End(TerminationReason.TIMEOUT, self._timeout_error())
+        t0 = time.perf_counter()
+        try:
+            message = self._channel.recv(timeout=remaining)
+        except TimeoutError:
+            self.script_time_s += time.perf_counter() - t0
+            raise _End(TerminationReason.TIMEOUT, self._timeout_error()) from None
+        self.script_time_s += time.perf_counter() - t0
+        if message is not None and not isinstance(message, dict):
+            raise _End(TerminationReason.EXCEPTION, f"protocol error: message is not an object: {message!r:.200}")
+        return message
+
+    def _timeout_error(self) -> str:
+        return (
+            f"script time budget of {self.budgets.wall_s:g} s exceeded "
+            f"({self.script_time_s:.2f} s of script time, LLM and tool time excluded)"
+        )
+
+    def _finish_from_exit(self) -> Finished:
+        assert self._channel is not None
+        try:
+            run = self._channel.wait(timeout=5.0)
+        except Exception:  # noqa: BLE001
+            run = self._kill()
+        if run is None:
+            return self._finish(TerminationReason.SANDBOX_ERROR, error="script process vanished")
+        detail = f"exit code {run.exit_code}" + (f", signal {run.signal}" if run.signal else "")
+        why = f"{run.message}; " if run.message else ""
+        stderr = f"\n{_tail(run.stderr)}" if run.stderr.strip() else ""
+        v = run.verdict
+        if v is Verdict.TIMEOUT:
+            reason = TerminationReason.TIMEOUT
+            error = f"script process hit its time limit ({why}{detail})"
+        elif v is Verdict.MEMORY_EXCEEDED:
+            reason = TerminationReason.BUDGET_EXCEEDED
+            error = f"script process hit its memory limit of {self.script_limits.memory_mb} MB ({why}{detail})"
+        elif v is Verdict.OUTPUT_EXCEEDED:
+            reason = TerminationReason.BUDGET_EXCEEDED
+            error = f"script process hit its output/file size limit ({why}{detail})"
+        elif v is Verdict.SANDBOX_ERROR:
+            reason = TerminationReason.SANDBOX_ERROR
+            error = f"sandbox failure running the script ({why}{detail}){stderr}"
+        else:
+            reason = TerminationReason.EXCEPTION
+            error = f"script process ended without an answer ({why}{detail}){stderr}"
+        self._channel = None
+        return self._finish(reason, error=error, run=run)
+
+    def _handle(self, message: dict[str, Any]) -> LLMRequest | Finished | None:
+        kind = message.get("type")
+        if kind == "agent":
+            self._register(message.get("name"))
+            return None
+        if kind == "llm":
+            return self._llm_request(message)
+        if kind == "tool":
+            self._tool(message)
+            return None
+        if kind == "result":
+            answer = message.get("answer")
+            size = len(answer_text(answer))
+            if size > self.budgets.max_message_chars:
+                raise _End(
+                    TerminationReason.BUDGET_EXCEEDED,
+                    f"answer of {size} characters exceeds max_message_chars={self.budgets.max_message_chars}",
+                )
+            return self._finish(TerminationReason.COMPLETED, answer=answer)
+        if kind == "error":
+            sub = message.get("kind")
+            reason = TerminationReason.MISSING_ENTRY if sub == "missing_entry" else TerminationReason.EXCEPTION
+            return self._finish(reason, error=_tail(str(message.get("error", ""))))
+        raise _End(TerminationReason.EXCEPTION, f"protocol error: unknown message type {kind!r:.80}")
+
+    def _register(self, name: Any) -> str:
+        if not isinstance(name, str) or not name or len(name) > MAX_AGENT_NAME_CHARS:
+            raise _End(TerminationReason.EXCEPTION, f"protocol error: bad agent name {name!r:.100}")
+        if name not in self.agents:
+            if len(self.agents) >= self.budgets.max_agents:
+                raise _End(
+                    TerminationReason.BUDGET_EXCEEDED,
+                    f"sub-agent budget exceeded: agent {name!r} would be number {len(self.agents) + 1} "
+                    f"(max_agents={self.budgets.max_agents})",
+                )
+            self.agents.append(name)
+        return name
+
+    def _llm_request(self, message: dict[str, Any]) -> LLMRequest:
+        name = self._register(message.get("agent"))
+        messages = message.get("messages")
+        options = message.get("options") or {}
+        if not isinstance(messages, list) or not isinstance(options, dict):
+            raise _End(TerminationReason.EXCEPTION, "protocol error: llm request without a message list")
+        clean: list[dict[str, str]] = []
+        for i, m in enumerate(messages):
+            if not (isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)):
+                raise _End(TerminationReason.EXCEPTION, f"protocol error: message {i} of {name!r} is malformed")
+            if len(m["content"]) > self.budgets.max_message_chars:
+                raise _End(
+                    TerminationReason.BUDGET_EXCEEDED,
+                    f"message size budget exceeded: a {m['role']} message to {name!r} has "
+                    f"{len(m['content'])} characters (max_message_chars={self.budgets.max_message_chars})",
+                )
+            clean.append({"role": m["role"], "content": m["content"]})
+        if self._llm_calls >= self.budgets.max_llm_calls:
+            raise _End(
+                TerminationReason.BUDGET_EXCEEDED,
+                f"LLM call budget exceeded: call {self._llm_calls + 1} by {name!r} "
+                f"(max_llm_calls={self.budgets.max_llm_calls})",
+            )
+        self._pending = LLMRequest(call_index=self._llm_calls, agent=name, messages=clean, options=dict(options))
+        self._llm_calls += 1
+        return self._pending
+
+    def _tool(self, message: dict[str, Any]) -> None:
+        name = self._register(message.get("agent"))
+        tool, code = message.get("tool"), message.get("code")
+        if tool != "python" or not isinstance(code, str):
+            raise _End(TerminationReason.EXCEPTION, f"protocol error: unknown tool call {tool!r:.40}")
+        if len(self.tool_calls) >= self.budgets.max_tool_calls:
+            raise _End(
+                TerminationReason.BUDGET_EXCEEDED,
+                f"tool call budget exceeded (max_tool_calls={self.budgets.max_tool_calls})",
+            )
+        if len(code) > self.budgets.max_message_chars:
+            raise _End(
+                TerminationReason.BUDGET_EXCEEDED,
+                f"tool code of {len(code)} characters exceeds max_message_chars={self.budgets.max_message_chars}",
+            )
+        try:
+            run = self.sandbox.run(code, limits=self.tool_limits)
+            verdict, stdout, stderr = run.verdict.value, run.stdout, run.stderr
+            if run.message and not run.ok:
+                stderr = (stderr + "\n" if stderr else "") + run.message
+        except Exception as exc:  # noqa: BLE001 - a failed tool run is the agent's output, not a crash
+            verdict, stdout, stderr = Verdict.SANDBOX_ERROR.value, "", f"sandbox failure: {exc!r}"
+        stdout, stderr = _clip(stdout, TOOL_OUTPUT_CHARS), _clip(stderr, TOOL_OUTPUT_CHARS)
+        self.tool_calls.append(ToolCall(name, "python", code, verdict, stdout, stderr))
+        self._send({"type": "tool_result", "verdict": verdict, "stdout": stdout, "stderr": stderr})
+
