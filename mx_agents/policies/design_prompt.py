@@ -7,14 +7,10 @@ examples, a replacement system prompt) without re-stating what the env supplied.
 
 from __future__ import annotations
 
-import ast
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from mx_agents.backends.base import Message
-
-_FENCE = re.compile(r"```[ \t]*([A-Za-z0-9_+-]*)[ \t]*\n(.*?)```", re.DOTALL)
 
 
 def library_design_source(name: str) -> str:
@@ -29,30 +25,14 @@ def library_design_source(name: str) -> str:
 
 
 def extract_script(text: str) -> str | None:
-    """The design script in a designer's reply, or ``None``.
+    """The design script in a designer's reply, or ``None``: exactly what the env will run.
 
-    The last fenced code block (``python``/``py`` or untagged) that parses and defines ``forward``;
-    failing that, the last fenced Python block at all; failing that, the whole text when it parses and
-    defines ``forward``. The env does its own extraction: this is the policy's view, used for
-    reporting (``Action.script``) and for checks before spending an episode on a design.
+    Delegates to :func:`mx_envs.mas.script.extract_script` so the policy's view (``Action.script``)
+    and the env's never disagree.
     """
-    blocks = [body for lang, body in _FENCE.findall(text) if lang.lower() in ("", "python", "py", "python3")]
-    for body in reversed(blocks):
-        if _defines_forward(body):
-            return body.strip("\n")
-    if blocks:
-        return blocks[-1].strip("\n")
-    if _defines_forward(text):
-        return text.strip("\n")
-    return None
+    from mx_envs.mas.script import extract_script as env_extract_script
 
-
-def _defines_forward(source: str) -> bool:
-    try:
-        tree = ast.parse(source)
-    except (SyntaxError, ValueError):
-        return False
-    return any(isinstance(n, ast.FunctionDef) and n.name == "forward" for n in tree.body)
+    return env_extract_script(text)
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from typing import Any
 from mx_agents.action import Action
 from mx_agents.observation import parse_observation
 from mx_agents.policies.base import Policy, RoutedPolicy
-from mx_agents.policies.design_prompt import extract_script, library_design_source
+from mx_agents.policies.design_prompt import library_design_source
 
 
 def fence(script: str) -> str:
@@ -28,7 +28,7 @@ class FixedDesigner:
             raise ValueError("give exactly one of a library design name or a design source")
         self.script = source if source is not None else library_design_source(name)  # type: ignore[arg-type]
         self.name = f"design:{name}" if name else "design:<source>"
-        self.text = fence(self.script) if extract_script(self.script) == self.script.strip("\n") else self.script
+        self.text = fence(self.script)
 
     def act(self, observations: Sequence[Any]) -> list[Action]:
         actions = []

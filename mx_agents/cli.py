@@ -1,0 +1,110 @@
+"""``mx episode``: run one episode of an env with a policy and print its summary.
+
+Only argparse is imported at module level (``mx --help`` stays fast); the handler imports the rest.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "episode",
+        help="run one episode of a MetaAgentX env with a policy and print its summary",
+        description=(
+            "Run one design + execution episode and print reward, termination reason, number of LLM "
+            "calls, whether the design was valid and the answer. SPEC: 'default' (embedded "
+            "SmolLM2-135M-Instruct), an HF model id or path (a checkpoint directory works), an "
+            "http(s):// URL of an OpenAI-compatible server, 'vllm:MODEL', 'design:NAME' (a library "
+            "design: single, vote, reflection, debate, ensemble_judge, tool_solver; --executor answers "
+            "its agents), 'scripted' (single-agent design, fixed replies, no model) or 'random[:SEED]'."
+        ),
+    )
+    p.add_argument("env_id", metavar="ENV_ID", help="e.g. MetaAgentX-Arithmetic-v0 (see `mx envs`)")
+    p.add_argument("--policy", default="default", metavar="SPEC", help="designer (and executor) policy")
+    p.add_argument("--executor", default=None, metavar="SPEC", help="executor policy (default: same as --policy)")
+    p.add_argument("--seed", type=int, default=0, help="env reset seed and sampling seed (default 0)")
+    p.add_argument("--task-id", default=None, help="pin the task (default: drawn from the seed)")
+    p.add_argument("--max-new-tokens", type=int, default=256, metavar="T",
+                   help="token budget of each executor reply (and of the design unless --design-tokens)")
+    p.add_argument("--design-tokens", type=int, default=None, metavar="T",
+                   help="token budget of the design (default: --max-new-tokens)")
+    p.add_argument("--temperature", type=float, default=None, help="sampling temperature of both roles")
+    p.add_argument("--top-p", type=float, default=None)
+    p.add_argument("--device", default=None, help="backend device for local models (cpu, cuda, ...)")
+    p.add_argument("--env-kwarg", action="append", default=[], metavar="KEY=VALUE",
+                   help="extra gym.make kwarg (VALUE parsed as JSON when it can be), repeatable")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--trace", action="store_true", help="include every turn (messages, reply) in the output")
+    p.set_defaults(func=run)
+
+
+def _env_kwargs(items: list[str]) -> dict:
+    import json
+
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--env-kwarg expects KEY=VALUE, got {item!r}")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    import json
+    import sys
+
+    import gymnasium as gym
+
+    import mx_envs  # noqa: F401 - registers the env ids
+    from mx_agents.policies.spec import parse_policy_spec
+    from mx_agents.rollout import RolloutStats, run_episodes
+
+    try:
+        env_kwargs = _env_kwargs(args.env_kwarg)
+        backend_kw = {"device": args.device} if args.device else None
+        policy = parse_policy_spec(
+            args.policy,
+            args.executor,
+            max_new_tokens=args.max_new_tokens,
+            designer_max_new_tokens=args.design_tokens,
+            temperature=args.temperature,
+            top_p=args.top_p,
+            seed=args.seed,
+            backend_kw=backend_kw,
+        )
+        env = gym.make(args.env_id, **env_kwargs)
+    except (ValueError, TypeError, LookupError, OSError, gym.error.Error) as exc:
+        print(f"mx episode: {exc}", file=sys.stderr)
+        return 2
+    stats = RolloutStats()
+    options = {"task_id": args.task_id} if args.task_id is not None else None
+    try:
+        (record,) = run_episodes([env], policy, seeds=[args.seed], options=[options], progress=False, stats=stats)
+    finally:
+        env.close()
+    summary = {"env_id": args.env_id, "policy": policy.name, **record.summary(), "wall_s": round(stats.wall_s, 3)}
+    if args.trace:
+        summary["trace"] = [
+            {"turn": t.turn, "role": t.role, "agent": t.agent, "messages": t.messages, "reply": t.text,
+             "source": t.source, "response_tokens": len(t.response_ids or [])}
+            for t in record.turns
+        ]
+        summary["design"] = record.design
+    if args.json:
+        print(json.dumps(summary, ensure_ascii=False, default=str))
+    else:
+        for key in ("env_id", "task_id", "policy", "reward", "correct", "termination_reason", "design_valid",
+                    "llm_calls", "turns", "answer", "wall_s"):
+            print(f"{key:>18}: {summary[key]}")
+        if record.error:
+            print(f"{'error':>18}: {record.error}")
+        if args.trace:
+            for t in summary["trace"]:
+                print(f"--- turn {t['turn']} {t['role']}:{t['agent']} ({t['source']}) ---\n{t['reply']}")
+    return 1 if record.error else 0
