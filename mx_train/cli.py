@@ -19,6 +19,8 @@ COMMAND_MODULES: list[str] = [
     "mx_envs.envs.cli",
     "mx_agents.cli",
     "mx_train.train_cli",
+    "mx_train.sft_cli",
+    "mx_train.plot_cli",
     "mx_train.eval_cli",
     "mx_train.bench_cli",
 ]

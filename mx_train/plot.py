@@ -1,0 +1,94 @@
+"""Training curves from a run's ``metrics.jsonl`` (matplotlib, Agg backend: no display needed)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from mx_train.metrics import (
+    ACCURACY,
+    DESIGN_VALID_RATE,
+    PHASE,
+    REWARD_DESIGNER,
+    REWARD_EXECUTOR,
+    read_metrics,
+)
+
+_PHASE_COLORS = {"designer": "#dbe9f6", "executor": "#fde6d2"}
+
+
+def _series(records: list[dict[str, Any]], key: str, smooth: int) -> tuple[list[int], list[float]]:
+    xs, ys = [], []
+    for r in records:
+        v = r.get(key)
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            xs.append(int(r["step"]))
+            ys.append(float(v))
+    if smooth > 1 and ys:
+        out = []
+        for i in range(len(ys)):
+            window = ys[max(0, i - smooth + 1) : i + 1]
+            out.append(sum(window) / len(window))
+        ys = out
+    return xs, ys
+
+
+def plot_run(run_dir: str | os.PathLike[str], out: str | os.PathLike[str], *, smooth: int = 1) -> Path:
+    """Write a two-panel PNG: rewards by role (top), accuracy and design validity (bottom)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    records = read_metrics(run_dir)
+    if not records:
+        raise ValueError(f"{run_dir}: metrics file has no records")
+    fig, (ax_r, ax_a) = plt.subplots(2, 1, figsize=(8, 6), sharex=True)
+    plotted = 0
+    for key, label, color in ((REWARD_DESIGNER, "designer", "tab:blue"), (REWARD_EXECUTOR, "executor", "tab:orange")):
+        xs, ys = _series(records, key, smooth)
+        if xs:
+            ax_r.plot(xs, ys, marker="o", ms=3, label=label, color=color)
+            plotted += 1
+    for key, label, color in ((ACCURACY, "accuracy", "tab:green"), (DESIGN_VALID_RATE, "design validity", "tab:purple")):
+        xs, ys = _series(records, key, smooth)
+        if xs:
+            ax_a.plot(xs, ys, marker="o", ms=3, label=label, color=color)
+            plotted += 1
+    if not plotted:
+        raise ValueError(
+            f"{run_dir}: no plottable metrics ({REWARD_DESIGNER}, {REWARD_EXECUTOR}, {ACCURACY}, {DESIGN_VALID_RATE})"
+        )
+    # Shade the stagewise phases so the curves can be read against which role was training.
+    spans: list[tuple[int, int, str]] = []
+    for r in records:
+        ph = r.get(PHASE)
+        if not isinstance(ph, str):
+            continue
+        s = int(r["step"])
+        if spans and spans[-1][2] == ph and spans[-1][1] == s - 1:
+            spans[-1] = (spans[-1][0], s, ph)
+        else:
+            spans.append((s, s, ph))
+    labelled: set[str] = set()
+    for a, b, ph in spans:
+        if ph in _PHASE_COLORS:
+            for ax in (ax_r, ax_a):
+                ax.axvspan(a - 0.5, b + 0.5, color=_PHASE_COLORS[ph], zorder=0,
+                           label=f"training {ph}" if ax is ax_r and ph not in labelled else None)
+            labelled.add(ph)
+    ax_r.set_ylabel("mean reward")
+    ax_r.set_title(f"{Path(run_dir).name}: reward by role")
+    ax_a.set_ylabel("rate")
+    ax_a.set_xlabel("training step")
+    for ax in (ax_r, ax_a):
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(loc="best", fontsize=8)
+    fig.tight_layout()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out

@@ -1,0 +1,142 @@
+"""Supervised fine-tuning (cold start): next-token NLL on responses, prompts masked out.
+
+Examples come from a JSONL file (one object per line, any of these shapes)::
+
+    {"prompt_ids": [...], "response_ids": [...], "loss_mask": [...]?}        # token ids
+    {"messages": [{"role": ..., "content": ...}, ...], "response": "..."}   # chat prompt + reply
+    {"prompt": "...", "response": "..."}                                     # plain text
+
+or from rollout transitions with a positive reward (rejection sampling:
+:func:`examples_from_transitions`; transition JSONL lines are accepted by :func:`load_sft_jsonl` too,
+filtered by ``min_reward``). Chat prompts are rendered with the tokenizer's chat template and the
+generation prompt; the response is followed by the EOS token so the model learns to stop.
+
+Training reuses :class:`mx_train.learner.Learner` (its token-budget micro-batching, gradient
+accumulation, clipping, AdamW and schedule) through ``Learner.sft_step``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from mx_train.learner import Learner
+
+
+@dataclass
+class SFTExample:
+    """A (prompt, response) pair as token ids; only response tokens with mask 1 are trained."""
+
+    prompt_ids: list[int]
+    response_ids: list[int]
+    loss_mask: list[int] | None = None
+    # Fields the learner reads from transitions; constant for SFT.
+    logprobs: list[float] | None = None
+    advantage: float = 0.0
+    role: str = "sft"
+
+
+def _encode_text(tokenizer: Any, text: str) -> list[int]:
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def _response_ids(tokenizer: Any, response: str) -> list[int]:
+    ids = _encode_text(tokenizer, response)
+    if tokenizer.eos_token_id is not None:
+        ids.append(int(tokenizer.eos_token_id))
+    return ids
+
+
+def example_from_record(rec: dict[str, Any], tokenizer: Any = None, where: str = "") -> SFTExample:
+    """One :class:`SFTExample` from a JSON object of a supported shape (see module doc)."""
+    if "prompt_ids" in rec and "response_ids" in rec:
+        return SFTExample([int(x) for x in rec["prompt_ids"]], [int(x) for x in rec["response_ids"]], rec.get("loss_mask"))
+    if tokenizer is None:
+        raise ValueError(f"{where}: text examples need a tokenizer (give --model)")
+    if "messages" in rec and "response" in rec:
+        prompt = tokenizer.apply_chat_template(rec["messages"], add_generation_prompt=True, tokenize=False)
+        return SFTExample(_encode_text(tokenizer, prompt), _response_ids(tokenizer, str(rec["response"])))
+    if "prompt" in rec and "response" in rec:
+        return SFTExample(_encode_text(tokenizer, str(rec["prompt"])), _response_ids(tokenizer, str(rec["response"])))
+    raise ValueError(
+        f"{where}: unsupported SFT record with keys {sorted(rec)}; expected prompt_ids+response_ids, "
+        "messages+response or prompt+response"
+    )
+
+
+def load_sft_jsonl(
+    path: str | os.PathLike[str], tokenizer: Any = None, *, min_reward: float | None = 0.0
+) -> list[SFTExample]:
+    """Read examples from JSONL. Records carrying a ``reward`` (e.g. transitions) are kept only when
+    ``reward > min_reward`` (``min_reward=None`` keeps all). Empty responses are dropped."""
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"SFT data file not found: {p}")
+    out: list[SFTExample] = []
+    with open(p) as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            where = f"{p}:{lineno}"
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{where}: invalid JSON ({exc})") from exc
+            if not isinstance(rec, dict):
+                raise ValueError(f"{where}: expected a JSON object")
+            if min_reward is not None and "reward" in rec and not float(rec["reward"]) > min_reward:
+                continue
+            ex = example_from_record(rec, tokenizer, where)
+            if ex.response_ids:
+                out.append(ex)
+    return out
+
+
+def examples_from_transitions(
+    transitions: Iterable[Any], *, min_reward: float = 0.0, roles: Sequence[str] | None = None
+) -> list[SFTExample]:
+    """Rejection sampling: the turns of episodes that earned ``reward > min_reward``."""
+    keep = None if roles is None else set(roles)
+    return [
+        SFTExample(list(t.prompt_ids), list(t.response_ids), t.loss_mask)
+        for t in transitions
+        if t.reward > min_reward and (keep is None or t.role in keep) and t.response_ids
+    ]
+
+
+def train_sft(
+    learner: Learner,
+    examples: Sequence[SFTExample],
+    *,
+    epochs: int = 1,
+    batch_size: int = 8,
+    rng: random.Random | None = None,
+    on_step: Any = None,
+) -> list[dict[str, float]]:
+    """``epochs`` passes over ``examples`` in shuffled batches of ``batch_size`` sequences, one
+    optimizer step per batch. ``on_step(step, metrics)`` is called after each. Returns the metrics."""
+    if not examples:
+        raise ValueError("no SFT examples to train on")
+    if epochs < 1 or batch_size < 1:
+        raise ValueError("epochs and batch_size must be >= 1")
+    rng = rng or random.Random(0)
+    history = []
+    step = 0
+    for epoch in range(epochs):
+        order = list(range(len(examples)))
+        rng.shuffle(order)
+        for start in range(0, len(order), batch_size):
+            batch = [examples[i] for i in order[start : start + batch_size]]
+            m = learner.sft_step(batch)
+            m["epoch"] = float(epoch)
+            history.append(m)
+            if on_step is not None:
+                on_step(step, m)
+            step += 1
+    return history
