@@ -1,0 +1,410 @@
+"""The hierarchical MetaAgentX env: a designer writes a MAS script, the executor plays its sub-agents.
+
+One episode is one task. ``reset`` returns the designer's observation (see
+:mod:`mx_envs.envs.observation` for the layout); ``step(design_text)`` starts the script in the
+sandbox through a :class:`~mx_envs.mas.session.MASSession` and returns the first sub-agent's chat;
+each ``step(reply)`` resumes the script until its next LLM request or its end. At the end the answer is
+graded, the reward is the outcome plus optional shaping (:class:`~mx_envs.envs.reward.RewardConfig`),
+and ``info`` holds the verdict, the termination reason, the design and the per-sub-agent trajectories.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import numbers
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import gymnasium as gym
+from gymnasium.error import ResetNeeded
+
+from mx_envs.envs.observation import (
+    DESIGNER,
+    DESIGNER_AGENT,
+    EXECUTOR,
+    make_observation,
+    observation_space,
+    terminal_observation,
+)
+from mx_envs.envs.reward import RewardConfig
+from mx_envs.envs.spaces import LLMText
+from mx_envs.envs.trajectory import EpisodeTrace, SubAgentTrajectory, Turn
+from mx_envs.mas.protocol import Budgets, Finished, LLMRequest, TerminationReason
+from mx_envs.tasks.record import Task
+
+DEFAULT_MAX_OBSERVATION_CHARS = 1_000_000
+DEFAULT_MAX_ACTION_CHARS = 200_000
+
+
+def _budgets(value: Budgets | dict[str, Any] | None) -> Budgets:
+    if value is None:
+        return Budgets()
+    if isinstance(value, Budgets):
+        return value
+    if isinstance(value, dict):
+        known = {f.name for f in dataclasses.fields(Budgets)}
+        unknown = set(value) - known
+        if unknown:
+            raise ValueError(f"unknown budgets {sorted(unknown)}; known: {sorted(known)}")
+        return Budgets(**value)
+    raise TypeError(f"budgets must be a Budgets or a dict, got {type(value).__name__}")
+
+
+class MetaAgentXEnv(gym.Env[dict[str, Any], str]):
+    """Turn-based env over one benchmark's tasks (any dataset :func:`mx_envs.tasks.load_tasks` knows).
+
+    Args:
+        dataset: dataset name for :func:`mx_envs.tasks.load_tasks` (ignored when ``tasks`` is given).
+        tasks: the task list to draw from, instead of loading ``dataset``.
+        split, data_path, fixture, limit: passed to the loader (``fixture=True``: the small packaged
+            fixture set, for tests and ``check_env`` without downloaded data; ``limit``: first N tasks).
+        loader_kwargs: further keyword arguments for the loader.
+        budgets: :class:`~mx_envs.mas.protocol.Budgets` (or a dict of its fields) for each episode.
+        reward: :class:`~mx_envs.envs.reward.RewardConfig` or a dict; the keyword arguments
+            ``invalid_design_penalty``, ``code_pass_fraction``, ``llm_call_penalty``, ``correct_reward``
+            and ``incorrect_reward`` override single fields.
+        sandbox: the :class:`~mx_envs.sandbox.api.Sandbox` scripts, tools and code tests run in
+            (default: the shared process sandbox with the MAS library preloaded).
+        designer_examples: names of library designs shown to the designer as examples.
+        max_observation_chars: bound of an observation's messages JSON; a sub-agent chat over it ends
+            the episode with ``budget_exceeded``.
+        max_action_chars: longest accepted action text.
+        render_mode: ``None`` or ``"ansi"`` (``render()`` returns the current actor's chat as text).
+
+    Attributes (besides the gymnasium ones): ``tasks``, ``task`` (the current one), ``trajectories``
+    (``{agent: SubAgentTrajectory}`` of the current/last episode), ``turns`` (all executor turns in
+    order), ``outcome`` (the last episode's final info, ``None`` mid-episode), ``session`` (the
+    :class:`~mx_envs.mas.session.MASSession`), ``timings`` (wall-clock seconds of the last episode;
+    kept out of ``info`` so that equal seeds and actions give equal ``info``).
+    """
+
+    metadata = {"render_modes": ["ansi"]}
+
+    def __init__(
+        self,
+        dataset: str | None = None,
+        *,
+        tasks: Sequence[Task] | None = None,
+        split: str | None = None,
+        data_path: str | None = None,
+        fixture: bool = False,
+        limit: int | None = None,
+        loader_kwargs: dict[str, Any] | None = None,
+        budgets: Budgets | dict[str, Any] | None = None,
+        reward: RewardConfig | dict[str, Any] | None = None,
+        invalid_design_penalty: float | None = None,
+        code_pass_fraction: bool | None = None,
+        llm_call_penalty: float | None = None,
+        correct_reward: float | None = None,
+        incorrect_reward: float | None = None,
+        sandbox: Any = None,
+        designer_examples: Sequence[str] | None = None,
+        max_observation_chars: int = DEFAULT_MAX_OBSERVATION_CHARS,
+        max_action_chars: int = DEFAULT_MAX_ACTION_CHARS,
+        render_mode: str | None = None,
+    ) -> None:
+        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
+            raise ValueError(f"render_mode must be None or one of {self.metadata['render_modes']}, got {render_mode!r}")
+        self.render_mode = render_mode
+        if tasks is None:
+            if not dataset:
+                raise ValueError("MetaAgentXEnv needs a dataset name or a list of tasks")
+            from mx_envs.tasks import load_tasks
+
+            kwargs = dict(loader_kwargs or {})
+            if split is not None:
+                kwargs["split"] = split
+            if data_path is not None:
+                kwargs["path"] = data_path
+            if fixture:
+                kwargs["fixture"] = True
+            tasks = load_tasks(dataset, **kwargs)
+        tasks = list(tasks)
+        if limit is not None:
+            tasks = tasks[: int(limit)]
+        if not tasks:
+            raise ValueError(f"no tasks to draw from (dataset={dataset!r}, split={split!r}, limit={limit!r})")
+        bad = [type(t).__name__ for t in tasks if not isinstance(t, Task)]
+        if bad:
+            raise TypeError(f"tasks must be mx_envs.tasks.record.Task records, got {bad[0]}")
+        self.tasks: list[Task] = tasks
+        self.dataset = dataset or tasks[0].dataset
+        self._index_of = {t.id: i for i, t in enumerate(tasks)}
+        if len(self._index_of) != len(tasks):
+            raise ValueError("task ids must be unique within an env")
+
+        self.budgets = _budgets(budgets)
+        self.reward_config = RewardConfig.from_kwargs(
+            reward,
+            invalid_design_penalty=invalid_design_penalty,
+            code_pass_fraction=code_pass_fraction,
+            llm_call_penalty=llm_call_penalty,
+            correct_reward=correct_reward,
+            incorrect_reward=incorrect_reward,
+        )
+        from mx_envs.envs.prompts import DEFAULT_EXAMPLES
+
+        self.designer_examples = tuple(DEFAULT_EXAMPLES if designer_examples is None else designer_examples)
+        self.max_observation_chars = int(max_observation_chars)
+        self.observation_space = observation_space(self.max_observation_chars)
+        self.action_space = LLMText(int(max_action_chars))
+        self._sandbox = sandbox
+        self.session: Any = None  # MASSession, created on the first design turn
+
+        self.task: Task | None = None
+        self.outcome: dict[str, Any] | None = None
+        self.timings: dict[str, float] = {}
+        self.design_text: str | None = None
+        self.last_grade: Any = None  # the grader's full verdict of the last episode (details included)
+        self._trace = EpisodeTrace()
+        self._designer_messages: list[dict[str, str]] = []
+        self._obs: dict[str, Any] | None = None
+        self._phase = "idle"  # idle -> design -> execute -> done
+        self._closed = False
+        self._episode_t0 = 0.0
+
+    # ------------------------------------------------------------------ gymnasium API
+
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Start an episode on a task: ``options`` may hold ``task_id`` (str), ``index`` (int) or
+        ``task`` (a :class:`Task`); otherwise the task is drawn with ``self.np_random``.
+        """
+        super().reset(seed=seed)
+        self._ensure_open()
+        self._end_session()
+        self.task = self._pick_task(options or {})
+        self._trace = EpisodeTrace()
+        self.outcome = None
+        self.timings = {"reset_s": 0.0, "script_s": 0.0, "grade_s": 0.0, "episode_s": 0.0}
+        self._episode_t0 = time.perf_counter()
+        from mx_envs.envs.prompts import designer_messages
+
+        self._designer_messages = designer_messages(self.task, self.designer_examples)
+        self.design_text: str | None = None
+        self.last_grade: Any = None
+        self._phase = "design"
+        self._obs = make_observation(DESIGNER, DESIGNER_AGENT, self._designer_messages)
+        self.timings["reset_s"] = time.perf_counter() - self._episode_t0
+        return self._obs, self._task_info()
+
+    def step(self, action: str) -> tuple[dict[str, Any], float, bool, bool, dict[str, Any]]:
+        self._ensure_open()
+        if self._phase == "idle":
+            raise ResetNeeded("step() before reset(): call env.reset() first")
+        if self._phase == "done":
+            raise ResetNeeded("the episode has ended (terminated=True was returned): call env.reset() before step()")
+        if not isinstance(action, str):
+            raise TypeError(f"the action must be the actor's text (str), got {type(action).__name__}")
+        if not self.action_space.contains(action):
+            raise ValueError(f"action of {len(action)} characters exceeds max_action_chars={self.action_space.max_length}")
+        assert self.task is not None
+        t0 = time.perf_counter()
+        if self._phase == "design":
+            self.design_text = action
+            result = self._get_session().start(action, self.task.prompt)
+        else:
+            pending = self._trace.pending
+            assert pending is not None
+            pending.reply = action
+            result = self.session.reply(action)
+        self.timings["script_s"] += time.perf_counter() - t0
+        if isinstance(result, LLMRequest):
+            return self._executor_step(result)
+        return self._final_step(result)
+
+    def render(self) -> str | None:
+        if self.render_mode != "ansi" or self._obs is None:
+            return None
+        from mx_envs.envs.observation import actor_name, decode_messages
+
+        head = f"[{actor_name(self._obs)}: {self._obs['agent'] or '(episode over)'}]"
+        body = "\n".join(f"--- {m['role']} ---\n{m['content']}" for m in decode_messages(self._obs))
+        return f"{head}\n{body}\n"
+
+    def close(self) -> None:
+        """End a running script (its episode counts as truncated) and release the session."""
+        if self._closed:
+            return
+        self._end_session()
+        self.session = None
+        self._closed = True
+        super().close()
+
+    # ------------------------------------------------------------------ structured access
+
+    @property
+    def trajectories(self) -> dict[str, SubAgentTrajectory]:
+        """The nested execution envs: each sub-agent's turns (current or last episode)."""
+        return self._trace.by_agent
+
+    @property
+    def sub_agents(self) -> list[str]:
+        return list(self._trace.by_agent)
+
+    @property
+    def turns(self) -> list[Turn]:
+        return self._trace.turns
+
+    @property
+    def phase(self) -> str:
+        """``idle`` (before reset), ``design``, ``execute`` or ``done``."""
+        return self._phase
+
+    @property
+    def actor(self) -> str | None:
+        return {"design": "designer", "execute": "executor"}.get(self._phase)
+
+    def task_index(self, task_id: str) -> int:
+        try:
+            return self._index_of[task_id]
+        except KeyError:
+            raise KeyError(f"unknown task_id {task_id!r} in {self.dataset!r} ({len(self.tasks)} tasks)") from None
+
+    # ------------------------------------------------------------------ internals
+
+    def _ensure_open(self) -> None:
+        if self._closed:
+            raise gym.error.ClosedEnvironmentError("this MetaAgentXEnv is closed")
+
+    def _get_session(self) -> Any:
+        if self.session is None:
+            from mx_envs.mas.session import MASSession
+
+            self.session = MASSession(sandbox=self._sandbox, budgets=self.budgets)
+        return self.session
+
+    def _end_session(self) -> None:
+        if self.session is not None and self._phase == "execute":
+            self.session.close()
+
+    def _pick_task(self, options: dict[str, Any]) -> Task:
+        unknown = set(options) - {"task_id", "index", "task"}
+        if unknown:
+            raise ValueError(f"unknown reset options {sorted(unknown)}; known: task_id, index, task")
+        if sum(k in options for k in ("task_id", "index", "task")) > 1:
+            raise ValueError("give at most one of the reset options task_id, index, task")
+        if "task" in options:
+            task = options["task"]
+            if not isinstance(task, Task):
+                raise TypeError(f"options['task'] must be a Task, got {type(task).__name__}")
+            return task
+        if "task_id" in options:
+            return self.tasks[self.task_index(str(options["task_id"]))]
+        if "index" in options:
+            index = options["index"]
+            if isinstance(index, bool) or not isinstance(index, numbers.Integral):
+                raise TypeError(f"options['index'] must be an int, got {type(index).__name__}")
+            if not -len(self.tasks) <= int(index) < len(self.tasks):
+                raise IndexError(f"task index {index} out of range for {len(self.tasks)} tasks")
+            return self.tasks[int(index)]
+        return self.tasks[int(self.np_random.integers(len(self.tasks)))]
+
+    def _task_info(self) -> dict[str, Any]:
+        assert self.task is not None
+        return {"task_id": self.task.id, "dataset": self.task.dataset, "kind": self.task.kind}
+
+    def _executor_step(self, req: LLMRequest) -> tuple[dict[str, Any], float, bool, bool, dict[str, Any]]:
+        obs = make_observation(EXECUTOR, req.agent, req.messages, req.options)
+        if len(obs["messages"]) > self.max_observation_chars:
+            self.session.close()
+            finished = Finished(
+                reason=TerminationReason.BUDGET_EXCEEDED,
+                error=(
+                    f"the chat of {req.agent!r} ({len(obs['messages'])} characters as JSON) exceeds "
+                    f"max_observation_chars={self.max_observation_chars}"
+                ),
+                llm_calls=req.call_index,
+                agents=list(self.session.agents),
+                tool_calls=list(self.session.tool_calls),
+            )
+            return self._final_step(finished)
+        self._trace.open_turn(req.call_index, req.agent, req.messages, req.options)
+        self._phase = "execute"
+        self._obs = obs
+        info = self._task_info()
+        info.update({"actor": "executor", "agent": req.agent, "call_index": req.call_index})
+        return obs, -float(self.reward_config.llm_call_penalty), False, False, info
+
+    def _final_step(self, finished: Finished) -> tuple[dict[str, Any], float, bool, bool, dict[str, Any]]:
+        assert self.task is not None
+        task = self.task
+        t0 = time.perf_counter()
+        answer = finished.answer_text if finished.reason is TerminationReason.COMPLETED else None
+        grade = None
+        if answer is not None:
+            from mx_envs.tasks import grade as grade_fn
+
+            grade = grade_fn(task, answer)
+        self.last_grade = grade
+        self.timings["grade_s"] = time.perf_counter() - t0
+        correct = bool(grade.correct) if grade is not None else False
+        score = float(grade.score) if grade is not None else 0.0
+        outcome = self.reward_config.outcome(task.kind, correct, score)
+        valid = finished.reason is TerminationReason.COMPLETED
+        penalty = 0.0 if valid else float(self.reward_config.invalid_design_penalty)
+        reward = outcome - penalty
+        n_turns = len(self._trace.turns)
+        info: dict[str, Any] = self._task_info()
+        info.update(
+            {
+                "correct": correct,
+                "score": score,
+                "answer": answer,
+                "extracted": None if grade is None else _jsonable(grade.extracted),
+                "grade_details": {} if grade is None else _deterministic(grade.details),
+                "termination_reason": finished.reason.value,
+                "error": finished.error,
+                "valid_design": valid,
+                "design": self.session.script if self.session is not None else None,
+                "llm_calls": finished.llm_calls,
+                "agents": list(finished.agents),
+                "tool_calls": [dataclasses.asdict(tc) for tc in finished.tool_calls],
+                "trajectories": self._trace.to_dict(),
+                "outcome": outcome,
+                "reward_terms": {"outcome": outcome, "invalid_design_penalty": -penalty},
+                "designer_outcome": {"valid_design": valid, "outcome": outcome, "reward": reward},
+                "executor_outcome": {"turns": n_turns, "outcome": outcome, "correct": correct},
+            }
+        )
+        self.outcome = info
+        self._phase = "done"
+        self._obs = terminal_observation()
+        self.timings["episode_s"] = time.perf_counter() - self._episode_t0
+        if self.session is not None:
+            self.timings["script_own_s"] = float(getattr(self.session, "script_time_s", 0.0))
+        return self._obs, float(reward), True, False, _copy_info(info)
+
+
+def _jsonable(value: Any) -> Any:
+    try:
+        return json.loads(json.dumps(value))
+    except (TypeError, ValueError):
+        return str(value)
+
+
+# Grader details may carry run times and memory peaks; those would make equal episodes give unequal
+# info, so keys that name a measurement are dropped (they stay on env.last_grade).
+_MEASURED_SUFFIXES = ("_s", "_ms", "_mb", "_seconds")
+_MEASURED_WORDS = ("wall", "elapsed", "duration", "cpu", "peak", "timing")
+
+
+def _is_measurement(key: Any) -> bool:
+    k = str(key).lower()
+    return k.endswith(_MEASURED_SUFFIXES) or any(w in k for w in _MEASURED_WORDS)
+
+
+def _deterministic(details: Any) -> Any:
+    if isinstance(details, dict):
+        return {k: _deterministic(v) for k, v in details.items() if not _is_measurement(k)}
+    if isinstance(details, list | tuple):
+        return [_deterministic(v) for v in details]
+    return _jsonable(details)
+
+
+def _copy_info(info: dict[str, Any]) -> dict[str, Any]:
+    return copy.deepcopy(info)
