@@ -9,15 +9,16 @@ collects features, then applies ordered rules (first match wins):
    that order, so a debate whose rounds are voted on is a debate). ``pipeline``/``route`` alone fall
    through to the rules below (usually **other**).
 1. **debate**: at least two agents, a loop that contains LLM calls, and debate vocabulary
-   (``debate``, ``round``, ``argue``, ``opponent``, ``rebut``) in identifiers or strings.
+   (``debate``, ``round``, ``argue``, ``opponent``, ``rebut``) in identifiers or one-word strings
+   (agent names, modes; prompts' prose is ignored).
 2. **ensemble**: at least two solver agents (several construction sites, or one inside a loop or
    comprehension) whose answers are aggregated (``vote``, ``majority``, ``judge``, ``aggregate``,
    ``select``, ``Counter``/``most_common``), or any agent built in a loop/comprehension and called.
 3. **reflection**: critique vocabulary (``critic``, ``reflect``, ``feedback``, ``refine``, ``review``,
    ``verify``, ``improve``, ``revise``) together with more than one LLM call (a loop around calls or
-   several call sites).
-4. **single**: one agent construction site, outside any loop, called outside any loop (tool use
-   does not change this).
+   several call sites); or a single agent called in a loop (iterated self-refinement).
+4. **single**: one agent, constructed and called outside any loop (tool use and a follow-up
+   question to the same agent do not change this).
 5. **other**: anything else (pipelines of distinct roles, routers, ...).
 
 An "agent construction" is a call whose callee name contains ``agent`` (``Agent(...)``,
@@ -151,7 +152,9 @@ class _Visitor(ast.NodeVisitor):
     visit_AsyncFunctionDef = visit_FunctionDef
 
     def visit_Constant(self, node: ast.Constant) -> None:
-        if isinstance(node.value, str):
+        # Short one-word strings are names and modes (`Agent("critic")`, `aggregate="vote"`); long
+        # prose is a prompt, whose wording ("check your answer") says nothing about the structure.
+        if isinstance(node.value, str) and len(node.value) <= 40 and not any(c.isspace() for c in node.value):
             self.words.append(node.value)
 
 
@@ -234,8 +237,8 @@ def _apply_rules(f: DesignFeatures, vocab: dict[str, bool]) -> str:
         return "debate"
     if (n >= 2 and vocab["aggregate"]) or (f.agents_in_loop and f.call_sites >= 1):
         return "ensemble"
-    if vocab["critique"] and several_calls:
+    if (vocab["critique"] and several_calls) or (n == 1 and f.calls_in_loop):
         return "reflection"
-    if n == 1 and not f.agents_in_loop and not f.calls_in_loop and f.call_sites <= 1:
+    if n == 1 and not f.agents_in_loop:
         return "single"
     return "other"

@@ -29,6 +29,12 @@ class CallRecord:
     prompt_tokens: int = 0
     response_tokens: int = 0
     finish_reason: str = ""
+    source: str = "llm"  # who answered: "llm", "fixed" (a library design), "scripted", "random"
+
+    @property
+    def counts_as_llm_call(self) -> bool:
+        """A fixed design's designer turn is not a model call; every other answered turn is."""
+        return self.source != "fixed"
 
 
 @dataclass
@@ -74,7 +80,8 @@ class EpisodeTrace:
 
     @property
     def llm_calls(self) -> int:
-        return len(self.calls)
+        """Turns answered by the policy, the designer's included unless it was a fixed design."""
+        return sum(c.counts_as_llm_call for c in self.calls)
 
     @property
     def prompt_tokens(self) -> int:

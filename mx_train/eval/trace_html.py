@@ -262,9 +262,9 @@ def render_trace_html(trace: EpisodeTrace) -> str:
     designer_html = ""
     if designer:
         d = designer[0]
+        who = "fixed library design" if d.source == "fixed" else f"{d.prompt_tokens} prompt tok, {d.response_tokens} reply tok"
         designer_html = (
-            f"<details><summary>Designer prompt and raw output ({d.prompt_tokens} prompt tok, "
-            f"{d.response_tokens} reply tok)</summary>{_messages_html(d.messages)}"
+            f"<details><summary>Designer prompt and raw output ({_e(who)})</summary>{_messages_html(d.messages)}"
             f'<div class="msg assistant"><div class="role">designer output</div>{_pre(d.reply)}</div></details>'
         )
     elif trace.design_text:

@@ -1,0 +1,164 @@
+"""``mx eval``, ``mx table`` and ``mx trace``: evaluation runs, the baselines table, trace pages."""
+
+from __future__ import annotations
+
+import argparse
+
+POLICY_HELP = (
+    "policy spec: 'default' (embedded SmolLM2), an HF id/path or checkpoint dir, an http(s) URL, "
+    "'design:NAME' (a fixed library design), 'scripted', 'random[:SEED]'"
+)
+
+
+def _env_kwargs(items: list[str] | None) -> dict:
+    import json
+
+    out = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--env-arg wants KEY=VALUE, got {item!r}")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+def _add_run_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--samples", "-K", type=int, default=1, help="samples per task (default 1)")
+    p.add_argument("--seed", type=int, default=0, help="seed of env episodes and sampling (default 0)")
+    p.add_argument("--limit", type=int, default=None, help="only the first N tasks of each env")
+    p.add_argument("--max-new-tokens", type=int, default=None, help="cap on every reply (executor and designer)")
+    p.add_argument("--designer-max-new-tokens", type=int, default=None, help="cap on design replies only")
+    p.add_argument("--temperature", type=float, default=None, help="sampling temperature of both roles")
+    p.add_argument("--batch-size", type=int, default=8, help="episodes run together, LLM turns batched (default 8)")
+    p.add_argument("--env-arg", action="append", metavar="KEY=VALUE",
+                   help="keyword for gym.make (JSON value), e.g. --env-arg fixture=true; repeatable")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "eval",
+        help="evaluate a policy on env(s): accuracy, design validity, cost, design structures",
+        description=(
+            "Run K samples per task and write OUT/results.json, OUT/results.md, OUT/episodes.jsonl and "
+            "one trace per episode under OUT/traces/. Re-running with the same --out resumes."
+        ),
+    )
+    p.add_argument("env_ids", nargs="+", metavar="ENV_ID", help="e.g. MetaAgentX-GSM8K-v0")
+    p.add_argument("--policy", required=True, help=POLICY_HELP)
+    p.add_argument("--executor", default=None, help="executor spec (default: the policy plays both roles; "
+                   "for design:NAME the embedded model)")
+    p.add_argument("--out", default=None, help="output directory (default runs/eval/<policy>)")
+    _add_run_options(p)
+    p.set_defaults(func=run_eval_cmd)
+
+    t = subparsers.add_parser(
+        "table",
+        help="baselines table: fixed designs and a learned designer across benchmarks (paper-shaped)",
+        description=(
+            "Evaluate each fixed design and the learned designer (one mx eval run each, under OUT/runs/, "
+            "resumed when present) and write OUT/table.md and OUT/table.json."
+        ),
+    )
+    t.add_argument("--envs", required=True, help="comma-separated env ids (the table's columns)")
+    t.add_argument("--designs", default="single,vote,reflection,debate",
+                   help="comma-separated library designs (rows; 'single' is the Single Agent row)")
+    t.add_argument("--learned", default=None, help="the learned designer's policy spec (the MetaAgentX row)")
+    t.add_argument("--learned-executor", default=None,
+                   help="executor of the learned row (default: the learned model plays both roles)")
+    t.add_argument("--executor", default="default", help="executor spec of the fixed designs (default 'default')")
+    t.add_argument("--out", required=True, help="output directory")
+    t.add_argument("--no-run", action="store_true", help="only tabulate existing run directories")
+    _add_run_options(t)
+    t.set_defaults(func=run_table_cmd)
+
+    r = subparsers.add_parser(
+        "trace",
+        help="render an episode trace (from mx eval's traces/) as a self-contained HTML page",
+    )
+    r.add_argument("trace_file", metavar="TRACE_FILE", help="a trace JSON file")
+    r.add_argument("--html", required=True, metavar="OUT", help="HTML file to write")
+    r.set_defaults(func=run_trace_cmd)
+
+
+def _config(args: argparse.Namespace, env_ids: list[str], policy: str, executor: str | None):
+    from mx_train.eval.runner import EvalConfig
+
+    return EvalConfig(
+        env_ids=env_ids, policy=policy, executor=executor, samples=args.samples, seed=args.seed,
+        limit=args.limit, max_new_tokens=args.max_new_tokens,
+        designer_max_new_tokens=args.designer_max_new_tokens, temperature=args.temperature,
+        batch_size=args.batch_size, env_kwargs=_env_kwargs(args.env_arg),
+    )
+
+
+def run_eval_cmd(args: argparse.Namespace) -> int:
+    import sys
+    from pathlib import Path
+
+    from mx_train.eval.runner import run_eval
+    from mx_train.eval.trace import slug
+
+    try:
+        cfg = _config(args, list(args.env_ids), args.policy, args.executor)
+        out = Path(args.out or Path("runs") / "eval" / slug(args.policy))
+        results = run_eval(cfg, out, progress=not args.no_progress)
+    except (ValueError, KeyError, FileNotFoundError) as exc:
+        print(f"mx eval: {exc}", file=sys.stderr)
+        return 2
+    print((out / "results.md").read_text(encoding="utf-8"))
+    print(f"wrote {out / 'results.json'}, {out / 'results.md'} and {results['overall']['n_episodes']} traces "
+          f"under {out / 'traces'}")
+    return 0
+
+
+def run_table_cmd(args: argparse.Namespace) -> int:
+    import sys
+    from pathlib import Path
+
+    from mx_train.eval.baselines_table import build_table, plan_rows, render_table_markdown, write_table
+    from mx_train.eval.runner import run_eval
+
+    env_ids = [e.strip() for e in args.envs.split(",") if e.strip()]
+    designs = [d.strip() for d in args.designs.split(",") if d.strip()]
+    if not env_ids:
+        print("mx table: --envs is empty", file=sys.stderr)
+        return 2
+    out = Path(args.out)
+    rows = plan_rows(designs, args.learned, args.executor, args.learned_executor, out)
+    try:
+        if not args.no_run:
+            for row in rows:
+                print(f"== {row.label}: {row.policy}" + (f" (executor {row.executor})" if row.executor else ""))
+                run_eval(_config(args, env_ids, row.policy, row.executor), row.run_dir,
+                         progress=not args.no_progress)
+    except (ValueError, KeyError, FileNotFoundError) as exc:
+        print(f"mx table: {exc}", file=sys.stderr)
+        return 2
+    table = build_table(rows, env_ids)
+    jp, mp = write_table(out, table)
+    print(render_table_markdown(table))
+    print(f"wrote {jp} and {mp}")
+    return 0
+
+
+def run_trace_cmd(args: argparse.Namespace) -> int:
+    import sys
+    from pathlib import Path
+
+    from mx_train.eval.trace import load_trace
+    from mx_train.eval.trace_html import render_trace_html
+
+    try:
+        trace = load_trace(args.trace_file)
+    except (ValueError, FileNotFoundError, TypeError) as exc:
+        print(f"mx trace: {exc}", file=sys.stderr)
+        return 2
+    out = Path(args.html)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(render_trace_html(trace), encoding="utf-8")
+    print(f"wrote {out}")
+    return 0
