@@ -392,6 +392,8 @@ def ensemble(
     """
     if not agents:
         raise MASError("ensemble needs at least one agent")
+    if aggregate != "vote" and not callable(aggregate):
+        raise MASError(f"aggregate must be 'vote', an Agent or a callable, got {aggregate!r}")
     replies = [str(_call(a, task)) for a in agents]
     if aggregate == "vote":
         winner = majority_vote([extract_answer(r) for r in replies])
@@ -408,9 +410,7 @@ def ensemble(
             "Compare the candidates, decide which is correct, and give the final answer in the "
             "format the task needs."
         )
-    if callable(aggregate):
-        return aggregate(replies)
-    raise MASError(f"aggregate must be 'vote', an Agent or a callable, got {aggregate!r}")
+    return aggregate(replies)
 
 
 _APPROVED_RE = re.compile(r"\bAPPROVED\b")

@@ -35,7 +35,8 @@ Reply = str | Callable[[LLMRequest], str]
 class ScriptedLLM:
     """TEST DOUBLE of an LLM. ``rules`` are tried in order: (agent regex, content regex, reply).
 
-    A rule matches when the agent name matches ``agent`` (``re.fullmatch``; ``None``: any) and
+    A rule matches when the agent name, or its base name without a ``#k`` suffix, matches
+    ``agent`` (``re.fullmatch``; ``None``: any) and
     the last message's content contains ``content`` (``re.search``; ``None``: any). ``reply``
     is a string or a function of the request. No match: ``default`` (or an AssertionError).
     """
@@ -49,7 +50,8 @@ class ScriptedLLM:
         self.requests.append(req)
         last = req.messages[-1]["content"] if req.messages else ""
         for agent, content, reply in self.rules:
-            if agent is not None and not re.fullmatch(agent, req.agent):
+            base = req.agent.split("#")[0]
+            if agent is not None and not (re.fullmatch(agent, req.agent) or re.fullmatch(agent, base)):
                 continue
             if content is not None and not re.search(content, last):
                 continue
@@ -162,3 +164,28 @@ class BrokenSandbox:
 
     def close(self) -> None:
         pass
+
+
+class LoopbackTransport:
+    """TEST DOUBLE of the script's host transport, in-process: LLM calls go to ``llm``.
+
+    Tool calls are answered by ``tool`` (a function of the code) without running anything.
+    Every message is recorded in ``sent``.
+    """
+
+    def __init__(self, llm: Callable[[LLMRequest], str], tool: Callable[[str], str] | None = None):
+        self.llm = llm
+        self.tool = tool or (lambda code: "")
+        self.sent: list[dict[str, Any]] = []
+        self.calls = 0
+
+    def notify(self, message: dict[str, Any]) -> None:
+        self.sent.append(message)
+
+    def request(self, message: dict[str, Any]) -> dict[str, Any]:
+        self.sent.append(message)
+        if message["type"] == "tool":
+            return {"verdict": "ok", "stdout": self.tool(message["code"]), "stderr": ""}
+        req = LLMRequest(self.calls, message["agent"], message["messages"], message["options"])
+        self.calls += 1
+        return {"type": "reply", "text": self.llm(req)}
