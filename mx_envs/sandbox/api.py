@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 
-class Verdict(str, enum.Enum):
+class Verdict(str, enum.Enum):  # noqa: UP042 - str mixin kept for JSON/str compatibility
     """How a sandboxed run ended."""
 
     OK = "ok"  # exited with status 0 within every limit

@@ -1,0 +1,665 @@
+"""The warm pool server of the process sandbox, its supervisors and the sandboxed child.
+
+Process tree (all standard library; started by :class:`mx_envs.sandbox.process.ProcessSandbox`)::
+
+    host ──unix SEQPACKET──▶ server (imports numpy, sympy, ...; gc.freeze)
+                              ├── supervisor 1 (subreaper) ── prefork child (namespaces ready)
+                              ├── supervisor 2 ...
+
+Every supervisor blocks in ``recvmsg`` on the shared request socket; the kernel hands each request
+(a small JSON header plus file descriptors passed with SCM_RIGHTS) to exactly one idle supervisor.
+The supervisor already holds a *prefork child*: forked, in its own session, with fresh network and
+mount namespaces, a private tmpfs for its work dir, and the root file system read-only. On a request
+the child receives its descriptors (payload memfd, stdin memfd, stdout/stderr pipe ends, channel),
+writes the files, sets rlimits, drops to a per-run unprivileged uid, and runs the source as
+``__main__``. The supervisor enforces the wall clock, kills the whole process tree at the end, and
+reports the exit status, rusage and timings over the per-run control socket. It then preforks the
+next child, so no fork, namespace or mount work sits on the critical path of a request.
+"""
+
+from __future__ import annotations
+
+import atexit
+import errno
+import gc
+import importlib
+import json
+import math
+import os
+import pickle
+import resource
+import selectors
+import signal
+import socket
+import sys
+import threading
+import time
+import traceback
+import types
+from typing import Any
+
+from mx_envs.sandbox import _linux
+from mx_envs.sandbox.wire import FrameReader, encode_frame
+
+UID_BASE = 1_000_000  # per-run uid = UID_BASE + pid of the child: unique among live runs
+WORKDIR_IN_NS = "/tmp/work"
+CHANNEL_FD = 3
+STATUS_FD = 4
+CHILD_ENV = {
+    "PATH": "/usr/local/bin:/usr/bin:/bin",
+    "LANG": "C.UTF-8",
+    "LC_ALL": "C.UTF-8",
+    "PYTHONIOENCODING": "utf-8",
+    "PYTHONDONTWRITEBYTECODE": "1",
+    "OMP_NUM_THREADS": "1",
+    "OPENBLAS_NUM_THREADS": "1",
+    "MKL_NUM_THREADS": "1",
+}
+
+
+# ----------------------------------------------------------------------------- child (the program)
+
+
+def _setup_isolation(network: bool) -> dict[str, Any]:
+    """Runs in the prefork child: namespaces, mounts and work dir. Returns what actually holds."""
+    iso: dict[str, Any] = {"root": os.geteuid() == 0, "errors": []}
+    flags = _linux.CLONE_NEWNS | _linux.CLONE_NEWIPC | _linux.CLONE_NEWUTS
+    if not network:
+        flags |= _linux.CLONE_NEWNET
+    if os.geteuid() != 0:
+        flags |= _linux.CLONE_NEWUSER
+    uid, gid = os.getuid(), os.getgid()
+    try:
+        _linux.unshare(flags)
+        iso["user_ns"] = bool(flags & _linux.CLONE_NEWUSER)
+        iso["net_ns"] = not network
+        iso["mount_ns"] = True
+    except OSError as exc:
+        iso["errors"].append(f"namespaces refused by the kernel: {exc}")
+        iso.update(user_ns=False, net_ns=False, mount_ns=False)
+    if iso["user_ns"]:
+        try:
+            with open("/proc/self/setgroups", "w") as fh:
+                fh.write("deny")
+            with open("/proc/self/uid_map", "w") as fh:
+                fh.write(f"0 {uid} 1")
+            with open("/proc/self/gid_map", "w") as fh:
+                fh.write(f"0 {gid} 1")
+        except OSError as exc:
+            iso["errors"].append(f"uid map: {exc}")
+    iso["network"] = "host" if network else ("none (empty network namespace)" if iso["net_ns"] else "host")
+    iso["readonly_root"] = False
+    iso["private_tmp"] = False
+    if iso["mount_ns"]:
+        try:
+            _linux.mount(None, "/", None, _linux.MS_REC | _linux.MS_PRIVATE)
+            _linux.make_tree_readonly("/")
+            iso["readonly_root"] = True
+        except OSError as exc:
+            iso["errors"].append(f"read-only root: {exc}")
+        try:
+            opts = _linux.MS_NOSUID | _linux.MS_NODEV
+            for mp in ("/tmp", "/var/tmp", "/dev/shm"):
+                if os.path.isdir(mp):
+                    _linux.mount("tmpfs", mp, "tmpfs", opts, "size=512m,mode=1777")
+            iso["private_tmp"] = True
+        except OSError as exc:
+            iso["errors"].append(f"private tmpfs: {exc}")
+    if iso["private_tmp"]:
+        workdir = WORKDIR_IN_NS
+        os.mkdir(workdir, 0o700)
+    else:
+        import tempfile
+
+        workdir = tempfile.mkdtemp(prefix="mx-sbx-")
+    iso["workdir"] = workdir
+    iso["uid"] = UID_BASE + os.getpid() if os.geteuid() == 0 and not iso["user_ns"] else None
+    if iso["uid"] is not None:
+        os.chown(workdir, iso["uid"], iso["uid"])
+    return iso
+
+
+def _write_files(workdir: str, files: dict[str, bytes | str], uid: int | None) -> None:
+    root = os.path.realpath(workdir)
+    for name, content in files.items():
+        path = os.path.realpath(os.path.join(root, name))
+        if not path.startswith(root + os.sep):
+            raise ValueError(f"file name escapes the work dir: {name!r}")
+        parent = os.path.dirname(path)
+        os.makedirs(parent, exist_ok=True)
+        data = content.encode() if isinstance(content, str) else bytes(content)
+        with open(path, "wb") as fh:
+            fh.write(data)
+        if uid is not None:
+            d = parent
+            while d != root and d.startswith(root):
+                os.chown(d, uid, uid)
+                d = os.path.dirname(d)
+            os.chown(path, uid, uid)
+
+
+def _vm_size_bytes() -> int:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmSize:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def _child_run(header: dict[str, Any], fds: list[int], status_sock: socket.socket, iso: dict[str, Any]) -> None:
+    """Runs in the child after the request arrived; never returns."""
+    limits = header["limits"]
+    payload_fd, stdin_fd, out_fd, err_fd = fds[:4]
+    chan_fd = fds[4] if len(fds) > 4 else None
+    with os.fdopen(payload_fd, "rb") as fh:
+        payload = pickle.load(fh)
+    workdir: str = iso["workdir"]
+    uid: int | None = iso["uid"]
+    filename = payload.get("filename", "main.py")
+    files = dict(payload.get("files") or {})
+    files.setdefault(filename, payload["source"])
+    try:
+        _write_files(workdir, files, uid)
+    except (OSError, ValueError) as exc:
+        os.write(err_fd, f"sandbox: cannot write files: {exc}\n".encode())
+        os._exit(1)
+
+    # Move the descriptors to their fixed numbers, then close everything else: the child must not
+    # keep the pool's request socket or any other run's descriptors.
+    status_raw = status_sock.detach()
+    wanted = [stdin_fd, out_fd, err_fd, chan_fd, status_raw]
+    high = [fcntl_dup(fd) if fd is not None else None for fd in wanted]
+    for target, fd in enumerate(high):
+        if fd is not None:
+            os.dup2(fd, target, inheritable=True)
+    os.closerange(STATUS_FD + 1, 1 << 20)
+    if chan_fd is None and _fd_open(CHANNEL_FD):
+        os.close(CHANNEL_FD)
+
+    baseline = _vm_size_bytes()
+    mb = 1 << 20
+    cpu = int(math.ceil(float(limits.get("cpu_s") or limits["wall_s"])))
+    rl = [
+        (resource.RLIMIT_AS, baseline + int(limits["memory_mb"]) * mb),
+        (resource.RLIMIT_CPU, (cpu, cpu + 1)),
+        (resource.RLIMIT_FSIZE, int(limits["file_size_mb"]) * mb),
+        (resource.RLIMIT_NOFILE, int(limits["open_files"])),
+        (resource.RLIMIT_CORE, 0),
+        (resource.RLIMIT_NPROC, int(limits["max_processes"])),
+    ]
+    for which, value in rl:
+        soft, hard = value if isinstance(value, tuple) else (value, value)
+        try:
+            resource.setrlimit(which, (soft, hard))
+        except (ValueError, OSError) as exc:
+            os.write(2, f"sandbox: setrlimit {which} failed: {exc}\n".encode())
+    try:
+        if uid is not None:
+            os.setgroups([])
+            os.setresgid(uid, uid, uid)
+            os.setresuid(uid, uid, uid)
+        elif iso.get("user_ns"):
+            _linux.drop_all_capabilities()
+        _linux.prctl(_linux.PR_SET_NO_NEW_PRIVS, 1)
+        _linux.prctl(_linux.PR_SET_PDEATHSIG, signal.SIGKILL)
+    except OSError as exc:
+        os.write(2, f"sandbox: dropping privileges failed: {exc}\n".encode())
+        os._exit(1)
+
+    os.environ.clear()
+    os.environ.update(CHILD_ENV)
+    os.environ.update(HOME=workdir, TMPDIR=workdir)
+    if chan_fd is not None:
+        os.environ["MX_CHANNEL_FD"] = str(CHANNEL_FD)
+    os.chdir(workdir)
+    for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGCHLD, signal.SIGUSR1, signal.SIGUSR2):
+        signal.signal(sig, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    # The program's standard streams live until the process exits: no context manager.
+    sys.stdin = sys.__stdin__ = open(0, encoding="utf-8", errors="surrogateescape", closefd=False)  # noqa: SIM115
+    sys.stdout = sys.__stdout__ = open(1, "w", encoding="utf-8", errors="surrogateescape", closefd=False)  # noqa: SIM115
+    sys.stderr = sys.__stderr__ = open(2, "w", encoding="utf-8", errors="backslashreplace", closefd=False, buffering=1)  # noqa: SIM115
+    main_path = os.path.join(workdir, filename)
+    sys.argv = [main_path]
+    sys.path[0] = workdir
+    module = types.ModuleType("__main__")
+    module.__file__ = main_path
+    module.__builtins__ = __builtins__  # type: ignore[attr-defined]
+    sys.modules["__main__"] = module
+    np = sys.modules.get("numpy")
+    if np is not None:
+        np.random.seed()  # the pool's global numpy RNG state must not be shared across runs
+    atexit._clear()
+
+    code = 0
+    hint: str | None = None
+    try:
+        compiled = compile(payload["source"], main_path, "exec")
+        exec(compiled, module.__dict__)
+        _join_threads()
+    except SystemExit as exc:
+        code = _exit_code(exc)
+    except BaseException as exc:  # noqa: BLE001 - the program's own failure, reported like CPython
+        hint = type(exc).__name__
+        if isinstance(exc, MemoryError):
+            hint = "MemoryError"
+        elif isinstance(exc, OSError) and exc.errno == errno.EFBIG:
+            hint = "EFBIG"
+        code = 1
+        try:
+            tb = exc.__traceback__
+            tb = tb.tb_next if tb is not None else None  # hide this runner's frame
+            traceback.print_exception(type(exc), exc, tb)
+        except BaseException:  # noqa: BLE001
+            pass
+    try:
+        atexit._run_exitfuncs()
+    except BaseException:  # noqa: BLE001
+        pass
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except BaseException:  # noqa: BLE001
+            pass
+    if hint is not None:
+        try:
+            os.write(STATUS_FD, json.dumps({"exception": hint}).encode())
+        except OSError:
+            pass
+    os._exit(code)
+
+
+def _join_threads() -> None:
+    main = threading.main_thread()
+    for t in threading.enumerate():
+        if t is not main and not t.daemon and t.is_alive():
+            t.join()
+
+
+def _exit_code(exc: SystemExit) -> int:
+    if exc.code is None:
+        return 0
+    if isinstance(exc.code, int):
+        return exc.code & 0xFF
+    try:
+        print(exc.code, file=sys.stderr)
+    except BaseException:  # noqa: BLE001
+        pass
+    return 1
+
+
+def fcntl_dup(fd: int) -> int:
+    import fcntl
+
+    return fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 64)
+
+
+def _fd_open(fd: int) -> bool:
+    try:
+        os.fstat(fd)
+        return True
+    except OSError:
+        return False
+
+
+# ----------------------------------------------------------------------------- supervisor
+
+
+class _Prefork:
+    def __init__(self, pid: int, sock: socket.socket, iso: dict[str, Any], network: bool) -> None:
+        self.pid, self.sock, self.iso, self.network = pid, sock, iso, network
+
+    def discard(self) -> None:
+        try:
+            os.kill(self.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.sock.close()
+        try:
+            os.waitpid(self.pid, 0)
+        except ChildProcessError:
+            pass
+
+
+def _prefork(network: bool, close_in_child: list[socket.socket]) -> _Prefork:
+    parent_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    pid = os.fork()
+    if pid == 0:
+        try:
+            for s in close_in_child + [parent_sock]:
+                s.close()
+            _linux.prctl(_linux.PR_SET_PDEATHSIG, signal.SIGKILL)
+            os.setsid()
+            iso = _setup_isolation(network)
+            child_sock.send(json.dumps(iso).encode())
+            msg, fds, _flags, _addr = socket.recv_fds(child_sock, 1 << 16, 8)
+            if not msg:
+                os._exit(0)
+            _child_run(json.loads(msg), fds, child_sock, iso)
+        except BaseException:  # noqa: BLE001
+            try:
+                traceback.print_exc()
+            finally:
+                os._exit(70)
+    child_sock.close()
+    raw = parent_sock.recv(1 << 16)
+    iso = json.loads(raw) if raw else {"errors": ["prefork child died during set-up"]}
+    return _Prefork(pid, parent_sock, iso, network)
+
+
+def _children_of(ppid: int) -> list[int]:
+    out = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat", "rb") as fh:
+                stat = fh.read()
+        except OSError:
+            continue
+        fields = stat[stat.rfind(b")") + 2 :].split()
+        if int(fields[1]) == ppid:
+            out.append(int(name))
+    return out
+
+
+def _kill_group(pgid: int) -> None:
+    """SIGKILL the run's process group; the child leads it, so its exit wakes the supervisor."""
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _kill_tree(pgid: int) -> int:
+    """Kill the run's process group, then every remaining descendant of this subreaper.
+
+    Orphans of the run are re-parented to this supervisor (PR_SET_CHILD_SUBREAPER), so "no children
+    left" means "no process of the run left". Returns how many stray processes had to be hunted.
+    """
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    hunted = 0
+    me = os.getpid()
+    deadline = time.monotonic() + 5.0
+    while time.monotonic() < deadline:
+        try:
+            while True:
+                pid, _ = os.waitpid(-1, os.WNOHANG)
+                if pid == 0:
+                    break
+        except ChildProcessError:
+            return hunted
+        for pid in _children_of(me):
+            hunted += 1
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        time.sleep(0.001)
+    return hunted
+
+
+class _Supervisor:
+    def __init__(self, request_sock: socket.socket, info: dict[str, Any]) -> None:
+        self.request_sock = request_sock
+        self.info = info
+        self.current_pgid: int | None = None
+        self.stopping = False
+
+    def _on_term(self, signum: int, frame: Any) -> None:
+        self.stopping = True
+        if self.current_pgid is not None:
+            try:
+                os.killpg(self.current_pgid, signal.SIGKILL)
+            except OSError:
+                pass
+        else:
+            raise SystemExit(0)
+
+    def serve(self) -> None:
+        signal.set_wakeup_fd(-1)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        signal.signal(signal.SIGTERM, self._on_term)
+        _linux.prctl(_linux.PR_SET_PDEATHSIG, signal.SIGKILL)
+        _linux.prctl(_linux.PR_SET_CHILD_SUBREAPER, 1)
+        pre = _prefork(False, [self.request_sock])
+        while not self.stopping:
+            try:
+                msg, fds, _flags, _addr = socket.recv_fds(self.request_sock, 1 << 16, 16)
+            except InterruptedError:
+                continue
+            if not msg:
+                break  # host closed the request socket
+            try:
+                header = json.loads(msg)
+                if bool(header["limits"].get("network")) != pre.network:
+                    pre.discard()
+                    pre = _prefork(bool(header["limits"].get("network")), [self.request_sock])
+                self._run(header, msg, fds, pre)
+            except Exception:  # noqa: BLE001 - never let one bad request kill the supervisor
+                traceback.print_exc()
+                for fd in fds:
+                    try:
+                        os.close(fd)
+                    except OSError:
+                        pass
+                _kill_tree(pre.pid)
+            if not self.stopping:
+                pre = _prefork(False, [self.request_sock])
+        pre.discard()
+
+    def _run(self, header: dict[str, Any], msg: bytes, fds: list[int], pre: _Prefork) -> None:
+        ctl = socket.socket(fileno=fds[0])
+        child_fds = fds[1:]
+        limits = header["limits"]
+        wall = float(limits["wall_s"])
+        ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        t0 = time.monotonic()
+        self.current_pgid = pre.pid
+        socket.send_fds(pre.sock, [msg], child_fds)
+        for fd in child_fds:
+            os.close(fd)
+        try:
+            ctl.sendall(encode_frame({"op": "started"}))
+        except OSError:
+            pass
+        pidfd = os.pidfd_open(pre.pid)
+        sel = selectors.DefaultSelector()
+        sel.register(ctl, selectors.EVENT_READ, "ctl")
+        sel.register(pidfd, selectors.EVENT_READ, "exit")
+        sel.register(pre.sock, selectors.EVENT_READ, "status")
+        reader = FrameReader()
+        deadline = t0 + wall
+        paused_at: float | None = None
+        paused_total = 0.0
+        reason: str | None = None
+        hint: str | None = None
+        exited = False
+        while not exited:
+            now = time.monotonic()
+            if paused_at is None and now >= deadline and reason is None:
+                reason = "wall"
+                _kill_group(pre.pid)
+            timeout = None if (paused_at is not None or reason is not None) else max(0.0, deadline - now)
+            for key, _ in sel.select(timeout):
+                if key.data == "exit":
+                    exited = True
+                elif key.data == "status":
+                    try:
+                        raw = pre.sock.recv(4096)
+                    except OSError:
+                        raw = b""
+                    if not raw:
+                        sel.unregister(pre.sock)
+                        continue
+                    try:
+                        hint = str(json.loads(raw).get("exception"))[:64]
+                    except (ValueError, AttributeError):
+                        pass
+                elif key.data == "ctl":
+                    try:
+                        data = ctl.recv(1 << 16)
+                    except OSError:
+                        data = b""
+                    if not data:
+                        sel.unregister(ctl)
+                        if reason is None:
+                            reason = "host_gone"
+                            _kill_group(pre.pid)
+                        continue
+                    for frame in reader.feed(data):
+                        op = frame.get("op")
+                        if op == "kill" and reason is None:
+                            reason = str(frame.get("reason") or "host")[:32]
+                            _kill_group(pre.pid)
+                        elif op == "pause" and paused_at is None:
+                            paused_at = time.monotonic()
+                        elif op == "resume" and paused_at is not None:
+                            dt = time.monotonic() - paused_at
+                            paused_total += dt
+                            deadline += dt
+                            paused_at = None
+        _, status, ru = os.wait4(pre.pid, 0)
+        t1 = time.monotonic()
+        if paused_at is not None:
+            paused_total += t1 - paused_at
+        hunted = _kill_tree(pre.pid)
+        self.current_pgid = None
+        ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        sel.close()
+        os.close(pidfd)
+        try:
+            raw = pre.sock.recv(4096, socket.MSG_DONTWAIT)
+            if raw:
+                hint = str(json.loads(raw).get("exception"))[:64]
+        except (OSError, ValueError, AttributeError):
+            pass
+        pre.sock.close()
+        if not pre.iso.get("private_tmp"):
+            import shutil
+
+            shutil.rmtree(pre.iso.get("workdir", "/nonexistent"), ignore_errors=True)
+        result = {
+            "op": "result",
+            "exit_code": os.WEXITSTATUS(status) if os.WIFEXITED(status) else None,
+            "signal": os.WTERMSIG(status) if os.WIFSIGNALED(status) else None,
+            "reason": reason,
+            "exception": hint,
+            "wall_s": t1 - t0 - paused_total,
+            "paused_s": paused_total,
+            "cpu_s": (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime),
+            "peak_memory_mb": ru.ru_maxrss / 1024.0,
+            "stray_processes_killed": hunted,
+            "isolation": {**pre.iso, **self.info},
+        }
+        try:
+            ctl.sendall(encode_frame(result))
+        except OSError:
+            pass
+        ctl.close()
+
+
+# ----------------------------------------------------------------------------- server
+
+
+def main(config_json: str) -> None:
+    """Entry point of the pool server process (see :class:`~mx_envs.sandbox.process.ProcessSandbox`)."""
+    cfg = json.loads(config_json)
+    request_sock = socket.socket(fileno=int(cfg["fd"]))
+    preloaded, failed = [], {}
+    for name in cfg.get("preload", []):
+        try:
+            importlib.import_module(name)
+            preloaded.append(name)
+        except Exception as exc:  # noqa: BLE001 - reported to the host, not fatal
+            failed[name] = f"{type(exc).__name__}: {exc}"
+    # Keep the imported heap out of the collector so forks do not copy pages the GC would touch.
+    gc.collect()
+    gc.freeze()
+    try:
+        _linux.prctl(_linux.PR_SET_CHILD_SUBREAPER, 1)
+    except OSError:
+        pass
+    info = {"preloaded": preloaded}
+    wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    signal.set_wakeup_fd(wake_w)
+    signal.signal(signal.SIGCHLD, lambda *a: None)
+    stopping = False
+
+    def on_term(*_a: Any) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, on_term)
+    supervisors: set[int] = set()
+
+    def spawn() -> None:
+        pid = os.fork()
+        if pid == 0:
+            code = 0
+            try:
+                os.close(wake_r)
+                os.close(wake_w)
+                _Supervisor(request_sock, info).serve()
+            except SystemExit:
+                pass
+            except BaseException:  # noqa: BLE001
+                traceback.print_exc()
+                code = 1
+            finally:
+                os._exit(code)
+        supervisors.add(pid)
+
+    for _ in range(int(cfg.get("pool_size", 2))):
+        spawn()
+    sys.stdout.write(json.dumps({"ok": True, "pid": os.getpid(), "preloaded": preloaded, "failed": failed}) + "\n")
+    sys.stdout.flush()
+    sel = selectors.DefaultSelector()
+    sel.register(sys.stdin, selectors.EVENT_READ, "lifeline")
+    sel.register(wake_r, selectors.EVENT_READ, "wake")
+    while not stopping:
+        for key, _ in sel.select(1.0):
+            if key.data == "lifeline":
+                if not os.read(sys.stdin.fileno(), 4096):
+                    stopping = True
+            else:
+                try:
+                    while os.read(wake_r, 512):
+                        pass
+                except BlockingIOError:
+                    pass
+        while True:
+            try:
+                pid, _ = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                break
+            if pid == 0:
+                break
+            if pid in supervisors:
+                supervisors.discard(pid)
+                if not stopping:
+                    spawn()
+    for pid in supervisors:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    end = time.monotonic() + 3.0
+    while supervisors and time.monotonic() < end:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            break
+        if pid == 0:
+            time.sleep(0.01)
+        supervisors.discard(pid)
+    for pid in supervisors:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    os._exit(0)
