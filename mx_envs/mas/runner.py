@@ -33,11 +33,14 @@ BOOTSTRAP = "from mx_envs.mas.runner import main\nmain()\n"
 
 
 class ChildChannel(Protocol):
-    """What the runner needs from the sandbox's in-child channel module."""
+    """What the runner needs from the sandbox's in-child channel (:mod:`mx_envs.sandbox.channel`)."""
 
     def send(self, message: dict[str, Any]) -> None: ...
 
     def recv(self) -> dict[str, Any]: ...
+
+    def request(self, message: dict[str, Any]) -> dict[str, Any]:
+        """Send and block for the host's answer (the sandbox pauses the wall clock meanwhile)."""
 
 
 class ChannelTransport:
@@ -53,8 +56,7 @@ class ChannelTransport:
 
     def request(self, message: dict[str, Any]) -> dict[str, Any]:
         with self._lock:
-            self._channel.send(message)
-            answer = self._channel.recv()
+            answer = self._channel.request(message)
         if not isinstance(answer, dict):
             raise lib.MASError(f"host sent a malformed answer: {answer!r:.200}")
         return answer

@@ -18,7 +18,8 @@ from mx_envs.mas.runner import BOOTSTRAP
 from mx_envs.mas.script import check_script, extract_script
 from mx_envs.sandbox.api import Channel, Limits, RunResult, Sandbox, Verdict
 
-PRELOAD = ("mx_envs.mas.lib", "mx_envs.mas.runner")  # modules a warm sandbox should hold
+# Modules the warm sandbox server should hold, so that a script starts without imports from disk.
+PRELOAD = ("mx_envs.sandbox.channel", "mx_envs.mas.lib", "mx_envs.mas.runner")
 TOOL_OUTPUT_CHARS = 8000  # per stream, what the script gets back from a tool run
 ERROR_TAIL_CHARS = 2000
 MAX_AGENT_NAME_CHARS = 64
@@ -28,7 +29,7 @@ def default_mas_sandbox() -> Sandbox:
     """The process sandbox with the script library preloaded in its warm server."""
     from mx_envs.sandbox import get_sandbox
 
-    return get_sandbox(preload=PRELOAD)
+    return get_sandbox("process", extra_preload=PRELOAD)
 
 
 def answer_text(answer: Any) -> str:
@@ -68,9 +69,8 @@ class MASSession:
     ``trajectories`` maps each sub-agent name to its :class:`AgentTurn` list (the nested
     execution envs); ``finished`` holds the outcome once there is one. ``start`` may be called
     again to run another episode with the same session (the previous run is ended first).
-    ``script_limits`` bound the script's process (its wall limit spans the whole episode,
-    LLM time included, so keep it generous); the script's own time is bounded by
-    ``budgets.wall_s`` here. ``tool_limits`` default to ``budgets.tool_wall_s`` and
+    ``script_limits`` bound the script's process (the sandbox pauses its wall clock while it
+    awaits an answer); the script's own time is bounded by ``budgets.wall_s`` here. ``tool_limits`` default to ``budgets.tool_wall_s`` and
     ``budgets.tool_memory_mb``.
     """
 
@@ -86,8 +86,10 @@ class MASSession:
         self.tool_limits = tool_limits or Limits(
             wall_s=self.budgets.tool_wall_s, memory_mb=self.budgets.tool_memory_mb
         )
+        # The sandbox pauses the script's wall clock while it waits for an answer (LLM or tool), so
+        # its wall limit is a backstop just above the host's own script-time budget.
         self.script_limits = script_limits or Limits(
-            wall_s=3600.0, cpu_s=self.budgets.wall_s + 5.0, memory_mb=1024, max_processes=32
+            wall_s=self.budgets.wall_s + 10.0, cpu_s=self.budgets.wall_s + 5.0, memory_mb=1024, max_processes=32
         )
         self._channel: Channel | None = None
         self._reset()

@@ -83,6 +83,9 @@ class _Ch:
         if not line:
             raise SystemExit(0)
         return json.loads(line)
+    def request(self, m):
+        self.send(m)
+        return self.recv()
 from mx_envs.mas.runner import main
 main(_Ch())
 """
