@@ -48,9 +48,10 @@ class TurnRecord:
     response_ids: list[int] | None = None
     logprobs: list[float] | None = None
     finish_reason: str = ""
+    given: bool = False  # a design supplied by the caller (``designs=``), not sampled in this episode
 
     @classmethod
-    def from_action(cls, turn: int, action: Action) -> TurnRecord:
+    def from_action(cls, turn: int, action: Action, given: bool = False) -> TurnRecord:
         return cls(
             turn=turn,
             role=action.role,
@@ -62,6 +63,7 @@ class TurnRecord:
             response_ids=action.response_ids,
             logprobs=action.logprobs,
             finish_reason=action.finish_reason,
+            given=given,
         )
 
     @property
@@ -140,35 +142,42 @@ class EpisodeRecord:
             "error": self.error,
         }
 
-    def transitions(self, policy_version: int = 0, include_non_llm: bool = False) -> list[Transition]:
-        """One transition per LLM turn (per turn at all with ``include_non_llm``), reward filled in."""
-        out = []
-        for t in self.turns:
-            if not (t.from_llm or include_non_llm):
-                continue
-            out.append(
-                Transition(
-                    episode_id=self.episode_id,
-                    task_uid=self.groups.task_uid,
-                    task_id=self.task_id or "",
-                    design_id=self.groups.design_id,
-                    execution_id=self.groups.execution_id,
-                    role=t.role,
-                    agent=t.agent,
-                    turn=t.turn,
-                    prompt_ids=list(t.prompt_ids or []),
-                    response_ids=list(t.response_ids or []),
-                    logprobs=None if t.logprobs is None else list(t.logprobs),
-                    loss_mask=None if t.from_llm else [0] * len(t.response_ids or []),
-                    reward=float(self.reward),
-                    termination_reason=self.termination_reason,
-                    policy_version=policy_version,
-                    messages=[dict(m) for m in t.messages],
-                    response_text=t.text,
-                    metadata={"source": t.source, "finish_reason": t.finish_reason, "correct": self.correct},
-                )
-            )
-        return out
+    def transitions(
+        self, policy_version: int = 0, include_non_llm: bool = False, include_given: bool = False
+    ) -> list[Transition]:
+        """One transition per LLM turn of this episode, its reward filled in.
+
+        ``include_non_llm`` adds turns without token data (fixed designs, scripted replies) with an
+        all-zero loss mask; ``include_given`` adds a design supplied by the caller (normally emitted
+        once per design by :meth:`DesignGroupRollout.transitions` instead of once per execution).
+        """
+        return [
+            self.transition(t, policy_version)
+            for t in self.turns
+            if (t.from_llm or include_non_llm) and (include_given or not t.given)
+        ]
+
+    def transition(self, t: TurnRecord, policy_version: int = 0, reward: float | None = None) -> Transition:
+        return Transition(
+            episode_id=self.episode_id,
+            task_uid=self.groups.task_uid,
+            task_id=self.task_id or "",
+            design_id=self.groups.design_id,
+            execution_id=self.groups.execution_id,
+            role=t.role,
+            agent=t.agent,
+            turn=t.turn,
+            prompt_ids=list(t.prompt_ids or []),
+            response_ids=list(t.response_ids or []),
+            logprobs=None if t.logprobs is None else list(t.logprobs),
+            loss_mask=None if t.from_llm else [0] * len(t.response_ids or []),
+            reward=float(self.reward if reward is None else reward),
+            termination_reason=self.termination_reason,
+            policy_version=policy_version,
+            messages=[dict(m) for m in t.messages],
+            response_text=t.text,
+            metadata={"source": t.source, "finish_reason": t.finish_reason, "correct": self.correct},
+        )
 
 
 def _per_env(value: Any, n: int, what: str) -> list[Any]:
@@ -197,6 +206,7 @@ def run_episodes(
     options: Mapping[str, Any] | Sequence[Mapping[str, Any] | None] | None = None,
     *,
     groups: Sequence[GroupIds] | None = None,
+    designs: Sequence[Action | str | None] | None = None,
     progress: bool = True,
     batch: bool = True,
     max_turns: int = 256,
@@ -211,6 +221,9 @@ def run_episodes(
     ``close=False``). ``seeds``: one int (each env gets ``seed + i``), one per env, or ``None``.
     ``options``: one mapping for all or one per env (e.g. ``{"task_id": ...}``). ``groups``: the
     learner's group ids per env (default: ``task_uid`` = the task id, ``design_id`` = env index).
+    ``designs``: per env, a design (an :class:`Action`, e.g. one sampled earlier with its token data,
+    or plain text) played on the designer turn instead of asking the policy ("design once, execute N
+    times"); ``None`` entries let the policy design.
 
     ``batch=True``: each round all pending turns go to one ``policy.act`` call. ``batch=False``: the
     episodes run one after another, one turn per call (the sequential baseline). An env still running
@@ -229,6 +242,19 @@ def run_episodes(
     option_list = _per_env(options, n, "options")
     if groups is not None and len(groups) != n:
         raise ValueError(f"groups: got {len(groups)} for {n} envs")
+    given: list[Action | None] = [None] * n
+    if designs is not None:
+        if len(designs) != n:
+            raise ValueError(f"designs: got {len(designs)} for {n} envs")
+        for i, d in enumerate(designs):
+            if isinstance(d, str):
+                given[i] = Action(text=d, role="designer", agent="designer", source="fixed")
+            elif isinstance(d, Action):
+                if d.role != "designer":
+                    raise ValueError(f"designs[{i}] is a {d.role} action, not a design")
+                given[i] = d
+            elif d is not None:
+                raise TypeError(f"designs[{i}] must be an Action, a str or None, got {type(d).__name__}")
     made = [callable(e) and not hasattr(e, "step") for e in envs]
     live = [e() if m else e for e, m in zip(envs, made, strict=True)]
     close = any(made) if close is None else close
@@ -263,16 +289,24 @@ def run_episodes(
                 if not active:
                     order.pop(0)
                     continue
-            turns: list[ActorTurn] = [parse_observation(pending_obs[i]) for i in active]
-            actions = policy.act(turns)
-            stats.act_calls += 1
+            turns: dict[int, ActorTurn] = {i: parse_observation(pending_obs[i]) for i in active}
+            forced = {i for i in active if given[i] is not None and turns[i].role == "designer"}
+            asked = [i for i in active if i not in forced]
+            actions_by_env: dict[int, Action] = {}
+            if asked:
+                out = policy.act([turns[i] for i in asked])
+                stats.act_calls += 1
+                if len(out) != len(asked):
+                    raise RuntimeError(f"policy {policy.name!r} returned {len(out)} actions for {len(asked)} turns")
+                actions_by_env.update(zip(asked, out, strict=True))
+            for i in forced:
+                actions_by_env[i] = given[i]  # type: ignore[assignment]
             stats.rounds += 1
-            if len(actions) != len(turns):
-                raise RuntimeError(f"policy {policy.name!r} returned {len(actions)} actions for {len(turns)} turns")
+            actions = [actions_by_env[i] for i in active]
 
             for i, action in zip(active, actions, strict=True):
                 rec = records[i]
-                rec.turns.append(TurnRecord.from_action(len(rec.turns), action))
+                rec.turns.append(TurnRecord.from_action(len(rec.turns), action, given=i in forced))
             stats.turns += len(active)
             jobs = list(zip(active, actions, strict=True))
             if pool is not None:

@@ -1,0 +1,164 @@
+"""Hierarchical rollouts: per task, M designs x N executions ("design once, execute N times").
+
+:func:`run_design_groups` asks the policy for M designs of each task in one batched call, then runs
+every (task, design, execution) as its own episode, all N executions of a design replaying the same
+design text (the env is reset on the same task and the design is played on its designer turn), with
+every pending executor turn of all T*M*N episodes batched per round. Group ids are explicit:
+``task_uid`` per task, ``design_id`` = m, ``execution_id`` = n.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from mx_agents.action import Action
+from mx_agents.observation import parse_observation
+from mx_agents.policies.base import Policy
+from mx_agents.rollout import EpisodeRecord, GroupIds, RolloutStats, run_episodes
+from mx_agents.transition import Transition
+
+
+@dataclass
+class DesignGroupRollout:
+    """The result: ``designs[t][m]`` (the sampled design actions) and ``records`` (T*M*N episodes,
+    ordered by task, design, execution; ``record.groups`` says which)."""
+
+    task_uids: list[str]
+    task_ids: list[str]
+    designs: list[list[Action]]
+    records: list[EpisodeRecord]
+    n_executions: int
+    run_id: str
+    stats: RolloutStats = field(default_factory=RolloutStats)
+
+    def executions(self, t: int, m: int) -> list[EpisodeRecord]:
+        n = self.n_executions
+        m_count = len(self.designs[t])
+        start = (t * m_count + m) * n
+        return self.records[start : start + n]
+
+    def execution_rewards(self) -> dict[tuple[str, int, int], float]:
+        """``{(task_uid, design_id, execution_id): reward}``, for designs whose executions had no LLM turn."""
+        return {(r.groups.task_uid, r.groups.design_id, r.groups.execution_id): float(r.reward) for r in self.records}
+
+    def design_reward(self, t: int, m: int) -> float:
+        execs = self.executions(t, m)
+        return sum(r.reward for r in execs) / len(execs)
+
+    def transitions(self, policy_version: int = 0) -> list[Transition]:
+        """Each sampled design once (reward: the mean of its N executions), then every executor LLM turn."""
+        out: list[Transition] = []
+        for t, per_task in enumerate(self.designs):
+            for m, design in enumerate(per_task):
+                if not design.from_llm:
+                    continue
+                execs = self.executions(t, m)
+                first = execs[0]
+                turn = next(x for x in first.turns if x.role == "designer")
+                tr = first.transition(turn, policy_version, reward=self.design_reward(t, m))
+                tr.episode_id = f"{self.run_id}-design-{t}-{m}"
+                tr.execution_id = 0
+                tr.metadata["execution_rewards"] = [float(r.reward) for r in execs]
+                tr.metadata["termination_reasons"] = [r.termination_reason for r in execs]
+                out.append(tr)
+        for r in self.records:
+            out.extend(r.transitions(policy_version))
+        return out
+
+
+def run_design_groups(
+    envs: Sequence[Any] | Callable[[], Any],
+    policy: Policy,
+    task_ids: Sequence[str],
+    n_designs: int,
+    n_executions: int,
+    *,
+    seed: int | None = None,
+    task_uids: Sequence[str] | None = None,
+    progress: bool = True,
+    batch: bool = True,
+    step_workers: int = 1,
+    max_turns: int = 256,
+    run_id: str | None = None,
+) -> DesignGroupRollout:
+    """Sample ``n_designs`` designs per task, execute each ``n_executions`` times, return everything.
+
+    ``envs``: a factory (called T*M*N times; those envs are closed at the end) or at least T*M*N
+    envs (reused as they are; the first T*M also serve the design round). ``task_uids`` default to
+    the task ids (made unique with ``#k`` when a task repeats). ``seed`` seeds the env resets
+    (``seed + k`` for the k-th episode); sampling seeds are the policy's.
+    """
+    if n_designs <= 0 or n_executions <= 0:
+        raise ValueError("n_designs and n_executions must be positive")
+    task_ids = [str(t) for t in task_ids]
+    if not task_ids:
+        raise ValueError("no task ids")
+    total = len(task_ids) * n_designs * n_executions
+    if callable(envs) and not isinstance(envs, Sequence):
+        factory = envs
+        env_list = [factory() for _ in range(total)]
+        owned = True
+    else:
+        env_list = list(envs)
+        owned = False
+        if len(env_list) < total:
+            raise ValueError(f"need {total} envs for {len(task_ids)} tasks x {n_designs} x {n_executions}, got {len(env_list)}")
+    if task_uids is None:
+        seen: dict[str, int] = {}
+        uids = []
+        for tid in task_ids:
+            k = seen.get(tid, 0)
+            seen[tid] = k + 1
+            uids.append(tid if k == 0 else f"{tid}#{k}")
+    else:
+        uids = [str(u) for u in task_uids]
+        if len(uids) != len(task_ids) or len(set(uids)) != len(uids):
+            raise ValueError("task_uids must be unique, one per task id")
+    run_id = run_id or uuid.uuid4().hex[:12]
+    stats = RolloutStats()
+    try:
+        # Design round: one batched policy call over T*M designer observations.
+        design_turns = []
+        for t, tid in enumerate(task_ids):
+            for m in range(n_designs):
+                env = env_list[t * n_designs + m]
+                obs, _ = env.reset(seed=None if seed is None else seed + t * n_designs + m, options={"task_id": tid})
+                turn = parse_observation(obs)
+                if turn.role != "designer":
+                    raise RuntimeError(f"reset of task {tid!r} did not return a designer turn (agent {turn.agent!r})")
+                design_turns.append(turn)
+        actions = policy.act(design_turns)
+        stats.act_calls += 1
+        if len(actions) != len(design_turns):
+            raise RuntimeError(f"policy {policy.name!r} returned {len(actions)} actions for {len(design_turns)} turns")
+        designs = [actions[t * n_designs : (t + 1) * n_designs] for t in range(len(task_ids))]
+        # Execution round: T*M*N episodes, each replaying its design.
+        slots = [(t, m, k) for t in range(len(task_ids)) for m in range(n_designs) for k in range(n_executions)]
+        records = run_episodes(
+            env_list[:total],
+            policy,
+            seeds=None if seed is None else [seed + i for i in range(total)],
+            options=[{"task_id": task_ids[t]} for t, _, _ in slots],
+            groups=[GroupIds(uids[t], m, k) for t, m, k in slots],
+            designs=[designs[t][m] for t, m, _ in slots],
+            progress=progress,
+            batch=batch,
+            max_turns=max_turns,
+            step_workers=step_workers,
+            close=False,
+            stats=stats,
+            run_id=run_id,
+        )
+    finally:
+        if owned:
+            for env in env_list:
+                try:
+                    env.close()
+                except Exception:  # noqa: BLE001 - closing must not mask the result
+                    pass
+    for rec in records:
+        rec.episode_id = f"{run_id}-{rec.groups.task_uid}-{rec.groups.design_id}-{rec.groups.execution_id}"
+    return DesignGroupRollout(uids, task_ids, designs, records, n_executions, run_id, stats)
