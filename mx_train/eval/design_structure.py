@@ -8,9 +8,10 @@ collects features, then applies ordered rules (first match wins):
    debate; ``ensemble`` or ``majority_vote`` -> ensemble; ``reflect`` -> reflection (checked in
    that order, so a debate whose rounds are voted on is a debate). ``pipeline``/``route`` alone fall
    through to the rules below (usually **other**).
-1. **debate**: at least two agents, a loop that contains LLM calls, and debate vocabulary
+1. **debate**: at least two agents, a loop that contains LLM calls, and either debate vocabulary
    (``debate``, ``round``, ``argue``, ``opponent``, ``rebut``) in identifiers or one-word strings
-   (agent names, modes; prompts' prose is ignored).
+   (agent names, modes; prompts' prose is ignored), or two or more agents called in the same loop
+   with no critique vocabulary (agents taking turns).
 2. **ensemble**: at least two solver agents (several construction sites, or one inside a loop or
    comprehension) whose answers are aggregated (``vote``, ``majority``, ``judge``, ``aggregate``,
    ``select``, ``Counter``/``most_common``), or any agent built in a loop/comprehension and called.
@@ -51,6 +52,7 @@ class DesignFeatures:
     agents_in_loop: bool = False  # an agent constructed inside a loop or comprehension
     call_sites: int = 0  # calls on agent-bound names
     calls_in_loop: bool = False  # an agent call inside a loop or comprehension
+    agents_per_loop: int = 0  # most distinct agent variables called inside one loop
     runtime_agents: int | None = None  # sub-agents actually created, when known
     helpers: list[str] = field(default_factory=list)  # mas composition helpers called
     vocabulary: list[str] = field(default_factory=list)  # which keyword families appear
@@ -165,10 +167,16 @@ class _CallCounter(ast.NodeVisitor):
         self.agent_names = agent_names
         self.features = features
         self.loop_depth = 0
+        self.loop_callees: list[set[str]] = []  # agents called in each open loop
 
     def _loop(self, node: ast.AST) -> None:
         self.loop_depth += 1
+        self.loop_callees.append(set())
         self.generic_visit(node)
+        called = self.loop_callees.pop()
+        if self.loop_callees:
+            self.loop_callees[-1] |= called
+        self.features.agents_per_loop = max(self.features.agents_per_loop, len(called))
         self.loop_depth -= 1
 
     visit_While = visit_AsyncFor = visit_DictComp = _loop
@@ -179,6 +187,7 @@ class _CallCounter(ast.NodeVisitor):
             self.features.call_sites += 1
             if self.loop_depth:
                 self.features.calls_in_loop = True
+                self.loop_callees[-1].add(root)
         self.generic_visit(node)
 
     def visit_For(self, node: ast.For) -> None:  # `for a in agents: a(...)` binds an agent name
@@ -233,7 +242,8 @@ def _apply_rules(f: DesignFeatures, vocab: dict[str, bool]) -> str:
         return "reflection"
     n = f.n_agents
     several_calls = f.calls_in_loop or f.call_sites >= 2
-    if n >= 2 and vocab["debate"] and f.calls_in_loop:
+    # Several agents taking turns inside one loop is a debate unless they are named as critics.
+    if n >= 2 and f.calls_in_loop and (vocab["debate"] or (f.agents_per_loop >= 2 and not vocab["critique"])):
         return "debate"
     if (n >= 2 and vocab["aggregate"]) or (f.agents_in_loop and f.call_sites >= 1):
         return "ensemble"

@@ -110,22 +110,29 @@ def _events(trace: EpisodeTrace) -> list[tuple[str, CallRecord | ToolRecord]]:
 
 
 def render_sequence_svg(trace: EpisodeTrace) -> str:
-    """An inline SVG sequence diagram: lifelines per agent, one request/reply pair per LLM call."""
-    lanes = _lanes(trace)
+    """An inline SVG sequence diagram: lifelines per agent, one request/reply pair per LLM call.
+
+    A designer lane comes first when the trace has a designer turn: its arrow hands the script over.
+    """
+    designer = next((c for c in trace.calls if c.role == "designer"), None)
+    lanes = (["designer"] if designer is not None else []) + _lanes(trace)
     x_of = {name: _LANE_W // 2 + i * _LANE_W for i, name in enumerate(lanes)}
     events = _events(trace)
     width = max(len(lanes) * _LANE_W, 360)
-    height = _TOP + max(len(events), 1) * _ROW_H * 2 + 30
+    rows = sum(1 if kind == "tool" else 2 for kind, _ in events) + (1 if designer is not None else 0)
+    height = _TOP + max(rows, 1) * _ROW_H + 20
     parts = [
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
         f'viewBox="0 0 {width} {height}" font-family="DejaVu Sans, sans-serif" font-size="12" '
         'role="img" aria-label="sequence of agent calls">',
+        # A halo behind labels keeps them readable where they cross a lifeline.
+        "<style>text{paint-order:stroke;stroke:#fcfcfd;stroke-width:4px;stroke-linejoin:round}</style>",
         '<defs><marker id="arr" viewBox="0 0 10 10" refX="9" refY="5" markerWidth="7" markerHeight="7" '
         'orient="auto-start-reverse"><path d="M0,0 L10,5 L0,10 z" fill="#475467"/></marker></defs>',
     ]
     for name in lanes:
         x = x_of[name]
-        fill = "#e8eefb" if name == "script" else "#eef6ee"
+        fill = {"script": "#e8eefb", "designer": "#f1ecfd"}.get(name, "#eef6ee")
         parts.append(
             f'<rect x="{x - 72}" y="8" width="144" height="28" rx="6" fill="{fill}" stroke="#98a2b3"/>'
             f'<text x="{x}" y="27" text-anchor="middle" font-weight="600">{_e(_clip(name, 20))}'
@@ -133,6 +140,14 @@ def render_sequence_svg(trace: EpisodeTrace) -> str:
             f'<line x1="{x}" y1="36" x2="{x}" y2="{height - 10}" stroke="#c0c7d2" stroke-dasharray="4 4"/>'
         )
     y = _TOP
+    if designer is not None:
+        dx, sx = x_of["designer"], x_of["script"]
+        label = "fixed design" if designer.source == "fixed" else f"writes script ({designer.response_tokens} tok)"
+        parts.append(
+            f'<line x1="{dx}" y1="{y}" x2="{sx - 4}" y2="{y}" stroke="#7a5af8" marker-end="url(#arr)"/>'
+            f'<text x="{(dx + sx) / 2}" y="{y - 5}" text-anchor="middle" fill="#7a5af8">{_e(label)}</text>'
+        )
+        y += _ROW_H
     if not events:
         parts.append(f'<text x="10" y="{y + 10}" fill="#5b6472">no sub-agent calls</text>')
     for kind, ev in events:
@@ -161,7 +176,6 @@ def render_sequence_svg(trace: EpisodeTrace) -> str:
                 f'stroke="{color}"/><text x="{ax}" y="{y + 1}" text-anchor="middle" fill="{color}">'
                 f"{_e(_clip(f'{ev.tool}: {ev.verdict}', 22))}</text>"
             )
-            y += _ROW_H
         y += _ROW_H
     parts.append("</svg>")
     return "".join(parts)
@@ -253,7 +267,7 @@ def render_trace_html(trace: EpisodeTrace) -> str:
         ]
     )
     feats = trace.structure.get("features", {}) if trace.structure else {}
-    feat_rows = "".join(f"<tr><td>{_e(k)}</td><td>{_e(v)}</td></tr>" for k, v in feats.items())
+    feat_rows = "".join(f"<span>{_e(k)}: <b>{_e(v)}</b></span>" for k, v in feats.items())
     script_html = (
         _code_block(trace.design_script)
         if trace.design_script
@@ -280,7 +294,7 @@ def render_trace_html(trace: EpisodeTrace) -> str:
 
 <h2>Design <span class="meta">structure: {_e(structure or "?")}</span></h2>
 {script_html}
-<table class="kv">{feat_rows}</table>
+<div class="meta">{feat_rows}</div>
 {designer_html}
 
 <h2>Agents and call order</h2>
