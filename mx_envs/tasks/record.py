@@ -28,6 +28,10 @@ class CodeTests:
     checker: str | None = None
     # Plain-assert harness (HumanEval / MBPP style): source run after the candidate.
     assert_source: str | None = None
+    # None: LiveCodeBench comparison (numeric tokens equal as decimals, no rounding). A number:
+    # numeric tokens may also differ by this absolute error (relative above 1), as judges that
+    # accept "absolute or relative error" do.
+    float_tolerance: float | None = None
 
     @property
     def total(self) -> int:
