@@ -119,23 +119,16 @@ def _setup_isolation(network: bool) -> dict[str, Any]:
     return iso
 
 
-def _write_files(workdir: str, files: dict[str, bytes | str], uid: int | None) -> None:
+def _write_files(workdir: str, files: dict[str, bytes | str]) -> None:
     root = os.path.realpath(workdir)
     for name, content in files.items():
         path = os.path.realpath(os.path.join(root, name))
         if not path.startswith(root + os.sep):
             raise ValueError(f"file name escapes the work dir: {name!r}")
-        parent = os.path.dirname(path)
-        os.makedirs(parent, exist_ok=True)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
         data = content.encode() if isinstance(content, str) else bytes(content)
         with open(path, "wb") as fh:
             fh.write(data)
-        if uid is not None:
-            d = parent
-            while d != root and d.startswith(root):
-                os.chown(d, uid, uid)
-                d = os.path.dirname(d)
-            os.chown(path, uid, uid)
 
 
 def _vm_size_bytes() -> int:
@@ -146,35 +139,63 @@ def _vm_size_bytes() -> int:
     return 0
 
 
-def _child_run(header: dict[str, Any], fds: list[int], status_sock: socket.socket, iso: dict[str, Any]) -> None:
-    """Runs in the child after the request arrived; never returns."""
+def _child_prepare(status_sock: socket.socket, iso: dict[str, Any]) -> int:
+    """Prefork phase after isolation: drop privileges and set up the interpreter for a run.
+
+    Everything that does not depend on the request happens here, off the critical path. Returns the
+    status descriptor (the socket to the supervisor, moved to :data:`STATUS_FD`).
+    """
+    status_raw = status_sock.detach()
+    if status_raw != STATUS_FD:
+        os.dup2(status_raw, STATUS_FD, inheritable=True)
+        os.close(status_raw)
+    # Close everything inherited from the server (lifeline pipe, log, request socket, ...).
+    devnull = os.open(os.devnull, os.O_RDWR)
+    for target in (0, 1, 2):
+        os.dup2(devnull, target, inheritable=True)
+    os.close(devnull)
+    os.closerange(3, STATUS_FD)
+    os.closerange(STATUS_FD + 1, 1 << 20)
+
+    workdir: str = iso["workdir"]
+    uid: int | None = iso["uid"]
+    if uid is not None:
+        os.setgroups([])
+        os.setresgid(uid, uid, uid)
+        os.setresuid(uid, uid, uid)
+    elif iso.get("user_ns"):
+        _linux.drop_all_capabilities()
+    _linux.prctl(_linux.PR_SET_NO_NEW_PRIVS, 1)
+    _linux.prctl(_linux.PR_SET_PDEATHSIG, signal.SIGKILL)  # cleared by the uid change: set again
+
+    os.environ.clear()
+    os.environ.update(CHILD_ENV)
+    os.environ.update(HOME=workdir, TMPDIR=workdir)
+    os.chdir(workdir)
+    for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGCHLD, signal.SIGUSR1, signal.SIGUSR2):
+        signal.signal(sig, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    # The program's standard streams live until the process exits: no context manager. They are
+    # bound to descriptors 0-2, which the request's pipes replace (dup2) before the program runs.
+    sys.stdin = sys.__stdin__ = open(0, encoding="utf-8", errors="surrogateescape", closefd=False)  # noqa: SIM115
+    sys.stdout = sys.__stdout__ = open(1, "w", encoding="utf-8", errors="surrogateescape", closefd=False)  # noqa: SIM115
+    sys.stderr = sys.__stderr__ = open(2, "w", encoding="utf-8", errors="backslashreplace", closefd=False, buffering=1)  # noqa: SIM115
+    np = sys.modules.get("numpy")
+    if np is not None:
+        np.random.seed()  # the pool's global numpy RNG state must not be shared across runs
+    atexit._clear()
+    return STATUS_FD
+
+
+def _child_run(header: dict[str, Any], fds: list[int], iso: dict[str, Any]) -> None:
+    """Runs in the child once the request arrived; never returns."""
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    os.write(STATUS_FD, json.dumps({"cpu0": ru.ru_utime + ru.ru_stime}).encode())
     limits = header["limits"]
     payload_fd, stdin_fd, out_fd, err_fd = fds[:4]
     chan_fd = fds[4] if len(fds) > 4 else None
     with os.fdopen(payload_fd, "rb") as fh:
         payload = pickle.load(fh)
-    workdir: str = iso["workdir"]
-    uid: int | None = iso["uid"]
-    filename = payload.get("filename", "main.py")
-    files = dict(payload.get("files") or {})
-    files.setdefault(filename, payload["source"])
-    try:
-        _write_files(workdir, files, uid)
-    except (OSError, ValueError) as exc:
-        os.write(err_fd, f"sandbox: cannot write files: {exc}\n".encode())
-        os._exit(1)
-
-    # Move the descriptors to their fixed numbers, then close everything else: the child must not
-    # keep the pool's request socket or any other run's descriptors.
-    status_raw = status_sock.detach()
-    wanted = [stdin_fd, out_fd, err_fd, chan_fd, status_raw]
-    high = [fcntl_dup(fd) if fd is not None else None for fd in wanted]
-    for target, fd in enumerate(high):
-        if fd is not None:
-            os.dup2(fd, target, inheritable=True)
-    os.closerange(STATUS_FD + 1, 1 << 20)
-    if chan_fd is None and _fd_open(CHANNEL_FD):
-        os.close(CHANNEL_FD)
 
     baseline = _vm_size_bytes()
     mb = 1 << 20
@@ -192,34 +213,33 @@ def _child_run(header: dict[str, Any], fds: list[int], status_sock: socket.socke
         try:
             resource.setrlimit(which, (soft, hard))
         except (ValueError, OSError) as exc:
-            os.write(2, f"sandbox: setrlimit {which} failed: {exc}\n".encode())
-    try:
-        if uid is not None:
-            os.setgroups([])
-            os.setresgid(uid, uid, uid)
-            os.setresuid(uid, uid, uid)
-        elif iso.get("user_ns"):
-            _linux.drop_all_capabilities()
-        _linux.prctl(_linux.PR_SET_NO_NEW_PRIVS, 1)
-        _linux.prctl(_linux.PR_SET_PDEATHSIG, signal.SIGKILL)
-    except OSError as exc:
-        os.write(2, f"sandbox: dropping privileges failed: {exc}\n".encode())
-        os._exit(1)
+            os.write(err_fd, f"sandbox: setrlimit {which} failed: {exc}\n".encode())
+            os._exit(70)
 
-    os.environ.clear()
-    os.environ.update(CHILD_ENV)
-    os.environ.update(HOME=workdir, TMPDIR=workdir)
+    # Move the request's descriptors to 0-3; close the originals.
+    wanted = [stdin_fd, out_fd, err_fd, chan_fd]
+    high = [fcntl_dup(fd) if fd is not None else None for fd in wanted]
+    for fd in fds[1:]:
+        os.close(fd)
+    for target, fd in enumerate(high):
+        if fd is not None:
+            os.dup2(fd, target, inheritable=True)
+            os.close(fd)
     if chan_fd is not None:
         os.environ["MX_CHANNEL_FD"] = str(CHANNEL_FD)
-    os.chdir(workdir)
-    for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGCHLD, signal.SIGUSR1, signal.SIGUSR2):
-        signal.signal(sig, signal.SIG_DFL)
-    signal.signal(signal.SIGINT, signal.default_int_handler)
 
-    # The program's standard streams live until the process exits: no context manager.
-    sys.stdin = sys.__stdin__ = open(0, encoding="utf-8", errors="surrogateescape", closefd=False)  # noqa: SIM115
-    sys.stdout = sys.__stdout__ = open(1, "w", encoding="utf-8", errors="surrogateescape", closefd=False)  # noqa: SIM115
-    sys.stderr = sys.__stderr__ = open(2, "w", encoding="utf-8", errors="backslashreplace", closefd=False, buffering=1)  # noqa: SIM115
+    workdir: str = iso["workdir"]
+    filename = payload.get("filename", "main.py")
+    files = dict(payload.get("files") or {})
+    files.setdefault(filename, payload["source"])
+    try:
+        _write_files(workdir, files)  # as the run's uid, under its file-size limit
+    except (OSError, ValueError) as exc:
+        os.write(2, f"sandbox: cannot write files: {exc}\n".encode())
+        hint = "EFBIG" if isinstance(exc, OSError) and exc.errno == errno.EFBIG else "FilesError"
+        os.write(STATUS_FD, json.dumps({"exception": hint}).encode())
+        os._exit(1)
+
     main_path = os.path.join(workdir, filename)
     sys.argv = [main_path]
     sys.path[0] = workdir
@@ -227,15 +247,12 @@ def _child_run(header: dict[str, Any], fds: list[int], status_sock: socket.socke
     module.__file__ = main_path
     module.__builtins__ = __builtins__  # type: ignore[attr-defined]
     sys.modules["__main__"] = module
-    np = sys.modules.get("numpy")
-    if np is not None:
-        np.random.seed()  # the pool's global numpy RNG state must not be shared across runs
-    atexit._clear()
 
     code = 0
     hint: str | None = None
     try:
         compiled = compile(payload["source"], main_path, "exec")
+        del payload, files
         exec(compiled, module.__dict__)
         _join_threads()
     except SystemExit as exc:
@@ -309,6 +326,19 @@ def _fd_open(fd: int) -> bool:
 class _Prefork:
     def __init__(self, pid: int, sock: socket.socket, iso: dict[str, Any], network: bool) -> None:
         self.pid, self.sock, self.iso, self.network = pid, sock, iso, network
+        # Hold the child's namespaces: tearing a mount namespace down waits for an RCU grace
+        # period (milliseconds); with a reference here, that happens after the result is sent.
+        self.ns_fds: list[int] = []
+        for ns in ("mnt", "net"):
+            try:
+                self.ns_fds.append(os.open(f"/proc/{pid}/ns/{ns}", os.O_RDONLY | os.O_CLOEXEC))
+            except OSError:
+                pass
+
+    def release_namespaces(self) -> None:
+        for fd in self.ns_fds:
+            os.close(fd)
+        self.ns_fds = []
 
     def discard(self) -> None:
         try:
@@ -316,6 +346,7 @@ class _Prefork:
         except ProcessLookupError:
             pass
         self.sock.close()
+        self.release_namespaces()
         try:
             os.waitpid(self.pid, 0)
         except ChildProcessError:
@@ -333,10 +364,12 @@ def _prefork(network: bool, close_in_child: list[socket.socket]) -> _Prefork:
             os.setsid()
             iso = _setup_isolation(network)
             child_sock.send(json.dumps(iso).encode())
-            msg, fds, _flags, _addr = socket.recv_fds(child_sock, 1 << 16, 8)
+            status_sock = socket.socket(fileno=_child_prepare(child_sock, iso))
+            msg, fds, _flags, _addr = socket.recv_fds(status_sock, 1 << 16, 8)
+            status_sock.detach()  # keep STATUS_FD open for the run
             if not msg:
                 os._exit(0)
-            _child_run(json.loads(msg), fds, child_sock, iso)
+            _child_run(json.loads(msg), fds, iso)
         except BaseException:  # noqa: BLE001
             try:
                 traceback.print_exc()
@@ -346,6 +379,19 @@ def _prefork(network: bool, close_in_child: list[socket.socket]) -> _Prefork:
     raw = parent_sock.recv(1 << 16)
     iso = json.loads(raw) if raw else {"errors": ["prefork child died during set-up"]}
     return _Prefork(pid, parent_sock, iso, network)
+
+
+def _status(raw: bytes, hint: str | None, cpu0: float) -> tuple[str | None, float]:
+    """Parse one status message of the child (untrusted: the program can write to it too)."""
+    try:
+        msg = json.loads(raw)
+        if "exception" in msg:
+            hint = str(msg["exception"])[:64]
+        if "cpu0" in msg and cpu0 == 0.0:
+            cpu0 = max(0.0, float(msg["cpu0"]))
+    except (ValueError, TypeError, AttributeError):
+        pass
+    return hint, cpu0
 
 
 def _children_of(ppid: int) -> list[int]:
@@ -478,6 +524,7 @@ class _Supervisor:
         paused_total = 0.0
         reason: str | None = None
         hint: str | None = None
+        cpu0 = 0.0
         exited = False
         while not exited:
             now = time.monotonic()
@@ -496,10 +543,7 @@ class _Supervisor:
                     if not raw:
                         sel.unregister(pre.sock)
                         continue
-                    try:
-                        hint = str(json.loads(raw).get("exception"))[:64]
-                    except (ValueError, AttributeError):
-                        pass
+                    hint, cpu0 = _status(raw, hint, cpu0)
                 elif key.data == "ctl":
                     try:
                         data = ctl.recv(1 << 16)
@@ -532,12 +576,14 @@ class _Supervisor:
         ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
         sel.close()
         os.close(pidfd)
-        try:
-            raw = pre.sock.recv(4096, socket.MSG_DONTWAIT)
-            if raw:
-                hint = str(json.loads(raw).get("exception"))[:64]
-        except (OSError, ValueError, AttributeError):
-            pass
+        while True:
+            try:
+                raw = pre.sock.recv(4096, socket.MSG_DONTWAIT)
+            except OSError:
+                break
+            if not raw:
+                break
+            hint, cpu0 = _status(raw, hint, cpu0)
         pre.sock.close()
         if not pre.iso.get("private_tmp"):
             import shutil
@@ -551,7 +597,7 @@ class _Supervisor:
             "exception": hint,
             "wall_s": t1 - t0 - paused_total,
             "paused_s": paused_total,
-            "cpu_s": (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime),
+            "cpu_s": max(0.0, (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime) - cpu0),
             "peak_memory_mb": ru.ru_maxrss / 1024.0,
             "stray_processes_killed": hunted,
             "isolation": {**pre.iso, **self.info},
@@ -561,6 +607,7 @@ class _Supervisor:
         except OSError:
             pass
         ctl.close()
+        pre.release_namespaces()
 
 
 # ----------------------------------------------------------------------------- server
