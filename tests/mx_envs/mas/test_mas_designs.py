@@ -91,3 +91,30 @@ def test_design_code_end_to_end(sandbox, name):
     fin = drive(MASSession(sandbox=sandbox), load_design(name), task, llm)
     assert fin.reason is TerminationReason.COMPLETED, fin.error
     assert extract_code(fin.answer_text) == PROGRAM
+
+
+def test_api_reference_is_short_and_states_the_budgets():
+    from mx_envs.mas.protocol import Budgets
+    from mx_envs.mas.reference import api_reference
+
+    text = api_reference()
+    assert 60 <= len(text.splitlines()) <= 120
+    for name in ("def forward(task)", "Agent(", "pipeline(", "ensemble(", "reflect(", "debate(", "route(",
+                 "majority_vote(", "extract_boxed(", "extract_code(", "final_answer("):
+        assert name in text
+    assert "at most 5 LLM calls, 3 agents, 30 s of script time" in api_reference(
+        Budgets(max_llm_calls=5, max_agents=3, wall_s=30)
+    )
+
+
+def test_api_reference_examples_run(sandbox):
+    import re
+
+    from mx_envs.mas.reference import api_reference
+
+    examples = [b for b in re.findall(r"^```python\n(.*?)^```$", api_reference(), re.S | re.M) if "def forward" in b]
+    assert len(examples) == 2
+    llm = ScriptedLLM([("critic", None, "APPROVED")], default=r"\boxed{7}")
+    for src in examples:
+        fin = drive(MASSession(sandbox=sandbox), f"```python\n{src}```", "3 + 4?", llm)
+        assert fin.reason is TerminationReason.COMPLETED and fin.answer_text == r"\boxed{7}", fin.error
