@@ -112,7 +112,8 @@ class SentenceEmbedder:
             from sentence_transformers import SentenceTransformer
 
             self._model = SentenceTransformer(str(self.model_path), device=self.device)
-            self.dim = int(self._model.get_sentence_embedding_dimension() or MINILM_DIM)
+            get_dim = getattr(self._model, "get_embedding_dimension", None) or self._model.get_sentence_embedding_dimension
+            self.dim = int(get_dim() or MINILM_DIM)
         return self._model
 
     def __call__(self, texts: list[str]) -> np.ndarray:

@@ -67,7 +67,10 @@ class MetaAgentXEnv(gym.Env[dict[str, Any], str]):
             ``invalid_design_penalty``, ``code_pass_fraction``, ``llm_call_penalty``, ``correct_reward``
             and ``incorrect_reward`` override single fields.
         sandbox: the :class:`~mx_envs.sandbox.api.Sandbox` scripts, tools and code tests run in
-            (default: the shared process sandbox with the MAS library preloaded).
+            (default: the shared process sandbox with the MAS library preloaded; code tests then
+            use the grader's own default sandbox).
+        grader_kwargs: options for :func:`mx_envs.tasks.grade` (e.g. ``stop_on_failure=True`` to
+            stop a code run at its first failing test, ``time_limit_s``).
         designer_examples: names of library designs shown to the designer as examples.
         max_observation_chars: bound of an observation's messages JSON; a sub-agent chat over it ends
             the episode with ``budget_exceeded``.
@@ -101,6 +104,7 @@ class MetaAgentXEnv(gym.Env[dict[str, Any], str]):
         correct_reward: float | None = None,
         incorrect_reward: float | None = None,
         sandbox: Any = None,
+        grader_kwargs: dict[str, Any] | None = None,
         designer_examples: Sequence[str] | None = None,
         max_observation_chars: int = DEFAULT_MAX_OBSERVATION_CHARS,
         max_action_chars: int = DEFAULT_MAX_ACTION_CHARS,
@@ -121,6 +125,8 @@ class MetaAgentXEnv(gym.Env[dict[str, Any], str]):
                 kwargs["path"] = data_path
             if fixture:
                 kwargs["fixture"] = True
+            if limit is not None:
+                kwargs["limit"] = int(limit)
             tasks = load_tasks(dataset, **kwargs)
         tasks = list(tasks)
         if limit is not None:
@@ -152,6 +158,7 @@ class MetaAgentXEnv(gym.Env[dict[str, Any], str]):
         self.observation_space = observation_space(self.max_observation_chars)
         self.action_space = LLMText(int(max_action_chars))
         self._sandbox = sandbox
+        self.grader_kwargs = dict(grader_kwargs or {})
         self.session: Any = None  # MASSession, created on the first design turn
 
         self.task: Task | None = None
@@ -339,7 +346,10 @@ class MetaAgentXEnv(gym.Env[dict[str, Any], str]):
         if answer is not None:
             from mx_envs.tasks import grade as grade_fn
 
-            grade = grade_fn(task, answer)
+            opts = dict(self.grader_kwargs)
+            if task.kind == "code" and self._sandbox is not None:
+                opts.setdefault("sandbox", self._sandbox)
+            grade = grade_fn(task, answer, **opts)
         self.last_grade = grade
         self.timings["grade_s"] = time.perf_counter() - t0
         correct = bool(grade.correct) if grade is not None else False

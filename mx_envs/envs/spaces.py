@@ -128,10 +128,10 @@ def _read_llmtext_from_shared_memory(space: LLMText, shared_memory: Any, n: int 
 
 @write_to_shared_memory.register(LLMText)
 def _write_llmtext_to_shared_memory(space: LLMText, index: int, value: str, shared_memory: Any) -> None:
+    if not space.contains(value):
+        raise ValueError(f"cannot write a value outside {space} to shared memory: {value!r:.80}")
     data = value.encode("utf-8")
     stride = _LEN_BYTES + space.max_bytes()
-    if len(data) > space.max_bytes():
-        raise ValueError(f"text of {len(data)} UTF-8 bytes does not fit {space}")
     dest = np.frombuffer(shared_memory.get_obj(), dtype=np.uint8)
     start = index * stride
     dest[start : start + _LEN_BYTES] = np.frombuffer(len(data).to_bytes(_LEN_BYTES, "little"), dtype=np.uint8)
