@@ -155,13 +155,16 @@ def render_sequence_svg(trace: EpisodeTrace) -> str:
         sx = x_of["script"]
         if kind == "call":
             assert isinstance(ev, CallRecord)
-            label = f"#{ev.index} ask ({ev.prompt_tokens} tok)"
+            llm = ev.source == "llm"
+            label = f"#{ev.index} ask" + (f" ({ev.prompt_tokens} tok)" if llm else "")
             parts.append(
                 f'<line x1="{sx}" y1="{y}" x2="{ax - 4}" y2="{y}" stroke="#475467" marker-end="url(#arr)"/>'
                 f'<text x="{(sx + ax) / 2}" y="{y - 5}" text-anchor="middle">{_e(label)}</text>'
             )
             y += _ROW_H
-            reply = f"reply {ev.response_tokens} tok" + (" (cut)" if ev.finish_reason == "length" else "")
+            reply = (f"reply {ev.response_tokens} tok" if llm else f"reply ({ev.source or 'no model'})") + (
+                " (cut)" if ev.finish_reason == "length" else ""
+            )
             parts.append(
                 f'<line x1="{ax}" y1="{y}" x2="{sx + 4}" y2="{y}" stroke="#2f5fb3" stroke-dasharray="5 3" '
                 f'marker-end="url(#arr)"/>'
@@ -205,8 +208,9 @@ def _call_html(call: CallRecord, seen: int) -> str:
     earlier = len(call.messages) - len(new)
     head = (
         f'<div class="head">#{call.index} {_e(call.agent)}<span class="meta">'
-        f"{call.prompt_tokens} prompt tok, {call.response_tokens} reply tok"
-        f"{', finish: ' + _e(call.finish_reason) if call.finish_reason else ''}</span></div>"
+        + (f"{call.prompt_tokens} prompt tok, {call.response_tokens} reply tok" if call.source == "llm"
+           else f"answered by: {_e(call.source or '?')}")
+        + f"{', finish: ' + _e(call.finish_reason) if call.finish_reason else ''}</span></div>"
     )
     note = f'<div class="meta">({earlier} earlier message(s) of this conversation above)</div>' if earlier else ""
     reply = f'<div class="msg assistant"><div class="role">reply</div>{_pre(call.reply)}</div>'
@@ -256,7 +260,7 @@ def render_trace_html(trace: EpisodeTrace) -> str:
     verdict = f'<span class="badge {"ok" if ok else "bad"}">{"correct" if ok else "incorrect"}</span>'
     structure = trace.structure.get("label", "") if trace.structure else ""
     designer = [c for c in trace.calls if c.role == "designer"]
-    meta = "".join(
+    meta = " ".join(
         f"<span>{_e(k)}: <b>{_e(v)}</b></span>"
         for k, v in [
             ("env", trace.env_id), ("sample", trace.sample), ("seed", trace.seed),
@@ -267,7 +271,7 @@ def render_trace_html(trace: EpisodeTrace) -> str:
         ]
     )
     feats = trace.structure.get("features", {}) if trace.structure else {}
-    feat_rows = "".join(f"<span>{_e(k)}: <b>{_e(v)}</b></span>" for k, v in feats.items())
+    feat_rows = " ".join(f"<span>{_e(k)}: <b>{_e(v)}</b></span>" for k, v in feats.items())
     script_html = (
         _code_block(trace.design_script)
         if trace.design_script
