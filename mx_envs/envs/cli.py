@@ -11,7 +11,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="list the MetaAgentX env ids and their task counts",
         description=(
             "List the registered gymnasium env ids (gym.make('MetaAgentX-...-v0')) with their dataset, "
-            "kind and the number of tasks found locally (MX_DATA_DIR, packaged data) and in the packaged "
+            "kind and the number of tasks found locally (MX_DATA_DIR, packaged data; the hub is not contacted) and in the packaged "
             "fixture set. Sources that are not available show why."
         ),
     )
@@ -32,14 +32,13 @@ def _count(dataset: str, **kwargs: object) -> tuple[int | None, str]:
 
 def env_rows(split: str | None = None) -> list[dict[str, object]]:
     """One row per registered id: ``env_id, dataset, kind, description, tasks, fixture_tasks, note``."""
-    import os
-
     from mx_envs.envs.registration import ENVS
 
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # counting must not start downloads
     rows = []
     for entry in ENVS:
-        kwargs = {"split": split} if split else {}
+        kwargs: dict[str, object] = {"hub": False}  # counting must not start downloads
+        if split:
+            kwargs["split"] = split
         n, why = _count(entry.dataset, **kwargs)
         n_fix, why_fix = _count(entry.dataset, fixture=True)
         rows.append(

@@ -32,7 +32,8 @@ ENVS: tuple[EnvEntry, ...] = (
     EnvEntry("MetaAgentX-APPS-v0", "apps", "code", "APPS"),
     EnvEntry("MetaAgentX-CodeContests-v0", "codecontests", "code", "DeepMind CodeContests"),
     EnvEntry("MetaAgentX-HumanEval-v0", "humaneval", "code", "OpenAI HumanEval"),
-    EnvEntry("MetaAgentX-MBPP-v0", "mbpp", "code", "MBPP (MBPP+ tests)"),
+    EnvEntry("MetaAgentX-MBPP-v0", "mbpp", "code", "Google MBPP (assert tests)"),
+    EnvEntry("MetaAgentX-MBPPPlus-v0", "mbppplus", "code", "MBPP+ (EvalPlus: base + extra inputs)"),
 )
 
 ENV_IDS: tuple[str, ...] = tuple(e.env_id for e in ENVS)

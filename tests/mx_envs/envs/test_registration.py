@@ -1,0 +1,95 @@
+"""Registration of the env ids, gymnasium's check_env on every id, and `mx envs`."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import gymnasium as gym
+import pytest
+from gymnasium.utils.env_checker import check_env
+
+import mx_envs  # noqa: F401  (registers the ids)
+from mx_envs.envs.registration import ENTRY_POINT, ENV_IDS, ENVS
+from mx_envs.tasks import load_tasks
+
+REPO = Path(__file__).resolve().parents[3]
+
+EXPECTED_IDS = {
+    "MetaAgentX-AIME-v0", "MetaAgentX-AIME24-v0", "MetaAgentX-AIME25-v0", "MetaAgentX-OlympiadBench-v0",
+    "MetaAgentX-MATH500-v0", "MetaAgentX-GSM8K-v0", "MetaAgentX-Arithmetic-v0", "MetaAgentX-LiveCodeBench-v0",
+    "MetaAgentX-APPS-v0", "MetaAgentX-CodeContests-v0", "MetaAgentX-HumanEval-v0", "MetaAgentX-MBPP-v0",
+    "MetaAgentX-MBPPPlus-v0",
+}
+
+
+def test_every_id_is_registered_with_a_string_entry_point() -> None:
+    assert set(ENV_IDS) == EXPECTED_IDS
+    for env_id in ENV_IDS:
+        spec = gym.spec(env_id)
+        assert spec.entry_point == ENTRY_POINT and isinstance(spec.entry_point, str)
+
+
+def test_import_is_cheap_and_make_works_without_prior_import() -> None:
+    code = (
+        "import sys, gymnasium as gym\n"
+        "import mx_envs\n"
+        "heavy = [m for m in ('torch', 'transformers', 'sympy', 'math_verify', 'datasets', "
+        "'mx_envs.envs.meta_env', 'mx_envs.sandbox.process') if m in sys.modules]\n"
+        "assert not heavy, heavy\n"
+        "del sys.modules['mx_envs']\n"
+        "for k in [k for k in gym.registry if k.startswith('MetaAgentX')]: del gym.registry[k]\n"
+        "env = gym.make('mx_envs:MetaAgentX-Arithmetic-v0', limit=3)\n"
+        "obs, info = env.reset(seed=0)\n"
+        "print(info['task_id'])\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("arithmetic/")
+
+
+def _make_kwargs(dataset: str) -> dict:
+    """Packaged fixture data when there is some for ``dataset``, else locally available real data."""
+    try:
+        load_tasks(dataset, fixture=True)
+        return {"fixture": True}
+    except Exception:  # noqa: BLE001
+        pass
+    try:
+        load_tasks(dataset, hub=False, limit=1)
+        return {"loader_kwargs": {"hub": False}, "limit": 50}
+    except Exception as exc:  # noqa: BLE001
+        pytest.skip(f"no fixture and no local data for {dataset!r}: {str(exc).splitlines()[0][:200]}")
+
+
+@pytest.mark.parametrize("entry", ENVS, ids=[e.env_id for e in ENVS])
+def test_check_env_passes_for_every_id(entry) -> None:
+    env = gym.make(entry.env_id, **_make_kwargs(entry.dataset))
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            check_env(env.unwrapped)
+        messages = [str(w.message) for w in caught if "gymnasium" in str(w.filename) or "env_checker" in str(w.message)]
+        assert not messages, messages
+        obs, info = env.reset(seed=0)
+        assert info["kind"] == entry.kind
+        assert env.observation_space.contains(obs)
+    finally:
+        env.close()
+
+
+def test_mx_envs_cli_json(capsys) -> None:
+    from mx_train.cli import main
+
+    assert main(["envs", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)["envs"]
+    assert [r["env_id"] for r in rows] == list(ENV_IDS)
+    arith = next(r for r in rows if r["env_id"] == "MetaAgentX-Arithmetic-v0")
+    assert arith["tasks"] and arith["tasks"] > 0
+    assert all(r["tasks"] is None or r["tasks"] > 0 for r in rows)
+    assert all(r["note"] for r in rows if r["tasks"] is None)
+    assert main(["envs"]) == 0
+    assert "MetaAgentX-AIME-v0" in capsys.readouterr().out
