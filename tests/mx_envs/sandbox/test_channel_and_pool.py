@@ -1,0 +1,188 @@
+"""Host channel (start), concurrency, server-death recovery, shared pool and CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+
+import pytest
+
+from mx_envs.sandbox import Channel, Limits, ProcessSandbox, Verdict, default_sandbox, get_sandbox
+
+ECHO = """
+from mx_envs.sandbox import channel
+n = 0
+while True:
+    msg = channel.request({"type": "ask", "n": n})
+    if msg.get("stop"):
+        break
+    n += 1
+channel.send({"type": "done", "n": n})
+print("bye")
+"""
+
+
+def test_channel_request_reply_roundtrip(sandbox):
+    ch = sandbox.start(ECHO, Limits(wall_s=10))
+    assert isinstance(ch, Channel)
+    for i in range(50):
+        msg = ch.recv(timeout=10)
+        assert msg == {"type": "ask", "n": i}
+        assert ch.awaiting_reply
+        ch.send({"stop": i == 49})
+    assert ch.recv(timeout=10) == {"type": "done", "n": 49}
+    assert ch.recv(timeout=10) is None
+    r = ch.wait(timeout=10)
+    assert r.verdict is Verdict.OK and r.stdout == "bye\n", r
+
+
+def test_channel_wall_clock_paused_while_host_answers(sandbox):
+    # Wall limit 1 s, but the host takes 1.5 s to answer the request: the run must survive.
+    src = "from mx_envs.sandbox import channel\nprint(channel.request({'q': 1}))"
+    ch = sandbox.start(src, Limits(wall_s=1))
+    assert ch.recv(timeout=5) == {"q": 1}
+    time.sleep(1.5)
+    ch.send({"a": 2})
+    r = ch.wait(timeout=5)
+    assert r.verdict is Verdict.OK and r.stdout == "{'a': 2}\n", r
+    # Without an outstanding request the wall clock runs.
+    ch = sandbox.start("import time; time.sleep(30)", Limits(wall_s=1))
+    assert ch.recv(timeout=5) is None
+    assert ch.wait(timeout=5).verdict is Verdict.TIMEOUT
+
+
+def test_channel_kill_and_timeout(sandbox):
+    ch = sandbox.start("import time; time.sleep(30)", Limits(wall_s=20))
+    with pytest.raises(TimeoutError):
+        ch.recv(timeout=0.2)
+    t0 = time.monotonic()
+    r = ch.kill()
+    assert time.monotonic() - t0 < 3
+    assert r.verdict is Verdict.KILLED, r
+
+
+def test_channel_program_errors_and_garbage(sandbox):
+    ch = sandbox.start("from mx_envs.sandbox import channel\nchannel.send({'x': 1})\nraise KeyError('k')")
+    assert ch.recv(timeout=5) == {"x": 1}
+    assert ch.recv(timeout=5) is None
+    r = ch.wait(timeout=5)
+    assert r.verdict is Verdict.RUNTIME_ERROR and "KeyError" in r.stderr
+    ch = sandbox.start("import os, time; os.write(int(os.environ['MX_CHANNEL_FD']), b'not json\\n'); time.sleep(9)")
+    from mx_envs.sandbox import ChannelClosed
+
+    with pytest.raises(ChannelClosed):
+        ch.recv(timeout=5)
+    assert ch.wait(timeout=5).verdict is Verdict.KILLED
+
+
+def test_channel_unavailable_under_run(sandbox):
+    r = sandbox.run("from mx_envs.sandbox import channel\nchannel.send({'x': 1})")
+    assert r.verdict is Verdict.RUNTIME_ERROR and "ChannelUnavailable" in r.stderr
+
+
+def test_concurrent_runs_from_threads(sandbox):
+    results: dict[int, str] = {}
+    errors: list[BaseException] = []
+
+    def work(i: int) -> None:
+        try:
+            for j in range(3):
+                r = sandbox.run(f"import sys; print({i} * 100 + {j}, sys.stdin.read())", stdin=str(i))
+                assert r.verdict is Verdict.OK, r
+                results[i * 100 + j] = r.stdout
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors, errors
+    assert results == {i * 100 + j: f"{i * 100 + j} {i}\n" for i in range(6) for j in range(3)}
+
+
+def test_server_death_is_recovered():
+    sb = ProcessSandbox(preload=(), pool_size=1)
+    try:
+        assert sb.run("print(1)").stdout == "1\n"
+        pid = sb.server_pid
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)
+        time.sleep(0.2)
+        r = sb.run("print(2)")
+        assert r.verdict is Verdict.OK and r.stdout == "2\n", r
+        assert sb.server_pid not in (None, pid)
+    finally:
+        sb.close()
+    assert sb.run("print(1)").verdict is Verdict.SANDBOX_ERROR  # closed
+
+
+def test_preload_is_configurable_and_shared_pool():
+    sb = ProcessSandbox(preload=(), extra_preload=("json", "no_such_module_xyz"), pool_size=1)
+    try:
+        r = sb.run("import sys; print('json' in sys.modules, 'sympy' in sys.modules)")
+        assert r.stdout == "True False\n", r
+        assert r.isolation["preloaded"] == ["json"]
+    finally:
+        sb.close()
+    a = get_sandbox("process", preload=(), pool_size=1)
+    assert get_sandbox("process", preload=(), pool_size=1) is a
+    assert default_sandbox() is default_sandbox()
+    with pytest.raises(ValueError):
+        get_sandbox("nope")
+
+
+def test_cli_exec_json(tmp_path, capsys):
+    from mx_train.cli import main
+
+    prog = tmp_path / "p.py"
+    prog.write_text("import sys; print(sys.stdin.read().strip()[::-1])")
+    stdin = tmp_path / "in.txt"
+    stdin.write_text("abc\n")
+    rc = main(["sandbox", "exec", str(prog), "--stdin", str(stdin), "--json", "--no-preload", "--timeout", "5"])
+    out = json.loads(capsys.readouterr().out)
+    assert rc == 0 and out["verdict"] == "ok" and out["stdout"] == "cba\n" and out["exit_code"] == 0
+    assert {"verdict", "exit_code", "stdout", "stderr", "wall_s"} <= set(out)
+    prog.write_text("while True: pass")
+    rc = main(["sandbox", "exec", str(prog), "--json", "--no-preload", "--timeout", "1"])
+    out = json.loads(capsys.readouterr().out)
+    assert rc == 1 and out["verdict"] == "timeout"
+    rc = main(["sandbox", "exec", str(tmp_path / "missing.py")])
+    assert rc == 2
+
+
+def test_docker_backend_skips_without_daemon():
+    from mx_envs.sandbox.docker_backend import DockerSandbox, DockerUnavailable
+
+    try:
+        sb = DockerSandbox()
+    except DockerUnavailable as exc:
+        pytest.skip(f"no Docker daemon: {exc}")
+    try:
+        r = sb.run("print(1)", limits=Limits(wall_s=30))
+        assert r.verdict is Verdict.OK and r.stdout == "1\n"
+        r = sb.run("import socket; socket.create_connection(('1.1.1.1', 80), timeout=2)", limits=Limits(wall_s=30))
+        assert r.verdict is Verdict.RUNTIME_ERROR
+    finally:
+        sb.close()
+
+
+def test_docker_container_options_enforce_limits():
+    """Checks the option mapping with a test double client (no daemon needed)."""
+    pytest.importorskip("docker")
+    from mx_envs.sandbox.docker_backend import DockerSandbox
+
+    class FakeClient:
+        """Test double: answers ping only."""
+
+        def ping(self):
+            return True
+
+    sb = DockerSandbox(image="python:3.11-slim", client=FakeClient())
+    kw = sb.container_kwargs(Limits(memory_mb=300, max_processes=7))
+    assert kw["network_mode"] == "none" and kw["read_only"] and kw["mem_limit"] == "300m"
+    assert kw["pids_limit"] == 7 and kw["cap_drop"] == ["ALL"] and "/work" in kw["tmpfs"]
