@@ -28,6 +28,17 @@ from mx_envs.sandbox.wire import FrameReader, encode_frame
 log = logging.getLogger(__name__)
 
 DEFAULT_PRELOAD: tuple[str, ...] = ("numpy", "sympy")
+# Code run once in the pool server after the preloads, for modules whose first use is slow
+# (sympy builds caches and imports its polys/solvers lazily: ~80 ms on the first factor()).
+WARMUP: dict[str, str] = {
+    "sympy": (
+        "import sympy\n"
+        "x, y = sympy.symbols('x y')\n"
+        "sympy.factor(x**2 - 1); sympy.expand((x + y)**3); sympy.simplify(sympy.sin(x)**2 + sympy.cos(x)**2)\n"
+        "sympy.solve(x**2 - 2, x); sympy.nsimplify(0.5); sympy.Rational(1, 3) + sympy.sqrt(2)\n"
+        "sympy.sympify('x**2 + 1'); sympy.latex(x**2)\n"
+    ),
+}
 # Environment of the pool server: an allow-list, so no token or key of the host is inherited.
 SERVER_ENV_ALLOW = ("PATH", "LANG", "LC_ALL", "TZ")
 _SERVER_ENV_FIXED = {
@@ -62,11 +73,15 @@ def _memfd(name: str, data: bytes) -> int:
 class _Server:
     """One running pool server process and the host end of its request socket."""
 
-    def __init__(self, python: str, preload: list[str], pool_size: int, startup_timeout: float) -> None:
+    def __init__(
+        self, python: str, preload: list[str], pool_size: int, startup_timeout: float, warmup: list[str]
+    ) -> None:
         host_end, server_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         env = {k: os.environ[k] for k in SERVER_ENV_ALLOW if k in os.environ}
         env.update(_SERVER_ENV_FIXED)
-        cfg = json.dumps({"fd": server_end.fileno(), "preload": preload, "pool_size": pool_size})
+        cfg = json.dumps(
+            {"fd": server_end.fileno(), "preload": preload, "pool_size": pool_size, "warmup": warmup}
+        )
         self.log = tempfile.TemporaryFile(prefix="mx-sandbox-server-")  # noqa: SIM115 - lives with the server
         self.proc = subprocess.Popen(
             [python, "-I", "-c", _BOOT.format(root=_PKG_ROOT), cfg],
@@ -404,7 +419,8 @@ class ProcessSandbox:
     """Default backend: a warm pool server forks one isolated child per run.
 
     ``preload`` modules are imported once in the pool server (default numpy and sympy), plus any
-    ``extra_preload`` (e.g. ``"mx_envs.mas.lib"``). ``pool_size`` supervisors serve runs in
+    ``extra_preload`` (e.g. ``"mx_envs.mas.lib"``); ``warmup`` also runs :data:`WARMUP` code for
+    preloaded modules whose first use is slow. ``pool_size`` supervisors serve runs in
     parallel; more concurrent runs queue. Thread-safe; each process needs its own instance.
     """
 
@@ -418,7 +434,9 @@ class ProcessSandbox:
         python: str = sys.executable,
         startup_timeout: float = 120.0,
         max_message_bytes: int = 64 << 20,
+        warmup: bool = True,
     ) -> None:
+        self.warmup = warmup
         self.preload = list(dict.fromkeys([*preload, *extra_preload]))
         self.pool_size = max(1, int(pool_size))
         self.python = python
@@ -440,7 +458,8 @@ class ProcessSandbox:
                 if self._server is not None:
                     log.warning("sandbox pool server died; restarting (log: %s)", self._server.log_tail(500))
                     self._server.close()
-                self._server = _Server(self.python, self.preload, self.pool_size, self.startup_timeout)
+                warmup = [WARMUP[m] for m in self.preload if m in WARMUP] if self.warmup else []
+                self._server = _Server(self.python, self.preload, self.pool_size, self.startup_timeout, warmup)
             return self._server
 
     def _drop_server(self, server: _Server) -> None:

@@ -624,6 +624,11 @@ def main(config_json: str) -> None:
             preloaded.append(name)
         except Exception as exc:  # noqa: BLE001 - reported to the host, not fatal
             failed[name] = f"{type(exc).__name__}: {exc}"
+    for snippet in cfg.get("warmup", []):
+        try:
+            exec(compile(snippet, "<warmup>", "exec"), {"__name__": "__warmup__"})
+        except Exception as exc:  # noqa: BLE001 - a failed warm-up only costs speed
+            failed["<warmup>"] = f"{type(exc).__name__}: {exc}"
     # Keep the imported heap out of the collector so forks do not copy pages the GC would touch.
     gc.collect()
     gc.freeze()
