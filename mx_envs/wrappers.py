@@ -69,7 +69,7 @@ def play_executor(env: gym.Env, result: StepResult, executor: Executor) -> StepR
     return obs, total, terminated, truncated, info
 
 
-class DesignerOnly(gym.Wrapper[dict[str, Any], str, dict[str, Any], str]):
+class DesignerOnly(gym.Wrapper[dict[str, Any], str, dict[str, Any], str], gym.utils.RecordConstructorArgs):
     """The designer's view: ``step(design_text)`` runs the whole episode with ``executor``.
 
     ``executor`` is any callable from a sub-agent's chat (list of ``{"role", "content"}``) to its reply
@@ -77,7 +77,8 @@ class DesignerOnly(gym.Wrapper[dict[str, Any], str, dict[str, Any], str]):
     """
 
     def __init__(self, env: gym.Env, executor: Executor) -> None:
-        super().__init__(env)
+        gym.utils.RecordConstructorArgs.__init__(self, executor=executor)
+        gym.Wrapper.__init__(self, env)
         if not callable(executor):
             raise TypeError("executor must be a callable from messages to reply text")
         self.executor = executor
@@ -86,7 +87,7 @@ class DesignerOnly(gym.Wrapper[dict[str, Any], str, dict[str, Any], str]):
         return play_executor(self.env, self.env.step(action), self.executor)
 
 
-class ExecutorOnly(gym.Wrapper[dict[str, Any], str, dict[str, Any], str]):
+class ExecutorOnly(gym.Wrapper[dict[str, Any], str, dict[str, Any], str], gym.utils.RecordConstructorArgs):
     """The executor's view: ``reset`` submits the fixed ``design``; every step is a sub-agent reply.
 
     ``design`` is a library design name (``"vote"``) or script text. A design that ends before its
@@ -95,7 +96,8 @@ class ExecutorOnly(gym.Wrapper[dict[str, Any], str, dict[str, Any], str]):
     """
 
     def __init__(self, env: gym.Env, design: str) -> None:
-        super().__init__(env)
+        gym.utils.RecordConstructorArgs.__init__(self, design=design)
+        gym.Wrapper.__init__(self, env)
         self.design = design
         self.design_text = resolve_design(design)
         self._carry = 0.0  # reward of the design step, paid with the first executor step
@@ -117,7 +119,7 @@ class ExecutorOnly(gym.Wrapper[dict[str, Any], str, dict[str, Any], str]):
         return obs, reward, terminated, truncated, info
 
 
-class DesignChoice(gym.Wrapper[np.ndarray, np.int64, dict[str, Any], str]):
+class DesignChoice(gym.Wrapper[np.ndarray, np.int64, dict[str, Any], str], gym.utils.RecordConstructorArgs):
     """Choose one of K designs for the task: ``Discrete(K)`` actions, embedding observations.
 
     Args:
@@ -141,7 +143,10 @@ class DesignChoice(gym.Wrapper[np.ndarray, np.int64, dict[str, Any], str]):
         embedder: str | Embedder | None = "auto",
         embed_dim: int = 256,
     ) -> None:
-        super().__init__(env)
+        gym.utils.RecordConstructorArgs.__init__(
+            self, designs=list(designs), executor=executor, embedder=embedder, embed_dim=embed_dim
+        )
+        gym.Wrapper.__init__(self, env)
         if not designs:
             raise ValueError("DesignChoice needs at least one design")
         if not callable(executor):

@@ -3,8 +3,8 @@
 :class:`gymnasium.spaces.Text` only admits characters from a fixed charset, which rejects real model
 output (``\\boxed{}``, backticks, ``≤``, emoji...). :class:`LLMText` keeps ``Text``'s interface and
 length bounds but admits every character. It subclasses ``Text`` so that gymnasium's vector utilities
-(batching, concatenation, empty arrays) treat it like text; shared memory for ``AsyncVectorEnv`` is
-implemented here as a UTF-8 buffer, because ``Text``'s charset-index encoding cannot hold unicode.
+(batching, concatenation, empty arrays) treat it like text. ``AsyncVectorEnv`` needs
+``shared_memory=False`` for it (see below).
 """
 
 from __future__ import annotations
@@ -14,12 +14,9 @@ from types import ModuleType
 from typing import Any
 
 import numpy as np
+from gymnasium.error import CustomSpaceError
 from gymnasium.spaces import Text
-from gymnasium.vector.utils.shared_memory import (
-    create_shared_memory,
-    read_from_shared_memory,
-    write_to_shared_memory,
-)
+from gymnasium.vector.utils.shared_memory import create_shared_memory
 
 # Fragments `sample` draws from: ASCII, whitespace, LaTeX, code syntax and non-ASCII characters, so
 # sampled actions exercise the same code paths (code extraction, JSON, grading) real LLM text does.
@@ -101,38 +98,17 @@ class LLMText(Text):
     def __hash__(self) -> int:
         return hash((LLMText, self.min_length, self.max_length))
 
-    def max_bytes(self) -> int:
-        """Upper bound of the UTF-8 size of a member (4 bytes per character)."""
-        return 4 * self.max_length
 
-
-# --- AsyncVectorEnv shared memory: [uint32 byte length][UTF-8 bytes] per sub-environment ----------
-
-_LEN_BYTES = 4
+# --- AsyncVectorEnv shared memory ------------------------------------------------------------------
+# gymnasium reads a shared-memory buffer once, at construction, and relies on the result being a live
+# numpy view; text cannot be such a view (gymnasium's own Text shared memory returns a fixed tuple and
+# never shows new observations), so LLMText refuses shared memory and AsyncVectorEnv explains to pass
+# `vector_kwargs={"shared_memory": False}`.
 
 
 @create_shared_memory.register(LLMText)
 def _create_llmtext_shared_memory(space: LLMText, n: int = 1, ctx: ModuleType = mp) -> Any:
-    return ctx.Array("B", n * (_LEN_BYTES + space.max_bytes()))
-
-
-@read_from_shared_memory.register(LLMText)
-def _read_llmtext_from_shared_memory(space: LLMText, shared_memory: Any, n: int = 1) -> tuple[str, ...]:
-    buf = np.frombuffer(shared_memory.get_obj(), dtype=np.uint8).reshape(n, _LEN_BYTES + space.max_bytes())
-    out = []
-    for row in buf:
-        size = int.from_bytes(row[:_LEN_BYTES].tobytes(), "little")
-        out.append(row[_LEN_BYTES : _LEN_BYTES + size].tobytes().decode("utf-8"))
-    return tuple(out)
-
-
-@write_to_shared_memory.register(LLMText)
-def _write_llmtext_to_shared_memory(space: LLMText, index: int, value: str, shared_memory: Any) -> None:
-    if not space.contains(value):
-        raise ValueError(f"cannot write a value outside {space} to shared memory: {value!r:.80}")
-    data = value.encode("utf-8")
-    stride = _LEN_BYTES + space.max_bytes()
-    dest = np.frombuffer(shared_memory.get_obj(), dtype=np.uint8)
-    start = index * stride
-    dest[start : start + _LEN_BYTES] = np.frombuffer(len(data).to_bytes(_LEN_BYTES, "little"), dtype=np.uint8)
-    dest[start + _LEN_BYTES : start + _LEN_BYTES + len(data)] = np.frombuffer(data, dtype=np.uint8)
+    raise CustomSpaceError(
+        f"{space} holds arbitrary text, which cannot live in shared memory: "
+        'use gym.make_vec(..., vectorization_mode="async", vector_kwargs={"shared_memory": False})'
+    )
