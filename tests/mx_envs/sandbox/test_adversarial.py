@@ -160,7 +160,8 @@ open('inside.txt', 'w').write('fine')
 results['cwd'] = os.getcwd()
 print(results)
 """
-    before = open(repo_file).read()
+    with open(repo_file) as fh:
+        before = fh.read()
     r = run_checked(sandbox, src)
     assert r.verdict is Verdict.OK, r
     res = eval(r.stdout)  # our own repr of a dict of strings
@@ -168,8 +169,10 @@ print(results)
     assert res[str(tmp_path / "x")] != "written"
     assert not os.path.exists(marker), "write to /tmp reached the host"
     assert not (tmp_path / "x").exists()
-    assert open(repo_file).read() == before
-    assert "pwned" not in open("/etc/passwd").read()
+    with open(repo_file) as fh:
+        assert fh.read() == before
+    with open("/etc/passwd") as fh:
+        assert "pwned" not in fh.read()
     assert not os.path.exists(os.path.join(res["cwd"], "inside.txt")) or res["cwd"] == "/tmp/work"
 
 
