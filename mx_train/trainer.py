@@ -1,0 +1,461 @@
+"""The training loop: hierarchical rollout -> transitions -> credit assignment -> policy update.
+
+One step (``Trainer.step``):
+
+1. draw B training tasks (a seeded permutation of the training set; the position is checkpointed);
+2. sample M designs per task and execute each N times (:func:`mx_agents.design_groups.run_design_groups`,
+   every pending LLM turn of all B*M*N episodes batched per round; executions are sampled, not greedy);
+3. turn every LLM turn into a :class:`~mx_agents.transition.Transition` with explicit group ids and write
+   them to ``RUN/transitions/step_XXXXXXXX.jsonl`` (inspectable, replayable, consumable elsewhere);
+4. hierarchical credit assignment (:func:`mx_train.credit.assign_advantages`): a design's reward is the
+   mean of its N executions, normalised across the M designs of its task; executions are normalised
+   across the task (or the design);
+5. the co-evolution schedule names the active roles; the inactive role's transitions are left out of
+   the loss; the learner(s) update and push the new weights to the generation backend;
+6. metrics (reward by role, accuracy, validity, advantage stats, loss, KL, tokens/s, phase, timings) go
+   to ``metrics.jsonl`` and TensorBoard; a checkpoint is written atomically every ``save_every`` steps.
+
+``Trainer.run`` resumes from the newest checkpoint in ``RUN/checkpoints`` when asked: a run killed
+with SIGKILL mid-step restarts at its last completed step with the same model, optimizer, schedule,
+RNG and data position.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mx_agents.transition import Transition
+from mx_train.config import TrainConfig
+
+logger = logging.getLogger(__name__)
+
+EnvFactory = Callable[[], Any]
+
+
+def _sampling(cfg: Any) -> Any:
+    from mx_agents.backends.base import SamplingParams
+
+    return SamplingParams(
+        temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k, max_new_tokens=cfg.max_new_tokens
+    )
+
+
+def _shared_model(backend: Any, learner: Any) -> bool:
+    return getattr(backend, "model", None) is learner.model
+
+
+class Trainer:
+    """Runs the MetaAgent-X recipe from a :class:`TrainConfig`.
+
+    Args:
+        config: the run's configuration.
+        out: run directory (overrides ``config.out``).
+        env_factory: makes one env (default: ``gym.make(config.env.id, **config.env.kwargs)`` on the
+            training split; tests pass a scripted env here).
+        backend_factory: ``(model_spec) -> Backend`` (default: an HF backend on the configured device);
+            the backend's ``model`` is trained in place when it is a torch module (shared weights: no
+            copy); otherwise the learner loads its own copy and pushes weights after each update.
+        tasks: the training task ids to cycle through (default: every task of the env's split).
+    """
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        *,
+        out: str | os.PathLike[str] | None = None,
+        env_factory: EnvFactory | None = None,
+        backend_factory: Callable[[str], Any] | None = None,
+        tasks: Sequence[str] | None = None,
+        progress: bool = True,
+    ) -> None:
+        config.validate()
+        self.config = config
+        self.out = Path(out or config.out)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.progress = progress
+        self.rng = random.Random(config.seed)  # task order; checkpointed
+        self.np_rng = np.random.default_rng(config.seed)
+        self.env_factory = env_factory or make_env_factory(config)
+        self._probe_env = self.env_factory()
+        self.task_ids = list(tasks) if tasks is not None else [t.id for t in self._probe_env.unwrapped.tasks]
+        if not self.task_ids:
+            raise ValueError(f"env {config.env.id!r} has no training tasks")
+        self.order: list[int] = []
+        self.position = 0  # next index into self.order
+        self.epoch = 0
+        self._build_policy(backend_factory)
+        from mx_train.schedule import CoEvolutionSchedule
+
+        s = config.schedule
+        self.schedule = CoEvolutionSchedule(s.mode, s.phase_steps, s.first)
+        self.step_index = 0  # completed steps
+        self._envs: list[Any] | None = None
+        self._workers: Any = None
+
+    # ------------------------------------------------------------------ construction
+    def _build_policy(self, backend_factory: Callable[[str], Any] | None) -> None:
+        from mx_train.learner import Learner, PolicyGroup
+
+        pc = self.config.policy
+        if backend_factory is None:
+            backend_factory = default_backend_factory(self.config)
+        self.backends: dict[str, Any] = {"designer": backend_factory(pc.model)}
+        self.backends["executor"] = (
+            self.backends["designer"] if not pc.executor_model else backend_factory(pc.executor_model)
+        )
+        self.learners: dict[str, Learner] = {}
+        for role in ("designer", "executor"):
+            backend = self.backends[role]
+            existing = next((lr for r, lr in self.learners.items() if self.backends[r] is backend), None)
+            if existing is not None:
+                self.learners[role] = existing
+                continue
+            model = getattr(backend, "model", None)
+            if model is None or not hasattr(model, "parameters"):
+                raise ValueError(
+                    f"the {role} backend {getattr(backend, 'name', backend)!r} exposes no torch model to train; "
+                    "train with an HF backend (vLLM/HTTP backends serve weights pushed by the learner)"
+                )
+            name = "policy" if not pc.executor_model else role
+            learner = Learner(model, self.config.learner, tokenizer=getattr(backend, "tokenizer", None), name=name)
+            if not _shared_model(backend, learner):
+                learner.on_weights_updated = backend.load_weights
+            self.learners[role] = learner
+        self.policy_group = PolicyGroup(self.learners)
+
+    def make_policy(self, step: int) -> Any:
+        return build_rollout_policy(self.backends, self.config, step)
+
+    # ------------------------------------------------------------------ data
+    def next_tasks(self) -> list[str]:
+        """B task ids without replacement within an epoch (reshuffled each epoch)."""
+        out: list[str] = []
+        while len(out) < self.config.rollout.tasks_per_step:
+            if self.position >= len(self.order):
+                self.order = list(range(len(self.task_ids)))
+                self.rng.shuffle(self.order)
+                self.position = 0
+                self.epoch += 1
+            out.append(self.task_ids[self.order[self.position]])
+            self.position += 1
+        return out
+
+    def data_position(self) -> dict[str, Any]:
+        return {"order": self.order, "position": self.position, "epoch": self.epoch}
+
+    def _set_data_position(self, pos: dict[str, Any] | None) -> None:
+        if pos:
+            self.order, self.position, self.epoch = list(pos["order"]), int(pos["position"]), int(pos["epoch"])
+
+    # ------------------------------------------------------------------ rollout
+    def _env_pool(self) -> list[Any]:
+        r = self.config.rollout
+        need = r.tasks_per_step * r.designs * r.executions
+        if self._envs is None:
+            self._envs = [self._probe_env] + [self.env_factory() for _ in range(need - 1)]
+        return self._envs
+
+    def rollout(self, task_ids: Sequence[str], step: int) -> tuple[list[Transition], dict[str, Any]]:
+        """Run the M x N hierarchical rollout of ``task_ids``; transitions carry advantages."""
+        from mx_train.credit import assign_advantages
+
+        r, a = self.config.rollout, self.config.algorithm
+        version = self.learners["designer"].version
+        uids = [f"s{step}-t{i}-{tid}" for i, tid in enumerate(task_ids)]
+        seed = (self.config.seed + step * 7919) % (2**31)
+        if self.config.distributed.backend == "ray":
+            from mx_train.distributed import ray_rollout
+
+            transitions, exec_rewards, summary = ray_rollout(self, task_ids, uids, step, seed, version)
+        else:
+            from mx_agents.design_groups import run_design_groups
+
+            result = run_design_groups(
+                self._env_pool(),
+                self.make_policy(step),
+                task_ids,
+                r.designs,
+                r.executions,
+                seed=seed,
+                task_uids=uids,
+                progress=self.progress,
+                step_workers=r.step_workers,
+                max_turns=r.max_turns,
+                run_id=f"step{step}",
+            )
+            transitions = result.transitions(policy_version=version)
+            exec_rewards = result.execution_rewards()
+            summary = summarize_records(result.records)
+        d_adv, e_adv = assign_advantages(
+            transitions,
+            a.estimator,
+            a.executor_group,  # type: ignore[arg-type]
+            a.normalize_std,
+            execution_rewards=exec_rewards,
+        )
+        grid = np.array(
+            [[[exec_rewards[(uid, m, n)] for n in range(r.executions)] for m in range(r.designs)] for uid in uids]
+        )
+        summary.update(
+            {
+                "reward/executor": float(grid.mean()),
+                "reward/designer": float(grid.mean(axis=2).mean()),
+                "reward/best_design": float(grid.mean(axis=2).max(axis=1).mean()),
+                "adv/designer_abs_mean": float(np.abs(d_adv).mean()),
+                "adv/executor_abs_mean": float(np.abs(e_adv).mean()),
+                "adv/designer_nonzero": float((np.abs(d_adv) > 0).mean()),
+                "adv/executor_nonzero": float((np.abs(e_adv) > 0).mean()),
+                "transitions/designer": float(sum(t.role == "designer" for t in transitions)),
+                "transitions/executor": float(sum(t.role == "executor" for t in transitions)),
+            }
+        )
+        return transitions, summary
+
+    def write_transitions(self, step: int, transitions: Sequence[Transition]) -> Path:
+        d = self.out / "transitions"
+        d.mkdir(exist_ok=True)
+        path = d / f"step_{step:08d}.jsonl"
+        tmp = path.with_suffix(".jsonl.tmp")
+        with open(tmp, "w") as f:
+            for t in transitions:
+                f.write(t.to_json() + "\n")
+        os.replace(tmp, path)
+        return path
+
+    # ------------------------------------------------------------------ one step
+    def step(self) -> dict[str, Any]:
+        step = self.step_index
+        t0 = time.perf_counter()
+        task_ids = self.next_tasks()
+        transitions, metrics = self.rollout(task_ids, step)
+        t_roll = time.perf_counter() - t0
+        self.write_transitions(step, transitions)
+        active = self.schedule.active_roles(step)
+        t1 = time.perf_counter()
+        update = self.policy_group.update(transitions, active_roles=active)
+        t_update = time.perf_counter() - t1
+        metrics.update(update)
+        gen_tokens = sum(len(t.response_ids) for t in transitions)
+        metrics.update(
+            {
+                "phase": self.schedule.phase(step),
+                "active/designer": float("designer" in active),
+                "active/executor": float("executor" in active),
+                "time/rollout_s": t_roll,
+                "time/update_s": t_update,
+                "time/step_s": time.perf_counter() - t0,
+                "rollout/generated_tokens": float(gen_tokens),
+                "rollout/tokens_per_s": gen_tokens / max(t_roll, 1e-9),
+                "epoch": float(self.epoch),
+            }
+        )
+        self.step_index += 1
+        return metrics
+
+    # ------------------------------------------------------------------ checkpoints
+    def _models(self) -> dict[str, Any]:
+        return {name: lr.model for name, lr in self.policy_group.learners().items()}
+
+    def save(self) -> Path:
+        from mx_train.checkpoint import save_checkpoint
+
+        tok = getattr(self.backends["designer"], "tokenizer", None)
+        return save_checkpoint(
+            self.out / "checkpoints",
+            self.step_index,
+            models=self._models(),
+            learners=self.policy_group.learners(),
+            schedule=self.schedule,
+            rngs={"tasks": self.rng, "numpy": self.np_rng},
+            data_position=self.data_position(),
+            extra={"config": self.config.to_dict()},
+            keep_last=self.config.keep_last,
+            tokenizer=tok,
+        )
+
+    def resume(self) -> int | None:
+        """Load the newest checkpoint of this run; returns its step (``None`` when there is none)."""
+        from mx_train.checkpoint import load_latest
+
+        ckpt = load_latest(self.out / "checkpoints")
+        if ckpt is None:
+            return None
+        ckpt.restore(
+            models=self._models(),
+            learners=self.policy_group.learners(),
+            schedule=self.schedule,
+            rngs={"tasks": self.rng, "numpy": self.np_rng},
+        )
+        self._set_data_position(ckpt.data_position)
+        self.step_index = ckpt.step
+        for role, learner in self.learners.items():
+            if not _shared_model(self.backends[role], learner):
+                self.backends[role].load_weights(learner.weights_for_sync())
+        logger.info("resumed from %s (step %d)", ckpt.path, ckpt.step)
+        return ckpt.step
+
+    # ------------------------------------------------------------------ the run
+    def warm_start(self) -> list[dict[str, float]]:
+        """SFT cold start on library designs (``config.warm_start``): designer prompts of training
+        tasks paired with the fenced source of each listed design."""
+        ws = self.config.warm_start
+        if not ws.designs or ws.steps <= 0:
+            return []
+        from mx_agents.observation import parse_observation
+        from mx_agents.policies.fixed import fence
+        from mx_envs.mas.designs import load_design
+        from mx_train.sft import example_from_record
+
+        learner = self.learners["designer"]
+        tok = getattr(self.backends["designer"], "tokenizer", None)
+        policy = self.make_policy(-1)
+        designer = getattr(policy, "designer", policy)
+        examples = []
+        env = self._probe_env
+        for i in range(min(ws.tasks, len(self.task_ids))):
+            obs, _ = env.reset(seed=self.config.seed + i, options={"task_id": self.task_ids[i]})
+            messages = designer.build_request(parse_observation(obs)).messages
+            for name in ws.designs:
+                rec = {"messages": messages, "response": fence(load_design(name))}
+                examples.append(example_from_record(rec, tok, where=f"warm start ({name})"))
+        saved_lr = [g["lr"] for g in learner.optimizer.param_groups]
+        history = []
+        rng = random.Random(self.config.seed)
+        try:
+            for g in learner.optimizer.param_groups:
+                g["lr"] = ws.lr
+            for k in range(ws.steps):
+                batch = rng.sample(examples, min(len(examples), 4))
+                m = learner.sft_step(batch)
+                history.append(m)
+                logger.info("warm start %d/%d: loss %.4f", k + 1, ws.steps, m.get("loss", float("nan")))
+        finally:
+            for g, lr in zip(learner.optimizer.param_groups, saved_lr, strict=True):
+                g["lr"] = lr
+            # The warm start is not part of the RL optimizer's history.
+            learner.optimizer.state.clear()
+        return history
+
+    def run(self, max_steps: int | None = None, resume: bool = False) -> list[dict[str, Any]]:
+        """Train until ``max_steps`` completed steps; returns this invocation's step metrics."""
+        from mx_train.metrics import MetricsLogger
+
+        total = self.config.max_steps if max_steps is None else max_steps
+        resumed = self.resume() if resume else None
+        (self.out / "config.json").write_text(json.dumps(self.config.to_dict(), indent=1))
+        if resumed is None and self.step_index == 0:
+            for m in self.warm_start():
+                logger.info("warm start metrics: %s", m)
+        history: list[dict[str, Any]] = []
+        log = MetricsLogger(
+            self.out, tensorboard=self.config.tensorboard, wandb=self.config.wandb, resume_step=resumed
+        )
+        try:
+            while self.step_index < total:
+                metrics = self.step()
+                log.log(self.step_index - 1, metrics)
+                history.append(metrics)
+                logger.warning(
+                    "step %d/%d [%s] reward designer %.3f executor %.3f valid %.2f loss %s (%.1fs)",
+                    self.step_index, total, metrics["phase"], metrics["reward/designer"],
+                    metrics["reward/executor"], metrics.get("design_valid_rate", float("nan")),
+                    _fmt(metrics.get("policy/loss", metrics.get("designer/loss"))), metrics["time/step_s"],
+                )
+                if self.step_index % self.config.save_every == 0 or self.step_index == total:
+                    self.save()
+        finally:
+            log.close()
+            self.close()
+        return history
+
+    def close(self) -> None:
+        for env in self._envs or [self._probe_env]:
+            try:
+                env.close()
+            except Exception:  # noqa: BLE001 - closing must not mask the training result
+                pass
+        if self._workers is not None:
+            from mx_train.distributed import shutdown_workers
+
+            shutdown_workers(self._workers)
+            self._workers = None
+
+
+def make_env_factory(config: TrainConfig) -> EnvFactory:
+    """Envs of the training split, all sharing one task list (loaded once, not per env)."""
+    import gymnasium as gym
+
+    import mx_envs  # noqa: F401 - registers the ids
+    from mx_envs.tasks.registry import TRAIN_SPLITS
+
+    env_cfg = config.env
+    kwargs = dict(env_cfg.kwargs)
+    kwargs.setdefault("split", env_cfg.split)
+    if kwargs["split"] not in TRAIN_SPLITS and not env_cfg.allow_eval_split:
+        raise ValueError(
+            f"env split {kwargs['split']!r} is an evaluation split; training on it needs "
+            "env.allow_eval_split: true (checkpoints are never selected on test data by default)"
+        )
+    probe = gym.make(env_cfg.id, disable_env_checker=True, **kwargs)
+    tasks = list(probe.unwrapped.tasks)
+    probe.close()
+    kwargs["tasks"] = tasks
+    return lambda: gym.make(env_cfg.id, disable_env_checker=True, **kwargs)
+
+
+def default_backend_factory(config: TrainConfig) -> Callable[[str], Any]:
+    pc = config.policy
+
+    def factory(spec: str) -> Any:
+        from mx_agents.backends import get_backend
+
+        return get_backend(spec, device=pc.device, dtype=pc.dtype, max_batch_size=pc.max_batch_size)
+
+    return factory
+
+
+def build_rollout_policy(backends: dict[str, Any], config: TrainConfig, step: int) -> Any:
+    """The rollout policy of ``step``. Sampling seeds derive from (run seed, step), so a resumed run
+    samples what the uninterrupted one would have, and Ray workers get distinct seeds per worker."""
+    from mx_agents.policies.base import RoutedPolicy
+    from mx_agents.policies.llm import DesignerPolicy, ExecutorPolicy, SharedPolicy
+
+    r = config.rollout
+    seed = (config.seed * 1_000_003 + step) % (2**31)
+    d_params, e_params = _sampling(r.designer), _sampling(r.executor)
+    if backends["designer"] is backends["executor"]:
+        return SharedPolicy(backends["designer"], d_params, e_params, seed=seed)
+    return RoutedPolicy(
+        DesignerPolicy(backends["designer"], d_params, seed=seed),
+        ExecutorPolicy(backends["executor"], e_params, seed=seed + 1),
+    )
+
+
+def _fmt(v: Any) -> str:
+    return "n/a" if v is None else f"{float(v):.4f}"
+
+
+def summarize_records(records: Sequence[Any]) -> dict[str, Any]:
+    """Episode-level rollout metrics: accuracy, design validity, termination reasons, LLM calls."""
+    n = max(len(records), 1)
+    reasons: dict[str, int] = {}
+    for r in records:
+        reasons[r.termination_reason] = reasons.get(r.termination_reason, 0) + 1
+    out: dict[str, Any] = {
+        "episodes": float(len(records)),
+        "accuracy": sum(bool(r.correct) for r in records) / n,
+        "design_valid_rate": sum(bool(r.design_valid) for r in records) / n,
+        "llm_calls_per_episode": sum(r.llm_calls for r in records) / n,
+    }
+    for reason, count in sorted(reasons.items()):
+        out[f"termination/{reason or 'unknown'}"] = count / n
+    return out

@@ -1,0 +1,158 @@
+"""The training loop end to end on a scripted env with a tiny random Llama (fast, CPU)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from mx_train.config import TrainConfig
+from tests.mx_train.scripted_env import ScriptedTwoLevelEnv
+
+torch = pytest.importorskip("torch")
+
+
+def _config(tmp_path: Path, **over) -> TrainConfig:
+    data = {
+        "seed": 0,
+        "max_steps": 2,
+        "out": str(tmp_path / "run"),
+        "tensorboard": False,
+        "rollout": {
+            "tasks_per_step": 2, "designs": 2, "executions": 2,
+            "designer": {"temperature": 1.0, "max_new_tokens": 6},
+            "executor": {"temperature": 1.0, "max_new_tokens": 8},
+        },
+        "learner": {"lr": 5e-3, "micro_batch_tokens": 512, "device": "cpu"},
+        "schedule": {"mode": "joint"},
+    }
+    data.update(over)
+    return TrainConfig.from_dict(data)
+
+
+def _backend_factory():
+    from mx_agents.backends.hf import HFBackend
+    from mx_agents.testing import tiny_llama
+
+    def make(spec: str):
+        model, tok = tiny_llama(seed=0)
+        return HFBackend(model, tok, device="cpu", dtype="float32")
+
+    return make
+
+
+def _trainer(cfg: TrainConfig):
+    from mx_train.trainer import Trainer
+
+    return Trainer(cfg, env_factory=ScriptedTwoLevelEnv, backend_factory=_backend_factory(), progress=False)
+
+
+def test_config_rejects_unknown_keys_and_names(tmp_path):
+    with pytest.raises(ValueError, match="unknown key"):
+        TrainConfig.from_dict({"rollout": {"desings": 3}})
+    with pytest.raises(ValueError, match="known: .*grpo"):
+        TrainConfig.from_dict({"algorithm": {"estimator": "nope"}}).validate()
+    with pytest.raises(ValueError, match="unknown learner setting"):
+        TrainConfig.from_dict({"learner": {"lrr": 1}}).validate()
+
+
+def test_shipped_configs_parse():
+    root = Path(__file__).resolve().parents[2] / "configs"
+    files = sorted(root.glob("*.yaml"))
+    assert files, "no configs shipped"
+    for f in files:
+        TrainConfig.from_yaml(f).validate()
+
+
+def test_training_steps_change_parameters_and_write_everything(tmp_path):
+    trainer = _trainer(_config(tmp_path))
+    before = {k: v.detach().clone() for k, v in trainer.learners["designer"].model.state_dict().items()}
+    history = trainer.run()
+    assert len(history) == 2
+    for m in history:
+        assert m["episodes"] == 8
+        assert m["transitions/designer"] == 4 and m["transitions/executor"] == 8
+        assert all(torch.isfinite(torch.tensor(v)) for k, v in m.items() if isinstance(v, float))
+    after = trainer.learners["designer"].model.state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before), "no parameter changed"
+    run = tmp_path / "run"
+    shard = run / "transitions" / "step_00000000.jsonl"
+    rows = [json.loads(line) for line in shard.read_text().splitlines()]
+    assert {r["role"] for r in rows} == {"designer", "executor"}
+    # Group ids are explicit: 2 tasks x 2 designs x 2 executions.
+    ex = [r for r in rows if r["role"] == "executor"]
+    assert len({(r["task_uid"], r["design_id"], r["execution_id"]) for r in ex}) == 8
+    assert all(r["response_ids"] and r["logprobs"] for r in rows)
+    metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics] == [0, 1]
+    assert (run / "checkpoints" / "step_00000002").is_dir()
+
+
+def test_stagewise_schedule_freezes_inactive_role(tmp_path):
+    cfg = _config(tmp_path, schedule={"mode": "stagewise", "phase_steps": 1, "first": "executor"}, max_steps=2)
+    history = _trainer(cfg).run()
+    assert [m["phase"] for m in history] == ["executor", "designer"]
+    assert history[0]["active/designer"] == 0.0 and history[0]["active/executor"] == 1.0
+    # Only the active role's transitions reach the loss: step 0 trains 8 executor sequences, step 1 4 designs.
+    assert history[0]["policy/sequences"] == 8
+    assert history[1]["policy/sequences"] == 4
+
+
+def test_resume_continues_exactly(tmp_path):
+    full = _trainer(_config(tmp_path / "a", max_steps=3)).run()
+    first = _trainer(_config(tmp_path / "b", max_steps=2))
+    first.run()
+    resumed = _trainer(_config(tmp_path / "b", max_steps=3))
+    rest = resumed.run(resume=True)
+    assert len(rest) == 1
+    assert rest[0]["reward/executor"] == pytest.approx(full[2]["reward/executor"])
+    assert rest[0]["policy/loss"] == pytest.approx(full[2]["policy/loss"], rel=1e-4, abs=1e-6)
+
+
+@pytest.mark.slow
+def test_sigkill_mid_step_loses_no_completed_step(tmp_path):
+    """A training process killed with SIGKILL mid-run resumes from its last checkpoint."""
+    out = tmp_path / "run"
+    script = textwrap.dedent(
+        f"""
+        import sys, time
+        sys.path.insert(0, {str(Path(__file__).resolve().parents[2])!r})
+        from tests.mx_train.test_trainer import _config, _trainer
+        from pathlib import Path
+        import mx_train.trainer as tr
+        orig = tr.Trainer.step
+        def slow_step(self):
+            m = orig(self)
+            time.sleep(0.5)  # widen the window in which the kill lands mid-run
+            return m
+        tr.Trainer.step = slow_step
+        cfg = _config(Path({str(tmp_path)!r}), max_steps=50)
+        _trainer(cfg).run()
+        """
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script], env=os.environ | {"PYTHONPATH": os.getcwd()})
+    ckpts = out / "checkpoints"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        done = sorted(p.name for p in ckpts.glob("step_*")) if ckpts.exists() else []
+        if len(done) >= 1 and done[-1] >= "step_00000002":
+            break
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    steps_logged = [json.loads(x)["step"] for x in (out / "metrics.jsonl").read_text().splitlines()]
+    last_ckpt = max(int(p.name.split("_")[1]) for p in ckpts.glob("step_*"))
+    assert last_ckpt >= 2
+    resumed = _trainer(_config(tmp_path, max_steps=last_ckpt + 1))
+    assert resumed.resume() == last_ckpt
+    rest = _trainer(_config(tmp_path, max_steps=last_ckpt + 1)).run(resume=True)
+    assert len(rest) == 1
+    steps_after = [json.loads(x)["step"] for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert steps_after == list(range(last_ckpt + 1)), (steps_logged, steps_after)
