@@ -27,7 +27,8 @@ from typing import Any
 from mx_envs.tasks.record import CodeTests, Task
 
 STDIO_NOTE = "Read the input from standard input and write the answer to standard output."
-PYTHON3 = 3  # CodeContests language id of Python 3 solutions
+PYTHON3 = 3
+MBPPPLUS_TIME_LIMIT_S = 60.0  # CodeContests language id of Python 3 solutions
 
 
 def decode_lcb_tests(value: Any) -> list[dict[str, Any]]:
@@ -203,6 +204,8 @@ _MBPPPLUS_DIFF = '''
 import copy as _mx_copy, json as _mx_json, math as _mx_math
 
 def _mx_close(out, exp, atol):
+    if type(out).__name__ == "Match" and type(exp) is type(out):  # re.Match has identity equality
+        return out.span() == exp.span() and out.groups() == exp.groups() and out.group(0) == exp.group(0)
     if isinstance(exp, float) or isinstance(out, float):
         try:
             return _mx_math.isclose(out, exp, rel_tol=1e-07, abs_tol=max(atol, 1e-09)) or out == exp
@@ -240,7 +243,10 @@ def mbppplus_task(row: dict[str, Any], index: int, dataset: str, split: str, plu
         source = "\n".join(row.get("test_imports") or []) + "\n" + row.get("test", "")
         solution = code
         text = row.get("prompt", "")
-    tests = CodeTests(fn_name=entry, solutions=[solution] if solution else [], assert_source=source)
+    # One assert test covers every plus input (reference and candidate both run on each), and some
+    # EvalPlus inputs take the reference solution seconds: the limit is for the whole set.
+    tests = CodeTests(fn_name=entry, solutions=[solution] if solution else [], assert_source=source,
+                      time_limit_s=MBPPPLUS_TIME_LIMIT_S if plus else 6.0)
     prompt = f"{text}\n\nWrite a Python function named `{entry}`."
     return Task(id=f"{dataset}/{split}/{row.get('task_id', index)}", dataset=dataset, split=split, kind="code",
                 prompt=prompt, tests=tests, metadata={"row": index, "atol": row.get("atol")})
