@@ -127,7 +127,10 @@ def _child(code: Any, test: dict[str, Any], job: dict[str, Any], in_path: str, o
                 exec(compile(test["source"], "<tests>", "exec"), ns)
         except SystemExit:
             pass  # LiveCodeBench semantics: exit() ends the program normally
-        sys.stdout.flush()
+        try:
+            sys.stdout.flush()
+        except ValueError:
+            pass  # the program closed stdout itself ("with sys.stdout as f"), which flushed it
     except MemoryError:
         status = {"status": MEMORY_EXCEEDED}
     except RecursionError as exc:
