@@ -122,7 +122,10 @@ def _child(code: Any, test: dict[str, Any], job: dict[str, Any], in_path: str, o
             if kind == "call":
                 fn = _find_function(ns, job["fn_name"])
                 result = fn(*json.loads(test["args"]))
-                status["result"] = json.dumps(result)
+                try:
+                    status["result"] = json.dumps(result)
+                except (TypeError, ValueError, RecursionError):
+                    status["unserialisable"] = type(result).__name__  # cannot equal a JSON value
             elif kind == "assert":
                 exec(compile(test["source"], "<tests>", "exec"), ns)
         except SystemExit:
@@ -236,7 +239,7 @@ def run_test(code: Any, index: int, test: dict[str, Any], job: dict[str, Any], c
         ok = "result" in status and results_match(result, json.loads(test["expected"]))
         rec["verdict"] = PASSED if ok else WRONG_ANSWER
         if not ok:
-            rec["output"] = _snip(status.get("result", "<not JSON-serialisable>"))
+            rec["output"] = _snip(status.get("result", f"<{status.get('unserialisable')}: not a JSON value>"))
     else:
         with open(out_path, "rb") as f:
             output = f.read().decode("utf-8", errors="replace")

@@ -129,9 +129,14 @@ def compare_answers(answer: str, reference: str, timeout_s: float | None = DEFAU
 def grade_math(response: str, reference: str, timeout_s: float | None = DEFAULT_TIMEOUT_S) -> MathGrade:
     """Extract the final answer from ``response`` and compare it with ``reference``.
 
+    A response without a box or "final answer" phrase counts as the answer itself only when it is
+    a single line of at most 64 characters.
+
     ``timeout_s`` bounds each math-verify comparison (a timeout grades as incorrect).
     """
     extracted = extract_answer(response)
+    if extracted is None and response.strip() and "\n" not in response.strip() and len(response.strip()) <= 64:
+        extracted = response.strip()  # a bare short answer ("70", "$\\frac{1}{2}$") is the answer itself
     if extracted is None:
         return MathGrade(False, None, "no_answer")
     correct, method = compare_answers(extracted, reference, timeout_s)
