@@ -128,8 +128,10 @@ def _child(code: Any, test: dict[str, Any], job: dict[str, Any], in_path: str, o
                     status["unserialisable"] = type(result).__name__  # cannot equal a JSON value
             elif kind == "assert":
                 exec(compile(test["source"], "<tests>", "exec"), ns)
-        except SystemExit:
-            pass  # LiveCodeBench semantics: exit() ends the program normally
+        except SystemExit as exc:
+            if kind != "stdio":  # exiting before the tests ran must never count as passing them
+                raise RuntimeError(f"SystemExit({exc.code!r}) in a function/assert test") from None
+            # LiveCodeBench semantics: exit() ends a stdin/stdout program normally
         try:
             sys.stdout.flush()
         except ValueError:

@@ -120,3 +120,12 @@ def test_humaneval_style_completion_and_full_function(grading_sandbox) -> None:
     assert grade_code("    return a + b\n", tests, grading_sandbox).pass_all
     assert grade_code("```python\ndef add(a, b):\n    return a + b\n```", tests, grading_sandbox).pass_all
     assert grade_code("def add(a, b):\n    return a * b\n", tests, grading_sandbox).verdicts == ["wrong_answer"]
+
+
+@pytest.mark.parametrize("escape", ["import sys\nsys.exit(0)\n", "import os\nos._exit(0)\n", "raise SystemExit\n"])
+def test_exiting_early_never_passes_assert_or_call_tests(escape: str, grading_sandbox) -> None:
+    asserts = CodeTests(fn_name="f", assert_source="assert f() == 1\n")
+    calls = CodeTests(fn_name="f", call_tests=[("[]", "1")])
+    for tests in (asserts, calls):
+        g = grade_code("def f():\n    return 2\n" + escape, tests, grading_sandbox)
+        assert g.verdicts == ["runtime_error"], (escape, g.details)
