@@ -1,0 +1,50 @@
+"""Metrics JSONL/TensorBoard logging and `mx plot`."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from mx_train.metrics import MetricsLogger, read_metrics
+
+
+def _log_run(run_dir, steps=6, tensorboard=False):
+    with MetricsLogger(run_dir, tensorboard=tensorboard) as log:
+        for s in range(steps):
+            log.log(s, {"reward/designer": 0.1 * s, "reward/executor": 0.2 + 0.05 * s, "accuracy": 0.3,
+                        "design_valid_rate": 0.9, "phase": "executor" if s < 3 else "designer", "loss": 1.0 / (s + 1)})
+
+
+def test_jsonl_records_and_resume_truncation(tmp_path):
+    _log_run(tmp_path)
+    recs = read_metrics(tmp_path)
+    assert [r["step"] for r in recs] == list(range(6)) and recs[2]["phase"] == "executor"
+    with open(tmp_path / "metrics.jsonl", "a") as f:
+        f.write('{"step": 9, "reward/desi')  # torn last line of a killed writer
+    assert [r["step"] for r in read_metrics(tmp_path)] == list(range(6))
+    log = MetricsLogger(tmp_path, tensorboard=False, resume_step=4)  # checkpoint after 4 steps
+    log.log(4, {"reward/designer": -1.0})
+    log.close()
+    recs = read_metrics(tmp_path)
+    assert [r["step"] for r in recs] == [0, 1, 2, 3, 4] and recs[4]["reward/designer"] == -1.0
+
+
+def test_tensorboard_event_files(tmp_path):
+    pytest.importorskip("tensorboard")
+    _log_run(tmp_path, steps=3, tensorboard=True)
+    events = list((tmp_path / "tb").glob("events.out.tfevents.*"))
+    assert events and events[0].stat().st_size > 0
+
+
+def test_mx_plot_writes_png(tmp_path):
+    from mx_train.cli import main
+
+    _log_run(tmp_path)
+    out = tmp_path / "curves.png"
+    assert main(["plot", str(tmp_path), "--out", str(out)]) == 0
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 5000
+    assert main(["plot", str(tmp_path / "missing")]) == 1
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "metrics.jsonl").write_text(json.dumps({"step": 0, "loss": 1.0}) + "\n")
+    assert main(["plot", str(tmp_path / "empty")]) == 1  # nothing plottable: a clear error, no crash
