@@ -171,6 +171,7 @@ def grade_code(
     memory_mb: int = 1024,
     stop_on_failure: bool = False,
     extract: bool = True,
+    mode: str = "auto",
 ) -> CodeGrade:
     """Grade ``candidate_text`` (a response with markdown code blocks, or bare code) on ``tests``.
 
@@ -178,6 +179,11 @@ def grade_code(
     whole run (default: every test at its limit plus slack). ``stop_on_failure`` stops at the first
     failing test (enough for pass-all; the rest are then counted as not passed). ``sandbox``
     defaults to :func:`grading_sandbox`.
+
+    ``mode``: ``"harness"`` runs all tests in one sandbox run (a forked child per test);
+    ``"per_run"`` runs the program once per test as its own sandbox run and compares stdout here
+    (stdin/stdout tests without a checker only; the pool pre-forks runs, which was faster in
+    ``benchmarks/test_grading_bench.py``); ``"auto"`` picks ``per_run`` where it applies.
     """
     from mx_envs.sandbox.api import Limits
 
@@ -194,6 +200,14 @@ def grade_code(
     if sandbox is None:
         sandbox = grading_sandbox()
     per_test = job["time_limit_s"]
+    if mode == "auto":
+        mode = "per_run" if (not tests.call_tests and not tests.assert_source and not tests.checker) else "harness"
+    if mode == "per_run":
+        if tests.call_tests or tests.assert_source or tests.checker:
+            raise ValueError("mode='per_run' grades stdin/stdout tests without a checker only")
+        return _grade_per_run(program, tests, sandbox, per_test, memory_mb, stop_on_failure, overall_timeout_s)
+    if mode != "harness":
+        raise ValueError(f"mode must be 'auto', 'harness' or 'per_run', not {mode!r}")
     backstop = overall_timeout_s if overall_timeout_s is not None else n * (per_test + 0.5) + 10.0
     limits = Limits(wall_s=backstop, cpu_s=backstop, memory_mb=memory_mb, max_processes=64,
                     output_bytes=max(1 << 20, 400 * n + 4096), file_size_mb=64)
@@ -209,3 +223,50 @@ def grade_code(
                  "stderr": result.stderr[-2000:]},
     )
 
+
+
+def _grade_per_run(program: str, tests: CodeTests, sandbox: Any, per_test: float, memory_mb: int,
+                   stop_on_failure: bool, overall_timeout_s: float | None) -> CodeGrade:
+    """One sandbox run per stdin/stdout test; the output is compared on the host."""
+    import time
+
+    from mx_envs.sandbox.api import Limits
+
+    n = len(tests.stdin_tests)
+    try:
+        compile(program, "solution.py", "exec")
+    except (SyntaxError, ValueError) as exc:
+        return CodeGrade(0, n, [H.SYNTAX_ERROR] * n,
+                         [{"index": i, "verdict": H.SYNTAX_ERROR, "message": H._snip(repr(exc))} for i in range(n)],
+                         program=program)
+    source = H.PRELUDE + program
+    limits = Limits(wall_s=per_test, cpu_s=per_test + 1.0, memory_mb=memory_mb, max_processes=64, file_size_mb=64)
+    deadline = time.monotonic() + (overall_timeout_s if overall_timeout_s is not None else n * (per_test + 0.5) + 10.0)
+    by_sandbox = {"timeout": H.TIMEOUT, "memory_exceeded": H.MEMORY_EXCEEDED}
+    details: list[dict[str, Any]] = []
+    for i, (inp, exp) in enumerate(tests.stdin_tests):
+        if (stop_on_failure and details and details[-1]["verdict"] != H.PASSED) or time.monotonic() > deadline:
+            verdict = NOT_RUN if stop_on_failure and details and details[-1]["verdict"] != H.PASSED else H.TIMEOUT
+            details.append({"index": i, "verdict": verdict, "time_s": 0.0, "message": "not reached"})
+            continue
+        r = sandbox.run(source, stdin=inp, limits=limits)
+        v = getattr(r.verdict, "value", str(r.verdict))
+        rec: dict[str, Any] = {"index": i, "time_s": round(r.wall_s, 4)}
+        if v == "ok":
+            ok = H.outputs_match(r.stdout, exp, tests.float_tolerance)
+            rec["verdict"] = H.PASSED if ok else H.WRONG_ANSWER
+            if not ok:
+                rec["output"] = H._snip(r.stdout)
+        elif v == "runtime_error" and "MemoryError" in r.stderr[-500:]:
+            rec["verdict"] = H.MEMORY_EXCEEDED
+        elif v == "runtime_error" and r.exit_code is not None and "SystemExit" not in r.stderr[-200:] and not r.stderr.strip():
+            # sys.exit(n) with n != 0 but no traceback: LiveCodeBench treats exit() as a normal end
+            ok = H.outputs_match(r.stdout, exp, tests.float_tolerance)
+            rec["verdict"] = H.PASSED if ok else H.WRONG_ANSWER
+        else:
+            rec["verdict"] = by_sandbox.get(v, H.RUNTIME_ERROR)
+            rec["message"] = (r.stderr.strip().splitlines() or [r.message])[-1][:300]
+        details.append(rec)
+    verdicts = [d["verdict"] for d in details]
+    return CodeGrade(sum(v == H.PASSED for v in verdicts), n, verdicts, details, program=program,
+                     sandbox={"mode": "per_run"})

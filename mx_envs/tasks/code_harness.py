@@ -203,6 +203,11 @@ def run_test(code: Any, index: int, test: dict[str, Any], job: dict[str, Any], c
     in_path, out_path, res_path = f"_in{index}", f"_out{index}", f"_res{index}"
     with open(in_path, "w") as f:
         f.write(test.get("input", ""))
+    for stale in (out_path, res_path):  # an earlier test's program may have planted these
+        try:
+            os.unlink(stale)
+        except OSError:
+            pass
     sys.stdout.flush()
     pid = os.fork()
     if pid == 0:

@@ -44,15 +44,18 @@ def test_harness_output_parsing_fills_missing_tests() -> None:
 SUM_TESTS = CodeTests(stdin_tests=[("1 2\n", "3\n"), ("5 5\n", "10\n"), ("0 0", "0")], time_limit_s=2.0)
 
 
-def test_stdio_program_passes_and_wrong_one_fails(grading_sandbox) -> None:
-    g = grade_code("```python\na, b = map(int, input().split())\nprint(a + b)\n```", SUM_TESTS, grading_sandbox)
+@pytest.mark.parametrize("mode", ["harness", "per_run"])
+def test_stdio_program_passes_and_wrong_one_fails(grading_sandbox, mode: str) -> None:
+    g = grade_code("```python\na, b = map(int, input().split())\nprint(a + b)\n```", SUM_TESTS, grading_sandbox, mode=mode)
     assert g.verdicts == ["passed"] * 3 and g.pass_all and g.fraction == 1.0
-    bad = grade_code("a, b = map(int, input().split())\nprint(a - b if a != b else a + b)", SUM_TESTS, grading_sandbox)
+    bad = grade_code("a, b = map(int, input().split())\nprint(a - b if a != b else a + b)", SUM_TESTS, grading_sandbox,
+                     mode=mode)
     assert bad.verdicts == ["wrong_answer", "passed", "passed"] and not bad.pass_all
     assert bad.fraction == pytest.approx(2 / 3)
 
 
-def test_per_test_verdicts(grading_sandbox) -> None:
+@pytest.mark.parametrize("mode", ["harness", "per_run"])
+def test_per_test_verdicts(grading_sandbox, mode: str) -> None:
     src = (
         "import sys\nv = sys.stdin.read().split()\n"
         "if v[0] == 'loop':\n    while True: pass\n"
@@ -63,11 +66,11 @@ def test_per_test_verdicts(grading_sandbox) -> None:
     )
     tests = CodeTests(stdin_tests=[("a", "a"), ("loop", "x"), ("mem", "x"), ("err", "x"), ("exit", "ok"), ("b", "c")],
                       time_limit_s=1.0)
-    g = grade_code(src, tests, grading_sandbox, memory_mb=512)
+    g = grade_code(src, tests, grading_sandbox, memory_mb=512, mode=mode)
     assert g.verdicts == ["passed", "timeout", "memory_exceeded", "runtime_error", "passed", "wrong_answer"]
     assert "KeyError" in g.details[3]["message"]
     assert 0.9 < g.details[1]["time_s"] < 3.0
-    assert grade_code("def f(:\n", tests, grading_sandbox).verdicts == ["syntax_error"] * 6
+    assert grade_code("def f(:\n", tests, grading_sandbox, mode=mode).verdicts == ["syntax_error"] * 6
     assert grade_code("Sorry, I cannot help with that.\n```\n", tests, grading_sandbox).verdicts == ["syntax_error"] * 6
 
 
@@ -107,10 +110,12 @@ def test_checker_accepts_any_valid_output(grading_sandbox) -> None:
     assert not grade_code("print(1, 1, 1)", tests, grading_sandbox).pass_all
 
 
-def test_stop_on_failure_and_backstop(grading_sandbox) -> None:
-    g = grade_code("print(0)", SUM_TESTS, grading_sandbox, stop_on_failure=True)
+@pytest.mark.parametrize("mode", ["harness", "per_run"])
+def test_stop_on_failure_and_backstop(grading_sandbox, mode: str) -> None:
+    g = grade_code("print(0)", SUM_TESTS, grading_sandbox, stop_on_failure=True, mode=mode)
     assert g.verdicts == ["wrong_answer", "not_run", "not_run"]
-    slow = grade_code("import time\ntime.sleep(0.8)\nprint(3)", SUM_TESTS, grading_sandbox, overall_timeout_s=1.2)
+    slow = grade_code("import time\ntime.sleep(0.8)\nprint(3)", SUM_TESTS, grading_sandbox, overall_timeout_s=1.2,
+                      mode=mode)
     assert slow.verdicts[0] == "passed" and slow.verdicts[-1] == "timeout"
 
 

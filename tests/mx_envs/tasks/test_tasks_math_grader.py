@@ -89,9 +89,9 @@ def test_math_verify_path_works_off_the_main_thread() -> None:
 
 
 def test_timeout_limits_a_comparison() -> None:
-    from mx_envs.tasks.timelimit import CallTimeout, call_with_timeout
-
     import time
+
+    from mx_envs.tasks.timelimit import CallTimeout, call_with_timeout
 
     with pytest.raises(CallTimeout):
         call_with_timeout(time.sleep, (5,), 0.2)

@@ -1,0 +1,115 @@
+"""Grading throughput.
+
+Math: answers graded per second on the fast path (plain numerals: AIME-style answers) and on the
+math-verify path (MATH-500-style LaTeX answers), each against the naive way (math-verify's own
+``parse``/``verify`` on every pair, no fast path).
+
+Code: grading overhead per test beyond the program's own run time, for one sandbox run per
+candidate (the harness forks a child per test; what ``grade_code`` does) versus one sandbox run
+per test (``grade_code(mode="per_run")``, and a bare loop over ``sandbox.run`` as the naive
+baseline). The program is a trivial stdin/stdout one, so nearly all the time is overhead.
+
+``MX_BENCH_QUICK=1`` shrinks the inputs.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from mx_envs.tasks.math_grader import compare_answers
+from mx_envs.tasks.record import CodeTests
+
+NUMERIC = [(f"{n:03d}", str(n)) for n in range(0, 1000, 7)] + [(f"{n:,}.0", str(n)) for n in range(1000, 9000, 97)]
+LATEX = [
+    (r"\frac{11}{2}", r"\frac{11}{2}"), (r"\dfrac{33}{100}", "0.33"), (r"2\sqrt{5}", r"\sqrt{20}"),
+    (r"(2,12) \cup (12,102)", r"(2,12)\cup(12,102)"), (r"\begin{pmatrix} -1 & 0 \\ 0 & -1 \end{pmatrix}",
+                                                        r"\begin{pmatrix}-1 & 0 \\ 0 & -1\end{pmatrix}"),
+    ("6+9i", "9i+6"), (r"1+2\sqrt{3}", r"2\sqrt{3}+1"), (r"(-\infty, 2) \cup (3, \infty)", r"(-\infty,2)\cup(3,\infty)"),
+    (r"\frac{\sqrt{3}}{3}", r"\frac{1}{\sqrt{3}}"), ("x^5 - x^4 + x^3", "x^3 - x^4 + x^5"),
+]
+
+
+def _pairs(quick: bool, pairs: list[tuple[str, str]], n: int) -> list[tuple[str, str]]:
+    reps = max(1, (n // 4 if quick else n) // len(pairs))
+    return pairs * reps
+
+
+def _naive_math_verify(pairs: list[tuple[str, str]]) -> int:
+    import math_verify
+
+    return sum(bool(math_verify.verify(math_verify.parse("$" + r + "$"), math_verify.parse("$" + a + "$")))
+               for a, r in pairs)
+
+
+def _ours(pairs: list[tuple[str, str]]) -> int:
+    return sum(compare_answers(a, r)[0] for a, r in pairs)
+
+
+@pytest.mark.parametrize("path,pairs", [("fast_path", NUMERIC), ("math_verify_path", LATEX)])
+@pytest.mark.parametrize("impl", ["naive_math_verify", "ours"])
+def test_math_grading_rate(benchmark, bench_quick, path, pairs, impl) -> None:
+    work = _pairs(bench_quick, pairs, 400 if path == "fast_path" else 200)
+    fn = _naive_math_verify if impl == "naive_math_verify" else _ours
+    fn(work[:5])  # warm imports and caches
+    correct = benchmark.pedantic(fn, args=(work,), rounds=3, iterations=1)
+    assert correct == len(work)
+    benchmark.extra_info["pairs"] = len(work)
+    benchmark.extra_info["pairs_per_s"] = round(len(work) / benchmark.stats.stats.mean, 1)
+
+
+N_TESTS = 20
+PROGRAM = "a, b = map(int, input().split())\nprint(a + b)\n"
+
+
+@pytest.fixture(scope="module")
+def sandbox():
+    from mx_envs.tasks.code_grader import grading_sandbox
+
+    sb = grading_sandbox()
+    sb.warm_up()
+    return sb
+
+
+def _tests(n: int) -> CodeTests:
+    return CodeTests(stdin_tests=[(f"{i} {i}\n", f"{2 * i}\n") for i in range(n)], time_limit_s=6.0)
+
+
+@pytest.mark.parametrize("mode", ["harness", "per_run"])
+def test_code_grading_grade_code(benchmark, bench_quick, sandbox, mode) -> None:
+    from mx_envs.tasks.code_grader import grade_code
+
+    n = N_TESTS // 2 if bench_quick else N_TESTS
+    tests = _tests(n)
+    g = benchmark.pedantic(grade_code, args=(PROGRAM, tests, sandbox), kwargs={"mode": mode}, rounds=5,
+                           iterations=1, warmup_rounds=1)
+    assert g.pass_all
+    own = sum(d["time_s"] for d in g.details)  # the programs' own wall time, fork to exit
+    benchmark.extra_info["tests"] = n
+    benchmark.extra_info["overhead_ms_per_test"] = round(1000 * (benchmark.stats.stats.mean - own) / n, 2)
+    benchmark.extra_info["program_ms_per_test"] = round(1000 * own / n, 2)
+
+
+def test_code_grading_one_run_per_test_naive(benchmark, bench_quick, sandbox) -> None:
+    from mx_envs.sandbox.api import Limits
+    from mx_envs.tasks.code_harness import outputs_match
+
+    n = N_TESTS // 2 if bench_quick else N_TESTS
+    tests = _tests(n)
+    limits = Limits(wall_s=6.0)
+
+    def naive() -> tuple[int, float]:
+        ok, own = 0, 0.0
+        for inp, exp in tests.stdin_tests:
+            r = sandbox.run(PROGRAM, stdin=inp, limits=limits)
+            ok += r.ok and outputs_match(r.stdout, exp)
+            own += r.wall_s
+        return ok, own
+
+    t0 = time.perf_counter()
+    ok, own = benchmark.pedantic(naive, rounds=5, iterations=1, warmup_rounds=1)
+    assert ok == n and time.perf_counter() > t0
+    benchmark.extra_info["tests"] = n
+    benchmark.extra_info["overhead_ms_per_test"] = round(1000 * (benchmark.stats.stats.mean - own) / n, 2)
+    benchmark.extra_info["program_ms_per_test"] = round(1000 * own / n, 2)
