@@ -36,6 +36,8 @@ def sandbox(request):
 
 def test_turn_overhead(benchmark, sandbox):
     session = MASSession(sandbox=sandbox, budgets=Budgets(max_llm_calls=TURNS + 10))
+    benchmark.group = "mas-turn"  # mx bench pairing (benchmarks/README.md): cold is the naive way
+    benchmark.extra_info["naive"] = isinstance(sandbox, PipeSandbox)
     out = session.start(LOOP, "What is 6 * 7?")
     assert isinstance(out, LLMRequest)
     # a short reply so the history (and each request) stays small and comparable
@@ -46,6 +48,8 @@ def test_turn_overhead(benchmark, sandbox):
 
 def test_episode_start(benchmark, sandbox):
     session = MASSession(sandbox=sandbox)
+    benchmark.group = "mas-episode-start"
+    benchmark.extra_info["naive"] = isinstance(sandbox, PipeSandbox)
 
     def episode():
         out = session.start(SINGLE, "What is 6 * 7?")

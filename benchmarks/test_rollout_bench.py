@@ -81,6 +81,7 @@ def test_rollout_throughput(benchmark, case, envs, mode):
                             progress=False, batch=mode == "batched", stats=stats)
 
     benchmark.group = f"rollout-{name}"
+    benchmark.extra_info["naive"] = mode == "sequential"  # mx bench pairing (benchmarks/README.md)
     records = benchmark.pedantic(run, rounds=2, iterations=1, warmup_rounds=0)
     assert all(r.done and not r.error for r in records)
     rounds = benchmark.stats.stats.rounds

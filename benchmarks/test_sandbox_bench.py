@@ -30,6 +30,7 @@ def pool():
 @pytest.mark.parametrize("name,source", [("print1", PRINT1), ("sympy", SYMPY)])
 def test_warm_pool(benchmark, pool, name, source):
     limits = Limits(wall_s=30)
+    benchmark.extra_info["baseline"] = "test_cold_subprocess"  # mx bench pairing (benchmarks/README.md)
     r = benchmark(pool.run, source, "", limits)
     assert r.verdict is Verdict.OK and r.stdout == EXPECTED[source], r
 
