@@ -57,6 +57,9 @@ class RolloutConfig:
     executor: SamplingConfig = field(default_factory=lambda: SamplingConfig(max_new_tokens=512))
     step_workers: int = 1  # threads stepping envs (helps when scripts run tool calls)
     max_turns: int = 64
+    # Extra designer prompt material (mx_agents DesignerPrompt): system_prompt replaces the env's
+    # system message (e.g. a compact API reference for small models); examples: library design names.
+    designer_prompt: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass

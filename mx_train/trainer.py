@@ -214,6 +214,7 @@ class Trainer:
                 "adv/executor_abs_mean": float(np.abs(e_adv).mean()),
                 "adv/designer_nonzero": float((np.abs(d_adv) > 0).mean()),
                 "adv/executor_nonzero": float((np.abs(e_adv) > 0).mean()),
+                "policy_version": float(version),
                 "transitions/designer": float(sum(t.role == "designer" for t in transitions)),
                 "transitions/executor": float(sum(t.role == "executor" for t in transitions)),
             }
@@ -427,15 +428,17 @@ def build_rollout_policy(backends: dict[str, Any], config: TrainConfig, step: in
     """The rollout policy of ``step``. Sampling seeds derive from (run seed, step), so a resumed run
     samples what the uninterrupted one would have, and Ray workers get distinct seeds per worker."""
     from mx_agents.policies.base import RoutedPolicy
+    from mx_agents.policies.design_prompt import DesignerPrompt
     from mx_agents.policies.llm import DesignerPolicy, ExecutorPolicy, SharedPolicy
 
     r = config.rollout
     seed = (config.seed * 1_000_003 + step) % (2**31)
     d_params, e_params = _sampling(r.designer), _sampling(r.executor)
+    prompt = DesignerPrompt(**r.designer_prompt) if r.designer_prompt else None
     if backends["designer"] is backends["executor"]:
-        return SharedPolicy(backends["designer"], d_params, e_params, seed=seed)
+        return SharedPolicy(backends["designer"], d_params, e_params, prompt=prompt, seed=seed)
     return RoutedPolicy(
-        DesignerPolicy(backends["designer"], d_params, seed=seed),
+        DesignerPolicy(backends["designer"], d_params, prompt, seed=seed),
         ExecutorPolicy(backends["executor"], e_params, seed=seed + 1),
     )
 
