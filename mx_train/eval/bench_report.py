@@ -99,15 +99,22 @@ def _fmt_time(s: float) -> str:
     return f"{s * 1e6:.1f} us"
 
 
+def _clip(text: str, n: int) -> str:
+    return text if len(text) <= n else text[: n - 3] + "..."
+
+
 def format_table(rows: list[BenchRow], markdown: bool = False) -> str:
     """Rows as a text (or markdown) table: module, benchmark, mean, rounds, baseline, speedup."""
     header = ["suite", "benchmark", "mean", "rounds", "vs naive baseline", "speedup"]
     body = []
     for r in rows:
-        vs = "(naive baseline)" if r.is_baseline and not r.baseline else r.baseline or r.note or "-"
+        base = r.baseline
+        if base and _params_suffix(base) == _params_suffix(r.name):
+            base = base.split("[", 1)[0]  # same parameters as the row: the name says enough
+        vs = "(naive baseline)" if r.is_baseline and not r.baseline else base or r.note or "-"
         body.append([
             Path(r.module).stem.removeprefix("test_").removesuffix("_bench"),
-            r.name,
+            _clip(r.name.replace("\\n", " "), 56),
             _fmt_time(r.mean_s),
             str(r.rounds),
             vs,
