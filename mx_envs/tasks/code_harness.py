@@ -114,7 +114,7 @@ def _child(code: Any, test: dict[str, Any], job: dict[str, Any], in_path: str, o
         os.dup2(fd_in, 0)
         os.dup2(fd_out, 1)
         sys.stdin = open(0, closefd=False)  # noqa: SIM115 - lives as long as the child
-        sys.stdout = open(1, "w", closefd=False)  # noqa: SIM115
+        sys.stdout = real_out = open(1, "w", closefd=False)  # noqa: SIM115
         kind = test["kind"]
         ns: dict[str, Any] = {"__name__": "__main__" if kind == "stdio" else "solution", "__builtins__": __builtins__}
         try:
@@ -132,10 +132,17 @@ def _child(code: Any, test: dict[str, Any], job: dict[str, Any], in_path: str, o
             if kind != "stdio":  # exiting before the tests ran must never count as passing them
                 raise RuntimeError(f"SystemExit({exc.code!r}) in a function/assert test") from None
             # LiveCodeBench semantics: exit() ends a stdin/stdout program normally
-        try:
-            sys.stdout.flush()
-        except ValueError:
-            pass  # the program closed stdout itself ("with sys.stdout as f"), which flushed it
+        if kind == "stdio":
+            import atexit
+
+            # A normal interpreter exit runs atexit handlers (fast-IO templates write the output
+            # there); os._exit below would skip them.
+            atexit._run_exitfuncs()
+        for stream in (sys.stdout, real_out):
+            try:
+                stream.flush()
+            except (ValueError, AttributeError, OSError):
+                pass  # closed by the program ("with sys.stdout as f"), which flushed it
     except MemoryError:
         status = {"status": MEMORY_EXCEEDED}
     except RecursionError as exc:
