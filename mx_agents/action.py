@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from mx_agents.backends.base import Completion, Message
+from mx_agents.backends.base import Completion, Message, SamplingParams
 from mx_agents.transition import Role
 
 ActionSource = Literal["llm", "fixed", "scripted", "random"]
@@ -39,7 +40,19 @@ class Action:
         return self.source == "llm"
 
     @classmethod
-    def from_completion(cls, completion: Completion, role: Role, agent: str, messages: list[Message]) -> Action:
+    def from_completion(
+        cls,
+        completion: Completion,
+        role: Role,
+        agent: str,
+        messages: list[Message],
+        params: SamplingParams | None = None,
+    ) -> Action:
+        """An LLM action; ``params`` (the request's sampling parameters) go to ``metadata["sampling"]``,
+        because the recorded logprobs are those of the temperature-scaled distribution."""
+        metadata = dict(completion.metadata)
+        if params is not None:
+            metadata["sampling"] = dataclasses.asdict(params)
         return cls(
             text=completion.text,
             role=role,
@@ -50,5 +63,5 @@ class Action:
             response_ids=list(completion.response_ids),
             logprobs=None if completion.logprobs is None else list(completion.logprobs),
             finish_reason=completion.finish_reason,
-            metadata=dict(completion.metadata),
+            metadata=metadata,
         )

@@ -100,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(summary, ensure_ascii=False, default=str))
     else:
         for key in ("env_id", "task_id", "policy", "reward", "correct", "termination_reason", "design_valid",
-                    "llm_calls", "turns", "answer", "wall_s"):
+                    "llm_calls", "turns", "answer", "extracted", "wall_s"):
             print(f"{key:>18}: {summary[key]}")
         if record.error:
             print(f"{'error':>18}: {record.error}")

@@ -49,6 +49,7 @@ class TurnRecord:
     logprobs: list[float] | None = None
     finish_reason: str = ""
     given: bool = False  # a design supplied by the caller (``designs=``), not sampled in this episode
+    metadata: dict[str, Any] = field(default_factory=dict)  # the action's (e.g. "sampling" parameters)
 
     @classmethod
     def from_action(cls, turn: int, action: Action, given: bool = False) -> TurnRecord:
@@ -64,6 +65,7 @@ class TurnRecord:
             logprobs=action.logprobs,
             finish_reason=action.finish_reason,
             given=given,
+            metadata=dict(action.metadata),
         )
 
     @property
@@ -137,6 +139,7 @@ class EpisodeRecord:
             "termination_reason": self.termination_reason,
             "design_valid": self.design_valid,
             "answer": self.answer,
+            "extracted": _get(self.info, "extracted"),
             "turns": len(self.turns),
             "llm_calls": self.llm_calls,
             "error": self.error,
@@ -176,7 +179,14 @@ class EpisodeRecord:
             policy_version=policy_version,
             messages=[dict(m) for m in t.messages],
             response_text=t.text,
-            metadata={"source": t.source, "finish_reason": t.finish_reason, "correct": self.correct},
+            metadata={
+                "source": t.source,
+                "finish_reason": t.finish_reason,
+                "correct": self.correct,
+                # Logprobs are of the temperature-scaled distribution: re-score at this temperature.
+                "temperature": t.metadata.get("sampling", {}).get("temperature"),
+                "sampling": dict(t.metadata.get("sampling", {})),
+            },
         )
 
 

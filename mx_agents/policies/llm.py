@@ -74,7 +74,7 @@ class DesignerPolicy(_LLMRole):
         )
 
     def to_action(self, turn: ActorTurn, request: ChatRequest, completion: Completion) -> Action:
-        action = Action.from_completion(completion, "designer", turn.agent, request.messages)
+        action = Action.from_completion(completion, "designer", turn.agent, request.messages, request.params)
         action.script = extract_script(completion.text)
         return action
 
@@ -128,7 +128,7 @@ class ExecutorPolicy(_LLMRole):
         )
 
     def to_action(self, turn: ActorTurn, request: ChatRequest, completion: Completion) -> Action:
-        return Action.from_completion(completion, "executor", turn.agent, request.messages)
+        return Action.from_completion(completion, "executor", turn.agent, request.messages, request.params)
 
 
 class SharedPolicy(RoutedPolicy):

@@ -25,7 +25,7 @@ def test_episode_json_scripted(capsys):
         assert key in summary
     assert summary["termination_reason"] == "completed" and summary["design_valid"] is True
     assert summary["llm_calls"] == 0 and summary["turns"] == 2  # scripted: no LLM turns
-    assert summary["answer"] == "0"
+    assert summary["answer"] == "\\boxed{0}" and summary["extracted"] == "0"
 
 
 def test_episode_fixed_design_with_scripted_executor_and_task_id(capsys):

@@ -26,8 +26,17 @@ CODE = Task(
 SUM_PROGRAM = "```python\na, b = map(int, input().split())\nprint(a + b)\n```"
 
 
+def wide_sandbox():
+    """The MAS sandbox with room for 16 live scripts: the default pool holds 4 suspended scripts at
+    once, and more envs than that in one batched rollout would wait on each other."""
+    from mx_envs.mas.session import PRELOAD
+    from mx_envs.sandbox import get_sandbox
+
+    return get_sandbox("process", extra_preload=PRELOAD, pool_size=16)
+
+
 def math_env(**kw) -> MetaAgentXEnv:
-    return MetaAgentXEnv(tasks=MATH, **kw)
+    return MetaAgentXEnv(tasks=MATH, sandbox=wide_sandbox(), **kw)
 
 
 def solve(messages) -> str:
@@ -105,7 +114,7 @@ def test_transitions_carry_group_ids_and_token_fields():
             assert tr.response_ids and tr.prompt_ids and len(tr.logprobs) == len(tr.response_ids)
             assert tr.termination_reason == "completed"
     assert {tr.policy_version for tr in trs} == {7}
-    assert trs[0].role == "designer" and trs[1].role == "executor" and trs[1].agent.startswith("voter")
+    assert trs[0].role == "designer" and trs[1].role == "executor" and trs[1].agent == recs[0].turns[1].agent != "designer"
     # Fixed designs and scripted replies carry no tokens: no transitions unless asked for.
     (fixed,) = run_episodes([math_env()], FixedDesignPolicy("single", ScriptedPolicy(default=solve)), progress=False)
     assert fixed.transitions() == [] and len(fixed.transitions(include_non_llm=True)) == 2

@@ -39,7 +39,8 @@ def test_tiny_llama_fixed_design_episodes_record_rescorable_tokens(backend):
         for tr in trs:
             assert 0 < len(tr.response_ids) <= 6 and len(tr.logprobs) == len(tr.response_ids)
             assert tr.prompt_ids == backend.encode_chat(tr.messages)
-            rescored = backend.score(tr.prompt_ids, tr.response_ids)
+            # The vote design samples its solvers at temperature 0.8: the logprobs are at that temperature.
+            rescored = backend.score(tr.prompt_ids, tr.response_ids, temperature=tr.metadata["temperature"])
             assert max(abs(a - b) for a, b in zip(rescored, tr.logprobs, strict=True)) < 1e-3
     for env in envs:
         env.close()
