@@ -84,6 +84,7 @@ class WarmStartConfig:
     steps: int = 0
     lr: float = 1e-4
     tasks: int = 8  # designer prompts (training tasks) paired with each design
+    batch_size: int = 4
 
 
 @dataclass

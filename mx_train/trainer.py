@@ -328,22 +328,30 @@ class Trainer:
             for name in ws.designs:
                 rec = {"messages": messages, "response": fence(load_design(name))}
                 examples.append(example_from_record(rec, tok, where=f"warm start ({name})"))
-        saved_lr = [g["lr"] for g in learner.optimizer.param_groups]
+        # A learner of its own (same model object, own AdamW at the warm-start lr), so the RL
+        # optimizer's moments and LR schedule start fresh after the cold start.
+        from mx_train.learner import Learner
+
+        sft = Learner(
+            learner.model,
+            {**self.config.learner, "lr": ws.lr, "kl_coef": 0.0, "warmup_steps": 0, "lr_schedule": "constant"},
+            tokenizer=tok,
+            name="warm_start",
+        )
         history = []
         rng = random.Random(self.config.seed)
-        try:
-            for g in learner.optimizer.param_groups:
-                g["lr"] = ws.lr
-            for k in range(ws.steps):
-                batch = rng.sample(examples, min(len(examples), 4))
-                m = learner.sft_step(batch)
-                history.append(m)
-                logger.info("warm start %d/%d: loss %.4f", k + 1, ws.steps, m.get("loss", float("nan")))
-        finally:
-            for g, lr in zip(learner.optimizer.param_groups, saved_lr, strict=True):
-                g["lr"] = lr
-            # The warm start is not part of the RL optimizer's history.
-            learner.optimizer.state.clear()
+        for k in range(ws.steps):
+            batch = rng.sample(examples, min(len(examples), ws.batch_size))
+            m = sft.sft_step(batch)
+            history.append(m)
+            logger.info(
+                "warm start %d/%d: loss %.4f (%.0f tokens, %.1fs)",
+                k + 1, ws.steps, m.get("loss", float("nan")), m.get("total_tokens", 0), m.get("time_s", 0),
+            )
+        del sft
+        for role, lr in self.learners.items():
+            if not _shared_model(self.backends[role], lr):
+                self.backends[role].load_weights(lr.weights_for_sync())
         return history
 
     def run(self, max_steps: int | None = None, resume: bool = False) -> list[dict[str, Any]]:
@@ -354,8 +362,11 @@ class Trainer:
         resumed = self.resume() if resume else None
         (self.out / "config.json").write_text(json.dumps(self.config.to_dict(), indent=1))
         if resumed is None and self.step_index == 0:
-            for m in self.warm_start():
-                logger.info("warm start metrics: %s", m)
+            warm = self.warm_start()
+            if warm:
+                with open(self.out / "warm_start.jsonl", "w") as f:
+                    for i, m in enumerate(warm):
+                        f.write(json.dumps({"step": i, **m}) + "\n")
         history: list[dict[str, Any]] = []
         log = MetricsLogger(
             self.out, tensorboard=self.config.tensorboard, wandb=self.config.wandb, resume_step=resumed
