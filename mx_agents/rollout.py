@@ -241,6 +241,12 @@ def run_episodes(
     recorded on that episode (``error``) and the others go on; an exception from ``policy.act`` is
     raised (it is the caller's model/backend failing). ``step_workers > 1`` steps envs in threads
     (useful when scripts run tool calls). ``stats`` receives round/call counters and wall time.
+
+    Capacity: every env mid-episode keeps its design script alive (suspended) in the sandbox, and a
+    :class:`~mx_envs.sandbox.ProcessSandbox` serves ``pool_size`` live scripts at once (default 4);
+    with more envs than that on one sandbox, a script start waits for a slot that the lock-stepped
+    rollout never frees, until the episode's wall budget ends it. Give the envs a sandbox with
+    ``pool_size >= len(envs)`` (env kwarg ``sandbox=``).
     """
     if max_turns <= 0:
         raise ValueError("max_turns must be positive")

@@ -152,7 +152,15 @@ class TrainConfig:
         from mx_train.learner import LearnerConfig
         from mx_train.schedule import CoEvolutionSchedule
 
-        LearnerConfig.from_dict(self.learner).validate()
+        lc = LearnerConfig.from_dict(self.learner)
+        lc.validate()
+        if lc.old_logprobs == "sampling":
+            temps = {r.designer.temperature, r.executor.temperature}
+            if temps != {lc.temperature}:
+                raise ValueError(
+                    f"learner.old_logprobs: sampling needs the rollout temperatures {sorted(temps)} to equal "
+                    f"learner.temperature {lc.temperature} (the sampling logprobs are at the sampling temperature)"
+                )
         CoEvolutionSchedule(self.schedule.mode, self.schedule.phase_steps, self.schedule.first)
 
 

@@ -46,6 +46,7 @@ _SERVER_ENV_FIXED = {
     "OPENBLAS_NUM_THREADS": "1",
     "MKL_NUM_THREADS": "1",
     "PYTHONDONTWRITEBYTECODE": "1",
+    "MX_ENVS_NO_REGISTER": "1",  # the server imports mx_envs.sandbox: no gymnasium in the pool
 }
 _PKG_ROOT = str(Path(__file__).resolve().parents[2])
 _BOOT = "import sys; sys.path.insert(0, {root!r}); from mx_envs.sandbox.server import main; main(sys.argv[1])"

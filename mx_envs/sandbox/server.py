@@ -38,13 +38,17 @@ import traceback
 import types
 from typing import Any
 
-from mx_envs.sandbox import _linux
+from mx_envs.sandbox import _linux, interpreter_paths
 from mx_envs.sandbox.wire import FrameReader, encode_frame
 
 UID_BASE = 1_000_000  # per-run uid = UID_BASE + pid of the child: unique among live runs
 WORKDIR_IN_NS = "/tmp/work"
 CHANNEL_FD = 3
 STATUS_FD = 4
+PRIVATE_TMP = ("/tmp", "/var/tmp", "/dev/shm")
+# What the prefork children need of the interpreter's directories; set once by :func:`main`.
+_NEEDED_DIRS: list[str] = []
+_MASKS: list[interpreter_paths.Mask] = []
 CHILD_ENV = {
     "PATH": "/usr/local/bin:/usr/bin:/bin",
     "LANG": "C.UTF-8",
@@ -54,6 +58,7 @@ CHILD_ENV = {
     "OMP_NUM_THREADS": "1",
     "OPENBLAS_NUM_THREADS": "1",
     "MKL_NUM_THREADS": "1",
+    "MX_ENVS_NO_REGISTER": "1",  # `import mx_envs` in a run (or its subprocesses) skips gymnasium
 }
 
 
@@ -90,18 +95,26 @@ def _setup_isolation(network: bool) -> dict[str, Any]:
     iso["network"] = "host" if network else ("none (empty network namespace)" if iso["net_ns"] else "host")
     iso["readonly_root"] = False
     iso["private_tmp"] = False
+    iso["masked"] = []
     if iso["mount_ns"]:
         try:
             _linux.mount(None, "/", None, _linux.MS_REC | _linux.MS_PRIVATE)
+        except OSError as exc:
+            iso["errors"].append(f"private mount propagation: {exc}")
+            iso["mount_ns"] = False  # never mount anything that could propagate to the host
+    if iso["mount_ns"]:
+        try:
+            iso["masked"] = interpreter_paths.apply_masks(_MASKS)
+        except OSError as exc:
+            iso["errors"].append(f"masking unreadable ancestors of the interpreter: {exc}")
+        try:
             _linux.make_tree_readonly("/")
             iso["readonly_root"] = True
         except OSError as exc:
             iso["errors"].append(f"read-only root: {exc}")
         try:
-            opts = _linux.MS_NOSUID | _linux.MS_NODEV
-            for mp in ("/tmp", "/var/tmp", "/dev/shm"):
-                if os.path.isdir(mp):
-                    _linux.mount("tmpfs", mp, "tmpfs", opts, "size=512m,mode=1777")
+            tmp_masks = interpreter_paths.private_tmp_masks(PRIVATE_TMP, _NEEDED_DIRS)
+            interpreter_paths.apply_masks(tmp_masks, readonly_binds=True)
             iso["private_tmp"] = True
         except OSError as exc:
             iso["errors"].append(f"private tmpfs: {exc}")
@@ -636,6 +649,12 @@ def main(config_json: str) -> None:
         _linux.prctl(_linux.PR_SET_CHILD_SUBREAPER, 1)
     except OSError:
         pass
+    global _NEEDED_DIRS, _MASKS
+    _NEEDED_DIRS = interpreter_paths.needed_dirs()
+    if os.geteuid() == 0:
+        _MASKS = interpreter_paths.plan_masks(_NEEDED_DIRS)  # for a per-run uid that owns nothing
+    else:
+        _MASKS = interpreter_paths.plan_masks(_NEEDED_DIRS, os.getuid(), [os.getgid(), *os.getgroups()])
     info = {"preloaded": preloaded}
     wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
     signal.set_wakeup_fd(wake_w)

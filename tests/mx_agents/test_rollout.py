@@ -78,7 +78,7 @@ def test_scripted_code_episode_and_bad_design():
 
 def test_builtin_scripted_policy_runs_math_and_code():
     recs = run_episodes([math_env, lambda: MetaAgentXEnv(tasks=[CODE])], builtin_scripted_policy(), seeds=0,
-                        progress=False)
+                        progress=True)
     assert [r.termination_reason for r in recs] == ["completed", "completed"]
     assert all(r.design_valid for r in recs)
 
