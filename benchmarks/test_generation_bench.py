@@ -58,6 +58,7 @@ def test_generation_throughput(benchmark, backend, sizes, mode):
         return [backend.generate([r])[0] for r in reqs]
 
     benchmark.group = "generation-smollm2"
+    benchmark.extra_info["naive"] = mode == "sequential"  # mx bench pairing (benchmarks/README.md)
     comps = benchmark.pedantic(run, rounds=1, iterations=1, warmup_rounds=0)
     tokens = sum(len(c.response_ids) for c in comps)
     tps = tokens / benchmark.stats.stats.mean

@@ -52,6 +52,8 @@ def _ours(pairs: list[tuple[str, str]]) -> int:
 def test_math_grading_rate(benchmark, bench_quick, path, pairs, impl) -> None:
     work = _pairs(bench_quick, pairs, 400 if path == "fast_path" else 200)
     fn = _naive_math_verify if impl == "naive_math_verify" else _ours
+    benchmark.group = f"grading-math-{path}"  # mx bench pairing (benchmarks/README.md)
+    benchmark.extra_info["naive"] = impl == "naive_math_verify"
     fn(work[:5])  # warm imports and caches
     correct = benchmark.pedantic(fn, args=(work,), rounds=3, iterations=1)
     assert correct == len(work)

@@ -101,7 +101,9 @@ def test_learner_update_throughput(benchmark, model_spec, transitions, case):
     assert np.isfinite(stats["loss"])
     stats["total_tokens"] = float(sum(len(t.prompt_ids) + len(t.response_ids) for t in transitions))
     RESULTS[case] = stats
+    benchmark.group = "learner-update"  # mx bench pairing (benchmarks/README.md)
     benchmark.extra_info.update(stats)
+    benchmark.extra_info["naive"] = case == "naive"
     if case != "naive" and "naive" in RESULTS:
         benchmark.extra_info["speedup_vs_naive"] = stats["tokens_per_s"] / RESULTS["naive"]["tokens_per_s"]
     print(f"\n[learner bench] {case}: {stats['tokens_per_s']:.0f} tok/s, peak RSS +{stats['peak_rss_growth_mb']:.0f} MiB")
