@@ -97,11 +97,11 @@ def test_learner_update_throughput(benchmark, model_spec, transitions, case):
         stats["peak_rss_growth_mb"] = max(stats.get("peak_rss_growth_mb", 0.0), (mem.peak - mem.start) / 2**20)
         stats["loss"] = m["loss"]
 
+    benchmark.group = "learner-update"  # mx bench pairing (benchmarks/README.md); set before timing
     benchmark.pedantic(run, rounds=2, iterations=1, warmup_rounds=0)
     assert np.isfinite(stats["loss"])
     stats["total_tokens"] = float(sum(len(t.prompt_ids) + len(t.response_ids) for t in transitions))
     RESULTS[case] = stats
-    benchmark.group = "learner-update"  # mx bench pairing (benchmarks/README.md)
     benchmark.extra_info.update(stats)
     benchmark.extra_info["naive"] = case == "naive"
     if case != "naive" and "naive" in RESULTS:
