@@ -28,6 +28,7 @@ import math
 import os
 import pickle
 import resource
+import select
 import selectors
 import signal
 import socket
@@ -41,6 +42,7 @@ from typing import Any
 from mx_envs.sandbox import _linux, interpreter_paths
 from mx_envs.sandbox.wire import FrameReader, encode_frame
 
+_VM_BASELINE = 0  # the prefork child's address-space size before a request (bytes)
 UID_BASE = 1_000_000  # per-run uid = UID_BASE + pid of the child: unique among live runs
 WORKDIR_IN_NS = "/tmp/work"
 CHANNEL_FD = 3
@@ -197,6 +199,8 @@ def _child_prepare(status_sock: socket.socket, iso: dict[str, Any]) -> int:
     if np is not None:
         np.random.seed()  # the pool's global numpy RNG state must not be shared across runs
     atexit._clear()
+    global _VM_BASELINE
+    _VM_BASELINE = _vm_size_bytes()  # read here, off the request's critical path
     return STATUS_FD
 
 
@@ -207,10 +211,12 @@ def _child_run(header: dict[str, Any], fds: list[int], iso: dict[str, Any]) -> N
     limits = header["limits"]
     payload_fd, stdin_fd, out_fd, err_fd = fds[:4]
     chan_fd = fds[4] if len(fds) > 4 else None
+    payload_size = os.fstat(payload_fd).st_size
     with os.fdopen(payload_fd, "rb") as fh:
         payload = pickle.load(fh)
 
-    baseline = _vm_size_bytes()
+    # The payload's bytes and objects are the sandbox's, not the program's: not charged to it.
+    baseline = _VM_BASELINE + 2 * payload_size
     mb = 1 << 20
     cpu = int(math.ceil(float(limits.get("cpu_s") or limits["wall_s"])))
     rl = [
@@ -376,8 +382,10 @@ def _prefork(network: bool, close_in_child: list[socket.socket]) -> _Prefork:
             _linux.prctl(_linux.PR_SET_PDEATHSIG, signal.SIGKILL)
             os.setsid()
             iso = _setup_isolation(network)
-            child_sock.send(json.dumps(iso).encode())
             status_sock = socket.socket(fileno=_child_prepare(child_sock, iso))
+            # "Ready" only once fully prepared: the supervisor accepts no request before that, so a
+            # request always goes to a supervisor whose child can start it at once.
+            status_sock.send(json.dumps(iso).encode())
             msg, fds, _flags, _addr = socket.recv_fds(status_sock, 1 << 16, 8)
             status_sock.detach()  # keep STATUS_FD open for the run
             if not msg:
@@ -423,6 +431,15 @@ def _children_of(ppid: int) -> list[int]:
     return out
 
 
+def _own_children() -> list[int]:
+    """Children of this (single-threaded) process, from procfs' per-thread list if available."""
+    try:
+        with open(f"/proc/self/task/{os.getpid()}/children") as fh:
+            return [int(p) for p in fh.read().split()]
+    except OSError:  # kernel without CONFIG_PROC_CHILDREN: scan /proc
+        return _children_of(os.getpid())
+
+
 def _kill_group(pgid: int) -> None:
     """SIGKILL the run's process group; the child leads it, so its exit wakes the supervisor."""
     try:
@@ -442,24 +459,39 @@ def _kill_tree(pgid: int) -> int:
     except (ProcessLookupError, PermissionError):
         pass
     hunted = 0
-    me = os.getpid()
     deadline = time.monotonic() + 5.0
-    while time.monotonic() < deadline:
+    while True:
         try:
             while True:
                 pid, _ = os.waitpid(-1, os.WNOHANG)
                 if pid == 0:
                     break
         except ChildProcessError:
+            return hunted  # the common case: the run's leader was the last one
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
             return hunted
-        for pid in _children_of(me):
+        # Block (no polling) until one of the strays exits: SIGKILL through a pidfd, poll on all.
+        poller = select.poll()
+        pidfds = []
+        for pid in _own_children():
+            try:
+                fd = os.pidfd_open(pid)
+            except OSError:
+                continue
+            pidfds.append(fd)
+            poller.register(fd, select.POLLIN)
             hunted += 1
             try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
+                signal.pidfd_send_signal(fd, signal.SIGKILL)
+            except OSError:
                 pass
-        time.sleep(0.001)
-    return hunted
+        try:
+            if pidfds:
+                poller.poll(remaining * 1000)
+        finally:
+            for fd in pidfds:
+                os.close(fd)
 
 
 class _Supervisor:
@@ -645,6 +677,7 @@ def main(config_json: str) -> None:
     # Keep the imported heap out of the collector so forks do not copy pages the GC would touch.
     gc.collect()
     gc.freeze()
+    huge = _linux.collapse_anonymous_memory() if cfg.get("huge_pages", True) else 0
     try:
         _linux.prctl(_linux.PR_SET_CHILD_SUBREAPER, 1)
     except OSError:
@@ -655,7 +688,7 @@ def main(config_json: str) -> None:
         _MASKS = interpreter_paths.plan_masks(_NEEDED_DIRS)  # for a per-run uid that owns nothing
     else:
         _MASKS = interpreter_paths.plan_masks(_NEEDED_DIRS, os.getuid(), [os.getgid(), *os.getgroups()])
-    info = {"preloaded": preloaded}
+    info = {"preloaded": preloaded, "huge_page_mb": huge >> 20}
     wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
     signal.set_wakeup_fd(wake_w)
     signal.signal(signal.SIGCHLD, lambda *a: None)
@@ -726,7 +759,12 @@ def main(config_json: str) -> None:
         except ChildProcessError:
             break
         if pid == 0:
-            time.sleep(0.01)
+            sel.select(max(0.0, end - time.monotonic()))  # woken by SIGCHLD through the wakeup pipe
+            try:
+                while os.read(wake_r, 512):
+                    pass
+            except BlockingIOError:
+                pass
         supervisors.discard(pid)
     for pid in supervisors:
         try:
