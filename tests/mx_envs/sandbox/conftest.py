@@ -8,8 +8,26 @@ SECRET_VAR = "MX_TEST_FAKE_SECRET_TOKEN"
 SECRET_VALUE = "sk-test-do-not-leak-4242"
 
 
+PF_EXITING = 0x4  # task flag: the process is in do_exit and never returns to user space
+
+
+def _dying(pid: str) -> bool:
+    """Whether ``pid`` is a zombie or already inside the kernel's exit path (SIGKILLed or exiting).
+
+    The sandbox reports a run once all its processes are dead *or dying*; the supervisor reaps the
+    exiting leader right after sending the result, so such a process may still be listed briefly.
+    """
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            stat = fh.read()
+    except OSError:
+        return True
+    fields = stat[stat.rfind(b")") + 2 :].split()
+    return fields[0] in (b"Z", b"X") or bool(int(fields[6]) & PF_EXITING)
+
+
 def uid_processes(uid: int | None) -> list[int]:
-    """Live processes whose real uid is ``uid`` (read from /proc/PID/status)."""
+    """Live processes whose real uid is ``uid`` and that can still run (not dying; see _dying)."""
     if uid is None:
         return []
     out = []
@@ -20,7 +38,7 @@ def uid_processes(uid: int | None) -> list[int]:
             with open(f"/proc/{name}/status") as fh:
                 for line in fh:
                     if line.startswith("Uid:"):
-                        if int(line.split()[1]) == uid:
+                        if int(line.split()[1]) == uid and not _dying(name):
                             out.append(int(name))
                         break
         except OSError:

@@ -290,3 +290,51 @@ def test_files_are_written(sandbox):
     assert r.stdout == "hello b'\\x00\\x01'\n", r
     r = sandbox.run("print(1)", files={"../escape.txt": "x"})
     assert r.verdict is Verdict.RUNTIME_ERROR and "escapes" in r.stderr
+
+
+def _wait_all_gone(uid, timeout=3.0):
+    """Processes of ``uid``, dying ones included, after waiting up to ``timeout`` for the reaper."""
+    end = time.monotonic() + timeout
+    while True:
+        left = [
+            int(p) for p in os.listdir("/proc")
+            if p.isdigit() and _uid_of(p) == uid
+        ]
+        if not left or time.monotonic() > end:
+            return left
+        time.sleep(0.02)
+
+
+def _uid_of(pid):
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            for line in fh:
+                if line.startswith("Uid:"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def test_reported_runs_are_reaped_soon_after(sandbox):
+    r = run_checked(sandbox, "print('done')")
+    assert r.verdict is Verdict.OK and r.stdout == "done\n"
+    assert _wait_all_gone(r.isolation.get("uid")) == [], "the run's leader was never reaped"
+
+
+def test_forged_exit_announcement_only_ends_the_run(sandbox):
+    """A program writing the child's exit message to the status descriptor gains nothing."""
+    src = """
+import json, os, time
+if os.fork() == 0:
+    os.setsid()
+    time.sleep(30)
+    os._exit(0)
+print('forging', flush=True)
+os.write(4, json.dumps({"exit": 0, "cpu": 0, "maxrss_kb": 1}).encode())
+time.sleep(30)
+"""
+    r = run_checked(sandbox, src, Limits(wall_s=10), max_s=8)
+    assert r.verdict is Verdict.OK and r.stdout == "forging\n", r
+    assert _wait_all_gone(r.isolation.get("uid")) == []
+    assert_host_fine(sandbox)
