@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -32,6 +33,18 @@ def test_warm_pool(benchmark, pool, name, source):
     limits = Limits(wall_s=30)
     benchmark.extra_info["baseline"] = "test_cold_subprocess"  # mx bench pairing (benchmarks/README.md)
     r = benchmark(pool.run, source, "", limits)
+    assert r.verdict is Verdict.OK and r.stdout == EXPECTED[source], r
+
+
+@pytest.mark.parametrize("name,source", [("print1", PRINT1), ("sympy", SYMPY)])
+def test_warm_pool_spaced(benchmark, pool, name, source):
+    """One call on a pool whose children are ready (runs 30 ms apart, as tool calls between LLM turns).
+
+    Back-to-back runs (``test_warm_pool``) also pay for re-forking children on the shared cores.
+    """
+    limits = Limits(wall_s=30)
+    benchmark.extra_info["baseline"] = "test_cold_subprocess"
+    r = benchmark.pedantic(pool.run, (source, "", limits), setup=lambda: time.sleep(0.03), rounds=60)
     assert r.verdict is Verdict.OK and r.stdout == EXPECTED[source], r
 
 
