@@ -38,8 +38,9 @@ def test_ray_rollout_workers_train_like_local(tmp_path, tiny_model_dir):
             "rollout": {
                 "tasks_per_step": 2, "designs": 2, "executions": 2,
                 "designer": {"max_new_tokens": 8}, "executor": {"max_new_tokens": 8},
-                # A design the tiny model can run: a fixed library design is not used here, so most
-                # designs fail (no code); the test checks the plumbing, not the reward.
+                # The tiny model's context is 1k byte-level tokens: a one-line system prompt instead of
+                # the API reference. Its designs fail (no code); the test checks the plumbing.
+                "designer_prompt": {"system_prompt": "Write a MAS script."},
             },
             "learner": {"lr": 1e-3, "device": "cpu"},
             "schedule": {"mode": "joint"},
