@@ -58,10 +58,14 @@ def case(request):
 @pytest.fixture(scope="module")
 def envs():
     from mx_envs.envs.meta_env import MetaAgentXEnv
+    from mx_envs.mas.session import PRELOAD
+    from mx_envs.sandbox import get_sandbox
     from mx_envs.tasks.arithmetic import generate
 
     tasks = list(itertools.islice(generate(level=2, split="test", seed=0), N_ENVS))
-    made = [MetaAgentXEnv(tasks=tasks) for _ in range(N_ENVS)]
+    # One live script per env: the sandbox pool must hold all N_ENVS at once (default pool: 4).
+    sandbox = get_sandbox("process", extra_preload=PRELOAD, pool_size=N_ENVS)
+    made = [MetaAgentXEnv(tasks=tasks, sandbox=sandbox) for _ in range(N_ENVS)]
     yield made, tasks
     for env in made:
         env.close()
