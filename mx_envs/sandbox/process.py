@@ -75,13 +75,25 @@ class _Server:
     """One running pool server process and the host end of its request socket."""
 
     def __init__(
-        self, python: str, preload: list[str], pool_size: int, startup_timeout: float, warmup: list[str]
+        self,
+        python: str,
+        preload: list[str],
+        pool_size: int,
+        startup_timeout: float,
+        warmup: list[str],
+        max_pool_size: int = 256,
     ) -> None:
         host_end, server_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         env = {k: os.environ[k] for k in SERVER_ENV_ALLOW if k in os.environ}
         env.update(_SERVER_ENV_FIXED)
         cfg = json.dumps(
-            {"fd": server_end.fileno(), "preload": preload, "pool_size": pool_size, "warmup": warmup}
+            {
+                "fd": server_end.fileno(),
+                "preload": preload,
+                "pool_size": pool_size,
+                "max_pool_size": max_pool_size,
+                "warmup": warmup,
+            }
         )
         self.log = tempfile.TemporaryFile(prefix="mx-sandbox-server-")  # noqa: SIM115 - lives with the server
         self.proc = subprocess.Popen(
@@ -421,8 +433,10 @@ class ProcessSandbox:
 
     ``preload`` modules are imported once in the pool server (default numpy and sympy), plus any
     ``extra_preload`` (e.g. ``"mx_envs.mas.lib"``); ``warmup`` also runs :data:`WARMUP` code for
-    preloaded modules whose first use is slow. ``pool_size`` supervisors serve runs in
-    parallel; more concurrent runs queue. Thread-safe; each process needs its own instance.
+    preloaded modules whose first use is slow. ``pool_size`` supervisors are kept warm; when all are
+    busy (e.g. MAS scripts suspended while they wait for an LLM reply) the server adds supervisors,
+    up to ``max_pool_size`` concurrent runs, after which runs queue. Thread-safe; each process needs
+    its own instance.
     """
 
     name = "process"
@@ -432,6 +446,7 @@ class ProcessSandbox:
         preload: tuple[str, ...] | list[str] = DEFAULT_PRELOAD,
         extra_preload: tuple[str, ...] | list[str] = (),
         pool_size: int = 4,
+        max_pool_size: int = 256,
         python: str = sys.executable,
         startup_timeout: float = 120.0,
         max_message_bytes: int = 64 << 20,
@@ -440,6 +455,7 @@ class ProcessSandbox:
         self.warmup = warmup
         self.preload = list(dict.fromkeys([*preload, *extra_preload]))
         self.pool_size = max(1, int(pool_size))
+        self.max_pool_size = max(self.pool_size, int(max_pool_size))
         self.python = python
         self.startup_timeout = startup_timeout
         self.max_message_bytes = max_message_bytes
@@ -460,7 +476,9 @@ class ProcessSandbox:
                     log.warning("sandbox pool server died; restarting (log: %s)", self._server.log_tail(500))
                     self._server.close()
                 warmup = [WARMUP[m] for m in self.preload if m in WARMUP] if self.warmup else []
-                self._server = _Server(self.python, self.preload, self.pool_size, self.startup_timeout, warmup)
+                self._server = _Server(
+                    self.python, self.preload, self.pool_size, self.startup_timeout, warmup, self.max_pool_size
+                )
             return self._server
 
     def _drop_server(self, server: _Server) -> None:

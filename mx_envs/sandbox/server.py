@@ -548,9 +548,10 @@ def _kill_tree(pgid: int) -> int:
 
 
 class _Supervisor:
-    def __init__(self, request_sock: socket.socket, info: dict[str, Any]) -> None:
+    def __init__(self, request_sock: socket.socket, info: dict[str, Any], busy_fd: int = -1) -> None:
         self.request_sock = request_sock
         self.info = info
+        self.busy_fd = busy_fd  # write end of the server's busy/idle pipe (-1: none)
         self.current_pgid: int | None = None
         self.stopping = False
 
@@ -578,6 +579,7 @@ class _Supervisor:
                 continue
             if not msg:
                 break  # host closed the request socket
+            self._notify(b"+")
             try:
                 header = json.loads(msg)
                 if bool(header["limits"].get("network")) != pre.network:
@@ -594,7 +596,18 @@ class _Supervisor:
                 _kill_tree(pre.pid)
             if not self.stopping:
                 pre = _prefork(False, [self.request_sock])
+            self._notify(b"-")  # idle again, with a prepared child
         pre.discard()
+
+    def _notify(self, mark: bytes) -> None:
+        # One byte per transition (atomic on a pipe): the server counts busy supervisors and adds one
+        # when none is idle, so runs that stay suspended (MAS scripts waiting for an LLM) never
+        # starve new runs of a supervisor.
+        if self.busy_fd >= 0:
+            try:
+                os.write(self.busy_fd, mark)
+            except OSError:
+                pass
 
     def _run(self, header: dict[str, Any], msg: bytes, fds: list[int], pre: _Prefork) -> None:
         ctl = socket.socket(fileno=fds[0])
@@ -789,6 +802,10 @@ def main(config_json: str) -> None:
 
     signal.signal(signal.SIGTERM, on_term)
     supervisors: set[int] = set()
+    base_size = max(1, int(cfg.get("pool_size", 2)))
+    max_size = max(base_size, int(cfg.get("max_pool_size", 256)))
+    busy_r, busy_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    busy = 0
 
     def spawn() -> None:
         pid = os.fork()
@@ -797,7 +814,9 @@ def main(config_json: str) -> None:
             try:
                 os.close(wake_r)
                 os.close(wake_w)
-                _Supervisor(request_sock, info).serve()
+                os.close(busy_r)
+                os.set_blocking(busy_w, True)
+                _Supervisor(request_sock, info, busy_w).serve()
             except SystemExit:
                 pass
             except BaseException:  # noqa: BLE001
@@ -807,18 +826,28 @@ def main(config_json: str) -> None:
                 os._exit(code)
         supervisors.add(pid)
 
-    for _ in range(int(cfg.get("pool_size", 2))):
+    for _ in range(base_size):
         spawn()
     sys.stdout.write(json.dumps({"ok": True, "pid": os.getpid(), "preloaded": preloaded, "failed": failed}) + "\n")
     sys.stdout.flush()
     sel = selectors.DefaultSelector()
     sel.register(sys.stdin, selectors.EVENT_READ, "lifeline")
     sel.register(wake_r, selectors.EVENT_READ, "wake")
+    sel.register(busy_r, selectors.EVENT_READ, "busy")
     while not stopping:
         for key, _ in sel.select(1.0):
             if key.data == "lifeline":
                 if not os.read(sys.stdin.fileno(), 4096):
                     stopping = True
+            elif key.data == "busy":
+                try:
+                    while marks := os.read(busy_r, 4096):
+                        busy += marks.count(b"+") - marks.count(b"-")
+                except BlockingIOError:
+                    pass
+                # Elastic pool: keep one idle supervisor while below the cap.
+                while busy >= len(supervisors) and len(supervisors) < max_size and not stopping:
+                    spawn()
             else:
                 try:
                     while os.read(wake_r, 512):
@@ -834,7 +863,7 @@ def main(config_json: str) -> None:
                 break
             if pid in supervisors:
                 supervisors.discard(pid)
-                if not stopping:
+                if not stopping and len(supervisors) < base_size:
                     spawn()
     for pid in supervisors:
         try:

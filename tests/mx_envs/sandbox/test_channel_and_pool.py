@@ -186,3 +186,21 @@ def test_docker_container_options_enforce_limits():
     kw = sb.container_kwargs(Limits(memory_mb=300, max_processes=7))
     assert kw["network_mode"] == "none" and kw["read_only"] and kw["mem_limit"] == "300m"
     assert kw["pids_limit"] == 7 and kw["cap_drop"] == ["ALL"] and "/work" in kw["tmpfs"]
+
+
+def test_pool_grows_while_runs_stay_suspended():
+    """More suspended channel runs than warm supervisors (MAS scripts waiting for LLM replies): every
+    run still starts at once, because the server adds supervisors when none is idle."""
+    from mx_envs.sandbox import ProcessSandbox
+    from mx_envs.sandbox.api import Limits
+
+    src = "from mx_envs.sandbox import channel\nreply = channel.request({'hello': 1})\nprint(reply['n'])\n"
+    with ProcessSandbox(preload=(), pool_size=2, max_pool_size=16) as sb:
+        chans = [sb.start(src, Limits(wall_s=30)) for _ in range(8)]
+        for ch in chans:  # all 8 reach their request although only 2 supervisors were warm
+            assert ch.recv(timeout=20) == {"hello": 1}
+        for i, ch in enumerate(chans):
+            ch.send({"n": i})
+        results = [ch.wait(timeout=20) for ch in chans]
+    assert [r.stdout.strip() for r in results] == [str(i) for i in range(8)]
+    assert all(r.ok for r in results)
