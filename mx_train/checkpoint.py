@@ -172,6 +172,9 @@ def save_checkpoint(
             _save_model(model, tmp / "models" / name)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp / "tokenizer")
+            # Next to each model too, so a model folder loads on its own (`mx eval --policy RUN_DIR`).
+            for name in models or {}:
+                tokenizer.save_pretrained(tmp / "models" / name)
         if learners:
             (tmp / "learners").mkdir()
             for name, learner in learners.items():

@@ -360,7 +360,7 @@ class Trainer:
 
         total = self.config.max_steps if max_steps is None else max_steps
         resumed = self.resume() if resume else None
-        (self.out / "config.json").write_text(json.dumps(self.config.to_dict(), indent=1))
+        (self.out / "train_config.json").write_text(json.dumps(self.config.to_dict(), indent=1))
         if resumed is None and self.step_index == 0:
             warm = self.warm_start()
             if warm:

@@ -40,15 +40,32 @@ _CHECKPOINT_SUBDIRS = ("model", "policy", "hf")
 
 
 def resolve_model_path(spec: str) -> str:
-    """``spec`` itself, or for a directory without ``config.json`` the HF model folder inside it."""
+    """``spec`` itself, or for a directory without ``config.json`` the HF model folder inside it.
+
+    Understands training output too: a run directory (``RUN/checkpoints/step_*/``: the newest step), a
+    checkpoint directory (``step_*/models/<name>/``: ``policy`` for a shared policy, else the only
+    model, else ``designer``), and the ``model``/``policy``/``hf`` subfolder of an export.
+    """
     if not os.path.isdir(spec) or os.path.isfile(os.path.join(spec, "config.json")):
         return spec
     for sub in _CHECKPOINT_SUBDIRS:
         if os.path.isfile(os.path.join(spec, sub, "config.json")):
             return os.path.join(spec, sub)
+    ckpts = os.path.join(spec, "checkpoints")
+    if os.path.isdir(ckpts):
+        steps = sorted(d for d in os.listdir(ckpts) if d.startswith("step_") and os.path.isdir(os.path.join(ckpts, d)))
+        if steps:
+            return resolve_model_path(os.path.join(ckpts, steps[-1]))
+    models = os.path.join(spec, "models")
+    if os.path.isdir(models):
+        names = sorted(d for d in os.listdir(models) if os.path.isfile(os.path.join(models, d, "config.json")))
+        for pick in ("policy", *(names if len(names) == 1 else ()), "designer"):
+            if pick in names:
+                return os.path.join(models, pick)
     raise ValueError(
-        f"{spec!r} is a directory but holds no HF model (no config.json in it or in its "
-        f"{'/'.join(_CHECKPOINT_SUBDIRS)} subfolder); save one with save_pretrained"
+        f"{spec!r} is a directory but holds no HF model (no config.json in it, in its "
+        f"{'/'.join(_CHECKPOINT_SUBDIRS)} subfolder, in models/<name>/ or in checkpoints/step_*/); "
+        "save one with save_pretrained"
     )
 
 

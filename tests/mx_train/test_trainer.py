@@ -93,6 +93,14 @@ def test_training_steps_change_parameters_and_write_everything(tmp_path):
     metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in metrics] == [0, 1]
     assert (run / "checkpoints" / "step_00000002").is_dir()
+    # The run directory is a policy spec: the newest checkpoint's model, with its tokenizer beside it.
+    from mx_agents.backends.hf import HFBackend
+    from mx_agents.policies.spec import resolve_model_path
+
+    path = resolve_model_path(str(run))
+    assert path == str(run / "checkpoints" / "step_00000002" / "models" / "policy")
+    reloaded = HFBackend(path, device="cpu", dtype="float32").model.state_dict()
+    assert all(torch.equal(after[k], reloaded[k]) for k in after)
 
 
 def test_stagewise_schedule_freezes_inactive_role(tmp_path):
