@@ -80,7 +80,8 @@ class ScheduleConfig:
 class WarmStartConfig:
     """Optional SFT before RL: teach the model the script API on library designs (cold start)."""
 
-    designs: list[str] = field(default_factory=list)  # library design names; empty = no warm start
+    # Library design names or inline design scripts (text defining `forward`); empty = no warm start.
+    designs: list[str] = field(default_factory=list)
     steps: int = 0
     lr: float = 1e-4
     tasks: int = 8  # designer prompts (training tasks) paired with each design

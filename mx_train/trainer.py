@@ -326,7 +326,8 @@ class Trainer:
             obs, _ = env.reset(seed=self.config.seed + i, options={"task_id": self.task_ids[i]})
             messages = designer.build_request(parse_observation(obs)).messages
             for name in ws.designs:
-                rec = {"messages": messages, "response": fence(load_design(name))}
+                source = name if "def forward" in name else load_design(name)
+                rec = {"messages": messages, "response": fence(source)}
                 examples.append(example_from_record(rec, tok, where=f"warm start ({name})"))
         # A learner of its own (same model object, own AdamW at the warm-start lr), so the RL
         # optimizer's moments and LR schedule start fresh after the cold start.
