@@ -114,6 +114,10 @@ def compare_answers(answer: str, reference: str, timeout_s: float | None = DEFAU
     if rr is not None and ra is not None:
         return ra == rr, "numeric"
     integer_reference = bool(_INT_RE.match(r.replace(" ", "")))
+    if integer_reference and _UNEVALUATED.search(a):
+        # "7 + 4" for 11 restates the computation instead of answering it (a reward hack on
+        # arithmetic); a value form such as \frac{140}{2} is still compared below.
+        return False, "unevaluated"
     try:
         equal, parsed = call_with_timeout(_mv_compare, (r, a, integer_reference), timeout_s)
     except CallTimeout:
@@ -126,6 +130,36 @@ def compare_answers(answer: str, reference: str, timeout_s: float | None = DEFAU
     return False, "math_verify" if parsed else "unparsed"
 
 
+# A number, an arithmetic operator, a number: an unevaluated sum/difference/product.
+_UNEVALUATED = re.compile(r"\d\s*(?:[-+*×]|\\times|\\cdot)\s*-?\d")
+_WORD = re.compile(r"(?<![\\A-Za-z])[A-Za-z]{3,}")
+_LATEX_CMD = re.compile(r"\\[A-Za-z]+")
+
+
+def _has_words(text: str) -> bool:
+    return bool(_WORD.search(_LATEX_CMD.sub(" ", text)))
+
+
+def bare_answer(response: str, reference: str) -> str | None:
+    """A response without a box or answer phrase, taken as the answer itself when it is one.
+
+    Only a single line of at most 64 characters qualifies ("70", "$\\frac{1}{2}$", "8 + 9 = 17" ->
+    "17"). Prose never does when the reference has no words: math-verify would otherwise read
+    "Several ways to calculate 7 + 4" as the expression 7 + 4 and accept it for 11, which teaches a
+    policy to restate the question. For an equation the right-hand side is the answer, unless the
+    reference is an equation too.
+    """
+    line = response.strip()
+    if not line or "\n" in line or len(line) > 64:
+        return None
+    core = line.strip("$").strip().rstrip(".").strip()
+    if _has_words(core) and not _has_words(reference):
+        return None
+    if "=" in core and "=" not in reference:
+        core = core.rsplit("=", 1)[1].strip()
+    return core or None
+
+
 def grade_math(response: str, reference: str, timeout_s: float | None = DEFAULT_TIMEOUT_S) -> MathGrade:
     """Extract the final answer from ``response`` and compare it with ``reference``.
 
@@ -135,8 +169,8 @@ def grade_math(response: str, reference: str, timeout_s: float | None = DEFAULT_
     ``timeout_s`` bounds each math-verify comparison (a timeout grades as incorrect).
     """
     extracted = extract_answer(response)
-    if extracted is None and response.strip() and "\n" not in response.strip() and len(response.strip()) <= 64:
-        extracted = response.strip()  # a bare short answer ("70", "$\\frac{1}{2}$") is the answer itself
+    if extracted is None:
+        extracted = bare_answer(response, reference)
     if extracted is None:
         return MathGrade(False, None, "no_answer")
     correct, method = compare_answers(extracted, reference, timeout_s)

@@ -130,3 +130,23 @@ def test_math500_reference_answers_accept_themselves(data_dir) -> None:
     assert len(tasks) == 500
     rejected = [t.id for t in tasks if not grade_math(f"\\boxed{{{t.answer}}}", t.answer).correct]
     assert rejected == []
+
+
+# Reward-hack guards, found by the RL demo: SmolLM2 executor replies that restate the question.
+@pytest.mark.parametrize(
+    ("response", "reference", "correct"),
+    [
+        ("Several ways to calculate 7 + 4, but this is just one method.", "11", False),  # prose
+        ("7 + 4", "11", False),  # unevaluated restatement
+        ("\\boxed{7+4}", "11", False),
+        ("\\boxed{2 \\times 3}", "6", False),
+        ("8 + 9 = 17", "17", True),  # an equation's right-hand side is the answer
+        ("8 + 9 = 16", "17", False),
+        ("x = 5", "5", True),
+        ("\\boxed{\\frac{22}{2}}", "11", True),  # a value form is still equal
+        ("\\boxed{x+1}", "x+1", True),  # non-integer references keep expressions
+        ("Evelyn", "\\text{Evelyn}", True),  # textual references keep bare text answers
+    ],
+)
+def test_bare_and_unevaluated_answers(response, reference, correct):
+    assert grade_math(response, reference).correct is correct
