@@ -153,11 +153,16 @@ def _skeleton(root: str, path: str) -> None:
 def private_tmp_masks(roots: Iterable[str], dirs: Iterable[str]) -> list[Mask]:
     """Writable private tmpfs mounts on ``roots`` (``/tmp``, ...), keeping any of ``dirs`` below them."""
     dirs = list(dirs)
-    return [
-        Mask(r, binds=[d for d in dirs if _under(d, r) and d != r], mode=0o1777, size="512m")
-        for r in roots
-        if os.path.isdir(r)
-    ]
+    masks = []
+    for r in roots:
+        if not os.path.isdir(r):
+            continue
+        below = sorted({d for d in dirs if _under(d, r) and d != r}, key=len)
+        # Only the outermost: a bind is recursive, and a nested one would need a directory created
+        # inside an already read-only bind (e.g. a checkout under /tmp and its .venv).
+        outer = [d for i, d in enumerate(below) if not any(_under(d, o) and d != o for o in below[:i])]
+        masks.append(Mask(r, binds=outer, mode=0o1777, size="512m"))
+    return masks
 
 
 def apply_masks(masks: list[Mask], readonly_binds: bool = False) -> list[str]:
