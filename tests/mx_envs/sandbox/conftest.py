@@ -46,6 +46,23 @@ def uid_processes(uid: int | None) -> list[int]:
     return out
 
 
+def survivors(uid: int | None, settle_s: float = 1.5) -> list[int]:
+    """Processes of a finished run still alive after ``settle_s``.
+
+    The result of a run that exits by itself is reported right after the supervisor SIGKILLs the
+    group, so for a few milliseconds a killed process may not yet be in the exit path; a real survivor
+    (an escaped daemon) is still there when the settle time is over.
+    """
+    import time
+
+    deadline = time.monotonic() + settle_s
+    while True:
+        left = uid_processes(uid)
+        if not left or time.monotonic() >= deadline:
+            return left
+        time.sleep(0.02)
+
+
 @pytest.fixture(scope="session")
 def secret_env() -> tuple[str, str]:
     """Name and value of a fake secret put into the test process environment."""
@@ -55,7 +72,7 @@ def secret_env() -> tuple[str, str]:
 @pytest.fixture(scope="session")
 def leftover_processes():
     """``f(uid) -> [pid]``: processes of a finished run that are still alive (must be none)."""
-    return uid_processes
+    return survivors
 
 
 @pytest.fixture(scope="session")
