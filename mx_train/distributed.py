@@ -33,15 +33,12 @@ class RolloutWorker:
 
     def __init__(self, config_dict: dict[str, Any], worker_index: int) -> None:
         from mx_train.config import TrainConfig
-        from mx_train.trainer import default_backend_factory, make_env_factory
+        from mx_train.trainer import build_backends, default_backend_factory, make_env_factory
 
         self.config = TrainConfig.from_dict(config_dict)
         self.index = worker_index
         self.env_factory = make_env_factory(self.config)
-        factory = default_backend_factory(self.config)
-        pc = self.config.policy
-        self.backends = {"designer": factory(pc.model)}
-        self.backends["executor"] = self.backends["designer"] if not pc.executor_model else factory(pc.executor_model)
+        self.backends = build_backends(self.config, default_backend_factory(self.config))
         self.envs: list[Any] = []
         self.version = 0
 

@@ -108,10 +108,7 @@ class Trainer:
         pc = self.config.policy
         if backend_factory is None:
             backend_factory = default_backend_factory(self.config)
-        self.backends: dict[str, Any] = {"designer": backend_factory(pc.model)}
-        self.backends["executor"] = (
-            self.backends["designer"] if not pc.executor_model else backend_factory(pc.executor_model)
-        )
+        self.backends = build_backends(self.config, backend_factory)
         self.learners: dict[str, Learner] = {}
         for role in ("designer", "executor"):
             backend = self.backends[role]
@@ -436,12 +433,19 @@ def default_backend_factory(config: TrainConfig) -> Callable[[str], Any]:
     return factory
 
 
+def build_backends(config: TrainConfig, backend_factory: Callable[[str], Any]) -> dict[str, Any]:
+    """Role -> generation backend: one object for both roles (shared policy) unless
+    ``policy.executor_model`` names a second model (split policy)."""
+    pc = config.policy
+    designer = backend_factory(pc.model)
+    return {"designer": designer, "executor": backend_factory(pc.executor_model) if pc.executor_model else designer}
+
+
 def build_rollout_policy(backends: dict[str, Any], config: TrainConfig, step: int) -> Any:
     """The rollout policy of ``step``. Sampling seeds derive from (run seed, step), so a resumed run
     samples what the uninterrupted one would have, and Ray workers get distinct seeds per worker."""
-    from mx_agents.policies.base import RoutedPolicy
     from mx_agents.policies.design_prompt import DesignerPrompt
-    from mx_agents.policies.llm import DesignerPolicy, ExecutorPolicy, SharedPolicy
+    from mx_agents.policies.llm import SharedPolicy, SplitPolicy
 
     r = config.rollout
     seed = (config.seed * 1_000_003 + step) % (2**31)
@@ -449,10 +453,7 @@ def build_rollout_policy(backends: dict[str, Any], config: TrainConfig, step: in
     prompt = DesignerPrompt(**r.designer_prompt) if r.designer_prompt else None
     if backends["designer"] is backends["executor"]:
         return SharedPolicy(backends["designer"], d_params, e_params, prompt=prompt, seed=seed)
-    return RoutedPolicy(
-        DesignerPolicy(backends["designer"], d_params, prompt, seed=seed),
-        ExecutorPolicy(backends["executor"], e_params, seed=seed + 1),
-    )
+    return SplitPolicy(backends["designer"], backends["executor"], d_params, e_params, prompt=prompt, seed=seed)
 
 
 def _fmt(v: Any) -> str:
