@@ -35,6 +35,11 @@ class Limits:
     file_size_mb: int = 16  # largest file the program may write (RLIMIT_FSIZE)
     open_files: int = 256  # RLIMIT_NOFILE
     network: bool = False  # True leaves networking as the host has it (never the default)
+    # What of the host filesystem the run sees. "default": the read-only host minus masked secrets
+    # (scripts, tool code). "grading": an allow-list for judged candidate programs: the interpreter,
+    # the stdlib and the packages a solution may import; no checkout, no dataset directories
+    # (MX_DATA_DIR, shared/data), no other installed package's data.
+    file_view: str = "default"
 
     def effective_cpu_s(self) -> float:
         return float(self.cpu_s if self.cpu_s is not None else self.wall_s)
