@@ -20,6 +20,7 @@ COMMAND_MODULES: list[str] = [
     "mx_agents.cli",
     "mx_train.train_cli",
     "mx_train.sft_cli",
+    "mx_train.sft_data",
     "mx_train.plot_cli",
     "mx_train.eval_cli",
     "mx_train.bench_cli",
@@ -57,8 +58,12 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    rc = args.func(args)
-    return int(rc or 0)
+    # A user mistake (ConfigError, unknown env id, missing file or data...) is one line and exit 2;
+    # -vv shows the traceback instead. Anything else is a bug and keeps its traceback.
+    from mx_envs.errors import run_cli
+
+    prog = f"mx {args.command}" if getattr(args, "command", None) else "mx"
+    return run_cli(prog, lambda: args.func(args), traceback=args.verbose >= 2)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,10 @@
-"""Training configuration: one YAML file maps onto :class:`TrainConfig` (unknown keys are errors).
+"""Training configuration: one YAML file maps onto :class:`TrainConfig`, checked when it is loaded.
+
+Every value is checked against its dataclass field's annotation (``max_steps: "3"`` is an error,
+not a ``TypeError`` minutes later), unknown keys and unknown registry names (estimator, policy loss,
+env id, dataset options...) are :class:`~mx_envs.errors.ConfigError` s that name the key path and
+suggest the closest known name. ``mx train --set a.b=value`` overrides any key (YAML-parsed value);
+``plugins:`` / ``--plugin`` import user modules that register more names first.
 
 Example (``configs/demo_cpu.yaml``)::
 
@@ -16,9 +22,15 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
+import types
+import typing
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
+
+from mx_envs.errors import ConfigError, UnknownOption, unknown_name
 
 T = TypeVar("T")
 
@@ -86,6 +98,7 @@ class WarmStartConfig:
     lr: float = 1e-4
     tasks: int = 8  # designer prompts (training tasks) paired with each design
     batch_size: int = 4
+    save: bool = False  # also save the cold-start policy under RUN/cold_start/checkpoints/
 
 
 @dataclass
@@ -102,11 +115,20 @@ class TrainConfig:
     seed: int = 0
     max_steps: int = 20
     out: str = "runs/train"
-    save_every: int = 1
-    keep_last: int = 3
+    save_every: int = 1  # weights-only checkpoint (enough for `mx eval --policy RUN`) every N steps
+    # A full checkpoint (weights + optimizer + RNG states: what --resume needs) every N steps and at the
+    # end; 0 = only at the end. Weights-only saves in between keep a small model's run light on disk.
+    full_save_every: int = 10
+    keep_last: int = 3  # newest checkpoints kept (the newest full one is always kept as well)
+    # Modules (dotted names or .py files) imported before the config's names are checked: they may
+    # register advantage estimators, policy losses or datasets (also `mx train --plugin`).
+    plugins: list[str] = field(default_factory=list)
     tensorboard: bool = True
     wandb: dict[str, Any] | None = None
     env: EnvConfig = field(default_factory=EnvConfig)
+    # Several envs in one run (mx_train.env_mix): a list of {id, weight, split, kwargs, name,
+    # allow_eval_split}; each task of a step picks an env by weight. Empty: the single `env`.
+    envs: list[dict[str, Any]] = field(default_factory=list)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
@@ -116,79 +138,297 @@ class TrainConfig:
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
-        return _build(cls, data, "config")
+    def from_dict(cls, data: dict[str, Any], overrides: Sequence[str] = (), plugins: Sequence[str] = ()) -> TrainConfig:
+        """A checked config from a mapping: ``overrides`` are ``a.b=value`` strings (YAML values),
+        ``plugins`` are modules imported (after the config's own ``plugins:``) before registry names
+        are checked. Every mistake is a :class:`~mx_envs.errors.ConfigError` naming its key."""
+        data = apply_overrides(data, overrides)
+        if plugins:
+            data["plugins"] = [*(data.get("plugins") or []), *plugins]
+        cfg = _build(cls, data, "config")
+        cfg.check_names()
+        return cfg
 
     @classmethod
-    def from_yaml(cls, path: str | os.PathLike[str]) -> TrainConfig:
+    def from_yaml(
+        cls, path: str | os.PathLike[str], overrides: Sequence[str] = (), plugins: Sequence[str] = ()
+    ) -> TrainConfig:
         import yaml
 
         p = Path(path)
         if not p.is_file():
-            raise FileNotFoundError(f"config file not found: {p}")
-        data = yaml.safe_load(p.read_text()) or {}
+            raise ConfigError(f"config file not found: {p}")
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{p}: not valid YAML: {' '.join(str(exc).split())}") from None
         if not isinstance(data, dict):
-            raise ValueError(f"{p}: the top level of a config must be a mapping")
-        return cls.from_dict(data)
+            raise ConfigError(f"{p}: the top level of a config must be a mapping")
+        return cls.from_dict(data, overrides, plugins)
+
+    def check_names(self) -> None:
+        """Registry names and choices, checked at load time with their key paths (after importing
+        ``plugins``, which may register more names)."""
+        from mx_train.plugins import load_plugins
+
+        load_plugins(self.plugins, key="plugins")
+        from mx_train.advantages import ADVANTAGE_ESTIMATORS
+        from mx_train.learner import LearnerConfig
+        from mx_train.losses import AGGREGATIONS, KL_ESTIMATORS, POLICY_LOSSES
+        from mx_train.schedule import MODES, ROLES
+
+        ADVANTAGE_ESTIMATORS.get(self.algorithm.estimator, key="algorithm.estimator")
+        _choice("algorithm.executor_group", self.algorithm.executor_group, ("task", "design"))
+        _choice("schedule.mode", self.schedule.mode, MODES, "co-evolution mode")
+        _choice("schedule.first", self.schedule.first, ROLES, "role")
+        _choice("distributed.backend", self.distributed.backend, ("local", "ray"), "backend")
+        lc = _build(LearnerConfig, self.learner, "learner")
+        self.learner = {k: getattr(lc, k) for k in self.learner}  # the checked values ("1e-5" -> 1e-05)
+        POLICY_LOSSES.get(lc.policy_loss, key="learner.policy_loss")
+        KL_ESTIMATORS.get(lc.kl_estimator, key="learner.kl_estimator")
+        _choice("learner.loss_agg", lc.loss_agg, AGGREGATIONS, "loss aggregation")
+        # Other learner choices are the learner's own (LearnerConfig.validate, in validate()).
+        for i, (env, _weight, _name) in enumerate(self.env_entries()):
+            _check_env(env, "env" if not self.envs else f"envs[{i}]")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
-    def validate(self) -> None:
-        r = self.rollout
-        if min(r.tasks_per_step, r.designs, r.executions) < 1:
-            raise ValueError("rollout.tasks_per_step, designs and executions must be >= 1")
-        if self.algorithm.executor_group not in ("task", "design"):
-            raise ValueError(f"algorithm.executor_group must be 'task' or 'design', got {self.algorithm.executor_group!r}")
-        if self.distributed.backend not in ("local", "ray"):
-            raise ValueError(f"distributed.backend must be 'local' or 'ray', got {self.distributed.backend!r}")
-        if self.max_steps < 0 or self.save_every < 1:
-            raise ValueError("max_steps must be >= 0 and save_every >= 1")
-        from mx_train.advantages import ADVANTAGE_ESTIMATORS
+    def env_entries(self) -> list[tuple[EnvConfig, float, str | None]]:
+        """``(env config, sampling weight, metrics name or None)`` per training env: the ``envs``
+        list when given, else the single ``env`` with weight 1."""
+        if not self.envs:
+            return [(self.env, 1.0, None)]
+        out = []
+        for i, raw in enumerate(self.envs):
+            if not isinstance(raw, dict):
+                raise ValueError(f"config.envs[{i}]: expected a mapping, got {type(raw).__name__}")
+            entry = dict(raw)
+            weight = entry.pop("weight", 1.0)
+            name = entry.pop("name", None)
+            if not isinstance(weight, (int, float)) or isinstance(weight, bool) or weight <= 0:
+                raise ValueError(f"config.envs[{i}].weight must be a positive number, got {weight!r}")
+            if "id" not in entry:
+                raise ValueError(f"config.envs[{i}] needs an 'id' (a registered env id)")
+            out.append((_build(EnvConfig, entry, f"config.envs[{i}]"), float(weight), name))
+        return out
 
-        if self.algorithm.estimator not in ADVANTAGE_ESTIMATORS:
-            raise ValueError(
-                f"unknown advantage estimator {self.algorithm.estimator!r}; known: {', '.join(sorted(ADVANTAGE_ESTIMATORS))}"
-            )
+    def validate(self) -> None:
+        self.env_entries()
+        r = self.rollout
+        for name in ("tasks_per_step", "designs", "executions"):
+            if getattr(r, name) < 1:
+                raise ConfigError(f"must be >= 1, got {getattr(r, name)}", key=f"rollout.{name}")
+        if self.max_steps < 0:
+            raise ConfigError(f"must be >= 0, got {self.max_steps}", key="max_steps")
+        if self.save_every < 1:
+            raise ConfigError(f"must be >= 1, got {self.save_every}", key="save_every")
+        if self.full_save_every < 0:
+            raise ConfigError(f"must be >= 0 (0: only at the end), got {self.full_save_every}", key="full_save_every")
+        self.check_names()
         from mx_train.learner import LearnerConfig
         from mx_train.schedule import CoEvolutionSchedule
 
-        lc = LearnerConfig.from_dict(self.learner)
-        lc.validate()
+        lc = _build(LearnerConfig, self.learner, "learner")
+        try:
+            lc.validate()
+        except ConfigError:
+            raise
+        except (ValueError, KeyError) as exc:
+            raise ConfigError(str(exc.args[0] if isinstance(exc, KeyError) else exc), key="learner") from None
         if lc.old_logprobs == "sampling":
             temps = {r.designer.temperature, r.executor.temperature}
             if temps != {lc.temperature}:
-                raise ValueError(
+                raise ConfigError(
                     f"learner.old_logprobs: sampling needs the rollout temperatures {sorted(temps)} to equal "
                     f"learner.temperature {lc.temperature} (the sampling logprobs are at the sampling temperature)"
                 )
-        CoEvolutionSchedule(self.schedule.mode, self.schedule.phase_steps, self.schedule.first)
+        try:
+            CoEvolutionSchedule(self.schedule.mode, self.schedule.phase_steps, self.schedule.first)
+        except ValueError as exc:
+            raise ConfigError(str(exc), key="schedule") from None
+
+
+def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """A copy of ``data`` with ``a.b.c=value`` overrides applied (``value`` parsed as YAML, so
+    ``max_steps=3`` is an int and ``designs=[single, vote]`` a list). Unknown keys are caught later,
+    by the typed build, with a suggestion."""
+    import copy
+
+    import yaml
+
+    out = copy.deepcopy(dict(data))
+    for item in overrides:
+        key, sep, raw = str(item).partition("=")
+        key = key.strip()
+        if not sep or not key or any(not part for part in key.split(".")):
+            raise ConfigError(f"--set wants KEY.PATH=VALUE (e.g. learner.lr=1e-5), got {item!r}")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"value {raw!r} is not valid YAML: {' '.join(str(exc).split())}", key=key) from None
+        node = out
+        parts = key.split(".")
+        for i, part in enumerate(parts[:-1]):
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            elif not isinstance(child, dict):
+                raise ConfigError(f"is {type(child).__name__}, not a mapping: cannot set {key}",
+                                  key=".".join(parts[: i + 1]))
+            node = child
+        node[parts[-1]] = value
+    return out
+
+
+def _choice(key: str, value: Any, known: Sequence[str], kind: str = "value") -> None:
+    if value not in known:
+        raise unknown_name(kind, value, known, key=key)
+
+
+def _check_env(env: EnvConfig, key: str) -> None:
+    """The env id is registered and, for a MetaAgentX id, its kwargs and loader options exist."""
+    import inspect
+
+    import gymnasium as gym
+
+    import mx_envs  # noqa: F401 - registers the ids
+    from mx_envs.envs.registration import check_env_id
+
+    check_env_id(env.id, key=f"{key}.id")
+    entry_point = gym.spec(env.id).entry_point
+    if not (isinstance(entry_point, str) and entry_point.startswith("mx_envs.")):
+        return
+    from mx_envs.envs.meta_env import MetaAgentXEnv
+    from mx_envs.tasks.registry import check_load_options
+
+    params = [n for n in inspect.signature(MetaAgentXEnv.__init__).parameters if n != "self"]
+    for name in env.kwargs:
+        if name not in params:
+            raise unknown_name("env keyword", name, params, key=f"{key}.kwargs", cls=UnknownOption)
+    dataset = env.kwargs.get("dataset") or (gym.spec(env.id).kwargs or {}).get("dataset")
+    loader = dict(env.kwargs.get("loader_kwargs") or {})
+    if dataset and "tasks" not in env.kwargs:
+        check_load_options(dataset, loader, split=env.kwargs.get("split", env.split), key=f"{key}.kwargs.loader_kwargs")
 
 
 def _build(cls: type[T], data: Any, where: str) -> T:
+    """An instance of dataclass ``cls`` from ``data``, every value checked against the field's
+    annotation (nested dataclasses recursively). ``where`` is the key path, for messages.
+
+    The types come from the dataclass annotations themselves, so a field added to any config
+    dataclass is validated without further code."""
+    key = _key(where)
     if data is None:
         return cls()  # type: ignore[call-arg]
     if not isinstance(data, dict):
-        raise ValueError(f"{where}: expected a mapping, got {type(data).__name__}")
+        raise ConfigError(f"expected a mapping, got {type(data).__name__} {data!r}", key=key or None)
     fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-    unknown = sorted(set(data) - set(fields))
-    if unknown:
-        raise ValueError(f"{where}: unknown key(s) {unknown}; known: {sorted(fields)}")
+    hints = _hints(cls)
     kwargs: dict[str, Any] = {}
     for name, value in data.items():
-        ftype = fields[name].type
-        sub = _NESTED.get(ftype if isinstance(ftype, str) else getattr(ftype, "__name__", ""))
-        kwargs[name] = _build(sub, value, f"{where}.{name}") if sub is not None else value
+        sub = f"{key}.{name}" if key else str(name)
+        if name not in fields:
+            raise unknown_name("key", name, fields, key=key or None)
+        kwargs[name] = _coerce(value, hints.get(name, Any), sub)
     return cls(**kwargs)
 
 
-_NESTED: dict[str, type] = {
-    "EnvConfig": EnvConfig,
-    "PolicyConfig": PolicyConfig,
-    "SamplingConfig": SamplingConfig,
-    "RolloutConfig": RolloutConfig,
-    "AlgorithmConfig": AlgorithmConfig,
-    "ScheduleConfig": ScheduleConfig,
-    "WarmStartConfig": WarmStartConfig,
-    "DistributedConfig": DistributedConfig,
-}
+def _key(where: str) -> str:
+    return "" if where == "config" else where.removeprefix("config.")
+
+
+_HINTS: dict[type, dict[str, Any]] = {}
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    if cls not in _HINTS:
+        _HINTS[cls] = typing.get_type_hints(cls)
+    return _HINTS[cls]
+
+
+_NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
+
+
+def _type_name(tp: Any) -> str:
+    if tp is type(None):
+        return "null"
+    if isinstance(tp, type) and not typing.get_args(tp):
+        return {"str": "a string", "int": "an integer", "float": "a number", "bool": "true/false",
+                "list": "a list", "dict": "a mapping", "tuple": "a list"}.get(tp.__name__, tp.__name__)
+    return str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """``value`` checked against annotation ``tp``; returns it (tuples and floats normalised)."""
+    if tp is Any or tp is object:
+        return value
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arm in args:
+            if arm is type(None):
+                continue
+            try:
+                return _coerce(value, arm, key)
+            except ConfigError as exc:
+                errors.append(exc)
+        if len(errors) == 1:
+            raise errors[0]
+        raise ConfigError(f"expected {' or '.join(_type_name(a) for a in args)}, got {_show(value)}", key=key)
+    if origin is typing.Literal:
+        if value not in args:
+            raise unknown_name("value", value, [str(a) for a in args], key=key)
+        return value
+    if dataclasses.is_dataclass(tp) and isinstance(tp, type):
+        return _build(tp, value, key)
+    if origin in (list, Sequence) or tp is list:
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"expected a list, got {_show(value)}", key=key)
+        item = args[0] if args else Any
+        return [_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is tuple or tp is tuple:
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"expected a list, got {_show(value)}", key=key)
+        if args and args[-1] is not Ellipsis:
+            if len(value) != len(args):
+                raise ConfigError(f"expected a list of {len(args)} items, got {len(value)}: {value!r}", key=key)
+            return tuple(_coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args, strict=True)))
+        return tuple(_coerce(v, args[0] if args else Any, f"{key}[{i}]") for i, v in enumerate(value))
+    if origin in (dict, Mapping) or tp is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"expected a mapping, got {_show(value)}", key=key)
+        kt, vt = (args + (Any, Any))[:2] if args else (Any, Any)
+        return {_coerce(k, kt, key): _coerce(v, vt, f"{key}.{k}") for k, v in value.items()}
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"expected true/false, got {_show(value)}", key=key)
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"expected an integer, got {_show(value)}", key=key)
+        return value
+    if tp is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"expected a number, got {_show(value)}", key=key)
+        if isinstance(value, int | float):
+            return float(value)
+        # YAML 1.1 reads an unquoted 1e-5 (no dot) as a string: accept what is written as a number.
+        if isinstance(value, str) and _NUMBER.match(value.strip()):
+            return float(value)
+        raise ConfigError(f"expected a number, got {_show(value)}", key=key)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"expected a string, got {_show(value)}", key=key)
+        return value
+    if isinstance(tp, type) and not isinstance(value, tp):
+        raise ConfigError(f"expected {_type_name(tp)}, got {_show(value)}", key=key)
+    return value
+
+
+def _show(value: Any) -> str:
+    kind = {str: "the string", bool: "the boolean", int: "the integer", float: "the number",
+            list: "the list", dict: "the mapping", type(None): "null"}.get(type(value), type(value).__name__)
+    return kind if value is None else f"{kind} {value!r}"

@@ -78,10 +78,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     r = subparsers.add_parser(
         "trace",
         help="render an episode trace (from mx eval's traces/) as a self-contained HTML page",
+        description=(
+            "Render one episode trace JSON (written by `mx eval` under OUT/traces/) as a self-contained "
+            "HTML page: the task, the designer's prompt and script, every sub-agent turn with its "
+            "messages and reply, tool calls, the final answer and its grade."
+        ),
     )
     r.add_argument("trace_file", metavar="TRACE_FILE", help="a trace JSON file")
     r.add_argument("--html", required=True, metavar="OUT", help="HTML file to write")
     r.set_defaults(func=run_trace_cmd)
+
+
+def _check_env_ids(env_ids: list[str]) -> None:
+    """Every id registered, else a ConfigError with the closest ids (reported by `mx` in one line)."""
+    from mx_envs.envs.registration import check_env_id
+
+    for env_id in env_ids:
+        check_env_id(env_id)
 
 
 def _config(args: argparse.Namespace, env_ids: list[str], policy: str, executor: str | None):
@@ -103,6 +116,7 @@ def run_eval_cmd(args: argparse.Namespace) -> int:
     from mx_train.eval.trace import slug
 
     try:
+        _check_env_ids(args.env_ids)
         cfg = _config(args, list(args.env_ids), args.policy, args.executor)
         out = Path(args.out or Path("runs") / "eval" / slug(args.policy))
         results = run_eval(cfg, out, progress=not args.no_progress)
@@ -127,6 +141,7 @@ def run_table_cmd(args: argparse.Namespace) -> int:
     if not env_ids:
         print("mx table: --envs is empty", file=sys.stderr)
         return 2
+    _check_env_ids(env_ids)  # before any row runs (a typo in the last column must not cost the first rows)
     out = Path(args.out)
     rows = plan_rows(designs, args.learned, args.executor, args.learned_executor, out)
     try:

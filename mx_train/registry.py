@@ -1,14 +1,18 @@
 """A name -> function registry, the mechanism behind pluggable algorithms.
 
 Advantage estimators and policy losses are plain functions registered under a name with a
-decorator; configs refer to them by that name. Looking up an unknown name raises a ``KeyError``
-whose message lists every registered name, so a typo in a config is obvious.
+decorator; configs refer to them by that name. Looking up an unknown name raises
+:class:`~mx_envs.errors.UnknownName` (a ``ConfigError`` and a ``KeyError``) whose message suggests the
+closest registered names and lists them all, so a typo in a config is obvious. User code (a plugin,
+see ``mx train --plugin``) registers its own functions the same way.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from typing import Generic, TypeVar
+
+from mx_envs.errors import unknown_name
 
 F = TypeVar("F", bound=Callable)
 
@@ -31,12 +35,12 @@ class Registry(Generic[F]):
 
         return decorator
 
-    def get(self, name: str) -> F:
+    def get(self, name: str, *, key: str | None = None) -> F:
+        """The function registered as ``name``; ``key`` (a config path) locates the error message."""
         try:
             return self._entries[name]
-        except KeyError:
-            known = ", ".join(sorted(self._entries)) or "(none)"
-            raise KeyError(f"unknown {self.kind} {name!r}; known: {known}") from None
+        except (KeyError, TypeError):
+            raise unknown_name(self.kind, name, self._entries, key=key) from None
 
     def names(self) -> list[str]:
         return sorted(self._entries)

@@ -20,6 +20,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default=None, help="run directory (overrides the config's `out`)")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in the run directory")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
+                   help="override a config key, value parsed as YAML (e.g. --set learner.lr=1e-5 "
+                        "--set rollout.designs=2); repeatable")
+    p.add_argument("--plugin", dest="plugins", action="append", default=[], metavar="MODULE",
+                   help="import a module (dotted name or .py file) that registers estimators, losses or "
+                        "datasets, before the config is checked (also the config key `plugins:`); repeatable")
     p.set_defaults(func=_train)
 
 
@@ -31,7 +37,7 @@ def _train(args: argparse.Namespace) -> int:
     from mx_train.trainer import Trainer
 
     try:
-        cfg = TrainConfig.from_yaml(args.config)
+        cfg = TrainConfig.from_yaml(args.config, overrides=args.overrides, plugins=args.plugins)
         if args.max_steps is not None:
             cfg.max_steps = args.max_steps
         if args.out:
@@ -43,10 +49,10 @@ def _train(args: argparse.Namespace) -> int:
     logging.getLogger("mx_train").setLevel(logging.INFO)
     trainer = Trainer(cfg, progress=not args.no_progress)
     history = trainer.run(resume=args.resume)
-    from mx_train.plot import plot_run
-
-    png = plot_run(trainer.out, trainer.out / "rewards.png")
     if history:
+        from mx_train.plot import plot_run
+
+        png = plot_run(trainer.out, trainer.out / "rewards.png")
         last = history[-1]
         print(
             f"done: {trainer.step_index} steps in {trainer.out}; last step reward designer "

@@ -39,6 +39,28 @@ ENVS: tuple[EnvEntry, ...] = (
 ENV_IDS: tuple[str, ...] = tuple(e.env_id for e in ENVS)
 
 
+def check_env_id(env_id: str, *, key: str | None = None) -> None:
+    """Raise :class:`~mx_envs.errors.UnknownName` (with the closest ids) unless ``env_id`` is registered
+    with gymnasium (ours or any other); call before starting work that would fail on it later."""
+    import importlib
+
+    from gymnasium.envs.registration import registry
+
+    from mx_envs.errors import unknown_name
+
+    register_envs()
+    module, _, name = str(env_id).rpartition(":")  # gym.make's "module:Id" form imports the module first
+    if module:
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            raise unknown_name("env module", module, [], key=key).__class__(
+                f"cannot import the module of env id {env_id!r}: {exc}", key=key) from None
+    if name in registry:
+        return
+    raise unknown_name("env id", env_id, ENV_IDS, key=key)
+
+
 def register_envs() -> None:
     """Register every id once (re-registering would make gymnasium warn about overriding)."""
     from gymnasium.envs.registration import register, registry

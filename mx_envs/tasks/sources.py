@@ -10,17 +10,68 @@ import gzip
 import importlib.util
 import json
 import os
+import socket
+import threading
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
+
+from mx_envs.errors import ConfigError
 
 DATA_DIR_ENV = "MX_DATA_DIR"
 FIXTURES_DIR = Path(__file__).with_name("fixtures")
 _SUFFIXES = (".jsonl", ".json", ".parquet", ".jsonl.gz", ".json.gz")
 
 
-class DatasetNotFound(FileNotFoundError):
-    """No source could supply a dataset; the message says what was tried and how to supply it."""
+class DatasetNotFound(ConfigError, FileNotFoundError):
+    """No source could supply a dataset; the message says what was tried and how to supply it.
+
+    A :class:`~mx_envs.errors.ConfigError` (the user fixes it by pointing at data), and still a
+    ``FileNotFoundError`` for code that caught it as one."""
+
+    __str__ = ConfigError.__str__
+
+
+HUB_PROBE_TIMEOUT_S = 1.0
+_hub_state: dict[str, str | None] = {}  # "reason" -> why the hub is unreachable (None: reachable)
+_OFF = ("1", "true", "yes", "on")
+
+
+def hub_unavailable() -> str | None:
+    """Why the Hugging Face hub cannot be reached, or ``None`` when it can (probed once per process).
+
+    ``HF_HUB_OFFLINE`` / ``HF_DATASETS_OFFLINE`` answer at once. Otherwise one TCP connection to the
+    hub endpoint (``HF_ENDPOINT``; the proxy of ``HTTPS_PROXY`` when set) is tried with a short
+    timeout (``MX_HUB_PROBE_TIMEOUT_S``, default 1 s) in a thread, so a hanging DNS lookup cannot
+    stall either: an offline machine learns in about a second that the hub is out of reach instead of
+    spending ~25 s in the hub client's retries.
+    """
+    for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
+        if os.environ.get(var, "").strip().lower() in _OFF:
+            return f"{var}={os.environ[var]} is set"
+    if "reason" in _hub_state:
+        return _hub_state["reason"]
+    proxy = os.environ.get("HTTPS_PROXY") or os.environ.get("https_proxy")
+    url = urlparse(proxy or os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    host = url.hostname or "huggingface.co"
+    port = url.port or (443 if url.scheme == "https" else 80)
+    timeout = float(os.environ.get("MX_HUB_PROBE_TIMEOUT_S", HUB_PROBE_TIMEOUT_S))
+    result: list[str | None] = []
+
+    def probe() -> None:
+        try:
+            with socket.create_connection((host, port), timeout=timeout):
+                result.append(None)
+        except OSError as exc:
+            result.append(f"{host}:{port} unreachable ({type(exc).__name__}: {exc})")
+
+    t = threading.Thread(target=probe, daemon=True, name="mx-hub-probe")
+    t.start()
+    t.join(timeout + 0.2)
+    reason = result[0] if result else f"{host}:{port} did not answer within {timeout:g} s"
+    _hub_state["reason"] = reason
+    return reason
 
 
 def _open_text(path: Path) -> Any:
@@ -106,7 +157,12 @@ def package_file(module: str, *parts: str) -> Path | None:
 
 
 def hub_rows(repo_id: str, config: str | None = None, split: str = "test", **kwargs: Any) -> list[dict[str, Any]]:
-    """Rows of a Hugging Face hub dataset via ``datasets`` (optional dependency, extra ``hub``)."""
+    """Rows of a Hugging Face hub dataset via ``datasets`` (optional dependency, extra ``hub``).
+
+    Fails at once (no client retries) when :func:`hub_unavailable` says the hub is out of reach."""
+    why = hub_unavailable()
+    if why:
+        raise DatasetNotFound(f"hub dataset {repo_id}: the hub is not reachable ({why})")
     try:
         import datasets
     except ImportError as exc:

@@ -59,7 +59,7 @@ def test_config_rejects_unknown_keys_and_names(tmp_path):
         TrainConfig.from_dict({"rollout": {"desings": 3}})
     with pytest.raises(ValueError, match="known: .*grpo"):
         TrainConfig.from_dict({"algorithm": {"estimator": "nope"}}).validate()
-    with pytest.raises(ValueError, match="unknown learner setting"):
+    with pytest.raises(ValueError, match="learner: unknown key 'lrr'; did you mean 'lr'"):
         TrainConfig.from_dict({"learner": {"lrr": 1}}).validate()
 
 
