@@ -1,0 +1,27 @@
+"""The policy learner: PPO/GRPO-style updates of a Hugging Face causal LM from transitions.
+
+One :class:`Learner` owns one model, its AdamW optimizer (state per co-evolution phase) and LR
+schedule. Modules, one concern each:
+
+* :mod:`.config` -- :class:`LearnerConfig` (a YAML ``learner:`` block);
+* :mod:`.collation` -- transitions to token-budget micro-batches in the aligned layout
+  ``[left pad | prompt | response | right pad]`` (the shared :func:`mx_agents.batching.left_pad`);
+* :mod:`.logprobs` -- per-token log-probs and entropy in LM-head chunks (no full fp32 logits);
+* :mod:`.precision` -- fp32 master weights for bf16 models;
+* :mod:`.optim` -- AdamW, LR schedule, per-phase optimizer state;
+* :mod:`.ppo` -- the policy update (mini-batches, epochs, old/ref log-probs, skip rules);
+* :mod:`.sft_step` -- one supervised step; :mod:`.lora` -- peft wrapping and merged weights;
+* :mod:`.policy_group` -- which learner trains which role;
+* :mod:`mx_train.fsdp` -- the same learner sharded over processes (FSDP2).
+
+Log-probs are computed from ``logits / temperature``, the same distribution a backend samples from
+at that temperature. Dropout is not used during updates (the model stays in eval mode unless
+gradient checkpointing needs train mode), so on-policy ratios are exactly 1.
+"""
+
+from mx_train.learner.collation import SequenceLike, pack_by_tokens
+from mx_train.learner.config import LearnerConfig
+from mx_train.learner.core import Learner, WeightSync
+from mx_train.learner.policy_group import PolicyGroup
+
+__all__ = ["Learner", "LearnerConfig", "PolicyGroup", "SequenceLike", "WeightSync", "pack_by_tokens"]

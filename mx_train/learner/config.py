@@ -1,0 +1,119 @@
+"""Settings of one learner (:class:`LearnerConfig`): flat, so a YAML ``learner:`` block maps onto it."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from mx_train.losses import LossSettings
+
+OLD_LOGPROBS = ("auto", "recompute", "sampling", "current")
+PHASE_OPTIMIZER = ("per_role", "reset")
+
+
+@dataclass
+class LearnerConfig:
+    """Optimisation, loss, precision and memory settings of one learner.
+
+    Precision: ``dtype`` is the *compute* dtype. ``"auto"`` computes in the model's own dtype and
+    never changes the model it was given (the rollout engine's, when shared); ``"float32"`` /
+    ``"bfloat16"`` train a private copy in that dtype when the model's differs (then the trainer
+    syncs weights into the engine). Whenever the trained parameters are below fp32, the optimizer
+    steps fp32 *master* weights (``master_weights: auto``), so a step of 5e-6 on a weight of 0.02 is
+    kept instead of rounding back to 0.02 in bf16. Under FSDP the sharded parameters are the fp32
+    masters and ``dtype`` is the mixed-precision compute dtype.
+    """
+
+    lr: float = 1e-6
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    adam_eps: float = 1e-8
+    warmup_steps: int = 0
+    lr_schedule: str = "constant"  # "constant" | "cosine" (after warmup)
+    total_steps: int | None = None  # needed by "cosine"
+    min_lr_ratio: float = 0.0  # cosine floor, as a fraction of lr
+    max_grad_norm: float | None = 1.0
+    micro_batch_tokens: int = 4096  # padded tokens per forward/backward
+    mini_batches: int = 1  # optimizer steps per epoch over the update batch (PPO-style)
+    mini_batch_size: int | None = None  # sequences per optimizer step; overrides mini_batches
+    ppo_epochs: int = 1  # passes over the update batch (reshuffled after the first)
+    policy_loss: str = "ppo_clip"
+    loss_agg: str = "token_mean"
+    clip_low: float = 0.2
+    clip_high: float = 0.2
+    kl_coef: float = 0.0
+    kl_estimator: str = "k3"
+    entropy_coef: float = 0.0
+    log_entropy: bool = True  # entropy as a metric (no graph unless entropy_coef != 0)
+    norm_length: int | None = None  # seq_mean_token_sum_norm constant; default: longest response
+    temperature: float = 1.0
+    # "auto": one mini-batch and one epoch -> "current", else "recompute". "current": the detached
+    # log-probs of the training forward itself (on-policy: ratio 1, no extra pass). "sampling": the
+    # sampler's log-probs (corrects engine/learner mismatch; temperatures must match).
+    old_logprobs: str = "auto"
+    logits_chunk_tokens: int = 1024  # response positions per lm-head chunk; 0 = full logits (old path)
+    device: str = "auto"
+    dtype: str = "auto"  # compute dtype: "auto" (the model's) | "float32" | "bfloat16"
+    master_weights: str = "auto"  # "auto": fp32 masters when trained params are below fp32 | "none"
+    optimizer_offload: bool = False  # fp32 masters + AdamW state on CPU (FSDP: CPUOffloadPolicy)
+    # Optimizer state across co-evolution phases: "per_role" keeps one AdamW state per active-role
+    # set (the inactive one parked on CPU); "reset" starts fresh moments at every switch.
+    phase_optimizer: str = "per_role"
+    lora: dict[str, Any] | None = None  # peft.LoraConfig kwargs; None = full fine-tuning
+    gradient_checkpointing: bool = False
+    pad_token_id: int | None = None  # default: tokenizer/model config pad, else eos, else 0
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any] | None) -> LearnerConfig:
+        data = dict(data or {})
+        known = {f.name for f in dataclasses.fields(cls)}
+        if unknown := sorted(set(data) - known):
+            raise ValueError(f"unknown learner setting(s) {unknown}; known: {sorted(known)}")
+        if "betas" in data:
+            data["betas"] = tuple(data["betas"])
+        return cls(**data)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def loss_settings(self) -> LossSettings:
+        return LossSettings(
+            policy_loss=self.policy_loss,
+            loss_agg=self.loss_agg,
+            clip_low=self.clip_low,
+            clip_high=self.clip_high,
+            kl_coef=self.kl_coef,
+            kl_estimator=self.kl_estimator,
+            entropy_coef=self.entropy_coef,
+        )
+
+    def validate(self) -> None:
+        self.loss_settings().validate()
+        if self.lr_schedule not in ("constant", "cosine"):
+            raise ValueError(f"lr_schedule must be 'constant' or 'cosine', got {self.lr_schedule!r}")
+        if self.lr_schedule == "cosine" and not self.total_steps:
+            raise ValueError("lr_schedule='cosine' needs total_steps")
+        if self.old_logprobs not in OLD_LOGPROBS:
+            raise ValueError(f"old_logprobs must be one of {OLD_LOGPROBS}, got {self.old_logprobs!r}")
+        if self.dtype not in ("auto", "float32", "bfloat16"):
+            raise ValueError(f"dtype must be 'auto', 'float32' or 'bfloat16', got {self.dtype!r}")
+        if self.master_weights not in ("auto", "none"):
+            raise ValueError(f"master_weights must be 'auto' or 'none', got {self.master_weights!r}")
+        if self.phase_optimizer not in PHASE_OPTIMIZER:
+            raise ValueError(f"phase_optimizer must be one of {PHASE_OPTIMIZER}, got {self.phase_optimizer!r}")
+        if self.micro_batch_tokens < 1 or self.mini_batches < 1 or self.ppo_epochs < 1:
+            raise ValueError("micro_batch_tokens, mini_batches and ppo_epochs must be >= 1")
+        if self.mini_batch_size is not None and self.mini_batch_size < 1:
+            raise ValueError("mini_batch_size must be >= 1 (or null)")
+        if self.logits_chunk_tokens < 0:
+            raise ValueError("logits_chunk_tokens must be >= 0 (0 = full logits)")
+        if self.temperature <= 0:
+            raise ValueError("temperature must be > 0")
+
+    def resolved_old_logprobs(self, n_mini: int) -> str:
+        """What ``old_logprobs: auto`` means for an update of ``n_mini`` optimizer steps."""
+        if self.old_logprobs != "auto":
+            return self.old_logprobs
+        return "current" if n_mini == 1 else "recompute"
