@@ -27,8 +27,7 @@ from typing import Any
 from mx_envs.tasks.record import CodeTests, Task
 
 STDIO_NOTE = "Read the input from standard input and write the answer to standard output."
-PYTHON3 = 3
-MBPPPLUS_TIME_LIMIT_S = 60.0  # CodeContests language id of Python 3 solutions
+PYTHON3 = 3  # CodeContests language id of Python 3 solutions
 
 
 def decode_lcb_tests(value: Any) -> list[dict[str, Any]]:
@@ -198,43 +197,27 @@ def mbpp_task(row: dict[str, Any], index: int, dataset: str, split: str) -> Task
                 prompt=prompt, tests=tests, metadata={"row": index})
 
 
-# Differential part of MBPP+ in the flat format: the expected outputs of the plus inputs are the
-# reference solution's outputs on the same inputs (as EvalPlus computes them), compared with atol.
-_MBPPPLUS_DIFF = '''
-import copy as _mx_copy, json as _mx_json, math as _mx_math
+def _input_loop(entry: str, inputs: list[Any]) -> str:
+    """Test source that calls ``entry`` on each argument list (the recording run's input set).
 
-def _mx_close(out, exp, atol):
-    if type(out).__name__ == "Match" and type(exp) is type(out):  # re.Match has identity equality
-        return out.span() == exp.span() and out.groups() == exp.groups() and out.group(0) == exp.group(0)
-    if isinstance(exp, float) or isinstance(out, float):
-        try:
-            return _mx_math.isclose(out, exp, rel_tol=1e-07, abs_tol=max(atol, 1e-09)) or out == exp
-        except TypeError:
-            return False
-    if isinstance(exp, (list, tuple)) and isinstance(out, (list, tuple)) and type(out) is type(exp):
-        return len(out) == len(exp) and all(_mx_close(a, b, atol) for a, b in zip(out, exp))
-    return out == exp
-
-_mx_ref_ns = {{}}
-exec({ref!r}, _mx_ref_ns)
-_mx_ref = _mx_ref_ns[{entry!r}]
-for _mx_i, _mx_inp in enumerate(_mx_json.loads({inputs!r})):
-    try:
-        _mx_exp = _mx_ref(*_mx_copy.deepcopy(_mx_inp))
-    except Exception:
-        continue  # an input the reference rejects is not a test
-    _mx_out = {entry}(*_mx_copy.deepcopy(_mx_inp))
-    assert _mx_close(_mx_out, _mx_exp, {atol!r}), f"plus input {{_mx_i}}: got {{_mx_out!r:.200}}, expected {{_mx_exp!r:.200}}"
-'''
+    Inputs the reference rejects (it raises) are skipped, as EvalPlus' input contracts do.
+    """
+    return (f"import json as _mx_json\nfor _mx_args in _mx_json.loads({json.dumps(inputs)!r}):\n"
+            f"    try:\n        {entry}(*_mx_args)\n    except Exception:\n        pass\n")
 
 
 def mbppplus_task(row: dict[str, Any], index: int, dataset: str, split: str, plus: bool = True) -> Task:
+    """MBPP+ (EvalPlus): the reference's outputs on ``base_input`` (+ ``plus_input``) are the tests.
+
+    The flat form lists the inputs; the hub form's ``test`` program calls the function on them
+    (its own expected ``results`` are not used: EvalPlus compares with the reference's outputs).
+    Either way the tests become input -> expected pairs in a trusted run of the reference
+    (:mod:`mx_envs.tasks.code_reference`); the candidate's sandbox gets the inputs only.
+    """
     if "entry_point" in row:  # flat EvalPlus form
         entry = row["entry_point"]
-        source = row.get("assertion", "")
-        if plus and row.get("plus_input"):
-            source += _MBPPPLUS_DIFF.format(ref=row["canonical_solution"], entry=entry,
-                                            inputs=json.dumps(row["plus_input"]), atol=float(row.get("atol") or 0))
+        inputs = list(row.get("base_input") or []) + (list(row.get("plus_input") or []) if plus else [])
+        source = _input_loop(entry, inputs)
         solution = row.get("canonical_solution", "")
         text = row.get("prompt", "").strip().strip('"').strip()
     else:  # hub form (evalplus/mbppplus): ``test`` is a complete test program
@@ -243,10 +226,9 @@ def mbppplus_task(row: dict[str, Any], index: int, dataset: str, split: str, plu
         source = "\n".join(row.get("test_imports") or []) + "\n" + row.get("test", "")
         solution = code
         text = row.get("prompt", "")
-    # One assert test covers every plus input (reference and candidate both run on each), and some
-    # EvalPlus inputs take the reference solution seconds: the limit is for the whole set.
+    atol = float(row.get("atol") or 0) or None
     tests = CodeTests(fn_name=entry, solutions=[solution] if solution else [], assert_source=source,
-                      time_limit_s=MBPPPLUS_TIME_LIMIT_S if plus else 6.0)
+                      float_tolerance=atol)
     prompt = f"{text}\n\nWrite a Python function named `{entry}`."
     return Task(id=f"{dataset}/{split}/{row.get('task_id', index)}", dataset=dataset, split=split, kind="code",
                 prompt=prompt, tests=tests, metadata={"row": index, "atol": row.get("atol")})

@@ -1,18 +1,27 @@
-"""Code grading: run a candidate against a task's tests in the sandbox, one verdict per test.
+"""Code grading: run a candidate on a task's test inputs in the sandbox, judge on the host.
 
-All tests of one candidate run in **one** sandbox run: :mod:`mx_envs.tasks.code_harness` forks a
-child per test inside the sandbox, enforces the per-test wall-clock limit and reports per-test
-verdicts as JSON lines; the sandbox's own limits (memory, processes, files, network) hold for the
-whole run, and its wall-clock limit is the overall backstop. (Measured against one sandbox run per
-test in ``benchmarks/test_grading_bench.py``.)
+The judge never shares a process, file or memory with the candidate (``mx_envs/tasks/README.md``,
+"Code grading"): the candidate's sandbox run receives the test **inputs** only, under
+``Limits(file_view="grading")`` (no checkout, no dataset directories, no installed packages'
+data); what it produced comes back as data (stdout text, or return values in the harness codec)
+and is compared here with the expected outputs, which never leave this process.
+
+* stdin/stdout tests: by default one sandbox run per test (the pool pre-forks runs; the output is
+  compared here), or all tests in one run with a forked child per test (``mode="harness"``).
+* call-based tests (LiveCodeBench LeetCode problems, APPS ``fn_name`` problems): one run; a worker
+  loads the candidate once and calls the function on each input
+  (:mod:`mx_envs.tasks.code_harness`); results are compared with LiveCodeBench's rule.
+* assert-style tests (HumanEval, MBPP, MBPP+): converted once into input -> expected pairs by a
+  trusted run of the reference (:mod:`mx_envs.tasks.code_reference`), then graded like
+  call-based tests with EvalPlus' comparison (:func:`mx_envs.tasks.code_compare.evalplus_match`).
 
 Verdicts: ``passed``, ``wrong_answer``, ``timeout``, ``runtime_error``, ``memory_exceeded``,
-``syntax_error``. The benchmark metric is :attr:`CodeGrade.pass_all`; :attr:`CodeGrade.fraction` is
-the optional shaping signal.
+``syntax_error`` (and ``not_run`` after a failure with ``stop_on_failure``). The benchmark metric is
+:attr:`CodeGrade.pass_all`; :attr:`CodeGrade.fraction` is the optional shaping signal.
 
 Problems with several correct outputs: set ``CodeTests.checker`` to Python source defining
-``check(input: str, expected: str, output: str) -> bool``; it replaces the token comparison for
-stdin/stdout tests and runs inside the sandbox too. Example::
+``check(input: str, expected: str, output: str) -> bool``. It is dataset code, so it runs here on
+the host (under a time limit, on the candidate's output as a string), never in the sandbox::
 
     tests.checker = '''
     def check(input, expected, output):
@@ -25,16 +34,20 @@ from __future__ import annotations
 
 import ast
 import json
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from mx_envs.tasks import code_harness as H
+from mx_envs.tasks.code_compare import evalplus_match, outputs_match, results_match
 from mx_envs.tasks.code_extract import extract_code
 from mx_envs.tasks.record import CodeTests
 
 NOT_RUN = "not_run"  # only with stop_on_failure: after the first failing test
 VERDICTS = (H.PASSED, H.WRONG_ANSWER, H.TIMEOUT, H.RUNTIME_ERROR, H.MEMORY_EXCEEDED, H.SYNTAX_ERROR)
+CHECKER_TIMEOUT_S = 10.0
 _HARNESS_SOURCE: str | None = None
 
 # Standard-library modules candidate programs commonly import, preloaded in the grading sandbox's
@@ -44,7 +57,8 @@ CANDIDATE_PRELOAD: tuple[str, ...] = (
     "string", "re", "datetime", "collections", "collections.abc", "heapq", "bisect", "copy", "math", "cmath",
     "random", "statistics", "itertools", "functools", "operator", "io", "json", "typing", "decimal",
     "fractions", "array", "calendar", "textwrap", "dataclasses", "enum", "queue", "threading", "string",
-    "time", "unicodedata", "struct", "hashlib", "pprint", "numbers", "contextlib", "sys", "os",
+    "time", "unicodedata", "struct", "hashlib", "pprint", "numbers", "contextlib", "sys", "os", "select",
+    "ast", "traceback", "atexit",
 )
 
 
@@ -94,7 +108,7 @@ def _defines(source: str, name: str) -> bool | None:
     """Whether ``source`` defines function/class ``name`` (None when it does not parse)."""
     try:
         tree = ast.parse(source)
-    except (SyntaxError, ValueError):
+    except (SyntaxError, ValueError, MemoryError, RecursionError):
         return None
     return any(
         isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef) and node.name == name
@@ -117,48 +131,275 @@ def assemble_program(candidate: str, tests: CodeTests) -> str:
     """
     if not tests.starter_code or not tests.fn_name or not tests.assert_source:
         return candidate
-    defines = _defines(candidate, tests.fn_name)
-    if defines:
+    if _defines(candidate, tests.fn_name):
         return _import_lines(tests.starter_code) + candidate
     return tests.starter_code + candidate
 
 
-def build_job(tests: CodeTests, time_limit_s: float | None, stop_on_failure: bool) -> dict[str, Any]:
-    """The harness's job description for ``tests``."""
-    items: list[dict[str, Any]] = [{"kind": "stdio", "input": i, "expected": o} for i, o in tests.stdin_tests]
-    items += [{"kind": "call", "args": a, "expected": e} for a, e in tests.call_tests]
+# ---------------------------------------------------------------- what is judged, and how
+
+
+@dataclass
+class _Item:
+    """One test as the host sees it: what the sandbox gets, and how its product is judged."""
+
+    kind: str  # "stdio" | "call"
+    limit_s: float
+    payload: str  # stdin text, or encoded argument list (JSON text)
+    judge: Callable[[dict[str, Any]], tuple[bool, str]]  # the record's "r" -> (passed, message)
+
+
+def _stdio_judge(inp: str, expected: str, tests: CodeTests) -> Callable[[dict[str, Any]], tuple[bool, str]]:
+    mode = getattr(tests, "output_compare", "lines")
+
+    def judge(r: dict[str, Any]) -> tuple[bool, str]:
+        out = r.get("out")
+        if not isinstance(out, str):
+            return False, "no output"
+        if tests.checker:
+            return check_output(tests.checker, inp, expected, out)
+        return outputs_match(out, expected, tests.float_tolerance, mode), ""
+    return judge
+
+
+def _value_of(r: dict[str, Any]) -> tuple[bool, Any, str]:
+    if "v" not in r:
+        return False, None, "no return value"
+    try:
+        return True, H.decode_value(r["v"]), ""
+    except H.DecodeError as exc:
+        return False, None, f"not a plain value: {exc}"
+
+
+def _lcb_judge(expected_json: str) -> Callable[[dict[str, Any]], tuple[bool, str]]:
+    def judge(r: dict[str, Any]) -> tuple[bool, str]:
+        ok, value, msg = _value_of(r)
+        if not ok:
+            return False, msg
+        try:
+            expected = H.strict_loads(expected_json)
+        except H.DecodeError as exc:
+            return False, f"dataset output is not JSON: {exc}"
+        return results_match(value, expected), ""
+    return judge
+
+
+def _oracle_judge(oracle: Any, i: int, entry: str, atol: float) -> Callable[[dict[str, Any]], tuple[bool, str]]:
+    def judge(r: dict[str, Any]) -> tuple[bool, str]:
+        ok, value, msg = _value_of(r)
+        if not ok:
+            return False, msg
+        args, expected = oracle.decoded(i)
+        return evalplus_match(value, expected, args, entry, atol), ""
+    return judge
+
+
+def _items(tests: CodeTests, sandbox: Any, per_test: float, time_limit_s: float | None,
+           ) -> tuple[list[_Item], list[_Item], str, float | None]:
+    """(stdio items, call items, error that makes every call item fail, overall limit of the calls)."""
+    stdio = [_Item("stdio", per_test, i, _stdio_judge(i, o, tests)) for i, o in tests.stdin_tests]
+    calls: list[_Item] = []
+    bad: list[str] = []
+    for args, exp in tests.call_tests:
+        try:
+            payload = json.dumps(H.plain_to_tagged(H.strict_loads(args)), separators=(",", ":"))
+        except (H.DecodeError, ValueError) as exc:
+            payload = "[]"
+            bad.append(f"dataset arguments are not JSON: {exc}")
+        calls.append(_Item("call", per_test, payload, _lcb_judge(exp)))
+    overall: float | None = None
+    error = ""
     if tests.assert_source:
-        items.append({"kind": "assert", "source": tests.assert_source})
-    return {
-        "tests": items,
-        "fn_name": tests.fn_name,
-        "time_limit_s": float(time_limit_s if time_limit_s is not None else tests.time_limit_s),
-        "checker": tests.checker,
-        "float_tolerance": getattr(tests, "float_tolerance", None),
-        "stop_on_failure": stop_on_failure,
-    }
+        from mx_envs.tasks.code_reference import OracleError, reference_oracle
+
+        try:
+            oracle = reference_oracle(tests, sandbox)
+        except (OracleError, H.DecodeError, KeyError, TypeError, ValueError) as exc:
+            error = f"tests unavailable: {type(exc).__name__}: {H._snip(str(exc))}"
+            calls.append(_Item("call", per_test, "[]", lambda r: (False, "tests unavailable")))
+        else:
+            limits = oracle.time_limits(time_limit_s)
+            overall = oracle.overall_s(limits)
+            atol = float(tests.float_tolerance or 0.0)
+            for i, payload in enumerate(oracle.inputs):
+                calls.append(_Item("call", limits[i], payload, _oracle_judge(oracle, i, tests.fn_name or "", atol)))
+    return stdio, calls, error or (bad[0] if bad else ""), overall
 
 
-def parse_harness_output(stdout: str, n_tests: int, run_verdict: str, run_message: str = "") -> list[dict[str, Any]]:
-    """Per-test records from the harness's JSON lines; tests it never reported get the run's fate."""
+# ---------------------------------------------------------------- host-side checker
+
+
+_CHECKERS: dict[str, Any] = {}
+
+
+def _run_checker(source: str, inp: str, expected: str, output: str) -> bool:
+    fn = _CHECKERS.get(source)
+    if fn is None:
+        ns: dict[str, Any] = {"__name__": "checker"}
+        exec(compile(source, "checker.py", "exec"), ns)
+        fn = _CHECKERS[source] = ns["check"]
+    return bool(fn(inp, expected, output))
+
+
+def check_output(source: str, inp: str, expected: str, output: str,
+                 timeout_s: float = CHECKER_TIMEOUT_S) -> tuple[bool, str]:
+    """Run a dataset checker on the host on the candidate's output (a string); never raises."""
+    from mx_envs.tasks.timelimit import CallTimeout, call_with_timeout
+
+    try:
+        return bool(call_with_timeout(_run_checker, (source, inp, expected, output), timeout_s)), ""
+    except CallTimeout:
+        return False, "checker timed out"
+    except Exception as exc:  # noqa: BLE001 - a checker that fails on this output rejects it
+        return False, f"checker error: {type(exc).__name__}: {H._snip(str(exc))}"
+
+
+# ---------------------------------------------------------------- records from the sandbox
+
+
+def parse_records(stdout: str, n: int) -> tuple[dict[int, dict[str, Any]], set[int]]:
+    """Per-test records ``{"i", "t", "r"}`` from the harness's stdout, strictly parsed.
+
+    Lines that are not well-formed records are ignored. An index reported twice with different
+    content is a conflict (a candidate cannot hedge by claiming several results).
+    """
     recs: dict[int, dict[str, Any]] = {}
-    for line in stdout.splitlines():
-        line = line.strip()
-        if not line.startswith("{"):
+    raw: dict[int, str] = {}
+    conflicts: set[int] = set()
+    for line in stdout.split("\n"):
+        if not line.startswith('{"i":'):
             continue
         try:
-            rec = json.loads(line)
-        except ValueError:
+            rec = H.strict_loads(line)
+        except H.DecodeError:
             continue
-        if isinstance(rec, dict) and isinstance(rec.get("index"), int) and rec.get("verdict") in VERDICTS:
-            recs[rec["index"]] = rec
-    # A clean exit with tests missing means the harness stopped early on purpose (stop_on_failure).
-    fill = {"ok": NOT_RUN, "timeout": H.TIMEOUT, "memory_exceeded": H.MEMORY_EXCEEDED}.get(run_verdict, H.RUNTIME_ERROR)
-    out = []
-    for i in range(n_tests):
-        out.append(recs.get(i) or {"index": i, "verdict": fill, "time_s": 0.0,
-                                   "message": f"not reached: sandbox run ended with {run_verdict} {run_message}".strip()})
-    return out
+        if not (isinstance(rec, dict) and set(rec) == {"i", "t", "r"} and type(rec["i"]) is int
+                and 0 <= rec["i"] < n and type(rec["t"]) in (int, float) and isinstance(rec["r"], dict)):
+            continue
+        r = rec["r"]
+        if "e" in r and not (r["e"] in H.ERROR_VERDICTS and set(r) <= {"e", "m"}):
+            continue
+        if "e" not in r and set(r) not in ({"v"}, {"out"}):
+            continue
+        i = rec["i"]
+        if i in raw and raw[i].split(',"r":', 1)[1] != line.split(',"r":', 1)[1]:
+            conflicts.add(i)
+        raw[i] = line
+        recs[i] = rec
+    return recs, conflicts
+
+
+def _fill_verdict(run_verdict: str) -> str:
+    return {"timeout": H.TIMEOUT, "memory_exceeded": H.MEMORY_EXCEEDED}.get(run_verdict, H.RUNTIME_ERROR)
+
+
+def _judge_records(items: list[_Item], stdout: str, run_verdict: str, run_message: str,
+                   offset: int) -> list[dict[str, Any]]:
+    recs, conflicts = parse_records(stdout, len(items))
+    details = []
+    for i, item in enumerate(items):
+        d: dict[str, Any] = {"index": offset + i}
+        rec = recs.get(i)
+        if rec is None:
+            d.update(verdict=_fill_verdict(run_verdict), time_s=0.0,
+                     message=f"not reached: sandbox run ended with {run_verdict} {run_message}".strip())
+        elif i in conflicts:
+            d.update(verdict=H.WRONG_ANSWER, time_s=float(rec["t"]), message="several different results reported")
+        else:
+            d["time_s"] = round(float(rec["t"]), 4)
+            r = rec["r"]
+            if "e" in r:
+                d["verdict"] = r["e"]
+                if r.get("m"):
+                    d["message"] = H._snip(str(r["m"]))
+            else:
+                try:
+                    ok, msg = item.judge(r)
+                except Exception as exc:  # noqa: BLE001 - no output may make grading raise
+                    ok, msg = False, f"comparison failed: {type(exc).__name__}"
+                d["verdict"] = H.PASSED if ok else H.WRONG_ANSWER
+                if msg:
+                    d["message"] = msg
+                if not ok:
+                    shown = r.get("out") if "out" in r else r.get("v")
+                    d["output"] = H._snip(shown if isinstance(shown, str) else _short_json(shown))
+        details.append(d)
+    return details
+
+
+def _short_json(value: Any) -> str:
+    try:
+        return json.dumps(value)[:SNIP_CHARS]
+    except (TypeError, ValueError, RecursionError):
+        return "<unprintable>"
+
+
+SNIP_CHARS = 2000
+
+
+# ---------------------------------------------------------------- running
+
+
+def _grading_limits(wall_s: float, memory_mb: int, output_bytes: int, per_test_cpu: float | None = None) -> Any:
+    from mx_envs.sandbox.api import Limits
+
+    return Limits(wall_s=wall_s, cpu_s=per_test_cpu if per_test_cpu is not None else wall_s, memory_mb=memory_mb,
+                  max_processes=64, output_bytes=output_bytes, file_size_mb=64, file_view="grading")
+
+
+def _run_harness(kind: str, program: str, items: list[_Item], fn_name: str | None, sandbox: Any, memory_mb: int,
+                 overall_s: float, stop_on_failure: bool, offset: int) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    tests = ([{"input": it.payload, "limit": it.limit_s} for it in items] if kind == "stdio"
+             else [{"args": it.payload, "limit": it.limit_s} for it in items])
+    job = {"mode": "stdio" if kind == "stdio" else "calls", "source": program, "fn_name": fn_name, "tests": tests,
+           "load_s": min(10.0, max(it.limit_s for it in items)), "stop_on_error": stop_on_failure}
+    out_cap = min(512 << 20, max(8 << 20, len(items) * (1 << 20)))
+    result = sandbox.run(harness_source(), stdin=json.dumps(job), limits=_grading_limits(overall_s, memory_mb, out_cap))
+    verdict = getattr(result.verdict, "value", str(result.verdict))
+    details = _judge_records(items, result.stdout, verdict, result.message, offset)
+    return details, {"verdict": verdict, "message": result.message, "wall_s": result.wall_s,
+                     "stderr": result.stderr[-2000:]}
+
+
+def _run_per_test(program: str, items: list[_Item], sandbox: Any, memory_mb: int, deadline: float,
+                  stop_on_failure: bool) -> list[dict[str, Any]]:
+    """One sandbox run per stdin/stdout test; the output is compared here."""
+    try:
+        compile(program, "solution.py", "exec")
+    except (SyntaxError, ValueError, MemoryError, RecursionError, OverflowError) as exc:
+        return [{"index": i, "verdict": H.SYNTAX_ERROR, "message": H._snip(repr(exc))} for i in range(len(items))]
+    source = H.PRELUDE + program
+    by_sandbox = {"timeout": H.TIMEOUT, "memory_exceeded": H.MEMORY_EXCEEDED}
+    details: list[dict[str, Any]] = []
+    for i, item in enumerate(items):
+        failed_before = bool(details) and details[-1]["verdict"] not in (H.PASSED, NOT_RUN)
+        if (stop_on_failure and details and (failed_before or details[-1]["verdict"] == NOT_RUN)) \
+                or time.monotonic() > deadline:
+            verdict = NOT_RUN if stop_on_failure and details else H.TIMEOUT
+            details.append({"index": i, "verdict": verdict, "time_s": 0.0, "message": "not reached"})
+            continue
+        limits = _grading_limits(item.limit_s, memory_mb, 1 << 26, item.limit_s + 1.0)
+        r = sandbox.run(source, stdin=item.payload, limits=limits)
+        v = getattr(r.verdict, "value", str(r.verdict))
+        rec: dict[str, Any] = {"index": i, "time_s": round(r.wall_s, 4)}
+        normal_exit = v == "ok" or (v == "runtime_error" and r.exit_code is not None and not r.stderr.strip())
+        if normal_exit:  # sys.exit(n) without a traceback: LiveCodeBench treats exit() as a normal end
+            try:
+                ok, msg = item.judge({"out": r.stdout})
+            except Exception as exc:  # noqa: BLE001
+                ok, msg = False, f"comparison failed: {type(exc).__name__}"
+            rec["verdict"] = H.PASSED if ok else H.WRONG_ANSWER
+            if msg:
+                rec["message"] = msg
+            if not ok:
+                rec["output"] = H._snip(r.stdout)
+        elif v == "runtime_error" and "MemoryError" in r.stderr[-500:]:
+            rec["verdict"] = H.MEMORY_EXCEEDED
+        else:
+            rec["verdict"] = by_sandbox.get(v, H.RUNTIME_ERROR)
+            rec["message"] = (r.stderr.strip().splitlines() or [r.message])[-1][:300]
+        details.append(rec)
+    return details
 
 
 def grade_code(
@@ -175,98 +416,59 @@ def grade_code(
 ) -> CodeGrade:
     """Grade ``candidate_text`` (a response with markdown code blocks, or bare code) on ``tests``.
 
-    ``time_limit_s`` overrides ``tests.time_limit_s`` per test; ``overall_timeout_s`` caps the
-    whole run (default: every test at its limit plus slack). ``stop_on_failure`` stops at the first
-    failing test (enough for pass-all; the rest are then counted as not passed). ``sandbox``
-    defaults to :func:`grading_sandbox`.
+    ``time_limit_s`` overrides the per-test limit (``tests.time_limit_s``; for assert-style
+    datasets EvalPlus' limits from the reference's run time); ``overall_timeout_s`` caps each
+    sandbox run (default: every test at its limit plus slack). ``stop_on_failure`` stops at the
+    first failing test (enough for pass-all; the rest are then ``not_run``). ``sandbox`` defaults
+    to :func:`grading_sandbox`.
 
-    ``mode``: ``"harness"`` runs all tests in one sandbox run (a forked child per test);
-    ``"per_run"`` runs the program once per test as its own sandbox run and compares stdout here
-    (stdin/stdout tests without a checker only; the pool pre-forks runs, which was faster in
-    ``benchmarks/test_grading_bench.py``); ``"auto"`` picks ``per_run`` where it applies.
+    ``mode`` (stdin/stdout tests): ``"per_run"`` runs the program once per test as its own sandbox
+    run; ``"harness"`` runs all tests in one sandbox run, a forked child per test; ``"auto"`` is
+    ``per_run`` (faster: the pool pre-forks runs). Call-based and assert-style tests always run in
+    one harness run. Never raises for anything in ``candidate_text``.
     """
-    from mx_envs.sandbox.api import Limits
-
-    job = build_job(tests, time_limit_s, stop_on_failure)
-    n = len(job["tests"])
+    if mode not in ("auto", "harness", "per_run"):
+        raise ValueError(f"mode must be 'auto', 'harness' or 'per_run', not {mode!r}")
     code = extract_code(candidate_text) if extract else candidate_text
     program = assemble_program(code, tests) if code.strip() else ""
+    if sandbox is None:
+        sandbox = grading_sandbox()
+    per_test = float(time_limit_s if time_limit_s is not None else tests.time_limit_s)
+    stdio, calls, call_error, calls_overall = _items(tests, sandbox, per_test, time_limit_s)
+    n = len(stdio) + len(calls)
     if n == 0:
         return CodeGrade(0, 0, [], program=program)
     if not program.strip():
-        verdicts = [H.SYNTAX_ERROR] * n
-        return CodeGrade(0, n, verdicts, [{"index": i, "verdict": H.SYNTAX_ERROR, "message": "no code found"}
-                                          for i in range(n)], program=program)
-    if sandbox is None:
-        sandbox = grading_sandbox()
-    per_test = job["time_limit_s"]
-    if mode == "auto":
-        mode = "per_run" if (not tests.call_tests and not tests.assert_source and not tests.checker) else "harness"
-    if mode == "per_run":
-        if tests.call_tests or tests.assert_source or tests.checker:
-            raise ValueError("mode='per_run' grades stdin/stdout tests without a checker only")
-        return _grade_per_run(program, tests, sandbox, per_test, memory_mb, stop_on_failure, overall_timeout_s)
-    if mode != "harness":
-        raise ValueError(f"mode must be 'auto', 'harness' or 'per_run', not {mode!r}")
-    backstop = overall_timeout_s if overall_timeout_s is not None else n * (per_test + 0.5) + 10.0
-    limits = Limits(wall_s=backstop, cpu_s=backstop, memory_mb=memory_mb, max_processes=64,
-                    output_bytes=max(1 << 20, 400 * n + 4096), file_size_mb=64)
-    files = {"solution.py": program, "mx_job.json": json.dumps(job)}
-    result = sandbox.run(harness_source(), stdin="", limits=limits, files=files)
-    verdict = getattr(result.verdict, "value", str(result.verdict))
-    details = parse_harness_output(result.stdout, n, verdict, result.message)
-    verdicts = [d["verdict"] for d in details]
-    passed = sum(v == H.PASSED for v in verdicts)
-    return CodeGrade(
-        passed, n, verdicts, details, program=program,
-        sandbox={"verdict": verdict, "message": result.message, "wall_s": result.wall_s,
-                 "stderr": result.stderr[-2000:]},
-    )
-
-
-
-def _grade_per_run(program: str, tests: CodeTests, sandbox: Any, per_test: float, memory_mb: int,
-                   stop_on_failure: bool, overall_timeout_s: float | None) -> CodeGrade:
-    """One sandbox run per stdin/stdout test; the output is compared on the host."""
-    import time
-
-    from mx_envs.sandbox.api import Limits
-
-    n = len(tests.stdin_tests)
-    try:
-        compile(program, "solution.py", "exec")
-    except (SyntaxError, ValueError) as exc:
-        return CodeGrade(0, n, [H.SYNTAX_ERROR] * n,
-                         [{"index": i, "verdict": H.SYNTAX_ERROR, "message": H._snip(repr(exc))} for i in range(n)],
-                         program=program)
-    source = H.PRELUDE + program
-    limits = Limits(wall_s=per_test, cpu_s=per_test + 1.0, memory_mb=memory_mb, max_processes=64, file_size_mb=64)
-    deadline = time.monotonic() + (overall_timeout_s if overall_timeout_s is not None else n * (per_test + 0.5) + 10.0)
-    by_sandbox = {"timeout": H.TIMEOUT, "memory_exceeded": H.MEMORY_EXCEEDED}
+        return CodeGrade(0, n, [H.SYNTAX_ERROR] * n, [{"index": i, "verdict": H.SYNTAX_ERROR, "message": "no code found"}
+                                                      for i in range(n)], program=program)
     details: list[dict[str, Any]] = []
-    for i, (inp, exp) in enumerate(tests.stdin_tests):
-        if (stop_on_failure and details and details[-1]["verdict"] != H.PASSED) or time.monotonic() > deadline:
-            verdict = NOT_RUN if stop_on_failure and details and details[-1]["verdict"] != H.PASSED else H.TIMEOUT
-            details.append({"index": i, "verdict": verdict, "time_s": 0.0, "message": "not reached"})
-            continue
-        r = sandbox.run(source, stdin=inp, limits=limits)
-        v = getattr(r.verdict, "value", str(r.verdict))
-        rec: dict[str, Any] = {"index": i, "time_s": round(r.wall_s, 4)}
-        if v == "ok":
-            ok = H.outputs_match(r.stdout, exp, tests.float_tolerance)
-            rec["verdict"] = H.PASSED if ok else H.WRONG_ANSWER
-            if not ok:
-                rec["output"] = H._snip(r.stdout)
-        elif v == "runtime_error" and "MemoryError" in r.stderr[-500:]:
-            rec["verdict"] = H.MEMORY_EXCEEDED
-        elif v == "runtime_error" and r.exit_code is not None and "SystemExit" not in r.stderr[-200:] and not r.stderr.strip():
-            # sys.exit(n) with n != 0 but no traceback: LiveCodeBench treats exit() as a normal end
-            ok = H.outputs_match(r.stdout, exp, tests.float_tolerance)
-            rec["verdict"] = H.PASSED if ok else H.WRONG_ANSWER
+    info: dict[str, Any] = {}
+    if stdio:
+        overall = overall_timeout_s if overall_timeout_s is not None else len(stdio) * (per_test + 0.5) + 10.0
+        if mode == "harness":
+            d, info = _run_harness("stdio", program, stdio, None, sandbox, memory_mb, overall, stop_on_failure, 0)
         else:
-            rec["verdict"] = by_sandbox.get(v, H.RUNTIME_ERROR)
-            rec["message"] = (r.stderr.strip().splitlines() or [r.message])[-1][:300]
-        details.append(rec)
+            d = _run_per_test(program, stdio, sandbox, memory_mb, time.monotonic() + overall, stop_on_failure)
+            info = {"mode": "per_run"}
+        details += d
+    if calls:
+        if call_error:
+            details += [{"index": len(stdio) + i, "verdict": H.RUNTIME_ERROR, "time_s": 0.0, "message": call_error}
+                        for i in range(len(calls))]
+        else:
+            overall = (overall_timeout_s if overall_timeout_s is not None else
+                       calls_overall if calls_overall is not None else
+                       sum(it.limit_s for it in calls) + 0.05 * len(calls) + 10.0)
+            d, info_calls = _run_harness("calls", program, calls, tests.fn_name, sandbox, memory_mb, overall,
+                                         stop_on_failure, len(stdio))
+            details += d
+            info = info_calls if not info else {**info, "calls": info_calls}
+    if stop_on_failure:
+        failed = False
+        for d in details:
+            if failed:
+                d.update(verdict=NOT_RUN, message="not run: an earlier test failed")
+            elif d["verdict"] != H.PASSED:
+                failed = True
     verdicts = [d["verdict"] for d in details]
-    return CodeGrade(sum(v == H.PASSED for v in verdicts), n, verdicts, details, program=program,
-                     sandbox={"mode": "per_run"})
+    return CodeGrade(sum(v == H.PASSED for v in verdicts), n, verdicts, details, program=program, sandbox=info)
