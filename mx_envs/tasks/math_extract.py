@@ -1,84 +1,127 @@
 """Find the final answer in a model's response.
 
-Order: the *last* ``\\boxed{...}`` / ``\\fbox{...}`` (nested braces balanced; the literal last
-occurrence, never a de-duplicated or majority one); else the last explicit "final answer" phrase
-("The final answer is X", "Answer: X", GSM8K's "#### X"). No answer found -> ``None``.
+A response has **one** final answer:
+
+* every top-level ``\\boxed{...}`` / ``\\fbox{...}`` (nested braces balanced) is a candidate; the
+  grader accepts a response only when all of its boxes are correct, so several different boxed values
+  never score (no "last" or majority box is chosen for it);
+* a box that never closes, after the last complete one, means the response has no answer: it never
+  falls back to an earlier box (a truncated response does not keep an earlier guess);
+* without a box: the last explicit "final answer" phrase ("The final answer is X", "Answer: X",
+  GSM8K's "#### X");
+* nothing found -> no answer.
+
+:func:`extract_answer` keeps the old single-string API (the last complete box, or the phrase).
 """
 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass, field
 
-_BOX_RE = re.compile(r"\\(?:boxed|fbox)\s*")
+from mx_envs.tasks.cleanup import brace_group
+
+_BOX_RE = re.compile(r"\\(?:boxed|fbox)(?![A-Za-z])\s*")
 _FINAL_RES: tuple[re.Pattern[str], ...] = (
-    re.compile(r"final answer\s*(?:is|:|=)\s*:?\s*(.+)", re.IGNORECASE),
-    re.compile(r"(?:^|\n)\s*\**answer\**\s*[:=]\s*(.+)", re.IGNORECASE),
-    re.compile(r"the answer is\s*:?\s*(.+)", re.IGNORECASE),
+    re.compile(r"final answer[ \t]*(?:is|:|=)[ \t]*:?\s*(.+)", re.IGNORECASE),
+    re.compile(r"(?:^|\n)[ \t]*\**answer\**[ \t]*[:=]\s*(.+)", re.IGNORECASE),
+    re.compile(r"the answer is[ \t]*:?\s*(.+)", re.IGNORECASE),
     re.compile(r"####\s*(.+)"),
 )
 
 
-def _balanced(text: str, open_idx: int) -> str | None:
-    """Contents of the brace group opening at ``open_idx``; ``None`` when it never closes.
+@dataclass
+class Extraction:
+    """What a response states as its final answer.
 
-    ``\\{`` and ``\\}`` (escaped braces, as in set answers) are content, not grouping.
+    ``answers``: the candidates (all top-level boxes in order, or one phrase); ``source``: ``boxed``,
+    ``phrase`` or ``none``; ``unclosed``: the last box never closes (the response has no answer).
     """
-    depth = 0
-    i = open_idx
-    while i < len(text):
-        c = text[i]
-        if c == "\\":
-            i += 2
+
+    answers: list[str] = field(default_factory=list)
+    source: str = "none"
+    unclosed: bool = False
+
+
+def boxes(text: str) -> tuple[list[str], bool]:
+    """Contents of the top-level boxes of ``text`` in order, and whether a box after them is unclosed.
+
+    ``\\boxed 42`` (a space, then a token) counts as a box of ``42``. A box inside another box is
+    part of the outer one.
+    """
+    found: list[str] = []
+    unclosed = False
+    pos = 0
+    n = len(text)
+    while True:
+        m = _BOX_RE.search(text, pos)
+        if m is None:
+            break
+        end = m.end()
+        if end < n and text[end] == "{":
+            close = brace_group(text, end)
+            if close is None:
+                unclosed = True
+                break
+            found.append(text[end + 1 : close - 1].strip())
+            unclosed = False
+            pos = close
             continue
-        if c == "{":
-            depth += 1
-        elif c == "}":
-            depth -= 1
-            if depth == 0:
-                return text[open_idx + 1 : i]
-        i += 1
-    return None
+        tok = re.match(r"([^\s$]+)", text[end:])
+        if tok and m.group(0)[-1:].isspace():
+            found.append(tok.group(1).strip())
+            pos = end + tok.end()
+        else:
+            pos = end
+    return found, unclosed
 
 
 def last_boxed(text: str) -> str | None:
-    """Content of the last complete ``\\boxed{...}`` (or ``\\boxed 5``) in ``text``."""
-    for m in reversed(list(_BOX_RE.finditer(text))):
-        end = m.end()
-        if end < len(text) and text[end] == "{":
-            inner = _balanced(text, end)
-            if inner is not None:
-                return inner.strip()
-            continue
-        # "\boxed 42" form: the next whitespace-free token
-        tok = re.match(r"([^\s$]+)", text[end:])
-        if tok and m.group(0).endswith((" ", "\t")):
-            return tok.group(1).strip()
-    return None
+    """Content of the last box in ``text``; ``None`` when there is none or the last one never closes."""
+    found, unclosed = boxes(text)
+    if unclosed or not found:
+        return None
+    return found[-1]
 
 
 def _clean_phrase(ans: str) -> str:
     ans = ans.strip().splitlines()[0] if ans.strip() else ""
     ans = ans.strip().strip("*").strip()
-    inner = last_boxed(ans)
-    if inner is not None:
-        return inner
+    found, unclosed = boxes(ans)
+    if found and not unclosed:
+        return found[-1]
     ans = re.sub(r"[.。]\s*$", "", ans).strip()
     if len(ans) >= 2 and ans[0] == "$" and ans[-1] == "$":
         ans = ans.strip("$").strip()
     return ans
 
 
-def extract_answer(text: str) -> str | None:
-    """The final answer of ``text``: last box, else last "final answer"-style phrase, else ``None``."""
+def extract_all(text: str) -> Extraction:
+    """Every final-answer candidate of ``text`` (see the module docstring)."""
     if not text:
-        return None
-    boxed = last_boxed(text)
-    if boxed is not None:
-        return boxed
+        return Extraction()
+    found, unclosed = boxes(text)
+    if unclosed:
+        return Extraction(found, "boxed", unclosed=True)
+    if found:
+        return Extraction(found, "boxed")
     for pattern in _FINAL_RES:
-        matches = list(pattern.finditer(text))
-        if matches:
-            ans = _clean_phrase(matches[-1].group(1))
+        last = None
+        for last in pattern.finditer(text):  # noqa: B007 - only the last match is wanted
+            pass
+        if last is not None:
+            ans = _clean_phrase(last.group(1))
             if ans:
-                return ans
-    return None
+                return Extraction([ans], "phrase")
+    return Extraction()
+
+
+def extract_answer(text: str) -> str | None:
+    """The final answer of ``text``: last box, else last "final answer"-style phrase, else ``None``.
+
+    ``None`` too when the last box never closes.
+    """
+    ex = extract_all(text)
+    if ex.unclosed or not ex.answers:
+        return None
+    return ex.answers[-1]

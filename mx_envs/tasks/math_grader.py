@@ -1,137 +1,441 @@
-"""Math answer grading: extract the final answer, compare it with the reference.
+"""Math answer grading: one final answer, compared exactly with the reference, structure by structure.
 
-Comparison, in order:
+The rules (each one closes a reward hack a policy found or could find; see ``tasks/README.md``):
 
-1. identical after :func:`~mx_envs.tasks.cleanup.normalize_answer` -> correct;
-2. fast path: both sides plain numerals (``70``, ``070``, ``70.0``, ``1,000``, ``-0.5``) -> exact
-   decimal equality, no tolerance (``993`` is not ``997``);
-3. otherwise math-verify (fractions, radicals, intervals, sets, matrices, text) under a wall-clock
-   limit per comparison. When the reference is an integer (AIME-style), a math-verify "equal" is
-   re-checked exactly, because math-verify rounds floats to 6 decimals;
-4. text answers math-verify cannot parse are compared case- and ``\\text{}``-insensitively.
+1. **One final answer.** Every top-level box must be correct (several different boxed values score
+   0); an unclosed last box is no answer (no fallback to an earlier box); without a box, the last
+   "final answer" phrase, else a bare one-line answer. Disjunctions (``7 \\lor 8``, "7 or 8"),
+   ``\\pm`` against a reference without one, ``\\approx`` and relations with no left side
+   (``\\neq 5``, ``< 5``) are not answers.
+2. **Structure first.** Answer and reference are normalised without deleting any character inside a
+   number (:func:`~mx_envs.tasks.cleanup.normalize_math`) and parsed into the same shapes: matrices
+   (entry by entry, row order kept), tuples and intervals (element-wise, bracket types kept), unions
+   of intervals and sets/lists of solutions (as multisets), equations and relations (same relation,
+   side by side; ``x = 5`` answers a reference ``5`` and the other way round when the left side is a
+   name), ``a \\pm b`` (the set of both values), quantities with units (the unit may be omitted, never
+   changed).
+3. **Numbers exactly.** A reference that is a number literal is answered only by a number literal of
+   the same value (:mod:`~mx_envs.tasks.math_numbers`): no tolerance, no rounding (``993`` is not
+   ``997``; ``0.333`` is not ``\\frac{1}{3}``; ``0.5`` *is* ``\\frac{1}{2}``). An integer reference
+   needs an integer written as one (``11``, ``011``, ``11.0``, ``1.1 \\times 10^1``): ``\\frac{22}{2}``,
+   ``7 + 4``, ``(464) * ((477) + (841))``, ``\\sum``, ``\\sqrt{121}`` restate a computation and score
+   0 however they are wrapped. A rational reference accepts any equal fraction or exact decimal. A
+   tolerance applies only when the caller passes ``rel_tol`` (for a dataset that states one; none of
+   ours does).
+4. **Symbolic references** (radicals, pi, expressions, functions) are compared by exact sympy
+   equality (:mod:`~mx_envs.tasks.math_symbolic`): decimals are read as the fractions they write, so a
+   decimal approximation never equals an irrational reference.
+5. **Always a verdict, quickly.** Inputs that could run away (power towers, huge factorials, very
+   long answers) are rejected before evaluation; all sympy work of one grade shares one wall-clock
+   limit (``timeout_s``); any exception inside grading becomes an incorrect verdict with
+   ``method="error"``. Plain integer pairs never reach sympy.
+
+Text answers (``\\text{Evelyn}``, ``(C)``) compare case- and markup-insensitively, never by deleting
+characters other than spaces.
 """
 
 from __future__ import annotations
 
 import logging
 import re
+import threading
+import time
 from dataclasses import dataclass, field
-from decimal import Decimal, InvalidOperation
+from fractions import Fraction
+from functools import lru_cache
 from typing import Any
 
-from mx_envs.tasks.cleanup import normalize_answer
-from mx_envs.tasks.math_extract import extract_answer
+from mx_envs.tasks.cleanup import normalize_math
+from mx_envs.tasks.math_extract import extract_all
+from mx_envs.tasks.math_numbers import Literal, parse_literal, parse_numeral
+from mx_envs.tasks.math_symbolic import UNEVALUATED_OPERATORS, symbolic_equal, too_large, warm_imports
 from mx_envs.tasks.timelimit import CallTimeout, call_with_timeout
 
 log = logging.getLogger(__name__)
 
-_NUMERAL_RE = re.compile(r"^[+-]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d*)?$|^[+-]?\.\d+$")
-_INT_RE = re.compile(r"^[+-]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.0*)?$")
-DEFAULT_TIMEOUT_S = 5.0
+__all__ = ["MathGrade", "grade_math", "compare_answers", "bare_answer", "parse_numeral", "DEFAULT_TIMEOUT_S"]
+
+DEFAULT_TIMEOUT_S = 2.0  # all sympy work of one grade together
+MAX_RESPONSE_CHARS = 200_000
+MAX_ANSWER_CHARS = 1_000
+MAX_BOXES = 5
+MAX_ITEMS = 24
 
 
 @dataclass
 class MathGrade:
-    """Outcome of grading one math response."""
+    """Outcome of grading one math response.
+
+    ``method`` says which rule decided: ``no_answer``, ``unclosed_box``, ``several_answers``,
+    ``too_long``, ``too_large``, ``exact``, ``numeric``, ``symbolic``, ``structure``, ``text``,
+    ``unit``, ``hedge``, ``relation``, ``approximation``, ``unevaluated``, ``not_a_number``,
+    ``timeout``, ``error``.
+    """
 
     correct: bool
     extracted: str | None
-    method: str = ""  # which rule decided: no_answer, exact, numeric, math_verify, text, timeout
+    method: str = ""
     details: dict[str, Any] = field(default_factory=dict)
 
 
-def _strip_wrappers(s: str) -> str:
-    s = normalize_answer(s)
-    s = re.sub(r"^\\text\{(.*)\}$", r"\1", s)
-    s = re.sub(r"^[a-zA-Z]\s*=\s*(?=[-+\d.])", "", s)  # "x = 5" -> "5" for plain numbers
-    return s.replace(" ", "") if _NUMERAL_RE.match(s.replace(" ", "")) else s
+# ---------------------------------------------------------------- shapes
+
+_OPENERS, _CLOSERS = "([{", ")]}"
+_RELATION_RE = re.compile(
+    r"\\(?:leq|geq|neq|lt|gt|le|ge|ne|in|notin|approx|simeq|sim|equiv|subseteq|subset|supseteq|supset|to|"
+    r"rightarrow|Rightarrow|implies|iff|Leftrightarrow|ll|gg|propto|cong)(?![A-Za-z])|<|>|="
+)
+_MATRIX_RE = re.compile(r"^\\begin\{([pbBvV]?matrix|smallmatrix|array)\}(?:\{[^{}]*\})?(.*)\\end\{\1\}$", re.DOTALL)
+_HEDGE_RE = re.compile(r"\\(?:lor|vee|lxor|oplus)(?![A-Za-z])|(?<![A-Za-z\\])(?:or|either|and/or)(?![A-Za-z])", re.I)
+_PM_RE = re.compile(r"\\pm(?![A-Za-z])|\\mp(?![A-Za-z])")
+_APPROX_RE = re.compile(r"\\(?:approx|simeq|sim|thickapprox|doteq)(?![A-Za-z])|≈")
+_NAME_RE = re.compile(r"^(?:\\?[A-Za-z]+)(?:\s*\(\s*[A-Za-z]\s*\))?$")
+_SUBSCRIPT_RE = re.compile(r"_\s*(?:\{[^{}]*\}|\\?\w+)|'|\\prime|\^\s*\{\s*\\prime\s*\}")
+_TEXT_NUMBER_RE = re.compile(r"\\text\{\s*([+-]?[\d.,]+)\s*\}")
+_OPERATOR_RE = re.compile(r"[-+*/^!]|\\(?:times|cdot|div|frac|sqrt|sum|prod|binom|pm|mp)(?![A-Za-z])")
 
 
-def parse_numeral(s: str) -> Decimal | None:
-    """The exact value of a plain numeral (thousands separators allowed); ``None`` otherwise."""
-    t = s.replace(" ", "")
-    if not _NUMERAL_RE.match(t):
-        return None
-    try:
-        return Decimal(t.replace(",", ""))
-    except InvalidOperation:
-        return None
+def _scan(s: str) -> list[tuple[int, int]]:
+    """(index, depth before the character) for every position outside ``\\command`` names."""
+    out: list[tuple[int, int]] = []
+    depth = 0
+    i, n = 0, len(s)
+    while i < n:
+        c = s[i]
+        if c == "\\" and i + 1 < n and s[i + 1] in "{}":
+            out.append((i, depth))
+            depth += 1 if s[i + 1] == "{" else -1
+            i += 2
+            continue
+        out.append((i, depth))
+        if c in _OPENERS:
+            depth += 1
+        elif c in _CLOSERS:
+            depth -= 1
+        i += 1
+    return out
 
 
-def _quiet_math_verify() -> Any:
-    import math_verify
-    import math_verify.grader
-    import math_verify.parser
-
-    # We enforce the limit ourselves (see timelimit.py); this only silences the one-time notice
-    # that math-verify's own signal-based limit is off.
-    math_verify.grader.TIMEOUT_WARNING_SHOWN = True
-    math_verify.parser.TIMEOUT_WARNING_SHOWN = True
-    return math_verify
-
-
-def _mv_compare(reference: str, answer: str, integer_reference: bool) -> tuple[bool, bool]:
-    """(equal, parsed) by math-verify; runs in the caller's process or a worker (picklable)."""
-    mv = _quiet_math_verify()
-    gold = mv.parse("$" + reference + "$", parsing_timeout=None)
-    pred = mv.parse("$" + answer + "$", parsing_timeout=None)
-    if not gold or not pred:
-        return False, False
-    equal = bool(mv.verify(gold, pred, timeout_seconds=None))
-    if equal and integer_reference:
-        equal = _exactly_integer(pred[0], int(Decimal(reference.replace(",", ""))))
-    return equal, True
+def _split_top(s: str, sep: re.Pattern[str]) -> tuple[list[str], list[str]]:
+    """Split ``s`` at matches of ``sep`` that lie outside every bracket; (parts, separators)."""
+    top = {i for i, d in _scan(s) if d == 0}
+    parts, seps, start, pos = [], [], 0, 0
+    while True:
+        m = sep.search(s, pos)
+        if m is None:
+            break
+        if m.start() in top and m.end() > m.start():
+            parts.append(s[start : m.start()])
+            seps.append(m.group(0))
+            start = m.end()
+        pos = max(m.end(), m.start() + 1)
+    parts.append(s[start:])
+    return [p.strip() for p in parts], seps
 
 
-def _exactly_integer(value: Any, target: int) -> bool:
-    import sympy
-
-    if isinstance(value, str):
-        d = parse_numeral(value)
-        return d is not None and d == target
-    try:
-        expr = sympy.sympify(value)
-        if expr.free_symbols:
+def _wraps(s: str, open_len: int) -> bool:
+    """Whether the bracket opening ``s`` closes at its very end."""
+    if len(s) < 2:
+        return False
+    scan = _scan(s)
+    for idx, (i, d) in enumerate(scan):
+        if i == 0:
+            continue
+        if d == 1 and (s[i] in _CLOSERS or s.startswith("\\}", i)) and idx < len(scan) - 1:
             return False
-        if isinstance(expr, sympy.Float):
-            return Decimal(str(expr)) == target
-        return bool(sympy.simplify(expr - target) == 0)
-    except Exception:  # noqa: BLE001 - anything unparseable is not exactly the integer
+    return True
+
+
+_COMMA = re.compile(",")
+_OP_ALIASES = {"\\le": "\\leq", "\\ge": "\\geq", "\\ne": "\\neq", "\\lt": "<", "\\gt": ">"}
+_CUP = re.compile(r"\\cup(?![A-Za-z])|∪")
+_THOUSANDS_RE = re.compile(r"^[+-]?\d{1,3}(?:,\d{3})+(?:\.\d+)?$")
+
+
+Node = tuple
+
+
+def parse_shape(s: str, thousands: bool = True, depth: int = 0) -> Node:
+    """The shape of a normalised answer: nested tuples ``(kind, ...)`` (see the module docstring).
+
+    Kinds: ``leaf``, ``matrix``, ``set`` (unordered: solution lists, ``\\{..\\}``, ``\\pm``, unions),
+    ``seq`` (ordered, with its brackets), ``rel`` (operands, operators). ``thousands``: ``1,000`` is a
+    number, not a list (used when the reference is not a list).
+    """
+    s = s.strip()
+    if depth > 8:
+        return ("leaf", s)
+    while s.startswith("{") and s.endswith("}") and _wraps(s, 1) and len(s) > 2:
+        s = s[1:-1].strip()
+    m = _MATRIX_RE.match(s)
+    if m:
+        body = m.group(2).strip()
+        rows = [r.strip() for r in re.split(r"\\\\", body)]
+        while rows and not rows[-1]:
+            rows.pop()
+        return ("matrix", tuple(tuple(e.strip() for e in r.split("&")) for r in rows))
+    if s.startswith("\\{") and s.endswith("\\}") and _wraps(s, 2):
+        inner = s[2:-2].strip()
+        items = _split_top(inner, _COMMA)[0] if inner else []
+        return ("set", tuple(parse_shape(x, False, depth + 1) for x in items))
+    if not (thousands and _THOUSANDS_RE.match(s.replace(" ", ""))):
+        parts, _ = _split_top(s, re.compile(",|;"))
+        if len(parts) > 1:
+            return ("set", tuple(parse_shape(x, False, depth + 1) for x in parts if x))
+    parts, _ = _split_top(s, _CUP)
+    if len(parts) > 1:
+        return ("set", tuple(parse_shape(x, False, depth + 1) for x in parts))
+    parts, ops = _split_top(s, _RELATION_RE)
+    if ops:
+        return ("rel", tuple(parts), tuple(_OP_ALIASES.get(o.strip(), o.strip()) for o in ops))
+    if s[:1] in "([" and s[-1:] in ")]" and _wraps(s, 1):
+        inner = s[1:-1].strip()
+        items, _ = _split_top(inner, _COMMA)
+        if len(items) > 1:
+            return ("seq", s[0], s[-1], tuple(parse_shape(x, False, depth + 1) for x in items))
+        if s[0] == "(" and s[-1] == ")":
+            return parse_shape(inner, thousands, depth + 1)
+    pm = _PM_RE.search(s)
+    if pm:
+        plus, minus = ("+", "-") if pm.group(0) == "\\pm" else ("-", "+")
+        head, tail = s[: pm.start()].strip(), s[pm.end() :].strip()
+        left = head if head else ""
+        return ("set", (("leaf", f"{left}{plus}{tail}".strip().lstrip("+")), ("leaf", f"{left}{minus}{tail}".strip())))
+    return ("leaf", s)
+
+
+# ---------------------------------------------------------------- leaves
+
+
+def text_key(s: str) -> str:
+    """Markup-, space- and (for plain text) case-insensitive key; never drops digits or points."""
+    t = re.sub(r"\\text\{([^{}]*)\}", r"\1", s)
+    t = re.sub(r"\s+", "", t)
+    if "\\" not in t:
+        t = t.lower()
+    if re.fullmatch(r"\(([A-Za-z])\)", t):
+        t = t[1]
+    return t
+
+
+_TEXT_UNIT_RE = re.compile(r"^(.*?\S)\s*\\text\{\s*([A-Za-z][A-Za-z ./]*?)\s*\}\s*(\^\s*\{?\s*\d\s*\}?)?$")
+_WORD_UNIT_RE = re.compile(r"^(.*?[\d}])\s+([A-Za-z]{2,14}(?: [A-Za-z]{2,14})?)\s*(\^\s*\{?\s*\d\s*\}?)?$")
+
+
+def split_unit(s: str) -> tuple[str, str]:
+    """(value, unit key) of a quantity: ``864 \\text{ inches}^2`` -> (``864``, ``inches^2``)."""
+    s = _TEXT_NUMBER_RE.sub(r"\1", s).strip()
+    if s.endswith("\\%"):
+        return s[:-2].strip(), "%"
+    if s.endswith("%"):
+        return s[:-1].strip(), "%"
+    m = _TEXT_UNIT_RE.match(s) or _WORD_UNIT_RE.match(s)
+    if m:
+        unit = re.sub(r"\s+", "", m.group(2)).lower() + re.sub(r"[\s{}]", "", m.group(3) or "")
+        return m.group(1).strip(), unit
+    return s, ""
+
+
+def _is_text(s: str) -> bool:
+    """A text reference: a ``\\text{..}`` group, a choice letter, or plain words."""
+    t = s.strip()
+    if re.fullmatch(r"\\text\{[^{}]*\}", t) or re.fullmatch(r"\(?[A-Ea-e]\)", t):
+        return True
+    return bool(re.fullmatch(r"[A-Za-z][A-Za-z ,.'-]*[A-Za-z]", t)) and bool(re.search(r"[A-Za-z]{3,}", t))
+
+
+@dataclass
+class _Ctx:
+    """What one grade shares: the reference's flags, the tolerance and the sympy time budget."""
+
+    rel_tol: float | None
+    deadline: float | None
+    ref_text: str
+    method: str = ""
+
+
+_local = threading.local()
+
+
+def _symbolic(a: str, r: str, ctx: _Ctx) -> bool:
+    if ctx.deadline is None:
+        warm_imports()
+        return symbolic_equal(a, r)
+    if not getattr(_local, "warm", False):
+        # Imports and parser set-up (or a worker's start) are not the answer's time.
+        t0 = time.monotonic()
+        call_with_timeout(warm_imports, (), 120.0)
+        _local.warm = True
+        ctx.deadline += time.monotonic() - t0
+    left = ctx.deadline - time.monotonic()
+    if left <= 0:
+        raise CallTimeout()
+    try:
+        return bool(call_with_timeout(symbolic_equal, (a, r), left))
+    except RuntimeError:  # the worker reported an exception: not equal
         return False
 
 
-def _text_key(s: str) -> str:
-    s = re.sub(r"\\(?:text|mathrm|textbf|mbox)\{([^{}]*)\}", r"\1", s)
-    return re.sub(r"[\s.]+", "", s).lower().strip("()")
-
-
-def compare_answers(answer: str, reference: str, timeout_s: float | None = DEFAULT_TIMEOUT_S) -> tuple[bool, str]:
-    """Whether ``answer`` (already extracted) equals ``reference``; returns (equal, method)."""
-    a, r = _strip_wrappers(answer), _strip_wrappers(reference)
-    if a == r:
-        return True, "exact"
-    ra, rr = parse_numeral(a), parse_numeral(r)
-    if rr is not None and ra is not None:
-        return ra == rr, "numeric"
-    integer_reference = bool(_INT_RE.match(r.replace(" ", "")))
-    if integer_reference and _UNEVALUATED.search(a):
-        # "7 + 4" for 11 restates the computation instead of answering it (a reward hack on
-        # arithmetic); a value form such as \frac{140}{2} is still compared below.
+def _number_equal(a: Literal, r: Literal, ctx: _Ctx) -> tuple[bool, str]:
+    if r.kind == "int" and a.kind == "fraction":
         return False, "unevaluated"
+    if a.value == r.value:
+        return True, "numeric"
+    if ctx.rel_tol is not None and r.kind in ("decimal", "sci") and a.kind != "fraction":
+        return abs(a.value - r.value) <= Fraction(ctx.rel_tol) * abs(r.value), "numeric"
+    return False, "numeric"
+
+
+def compare_leaf(a: str, r: str, ctx: _Ctx) -> tuple[bool, str]:
+    """One scalar answer against one scalar reference."""
+    if not a:
+        return False, "no_answer"
+    if text_key(a) == text_key(r):
+        return True, "exact"
+    r_value, r_unit = split_unit(r)
+    rl = parse_literal(r_value, strict=False)
+    if rl is not None:
+        a_value, a_unit = split_unit(a)
+        if a_unit and r_unit and a_unit != r_unit:
+            return False, "unit"
+        al = parse_literal(a_value, strict=True)
+        if al is None:
+            return False, "unevaluated" if _OPERATOR_RE.search(a_value) else "not_a_number"
+        return _number_equal(al, rl, ctx)
+    if _is_text(r):
+        return False, "text"
+    if any(op in a and op not in r for op in UNEVALUATED_OPERATORS):
+        return False, "unevaluated"
+    if too_large(a):
+        return False, "too_large"
+    return _symbolic(a, r, ctx), "symbolic"
+
+
+# ---------------------------------------------------------------- shapes against shapes
+
+
+def _is_name(s: str) -> bool:
+    return bool(_NAME_RE.match(_SUBSCRIPT_RE.sub("", s).strip()))
+
+
+def _match_all(a_items: tuple, r_items: tuple, ctx: _Ctx) -> tuple[bool, str]:
+    """Multiset equality: every reference item matched by a distinct answer item."""
+    if len(a_items) != len(r_items):
+        return False, "structure"
+    if len(r_items) > MAX_ITEMS:
+        return sorted(map(repr, a_items)) == sorted(map(repr, r_items)), "structure"
+    used: set[int] = set()
+    for r in r_items:
+        for j, a in enumerate(a_items):
+            if j not in used and compare_shapes(a, r, ctx)[0]:
+                used.add(j)
+                break
+        else:
+            return False, "structure"
+    return True, "structure"
+
+
+def compare_shapes(a: Node, r: Node, ctx: _Ctx) -> tuple[bool, str]:
+    """Whether answer shape ``a`` equals reference shape ``r`` (module docstring, rule 2)."""
+    if a[0] == "rel" and any(not p for p in a[1][:1]):
+        return False, "relation"  # "\neq 5", "< 5", "= 5": no left side
+    if r[0] == "rel":
+        if a[0] == "rel":
+            if len(a[2]) != len(r[2]) or a[2] != r[2]:
+                return False, "relation"
+            if all(compare_leaf(x, y, ctx)[0] for x, y in zip(a[1], r[1], strict=True)):
+                return True, "structure"
+            if len(r[1]) == 2 and r[2] == ("=",):  # the same equation rearranged: lhs - rhs equal
+                diff_a = f"{{{a[1][0]}}}-({a[1][1]})"
+                diff_r = f"{{{r[1][0]}}}-({r[1][1]})"
+                return compare_leaf(diff_a, diff_r, ctx)[0], "structure"
+            return False, "relation"
+        if len(r[1]) == 2 and r[2][0] in ("=", "\\in") and _is_name(r[1][0]):
+            return compare_shapes(a, parse_shape(r[1][1]), ctx)
+        return False, "relation"
+    if a[0] == "rel":
+        if all(op == "=" for op in a[2]) or (a[2] == ("\\in",) and _is_name(a[1][0])):
+            return compare_shapes(parse_shape(a[1][-1], r[0] != "set"), r, ctx)
+        return False, "relation"
+    if a[0] != r[0]:
+        return False, "structure"
+    if r[0] == "leaf":
+        return compare_leaf(a[1], r[1], ctx)
+    if r[0] == "matrix":
+        if len(a[1]) != len(r[1]) or any(len(x) != len(y) for x, y in zip(a[1], r[1], strict=True)):
+            return False, "structure"
+        for ra, rr in zip(a[1], r[1], strict=True):
+            for x, y in zip(ra, rr, strict=True):
+                if not compare_shapes(parse_shape(x), parse_shape(y), ctx)[0]:
+                    return False, "structure"
+        return True, "structure"
+    if r[0] == "seq":
+        if (a[1], a[2]) != (r[1], r[2]) or len(a[3]) != len(r[3]):
+            return False, "structure"
+        ok = all(compare_shapes(x, y, ctx)[0] for x, y in zip(a[3], r[3], strict=True))
+        return ok, "structure"
+    if r[0] == "set":
+        return _match_all(a[1], r[1], ctx)
+    return False, "structure"
+
+
+# ---------------------------------------------------------------- answers against references
+
+
+@dataclass(frozen=True)
+class _Reference:
+    text: str
+    shape: Node
+    has_pm: bool
+    has_hedge_word: bool
+    has_approx: bool
+
+
+@lru_cache(maxsize=8192)
+def _reference(reference: str) -> _Reference:
+    r = normalize_math(reference)
+    return _Reference(r, parse_shape(r), bool(_PM_RE.search(r)), bool(_HEDGE_RE.search(r)),
+                      bool(_APPROX_RE.search(r)))
+
+
+def _compare(answer: str, reference: str, ctx: _Ctx) -> tuple[bool, str]:
+    if len(answer) > MAX_ANSWER_CHARS:
+        return False, "too_long"
+    ref = _reference(reference)
+    ctx.ref_text = ref.text
+    a = normalize_math(answer)
+    if not a:
+        return False, "no_answer"
+    if text_key(a) == text_key(ref.text):
+        return True, "exact"
+    if _HEDGE_RE.search(a) and not ref.has_hedge_word:
+        return False, "hedge"
+    if _PM_RE.search(a) and not ref.has_pm:
+        return False, "hedge"
+    if _APPROX_RE.search(a) and not ref.has_approx:
+        return False, "approximation"
+    shape = parse_shape(a, thousands=ref.shape[0] != "set")
+    return compare_shapes(shape, ref.shape, ctx)
+
+
+def compare_answers(answer: str, reference: str, timeout_s: float | None = DEFAULT_TIMEOUT_S,
+                    rel_tol: float | None = None) -> tuple[bool, str]:
+    """Whether ``answer`` (already extracted) equals ``reference``; returns (equal, method).
+
+    ``timeout_s`` bounds all sympy work of this comparison (``None``: no limit); ``rel_tol`` is a
+    relative tolerance for decimal references, for datasets that state one. Never raises.
+    """
+    deadline = None if timeout_s is None or timeout_s <= 0 else time.monotonic() + timeout_s
+    ctx = _Ctx(rel_tol, deadline, "")
     try:
-        equal, parsed = call_with_timeout(_mv_compare, (r, a, integer_reference), timeout_s)
+        return _compare(str(answer), str(reference), ctx)
     except CallTimeout:
         return False, "timeout"
-    if equal:
-        return True, "math_verify"
-    # text answers ("Evelyn", "\text{(C)}") and forms math-verify could not parse
-    if (not parsed or rr is None) and _text_key(a) and _text_key(a) == _text_key(r):
-        return True, "text"
-    return False, "math_verify" if parsed else "unparsed"
+    except Exception as exc:  # noqa: BLE001 - a grader returns a verdict for every output
+        log.warning("math grading error on %.80r vs %.80r: %r", answer, reference, exc)
+        return False, "error"
 
 
-# A number, an arithmetic operator, a number: an unevaluated sum/difference/product.
-_UNEVALUATED = re.compile(r"\d\s*(?:[-+*×]|\\times|\\cdot)\s*-?\d")
 _WORD = re.compile(r"(?<![\\A-Za-z])[A-Za-z]{3,}")
 _LATEX_CMD = re.compile(r"\\[A-Za-z]+")
 
@@ -143,11 +447,9 @@ def _has_words(text: str) -> bool:
 def bare_answer(response: str, reference: str) -> str | None:
     """A response without a box or answer phrase, taken as the answer itself when it is one.
 
-    Only a single line of at most 64 characters qualifies ("70", "$\\frac{1}{2}$", "8 + 9 = 17" ->
-    "17"). Prose never does when the reference has no words: math-verify would otherwise read
-    "Several ways to calculate 7 + 4" as the expression 7 + 4 and accept it for 11, which teaches a
-    policy to restate the question. For an equation the right-hand side is the answer, unless the
-    reference is an equation too.
+    Only a single line of at most 64 characters qualifies ("70", "$\\frac{1}{2}$", "8 + 9 = 17").
+    Prose never does when the reference has no words: "Several ways to calculate 7 + 4" is not an
+    answer (a policy would otherwise learn to restate the question).
     """
     line = response.strip()
     if not line or "\n" in line or len(line) > 64:
@@ -155,23 +457,42 @@ def bare_answer(response: str, reference: str) -> str | None:
     core = line.strip("$").strip().rstrip(".").strip()
     if _has_words(core) and not _has_words(reference):
         return None
-    if "=" in core and "=" not in reference:
-        core = core.rsplit("=", 1)[1].strip()
     return core or None
 
 
-def grade_math(response: str, reference: str, timeout_s: float | None = DEFAULT_TIMEOUT_S) -> MathGrade:
-    """Extract the final answer from ``response`` and compare it with ``reference``.
+def grade_math(response: str, reference: str, timeout_s: float | None = DEFAULT_TIMEOUT_S,
+               rel_tol: float | None = None) -> MathGrade:
+    """Extract the final answer of ``response`` and compare it with ``reference`` (module docstring).
 
-    A response without a box or "final answer" phrase counts as the answer itself only when it is
-    a single line of at most 64 characters.
-
-    ``timeout_s`` bounds each math-verify comparison (a timeout grades as incorrect).
+    ``timeout_s`` bounds the sympy work of the whole grade (a timeout grades as incorrect);
+    ``rel_tol``: see :func:`compare_answers`. Never raises: any output gets a verdict.
     """
-    extracted = extract_answer(response)
-    if extracted is None:
-        extracted = bare_answer(response, reference)
-    if extracted is None:
-        return MathGrade(False, None, "no_answer")
-    correct, method = compare_answers(extracted, reference, timeout_s)
-    return MathGrade(correct, extracted, method)
+    try:
+        response = "" if response is None else str(response)
+        if len(response) > MAX_RESPONSE_CHARS:
+            return MathGrade(False, None, "too_long")
+        ex = extract_all(response)
+        if ex.unclosed:
+            return MathGrade(False, None, "unclosed_box")
+        answers = ex.answers
+        if not answers:
+            bare = bare_answer(response, str(reference))
+            answers = [bare] if bare is not None else []
+        if not answers:
+            return MathGrade(False, None, "no_answer")
+        distinct = list(dict.fromkeys(normalize_math(a) for a in answers))
+        if len(distinct) > MAX_BOXES:
+            return MathGrade(False, answers[-1], "several_answers")
+        start = time.monotonic()
+        verdicts = []
+        for a in distinct:
+            left = None if timeout_s is None else max(timeout_s - (time.monotonic() - start), 1e-3)
+            verdicts.append(compare_answers(a, reference, left, rel_tol))
+        if len(distinct) > 1:
+            ok = all(v[0] for v in verdicts)
+            return MathGrade(ok, answers[-1], "several_answers" if not ok else verdicts[-1][1],
+                             {"answers": distinct})
+        return MathGrade(verdicts[0][0], answers[-1], verdicts[0][1])
+    except Exception as exc:  # noqa: BLE001 - a grader returns a verdict for every output
+        log.warning("math grading error: %r", exc)
+        return MathGrade(False, None, "error", {"error": repr(exc)[:200]})

@@ -1,0 +1,141 @@
+"""Exact symbolic equality of two LaTeX leaves (one scalar each), for references that are not literals.
+
+LaTeX -> sympy with latex2sympy2 (math-verify's parser), then *exact* equality:
+
+* decimal literals are read as the fractions they write (``0.333`` is ``333/1000``, never a float),
+  so no rounding can make ``0.333`` equal ``1/3`` or ``1.414`` equal ``\\sqrt{2}``;
+* ``simplify(a - b) == 0`` proves equality;
+* a rational answer equals only a reference whose value is that rational (``355/113`` is not ``\\pi``);
+* without a proof, two *exact* forms (no decimals in the answer) with no free symbols are equal when
+  they agree to 60 significant digits;
+* infinities, sets, matrices and relations compare structurally (``==``), never by subtraction.
+
+:func:`too_large` rejects, before any evaluation, inputs that would make sympy or Python's big
+integers run for minutes or exhaust memory (``10^{10^{10}}``, ``99999!``). Everything else runs under
+the caller's wall-clock limit (``timelimit.call_with_timeout``); this module itself never raises out
+of :func:`symbolic_equal` (parse failures are "not equal").
+"""
+
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+from typing import Any
+
+MAX_SYMBOLIC_CHARS = 600
+_DECIMAL_RE = re.compile(r"(?<![\d.])(\d*)\.(\d+)")
+_EXPONENT_RE = re.compile(r"\^\s*(\{|[+-]?\d+|\\?[A-Za-z])")
+_BIG_FACTORIAL_RE = re.compile(r"\d{4,}\s*!|\}\s*!|\)\s*!\s*!|!\s*!")
+_BIG_LITERAL_RE = re.compile(r"\d{7,}")
+UNEVALUATED_OPERATORS = ("\\sum", "\\prod", "\\int", "\\lim", "\\iint", "\\oint", "\\coprod", "\\bigcup",
+                         "\\bigcap")
+
+
+def too_large(latex: str) -> bool:
+    """Whether evaluating ``latex`` could take unbounded time or memory (checked without evaluating).
+
+    Numeric power towers (an exponent holding another ``^`` and no letter), exponents of more than 5
+    digits, factorials of 4-digit numbers or of groups, and ``\\binom``/``!`` of 7-digit literals.
+    """
+    if len(latex) > MAX_SYMBOLIC_CHARS:
+        return True
+    if _BIG_FACTORIAL_RE.search(latex):
+        return True
+    if "\\binom" in latex and _BIG_LITERAL_RE.search(latex):
+        return True
+    for m in _EXPONENT_RE.finditer(latex):
+        tok = m.group(1)
+        if tok == "{":
+            depth, i = 0, m.start(1)
+            while i < len(latex):
+                c = latex[i]
+                if c == "{":
+                    depth += 1
+                elif c == "}":
+                    depth -= 1
+                    if depth == 0:
+                        break
+                i += 1
+            group = latex[m.start(1) + 1 : i]
+        else:
+            group = tok
+        digits = re.sub(r"[^0-9]", "", group)
+        letters = re.search(r"[A-Za-z]", group.replace("\\cdot", "").replace("\\times", ""))
+        if ("^" in group or "!" in group or "\\uparrow" in group) and not letters:
+            return True
+        if len(digits) > 5 and not letters:
+            return True
+    return False
+
+
+def _rationalize_decimals(latex: str) -> str:
+    def repl(m: re.Match[str]) -> str:
+        whole, frac = m.group(1) or "0", m.group(2)
+        numerator = int(whole) * 10 ** len(frac) + int(frac)
+        return f"{{\\frac{{{numerator}}}{{1{'0' * len(frac)}}}}}"
+
+    return _DECIMAL_RE.sub(repl, latex)
+
+
+def warm_imports() -> bool:
+    """Import sympy and set up the LaTeX parser (about two seconds, once per process), outside any limit."""
+    import sympy
+
+    sympy.simplify(_to_sympy("\\frac{\\sqrt{2}}{2}") - _to_sympy("2^{-1/2}"))
+    return True
+
+
+@lru_cache(maxsize=4096)
+def _to_sympy(latex: str) -> Any:
+    from latex2sympy2_extended.latex2sympy2 import ConversionConfig, latex2sympy
+    from latex2sympy2_extended.math_normalization import NormalizationConfig
+
+    norm = NormalizationConfig(basic_latex=True, units=False, malformed_operators=False, nits=False, boxed="none")
+    conv = ConversionConfig(interpret_as_mixed_fractions=False)
+    return latex2sympy(_rationalize_decimals(latex), normalization_config=norm, conversion_config=conv)
+
+
+def _is_plain_expr(x: Any) -> bool:
+    import sympy
+
+    return isinstance(x, sympy.Expr) and not isinstance(x, sympy.MatrixBase)
+
+
+def _exactly_equal(a: Any, r: Any, answer_has_decimal: bool) -> bool:
+    import sympy
+
+    if not (_is_plain_expr(a) and _is_plain_expr(r)):
+        return bool(a == r)
+    infinities = (sympy.oo, -sympy.oo, sympy.zoo, sympy.nan)
+    if a.has(*infinities) or r.has(*infinities):
+        return bool(a == r)
+    d = a - r
+    if d == 0:
+        return True
+    if a.is_Rational and not d.free_symbols:  # a written rational equals only that rational
+        rs = sympy.simplify(r)
+        return bool(rs.is_Rational and rs == a)
+    if sympy.simplify(d) == 0:
+        return True
+    if d.free_symbols or answer_has_decimal:
+        return False
+    value = sympy.N(d, 60)
+    if not value.is_number or value.has(sympy.nan, sympy.zoo):
+        return False
+    scale = max(abs(sympy.N(r, 30)), 1)
+    return bool(abs(value) < sympy.Float("1e-50") * scale)
+
+
+def symbolic_equal(answer: str, reference: str) -> bool:
+    """Whether the LaTeX scalars ``answer`` and ``reference`` are exactly equal (module docstring).
+
+    Module-level and picklable: runs in the caller's thread under SIGALRM or in a worker process.
+    """
+    if too_large(answer) or too_large(reference):
+        return False
+    try:
+        a = _to_sympy(answer)
+        r = _to_sympy(reference)
+        return _exactly_equal(a, r, bool(_DECIMAL_RE.search(answer)) and not _DECIMAL_RE.search(reference))
+    except Exception:  # noqa: BLE001 - unparseable or unsupported LaTeX is "not equal", never an error
+        return False
