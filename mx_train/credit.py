@@ -163,3 +163,48 @@ def assign_advantages(
         else:
             raise ValueError(f"unknown role {tr.role!r} in transition {tr.episode_id}")
     return d_adv, e_adv
+
+
+def role_metrics(
+    grid: object,
+    design_labels: Sequence[Sequence[str]] | None = None,
+    design_valid: Sequence[Sequence[bool]] | None = None,
+) -> dict[str, float]:
+    """Metrics that say something per role, from the ``[T, M, N]`` reward grid of one step.
+
+    The mean of equal-sized design means is the grand mean, so "mean design reward" would repeat the
+    executor's number. Instead:
+
+    * ``reward/executor``: mean per-execution reward (how often one execution solves its task);
+    * ``reward/designer``: a design's best execution, averaged over designs (how often a design can
+      solve its task at all; ``reward/designer - reward/executor`` is what executor noise costs);
+    * ``reward/best_design`` / ``reward/design_gap``: per task, the best design's mean reward, and its
+      gap to the mean design (what choosing better among the M designs is worth);
+    * ``design/spread``: per task, the std of the M design rewards (zero spread = zero designer
+      advantages: the designer's signal); ``design/tasks_with_spread``: share of tasks with any spread;
+    * ``design/distinct``: distinct design structures per task over M; ``design/valid``: valid designs;
+      ``design/structure/<label>``: share of designs per structure label.
+    """
+    r = np.asarray(grid, dtype=np.float64)
+    if r.ndim != 3 or min(r.shape) == 0:
+        raise ValueError(f"grid must be a non-empty [T, M, N] array, got shape {r.shape}")
+    t, m, _ = r.shape
+    design_mean = r.mean(axis=2)
+    out = {
+        "reward/executor": float(r.mean()),
+        "reward/designer": float(r.max(axis=2).mean()),
+        "reward/best_design": float(design_mean.max(axis=1).mean()),
+        "reward/design_gap": float((design_mean.max(axis=1) - design_mean.mean(axis=1)).mean()),
+        "design/spread": float(design_mean.std(axis=1).mean()),
+        "design/tasks_with_spread": float((design_mean.std(axis=1) > 0).mean()),
+    }
+    if design_labels is not None:
+        if len(design_labels) != t or any(len(row) != m for row in design_labels):
+            raise ValueError(f"design_labels must be [T={t}][M={m}]")
+        out["design/distinct"] = float(np.mean([len(set(row)) / m for row in design_labels]))
+        flat = [lab for row in design_labels for lab in row]
+        for lab in sorted(set(flat)):
+            out[f"design/structure/{lab}"] = flat.count(lab) / len(flat)
+    if design_valid is not None:
+        out["design/valid"] = float(np.mean([bool(v) for row in design_valid for v in row]))
+    return out

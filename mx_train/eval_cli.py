@@ -36,6 +36,9 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--env-arg", action="append", metavar="KEY=VALUE",
                    help="keyword for gym.make (JSON value), e.g. --env-arg fixture=true; repeatable")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no-trained-settings", action="store_true",
+                   help="play a training checkpoint with the env's designer prompt and generic sampling instead "
+                        "of the prompt and sampling it was trained with (recorded in the checkpoint)")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -105,6 +108,7 @@ def _config(args: argparse.Namespace, env_ids: list[str], policy: str, executor:
         limit=args.limit, max_new_tokens=args.max_new_tokens,
         designer_max_new_tokens=args.designer_max_new_tokens, temperature=args.temperature,
         batch_size=args.batch_size, env_kwargs=_env_kwargs(args.env_arg),
+        trained_settings=not getattr(args, "no_trained_settings", False),
     )
 
 

@@ -22,6 +22,7 @@ RNG and data position.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -84,14 +85,31 @@ class Trainer:
         self.progress = progress
         self.rng = random.Random(config.seed)  # task order; checkpointed
         self.np_rng = np.random.default_rng(config.seed)
-        self.env_factory = env_factory or make_env_factory(config)
+        # Several envs (config.envs): each step's tasks are drawn by env weight; see mx_train.env_mix.
+        self.mix = make_env_mix(config) if env_factory is None and len(config.env_entries()) > 1 else None
+        if self.mix is not None:
+            from mx_train.env_mix import MixedEnv
+
+            factories = [e.factory for e in self.mix]
+            self.env_factory = lambda: MixedEnv(factories)
+        else:
+            self.env_factory = env_factory or make_env_factory(config)
         self._probe_env = self.env_factory()
-        self.task_ids = list(tasks) if tasks is not None else [t.id for t in self._probe_env.unwrapped.tasks]
+        if self.mix is not None:
+            from mx_train.env_mix import qualify
+
+            self.task_ids = [qualify(k, t) for k, e in enumerate(self.mix) for t in e.task_ids]
+        else:
+            self.task_ids = list(tasks) if tasks is not None else [t.id for t in self._probe_env.unwrapped.tasks]
         if not self.task_ids:
             raise ValueError(f"env {config.env.id!r} has no training tasks")
         self.order: list[int] = []
         self.position = 0  # next index into self.order
         self.epoch = 0
+        # Per env of a mix: its own permutation, position and epoch.
+        self.mix_position: list[dict[str, Any]] = [
+            {"order": [], "position": 0, "epoch": 0} for _ in (self.mix or [])
+        ]
         self._build_policy(backend_factory)
         from mx_train.schedule import CoEvolutionSchedule
 
@@ -134,7 +152,10 @@ class Trainer:
 
     # ------------------------------------------------------------------ data
     def next_tasks(self) -> list[str]:
-        """B task ids without replacement within an epoch (reshuffled each epoch)."""
+        """B task ids without replacement within an epoch (reshuffled each epoch); with an env mix,
+        each task first picks its env by weight, then that env's next task."""
+        if self.mix is not None:
+            return self._next_mixed_tasks()
         out: list[str] = []
         while len(out) < self.config.rollout.tasks_per_step:
             if self.position >= len(self.order):
@@ -146,11 +167,37 @@ class Trainer:
             self.position += 1
         return out
 
+    def _next_mixed_tasks(self) -> list[str]:
+        from mx_train.env_mix import qualify
+
+        assert self.mix is not None
+        weights = [e.weight for e in self.mix]
+        out: list[str] = []
+        for _ in range(self.config.rollout.tasks_per_step):
+            k = self.rng.choices(range(len(self.mix)), weights=weights)[0]
+            pos, ids = self.mix_position[k], self.mix[k].task_ids
+            if pos["position"] >= len(pos["order"]):
+                pos["order"] = list(range(len(ids)))
+                self.rng.shuffle(pos["order"])
+                pos["position"] = 0
+                pos["epoch"] += 1
+            out.append(qualify(k, ids[pos["order"][pos["position"]]]))
+            pos["position"] += 1
+        self.epoch = max(p["epoch"] for p in self.mix_position)
+        return out
+
     def data_position(self) -> dict[str, Any]:
+        if self.mix is not None:
+            return {"mix": self.mix_position, "epoch": self.epoch}
         return {"order": self.order, "position": self.position, "epoch": self.epoch}
 
     def _set_data_position(self, pos: dict[str, Any] | None) -> None:
-        if pos:
+        if pos and "mix" in pos:
+            if self.mix is None or len(pos["mix"]) != len(self.mix):
+                raise ValueError("the checkpoint's data position is for another env mix than this config's")
+            self.mix_position = [dict(p, order=list(p["order"])) for p in pos["mix"]]
+            self.epoch = int(pos["epoch"])
+        elif pos:
             self.order, self.position, self.epoch = list(pos["order"]), int(pos["position"]), int(pos["epoch"])
 
     # ------------------------------------------------------------------ rollout
@@ -163,11 +210,13 @@ class Trainer:
 
     def rollout(self, task_ids: Sequence[str], step: int) -> tuple[list[Transition], dict[str, Any]]:
         """Run the M x N hierarchical rollout of ``task_ids``; transitions carry advantages."""
-        from mx_train.credit import assign_advantages
+        from mx_train.credit import assign_advantages, role_metrics
 
         r, a = self.config.rollout, self.config.algorithm
         version = self.learners["designer"].version
         uids = [f"s{step}-t{i}-{tid}" for i, tid in enumerate(task_ids)]
+        labels: list[list[str]] | None = None
+        valid: list[list[bool]] | None = None
         seed = (self.config.seed + step * 7919) % (2**31)
         if self.config.distributed.backend == "ray":
             from mx_train.distributed import ray_rollout
@@ -192,6 +241,7 @@ class Trainer:
             transitions = result.transitions(policy_version=version)
             exec_rewards = result.execution_rewards()
             summary = summarize_records(result.records)
+            labels, valid = design_labels_and_validity(result)
         d_adv, e_adv = assign_advantages(
             transitions,
             a.estimator,
@@ -202,11 +252,10 @@ class Trainer:
         grid = np.array(
             [[[exec_rewards[(uid, m, n)] for n in range(r.executions)] for m in range(r.designs)] for uid in uids]
         )
+        summary.update(role_metrics(grid, labels, valid))
+        summary.update(self._env_metrics(task_ids, grid))
         summary.update(
             {
-                "reward/executor": float(grid.mean()),
-                "reward/designer": float(grid.mean(axis=2).mean()),
-                "reward/best_design": float(grid.mean(axis=2).max(axis=1).mean()),
                 "adv/designer_abs_mean": float(np.abs(d_adv).mean()),
                 "adv/executor_abs_mean": float(np.abs(e_adv).mean()),
                 "adv/designer_nonzero": float((np.abs(d_adv) > 0).mean()),
@@ -217,6 +266,22 @@ class Trainer:
             }
         )
         return transitions, summary
+
+    def _env_metrics(self, task_ids: Sequence[str], grid: np.ndarray) -> dict[str, float]:
+        """Per env of a mix: tasks drawn this step, mean execution reward, best-execution reward."""
+        if self.mix is None:
+            return {}
+        from mx_train.env_mix import split_qualified
+
+        env_of = [split_qualified(t)[0] for t in task_ids]
+        out: dict[str, float] = {}
+        for k, entry in enumerate(self.mix):
+            rows = [i for i, e in enumerate(env_of) if e == k]
+            out[f"env/{entry.name}/tasks"] = float(len(rows))
+            if rows:
+                out[f"env/{entry.name}/reward"] = float(grid[rows].mean())
+                out[f"env/{entry.name}/design_best_execution"] = float(grid[rows].max(axis=2).mean())
+        return out
 
     def write_transitions(self, step: int, transitions: Sequence[Transition]) -> Path:
         d = self.out / "transitions"
@@ -263,20 +328,30 @@ class Trainer:
     def _models(self) -> dict[str, Any]:
         return {name: lr.model for name, lr in self.policy_group.learners().items()}
 
-    def save(self) -> Path:
+    def policy_settings(self) -> dict[str, Any]:
+        """What a checkpoint's weights were trained with, so evaluation can play them the same way:
+        the designer prompt material and each role's sampling (read by ``mx eval``)."""
+        r = self.config.rollout
+        return {
+            "designer_prompt": dict(r.designer_prompt),
+            "designer": dataclasses.asdict(r.designer),
+            "executor": dataclasses.asdict(r.executor),
+        }
+
+    def save(self, root: Path | None = None, keep_last: int | None = None) -> Path:
         from mx_train.checkpoint import save_checkpoint
 
         tok = getattr(self.backends["designer"], "tokenizer", None)
         return save_checkpoint(
-            self.out / "checkpoints",
+            root or self.out / "checkpoints",
             self.step_index,
             models=self._models(),
             learners=self.policy_group.learners(),
             schedule=self.schedule,
             rngs={"tasks": self.rng, "numpy": self.np_rng},
             data_position=self.data_position(),
-            extra={"config": self.config.to_dict()},
-            keep_last=self.config.keep_last,
+            extra={"config": self.config.to_dict(), "policy_settings": self.policy_settings()},
+            keep_last=self.config.keep_last if keep_last is None else keep_last,
             tokenizer=tok,
         )
 
@@ -365,6 +440,10 @@ class Trainer:
                 with open(self.out / "warm_start.jsonl", "w") as f:
                     for i, m in enumerate(warm):
                         f.write(json.dumps({"step": i, **m}) + "\n")
+                if self.config.warm_start.save:
+                    # The cold-start policy, kept apart from the RL checkpoints (which rotate): the
+                    # "before" of before-vs-after comparisons (e.g. the demo's designer ablation).
+                    self.save(self.out / "cold_start" / "checkpoints", keep_last=1)
         history: list[dict[str, Any]] = []
         log = MetricsLogger(
             self.out, tensorboard=self.config.tensorboard, wandb=self.config.wandb, resume_step=resumed
@@ -401,13 +480,38 @@ class Trainer:
 
 
 def make_env_factory(config: TrainConfig) -> EnvFactory:
-    """Envs of the training split, all sharing one task list (loaded once, not per env)."""
+    """Envs of the training split, all sharing one task list (loaded once, not per env). With an env
+    mix (``config.envs``), each env made is a :class:`~mx_train.env_mix.MixedEnv` over all of them."""
+    entries = config.env_entries()
+    if len(entries) > 1:
+        from mx_train.env_mix import MixedEnv
+
+        factories = [e.factory for e in make_env_mix(config)]
+        return lambda: MixedEnv(factories)
+    return _single_env_factory(entries[0][0])[0]
+
+
+def make_env_mix(config: TrainConfig) -> list[Any]:
+    """The :class:`~mx_train.env_mix.EnvEntry` list of ``config.envs`` (names unique, tasks loaded once)."""
+    from mx_train.env_mix import EnvEntry, env_label, unique_names
+
+    entries = config.env_entries()
+    names = unique_names([name or env_label(cfg.id) for cfg, _, name in entries])
+    out = []
+    for (cfg, weight, _), name in zip(entries, names, strict=True):
+        factory, tasks = _single_env_factory(cfg)
+        if not tasks:
+            raise ValueError(f"env {cfg.id!r} ({name}) has no training tasks")
+        out.append(EnvEntry(name=name, env_id=cfg.id, weight=weight, factory=factory, task_ids=[t.id for t in tasks]))
+    return out
+
+
+def _single_env_factory(env_cfg: Any) -> tuple[EnvFactory, list[Any]]:
     import gymnasium as gym
 
     import mx_envs  # noqa: F401 - registers the ids
     from mx_envs.tasks.registry import TRAIN_SPLITS
 
-    env_cfg = config.env
     kwargs = dict(env_cfg.kwargs)
     kwargs.setdefault("split", env_cfg.split)
     if kwargs["split"] not in TRAIN_SPLITS and not env_cfg.allow_eval_split:
@@ -419,7 +523,7 @@ def make_env_factory(config: TrainConfig) -> EnvFactory:
     tasks = list(probe.unwrapped.tasks)
     probe.close()
     kwargs["tasks"] = tasks
-    return lambda: gym.make(env_cfg.id, disable_env_checker=True, **kwargs)
+    return (lambda: gym.make(env_cfg.id, disable_env_checker=True, **kwargs)), tasks
 
 
 def default_backend_factory(config: TrainConfig) -> Callable[[str], Any]:
@@ -454,6 +558,25 @@ def build_rollout_policy(backends: dict[str, Any], config: TrainConfig, step: in
     if backends["designer"] is backends["executor"]:
         return SharedPolicy(backends["designer"], d_params, e_params, prompt=prompt, seed=seed)
     return SplitPolicy(backends["designer"], backends["executor"], d_params, e_params, prompt=prompt, seed=seed)
+
+
+def design_labels_and_validity(result: Any) -> tuple[list[list[str]], list[list[bool]]]:
+    """Per task and design: the structure family (with ``+tools``) and whether its first execution
+    found the design valid."""
+    from mx_train.eval.design_structure import INVALID, design_family
+
+    labels, valid = [], []
+    for t, per_task in enumerate(result.designs):
+        lab_row, val_row = [], []
+        for m, action in enumerate(per_task):
+            runs = result.executions(t, m)
+            ok = bool(runs and runs[0].design_valid)
+            script = getattr(action, "script", None)
+            lab_row.append(design_family(script) if ok else INVALID)
+            val_row.append(ok)
+        labels.append(lab_row)
+        valid.append(val_row)
+    return labels, valid
 
 
 def _fmt(v: Any) -> str:

@@ -252,3 +252,16 @@ def _apply_rules(f: DesignFeatures, vocab: dict[str, bool]) -> str:
     if n == 1 and not f.agents_in_loop:
         return "single"
     return "other"
+
+
+_TOOLS = re.compile(r"tools\s*=\s*[\(\[]\s*['\"]")
+
+
+def design_family(script: str | None) -> str:
+    """The structure label, with ``+tools`` when an agent of the script is given tools (a single
+    agent that runs Python and one that answers from memory are different designs for a task that
+    needs exact arithmetic)."""
+    label = classify_design(script).label
+    if label != INVALID and script and _TOOLS.search(script):
+        return f"{label}+tools"
+    return label

@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 
 # Settings that change what an episode is; a resumed run must agree on them.
 _IDENTITY_KEYS = ("policy", "executor", "seed", "max_new_tokens", "designer_max_new_tokens",
-                  "temperature", "env_kwargs")
+                  "temperature", "env_kwargs", "trained_settings")
 
 
 @dataclass
@@ -49,6 +49,9 @@ class EvalConfig:
     temperature: float | None = None
     batch_size: int = 8
     env_kwargs: dict[str, Any] = field(default_factory=dict)
+    # Checkpoint specs are played with the designer prompt and sampling they were trained with
+    # (mx_train.eval.trained_settings); False: the env's prompt and the generic defaults.
+    trained_settings: bool = True
 
     def validate(self) -> None:
         if not self.env_ids:
@@ -80,6 +83,7 @@ def _check_resume(out: Path, cfg: EvalConfig) -> None:
         old = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError:
         raise ValueError(f"{path} is not valid JSON; remove it or pick another --out") from None
+    old.setdefault("trained_settings", True)  # runs written before the setting existed
     new = cfg.to_dict()
     diff = [k for k in _IDENTITY_KEYS if old.get(k) != new.get(k)]
     if diff:
@@ -149,6 +153,17 @@ def run_eval(
     ]
     total = sum(len(t) for t in tasks_by_env.values()) * cfg.samples
     log.info("eval: %d episodes to run, %d already done", len(todo), total - len(todo))
+    if todo and policy is None and cfg.trained_settings:
+        from mx_train.eval.trained_settings import build_trained_policy
+
+        built = build_trained_policy(
+            cfg.policy, cfg.executor, temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens,
+            designer_max_new_tokens=cfg.designer_max_new_tokens, seed=cfg.seed,
+        )
+        if built is not None:
+            policy, applied = built
+            (out / "policy_settings.json").write_text(json.dumps(applied, indent=2) + "\n", encoding="utf-8")
+            log.info("eval: playing %s with its training settings (%s)", cfg.policy, applied["designer_from"])
     if todo and policy is None:
         from mx_agents.policies.spec import parse_policy_spec
 
