@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import ast
 import json
+import operator
+import re
 
 import pytest
 
@@ -105,6 +108,35 @@ def test_packaged_data_when_installed(monkeypatch) -> None:
         assert len(load_tasks("humaneval", hub=False)) == 164
 
 
+def _eval_ast(node: ast.AST) -> int:
+    """An evaluator of its own (not the generator's eval): integers, + - * and parentheses only."""
+    if isinstance(node, ast.Expression):
+        return _eval_ast(node.body)
+    if isinstance(node, ast.Constant) and type(node.value) is int:
+        return node.value
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
+        return -_eval_ast(node.operand)
+    if isinstance(node, ast.BinOp):
+        a, b = _eval_ast(node.left), _eval_ast(node.right)
+        ops = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul}
+        return ops[type(node.op)](a, b)
+    raise AssertionError(f"unexpected expression node {ast.dump(node)}")
+
+
+def _expected_arithmetic(prompt: str) -> int:
+    """The answer a reader computes from the prompt text (expressions and the three word problems)."""
+    if prompt.startswith("What is "):
+        return _eval_ast(ast.parse(prompt.removeprefix("What is ").removesuffix("?"), mode="eval"))
+    n = [int(x) for x in re.findall(r"\d+", prompt)]
+    if " buys " in prompt:
+        return n[0] + n[1] - n[2]
+    if " shares " in prompt:
+        return n[0] * n[1] + n[2]
+    if "km per hour" in prompt:
+        return n[0] * n[1]
+    raise AssertionError(f"unknown word problem: {prompt}")
+
+
 def test_arithmetic_is_seeded_unlimited_and_exact() -> None:
     a = load_tasks("arithmetic", limit=50, level=1, seed=3)
     b = load_tasks("arithmetic", limit=50, level=1, seed=3)
@@ -116,7 +148,9 @@ def test_arithmetic_is_seeded_unlimited_and_exact() -> None:
         assert int(t.answer) == int(x) + int(y) and 0 <= int(x) <= 9
     for level in range(1, 7):
         for t in load_tasks("arithmetic", limit=20, level=level):
-            assert int(t.answer) == int(t.answer) and grade_math(t.answer, t.answer).correct
+            assert int(t.answer) == _expected_arithmetic(t.prompt), (level, t.prompt, t.answer)
+            assert grade_math(f"\\boxed{{{t.answer}}}", t.answer).correct
+            assert not grade_math(f"\\boxed{{{int(t.answer) + 1}}}", t.answer).correct
     assert len(load_tasks("arithmetic", limit=5000, level=5)) == 5000
     with pytest.raises(ValueError):
         load_tasks("arithmetic", limit=1, level=9)
