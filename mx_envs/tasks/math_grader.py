@@ -177,11 +177,11 @@ def parse_shape(s: str, thousands: bool = True, depth: int = 0) -> Node:
     if s.startswith("\\{") and s.endswith("\\}") and _wraps(s, 2):
         inner = s[2:-2].strip()
         items = _split_top(inner, _COMMA)[0] if inner else []
-        return ("set", tuple(parse_shape(x, False, depth + 1) for x in items))
+        return _set([parse_shape(x, False, depth + 1) for x in items])
     if not (thousands and _THOUSANDS_RE.match(s.replace(" ", ""))):
         parts, _ = _split_top(s, re.compile(",|;"))
         if len(parts) > 1:
-            return ("set", tuple(parse_shape(x, False, depth + 1) for x in parts if x))
+            return _set([parse_shape(x, False, depth + 1) for x in parts if x])
     parts, _ = _split_top(s, _CUP)
     if len(parts) > 1:
         return ("set", tuple(parse_shape(x, False, depth + 1) for x in parts))
@@ -200,8 +200,17 @@ def parse_shape(s: str, thousands: bool = True, depth: int = 0) -> Node:
         plus, minus = ("+", "-") if pm.group(0) == "\\pm" else ("-", "+")
         head, tail = s[: pm.start()].strip(), s[pm.end() :].strip()
         left = head if head else ""
-        return ("set", (("leaf", f"{left}{plus}{tail}".strip().lstrip("+")), ("leaf", f"{left}{minus}{tail}".strip())))
+        return ("set", (("leaf", f"{left}{plus}{tail}".strip().lstrip("+")), ("leaf", f"{left}{minus}{tail}".strip())),
+                "pm")
     return ("leaf", s)
+
+
+def _set(items: list[Node]) -> Node:
+    """A set node; ``a \\pm b`` items contribute both of their values."""
+    flat: list[Node] = []
+    for x in items:
+        flat.extend(x[1] if x[0] == "set" and x[2:] == ("pm",) else (x,))
+    return ("set", tuple(flat))
 
 
 # ---------------------------------------------------------------- leaves
