@@ -13,6 +13,8 @@ Each wraps a :class:`~mx_envs.envs.meta_env.MetaAgentXEnv` (possibly wrapped its
 
 from __future__ import annotations
 
+import inspect
+import json
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -24,7 +26,10 @@ from mx_envs.envs.embedding import Embedder, make_embedder
 from mx_envs.envs.observation import EXECUTOR, decode_messages
 
 Messages = list[dict[str, str]]
-Executor = Callable[[Messages], str]
+# ``executor(messages)``, or ``executor(messages, options)`` / ``executor(messages, options=..., agent=...)``
+# to receive the sub-agent's per-call options (``max_tokens``, ``temperature`` set by the script)
+# and its name: see :func:`call_executor`. mx_agents.policies.executor builds one from a policy spec.
+Executor = Callable[..., str]
 StepResult = tuple[Any, float, bool, bool, dict[str, Any]]
 
 
@@ -48,6 +53,40 @@ def _design_label(design: str) -> str:
     return name if name in DESIGN_NAMES else "custom"
 
 
+def _executor_form(executor: Executor) -> tuple[bool, bool, bool]:
+    """(options by keyword, agent by keyword, options as the second positional argument)."""
+    try:
+        params = inspect.signature(executor).parameters
+    except (TypeError, ValueError):  # a builtin without a signature: messages only
+        return False, False, False
+    var_kw = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    named = {n for n, p in params.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    positional = [p for p in params.values() if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    var_pos = any(p.kind is inspect.Parameter.VAR_POSITIONAL for p in params.values())
+    opt_kw = var_kw or "options" in named
+    agent_kw = var_kw or "agent" in named
+    return opt_kw, agent_kw, not opt_kw and (len(positional) >= 2 or var_pos)
+
+
+def call_executor(executor: Executor, obs: dict[str, Any]) -> str:
+    """The executor's reply to the executor observation ``obs``, passing what its signature takes:
+    always the messages; the sub-agent's options (decoded ``obs["options"]``) and name when it has an
+    ``options`` / ``agent`` parameter (or ``**kwargs``), or options as a second positional argument."""
+    messages = decode_messages(obs)
+    opt_kw, agent_kw, opt_pos = _executor_form(executor)
+    if not (opt_kw or agent_kw or opt_pos):
+        return executor(messages)
+    options = json.loads(obs.get("options") or "{}")
+    if opt_pos:
+        return executor(messages, options)
+    kwargs: dict[str, Any] = {}
+    if opt_kw:
+        kwargs["options"] = options
+    if agent_kw:
+        kwargs["agent"] = str(obs.get("agent", ""))
+    return executor(messages, **kwargs)
+
+
 def play_executor(env: gym.Env, result: StepResult, executor: Executor) -> StepResult:
     """Continue an episode from ``result`` (a ``step`` return) with ``executor`` until it ends.
 
@@ -60,7 +99,7 @@ def play_executor(env: gym.Env, result: StepResult, executor: Executor) -> StepR
     while not (terminated or truncated):
         if int(obs["actor"]) != EXECUTOR:
             raise RuntimeError("expected an executor turn while playing the fixed executor")
-        reply = executor(decode_messages(obs))
+        reply = call_executor(executor, obs)
         obs, reward, terminated, truncated, info = env.step(reply)
         total += float(reward)
         turns += 1
@@ -73,7 +112,9 @@ class DesignerOnly(gym.Wrapper[dict[str, Any], str, dict[str, Any], str], gym.ut
     """The designer's view: ``step(design_text)`` runs the whole episode with ``executor``.
 
     ``executor`` is any callable from a sub-agent's chat (list of ``{"role", "content"}``) to its reply
-    text. Every episode is one step; reward and ``info`` are those of the episode's end.
+    text; one with an ``options`` (and ``agent``) parameter also gets the sub-agent's per-call options
+    (see :func:`call_executor`). Every episode is one step; reward and ``info`` are those of the
+    episode's end.
     """
 
     def __init__(self, env: gym.Env, executor: Executor) -> None:
@@ -125,7 +166,8 @@ class DesignChoice(gym.Wrapper[np.ndarray, np.int64, dict[str, Any], str], gym.u
     Args:
         env: a MetaAgentX env (the task source and the episode runner).
         designs: K library design names or script texts.
-        executor: plays every sub-agent (callable from messages to reply text).
+        executor: plays every sub-agent (callable from messages to reply text; with an ``options``
+            parameter it also receives each sub-agent's per-call options, see :func:`call_executor`).
         embedder: ``"auto"`` (all-MiniLM-L6-v2 when installed, else hashing), ``"minilm"``,
             ``"hashing"`` or an :class:`~mx_envs.envs.embedding.Embedder`.
         embed_dim: dimension of the hashing embedder.

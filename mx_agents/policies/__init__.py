@@ -2,6 +2,7 @@
 
 from mx_agents.policies.base import LLMRolePolicy, Policy, RoutedPolicy, generate_actions
 from mx_agents.policies.design_prompt import DesignerPrompt, extract_script, library_design_source
+from mx_agents.policies.executor import PolicyExecutor, make_executor
 from mx_agents.policies.fixed import FixedDesigner, FixedDesignPolicy
 from mx_agents.policies.llm import DesignerPolicy, ExecutorPolicy, SharedPolicy, SplitPolicy
 from mx_agents.policies.random_policy import RandomPolicy
@@ -16,6 +17,7 @@ __all__ = [
     "FixedDesigner",
     "LLMRolePolicy",
     "Policy",
+    "PolicyExecutor",
     "RandomPolicy",
     "RoutedPolicy",
     "ScriptedPolicy",
@@ -25,6 +27,7 @@ __all__ = [
     "extract_script",
     "generate_actions",
     "library_design_source",
+    "make_executor",
     "parse_policy_spec",
     "resolve_model_path",
 ]

@@ -18,7 +18,7 @@ from mx_envs.envs.observation import EXECUTOR, decode_messages
 from mx_envs.mas.designs import load_design
 from mx_envs.tasks import load_tasks
 from mx_envs.testing import OracleLLM, correct_reply
-from mx_envs.wrappers import DesignChoice, DesignerOnly, ExecutorOnly, resolve_design
+from mx_envs.wrappers import DesignChoice, DesignerOnly, ExecutorOnly, play_executor, resolve_design
 
 TASKS = math_tasks()
 ARITH = list(load_tasks("arithmetic", limit=20))  # the tasks of gym.make("MetaAgentX-Arithmetic-v0", limit=20)
@@ -115,8 +115,69 @@ def test_async_shared_memory_error_says_what_to_do() -> None:
 
 def test_base_env_passes_check_env_when_wrapped_by_make() -> None:
     env = gym.make("MetaAgentX-Arithmetic-v0", limit=10)
-    check_env(env.unwrapped)
-    env.close()
+    try:
+        assert isinstance(env.unwrapped, MetaAgentXEnv) and len(env.unwrapped.tasks) == 10
+        check_env(env.unwrapped)  # raises on any API violation
+        obs, info = env.reset(seed=0)
+        assert env.observation_space.contains(obs) and info["task_id"].startswith("arithmetic/")
+        _, reward, term, _, info = play_executor(env, env.step(load_design("single")), oracle_executor)
+        assert term and reward == 1.0 and info["correct"] and info["executor_turns"] == 1
+    finally:
+        env.close()
+
+
+OPTION_DESIGN = (
+    "```python\ndef forward(task):\n"
+    "    a = Agent('solver', max_tokens=7, temperature=0.3)\n"
+    "    b = Agent('checker')\n"
+    "    b(task)\n"
+    "    return a(task)\n```"
+)
+
+
+def test_design_choice_passes_per_agent_options_to_the_executor() -> None:
+    """The script's per-agent options (max_tokens, temperature) reach an executor that takes them."""
+    seen: list[tuple[str, dict]] = []
+
+    def executor(messages, options, agent):
+        seen.append((agent, options))
+        return ORACLE(messages)
+
+    env = DesignChoice(gym.make("MetaAgentX-Arithmetic-v0", limit=20), ["single", OPTION_DESIGN], executor,
+                       embedder=HashingEmbedder(16))
+    try:
+        env.reset(seed=0)
+        _, reward, term, _, info = env.step(1)
+        assert term and reward == 1.0 and info["design_name"] == "custom"
+        assert seen == [("checker", {}), ("solver", {"max_tokens": 7, "temperature": 0.3})]
+    finally:
+        env.close()
+    positional: list[dict] = []
+    env = DesignerOnly(MetaAgentXEnv(tasks=ARITH), lambda m, o: positional.append(o) or ORACLE(m))
+    try:
+        env.reset(seed=0)
+        assert env.step(OPTION_DESIGN)[1] == 1.0
+        assert positional == [{}, {"max_tokens": 7, "temperature": 0.3}]
+    finally:
+        env.close()
+
+
+def test_make_executor_turns_a_policy_spec_into_an_executor() -> None:
+    from mx_agents.policies import make_executor
+    from mx_agents.policies.scripted import SCRIPTED_MATH_REPLY
+    from mx_envs.errors import ConfigError
+
+    ex = make_executor("scripted")
+    assert ex([{"role": "user", "content": "What is 2 + 2?"}], {"max_tokens": 5}, "solver") == SCRIPTED_MATH_REPLY
+    env = DesignerOnly(MetaAgentXEnv(tasks=ARITH[:3]), ex)
+    try:
+        env.reset(seed=0)
+        _, _, term, _, info = env.step(load_design("vote"))
+        assert term and info["termination_reason"] == "completed" and info["executor_turns"] == info["llm_calls"] >= 3
+    finally:
+        env.close()
+    with pytest.raises(ConfigError, match="is a designer"):
+        make_executor("design:vote")
 
 
 @pytest.mark.slow
