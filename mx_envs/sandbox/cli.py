@@ -19,7 +19,45 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     ex.add_argument("--no-preload", action="store_true", help="do not preload numpy/sympy in the pool")
     ex.add_argument("--json", action="store_true", help="print one JSON object with the full result")
     ex.set_defaults(func=_exec)
+    bi = sub.add_parser(
+        "build-image",
+        help="build the Docker backend's image locally from this interpreter (no registry)",
+    )
+    bi.add_argument("--tag", default=None, help="image tag (default mx-sandbox:latest)")
+    bi.add_argument(
+        "--packages",
+        nargs="*",
+        default=None,
+        metavar="PKG",
+        help="installed packages to include with their requirements (default: numpy sympy)",
+    )
+    bi.add_argument("--force", action="store_true", help="rebuild even if the content hash is unchanged")
+    bi.set_defaults(func=_build_image)
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
+
+
+def _build_image(args: argparse.Namespace) -> int:
+    """Build (or reuse, by content hash) the Docker backend's image; print a JSON report."""
+    import sys
+
+    from mx_envs.sandbox.docker_image import DEFAULT_PACKAGES, build_image, main_json
+
+    try:
+        import docker
+
+        client = docker.from_env(timeout=600)
+        client.ping()
+    except Exception as exc:  # noqa: BLE001 - SDK missing or no daemon: say which
+        print(f"mx sandbox build-image: no Docker daemon or SDK (dockerd, docker extra): {exc}", file=sys.stderr)
+        return 2
+    packages = DEFAULT_PACKAGES if args.packages is None else tuple(args.packages)
+    try:
+        report = build_image(client, tag=args.tag, packages=packages, force=args.force)
+    except (ValueError, RuntimeError) as exc:
+        print(f"mx sandbox build-image: {exc}", file=sys.stderr)
+        return 2
+    print(main_json(report))
+    return 0
 
 
 def _exec(args: argparse.Namespace) -> int:

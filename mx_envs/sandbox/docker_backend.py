@@ -34,6 +34,9 @@ import os
 import secrets
 import signal
 import socket
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -148,6 +151,9 @@ class DockerSandbox:
         self.owner = f"{socket.gethostname()}:{os.getpid()}"
         self.python = FALLBACK_PYTHON
         self._info: dict[str, Any] = {}
+        self._removals = ThreadPoolExecutor(max_workers=2, thread_name_prefix="mx-docker-rm")
+        self._pending: set[Future[None]] = set()
+        self._lock = threading.Lock()
         if client is None:  # a real daemon: resolve the image now, so the first run is not slower
             self._prepare(build)
 
@@ -272,6 +278,9 @@ class DockerSandbox:
             )["Id"]
             sock = self.api.attach_socket(cid, params={"stdin": 1, "stdout": 1, "stderr": 1, "stream": 1})
             raw = getattr(sock, "_sock", sock)
+            # The daemon finishes a kill only once the output copy drains, so the kill must not
+            # block the thread that reads the stream: it runs beside the pump.
+            killer = threading.Thread(target=self._kill, args=(cid,), name="mx-docker-kill", daemon=True)
             try:
                 self.api.start(cid)
                 pumped = pump(
@@ -281,19 +290,23 @@ class DockerSandbox:
                     wall_s=limits.wall_s,
                     startup_s=STARTUP_S,
                     nonce=nonce.encode(),
-                    kill=lambda: self._kill(cid),
+                    kill=lambda: killer.start(),
                 )
             finally:
                 _close(sock)
             if not pumped.eof:
                 self._kill(cid)
+            if killer.is_alive():
+                killer.join(STARTUP_S)
             status = self.api.wait(cid, timeout=STARTUP_S)
             state = self.api.inspect_container(cid).get("State") or {}
         except Exception as exc:  # noqa: BLE001 - a daemon failure is the sandbox's failure
             return RunResult(verdict=Verdict.SANDBOX_ERROR, exit_code=None, message=f"docker: {exc}")
         finally:
-            if cid is not None:
-                self._remove(cid)
+            if cid is not None:  # off the result's critical path; close()/settle() wait for it
+                with self._lock:
+                    self._pending = {f for f in self._pending if not f.done()}
+                    self._pending.add(self._removals.submit(self._remove, cid))
         report = None
         if pumped.trailer is not None:
             try:
@@ -311,8 +324,7 @@ class DockerSandbox:
             stdout=pumped.stdout.decode("utf-8", errors="replace"),
             stderr=pumped.stderr.decode("utf-8", errors="replace"),
             stdout_truncated=pumped.stdout_bytes > limits.output_bytes,
-            stderr_truncated=pumped.stderr_bytes > limits.output_bytes
-            or (pumped.output_exceeded and report is None),
+            stderr_truncated=pumped.stderr_bytes > limits.output_bytes,
             wall_s=round(wall, 4),
             cpu_s=float(rep.get("cpu_s") or 0.0),
             peak_memory_mb=round(int(rep.get("maxrss_kb") or 0) / 1024, 1),
@@ -357,7 +369,14 @@ class DockerSandbox:
     ) -> Any:
         raise NotImplementedError("DockerSandbox has no host channel; use the process backend for start()")
 
+    def settle(self) -> None:
+        """Wait until every finished run's container is removed."""
+        with self._lock:
+            pending = list(self._pending)
+        wait_futures(pending)
+
     def close(self) -> None:
+        self._removals.shutdown(wait=True)
         if self._info:
             self.sweep()
         try:
