@@ -47,6 +47,7 @@ LABEL_HASH = "mx.content-hash"
 FORMAT_VERSION = "1"  # bump when the tree layout changes, so old images are not reused
 _STDLIB_SKIP = {
     "test",
+    "tests",
     "idlelib",
     "tkinter",
     "turtledemo",

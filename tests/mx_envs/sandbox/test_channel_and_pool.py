@@ -155,39 +155,6 @@ def test_cli_exec_json(tmp_path, capsys):
     assert rc == 2
 
 
-def test_docker_backend_skips_without_daemon():
-    from mx_envs.sandbox.docker_backend import DockerSandbox, DockerUnavailable
-
-    try:
-        sb = DockerSandbox()
-    except DockerUnavailable as exc:
-        pytest.skip(f"no Docker daemon: {exc}")
-    try:
-        r = sb.run("print(1)", limits=Limits(wall_s=30))
-        assert r.verdict is Verdict.OK and r.stdout == "1\n"
-        r = sb.run("import socket; socket.create_connection(('1.1.1.1', 80), timeout=2)", limits=Limits(wall_s=30))
-        assert r.verdict is Verdict.RUNTIME_ERROR
-    finally:
-        sb.close()
-
-
-def test_docker_container_options_enforce_limits():
-    """Checks the option mapping with a test double client (no daemon needed)."""
-    pytest.importorskip("docker")
-    from mx_envs.sandbox.docker_backend import DockerSandbox
-
-    class FakeClient:
-        """Test double: answers ping only."""
-
-        def ping(self):
-            return True
-
-    sb = DockerSandbox(image="python:3.11-slim", client=FakeClient())
-    kw = sb.container_kwargs(Limits(memory_mb=300, max_processes=7))
-    assert kw["network_mode"] == "none" and kw["read_only"] and kw["mem_limit"] == "300m"
-    assert kw["pids_limit"] == 7 and kw["cap_drop"] == ["ALL"] and "/work" in kw["tmpfs"]
-
-
 def test_pool_grows_while_runs_stay_suspended():
     """More suspended channel runs than warm supervisors (MAS scripts waiting for LLM replies): every
     run still starts at once, because the server adds supervisors when none is idle."""
