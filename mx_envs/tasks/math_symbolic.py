@@ -23,25 +23,42 @@ from functools import lru_cache
 from typing import Any
 
 MAX_SYMBOLIC_CHARS = 600
+MAX_NESTING = 24
+_COMMAND_RE = re.compile(r"\\[A-Za-z]+")
 _DECIMAL_RE = re.compile(r"(?<![\d.])(\d*)\.(\d+)")
 _EXPONENT_RE = re.compile(r"\^\s*(\{|[+-]?\d+|\\?[A-Za-z])")
-_BIG_FACTORIAL_RE = re.compile(r"\d{4,}\s*!|\}\s*!|\)\s*!\s*!|!\s*!")
+_BIG_FACTORIAL_RE = re.compile(r"\d{4,}\s*!|[})]\s*!")
 _BIG_LITERAL_RE = re.compile(r"\d{7,}")
 UNEVALUATED_OPERATORS = ("\\sum", "\\prod", "\\int", "\\lim", "\\iint", "\\oint", "\\coprod", "\\bigcup",
                          "\\bigcap")
 
 
+def _has_variable(latex: str) -> bool:
+    """Whether ``latex`` names a variable (``e``, ``\\pi`` and operator commands are numbers/operators)."""
+    return bool(re.search(r"(?<![\\A-Za-z])(?!e(?![A-Za-z]))[A-Za-z]", _COMMAND_RE.sub(" ", latex)))
+
+
 def too_large(latex: str) -> bool:
     """Whether evaluating ``latex`` could take unbounded time or memory (checked without evaluating).
 
-    Numeric power towers (an exponent holding another ``^`` and no letter), exponents of more than 5
-    digits, factorials of 4-digit numbers or of groups, and ``\\binom``/``!`` of 7-digit literals.
+    Numeric power towers (an exponent holding another ``^`` and no variable; ``e`` counts as a
+    number), exponents of more than 5 digits, factorials of 4-digit numbers or of groups and
+    ``\\binom`` of 7-digit literals or powers (all without variables), brackets nested deeper than 24.
     """
     if len(latex) > MAX_SYMBOLIC_CHARS:
         return True
-    if _BIG_FACTORIAL_RE.search(latex):
+    if _BIG_FACTORIAL_RE.search(latex) and not _has_variable(latex):
         return True
-    if "\\binom" in latex and _BIG_LITERAL_RE.search(latex):
+    if "\\binom" in latex and (_BIG_LITERAL_RE.search(latex) or "^" in latex) and not _has_variable(latex):
+        return True
+    depth = deepest = 0
+    for c in latex:
+        if c in "({[":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif c in ")}]":
+            depth -= 1
+    if deepest > MAX_NESTING:
         return True
     for m in _EXPONENT_RE.finditer(latex):
         tok = m.group(1)
@@ -60,7 +77,7 @@ def too_large(latex: str) -> bool:
         else:
             group = tok
         digits = re.sub(r"[^0-9]", "", group)
-        letters = re.search(r"[A-Za-z]", group.replace("\\cdot", "").replace("\\times", ""))
+        letters = _has_variable(group)
         if ("^" in group or "!" in group or "\\uparrow" in group) and not letters:
             return True
         if len(digits) > 5 and not letters:
