@@ -4,11 +4,7 @@ from __future__ import annotations
 
 import json
 
-import pytest
-
-pytest.importorskip("mx_envs.envs.meta_env")
-
-from mx_train.cli import main  # noqa: E402
+from mx_train.cli import main
 
 
 def run_cli(capsys, *argv: str) -> tuple[int, str, str]:

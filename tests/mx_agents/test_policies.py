@@ -115,9 +115,37 @@ def test_designer_prompt_adds_system_examples_and_instructions():
         DesignerPrompt(examples=("nope",)).apply([])
 
 
-def test_extract_script_matches_the_env():
-    assert "def forward" in extract_script(DESIGN_REPLY)
-    assert extract_script("no code here") is None
+_BODY = "def forward(task):\n    return '\\\\boxed{1}'\n"
+EXTRACTION_CASES = [
+    DESIGN_REPLY,
+    f"```python\n{_BODY}```\nand a helper:\n```python\ndef helper():\n    pass\n```",  # the block with forward
+    f"```\n{_BODY}```",  # untagged
+    f"```text\nnotes\n```\n```py\n{_BODY}```",  # tagged py beats text
+    _BODY,  # bare code that parses and defines forward
+    f"```python\n{_BODY}    x = (\n",  # unclosed final fence: extracted, then a syntax error
+    "no code here",
+    "```text\njust words\n```",
+]
+
+
+@pytest.mark.parametrize("reply", EXTRACTION_CASES)
+def test_extract_script_matches_the_env(reply):
+    """The policy's script (Action.script) is the one the env runs: compared with a real env step."""
+    from mx_envs.envs.meta_env import MetaAgentXEnv
+    from mx_envs.tasks import load_tasks
+
+    env = MetaAgentXEnv(tasks=list(load_tasks("arithmetic", limit=1)))
+    try:
+        env.reset(seed=0)
+        _, _, terminated, _, info = env.step(reply)
+        run = env.session.script if env.session is not None else None  # the script the env started
+    finally:
+        env.close()
+    ours = extract_script(reply)
+    if ours is None:
+        assert terminated and info["termination_reason"] == "no_code" and info["design"] is None
+    else:
+        assert run == ours and (not terminated or info["termination_reason"] != "no_code")
 
 
 def test_fixed_design_policy_plays_library_design_and_delegates_agents():

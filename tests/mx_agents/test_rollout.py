@@ -6,15 +6,13 @@ from __future__ import annotations
 import pytest
 from agents_doubles import CountingBackend
 
-pytest.importorskip("mx_envs.envs.meta_env")
-
-from mx_agents.design_groups import run_design_groups  # noqa: E402
-from mx_agents.policies import FixedDesignPolicy, ScriptedPolicy, SharedPolicy, builtin_scripted_policy  # noqa: E402
-from mx_agents.policies.fixed import fence  # noqa: E402
-from mx_agents.rollout import GroupIds, RolloutStats, run_episodes  # noqa: E402
-from mx_envs.envs.meta_env import MetaAgentXEnv  # noqa: E402
-from mx_envs.mas.designs import load_design  # noqa: E402
-from mx_envs.tasks.record import CodeTests, Task  # noqa: E402
+from mx_agents.design_groups import run_design_groups
+from mx_agents.policies import FixedDesignPolicy, ScriptedPolicy, SharedPolicy, builtin_scripted_policy
+from mx_agents.policies.fixed import fence
+from mx_agents.rollout import GroupIds, RolloutStats, run_episodes
+from mx_envs.envs.meta_env import MetaAgentXEnv
+from mx_envs.mas.designs import load_design
+from mx_envs.tasks.record import CodeTests, Task
 
 MATH = [Task(id=f"m{i}", dataset="toy", split="test", kind="math", prompt=f"What is {i} + 2?", answer=str(i + 2))
         for i in range(4)]
@@ -141,7 +139,8 @@ def test_design_groups_design_once_execute_n():
     executor = [tr for tr in trs if tr.role == "executor"]
     assert len({(tr.task_uid, tr.design_id, tr.execution_id) for tr in executor}) == 12
     # The learner's credit assignment accepts them as an M x N block.
-    credit = pytest.importorskip("mx_train.credit")
+    from mx_train import credit
+
     d_adv, e_adv = credit.assign_advantages(trs, execution_rewards=out.execution_rewards())
     assert d_adv.shape == (2, 2) and e_adv.shape == (2, 2, 3)
 

@@ -4,16 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-pytest.importorskip("mx_envs.envs.meta_env")
-pytest.importorskip("mx_agents.backends.hf")
-
-from mx_agents.backends.base import SamplingParams  # noqa: E402
-from mx_agents.backends.hf import HFBackend  # noqa: E402
-from mx_agents.policies import ExecutorPolicy, FixedDesignPolicy, SharedPolicy  # noqa: E402
-from mx_agents.rollout import run_episodes  # noqa: E402
-from mx_agents.testing import tiny_llama  # noqa: E402
-from mx_envs.envs.meta_env import MetaAgentXEnv  # noqa: E402
-from mx_envs.tasks.record import Task  # noqa: E402
+from mx_agents.backends.base import SamplingParams
+from mx_agents.backends.hf import HFBackend
+from mx_agents.policies import ExecutorPolicy, FixedDesignPolicy, SharedPolicy
+from mx_agents.rollout import run_episodes
+from mx_agents.testing import tiny_llama
+from mx_envs.envs.meta_env import MetaAgentXEnv
+from mx_envs.tasks.record import Task
 
 TASKS = [Task(id=f"t{i}", dataset="toy", split="test", kind="math", prompt=f"What is {i} + 1?", answer=str(i + 1))
          for i in range(3)]

@@ -103,11 +103,15 @@ def test_falls_back_without_extensions_on_400():
     assert "return_token_ids" not in server.requests[-1]
 
 
-def test_concurrency_limit_is_respected():
-    with ChatServerDouble() as server:
-        comps = _backend(server, max_concurrency=2).generate(_reqs(*[f"m{i}" for i in range(8)]))
-    assert [c.text for c in comps] == [f"m{i}"[::-1] for i in range(8)]
-    assert server.max_in_flight <= 2
+@pytest.mark.parametrize("limit", [1, 3])
+def test_concurrency_limit_is_respected_and_reached(limit):
+    """Exactly ``limit`` requests in flight at the peak: a bound that one-at-a-time sending would also
+    meet (<=) proves nothing, so the peak must reach the limit too. Each request holds the server for
+    0.2 s (a ``sleep`` fault) so that concurrent requests overlap even on a loaded machine."""
+    with ChatServerDouble(faults=["sleep:0.2"] * 6) as server:
+        comps = _backend(server, max_concurrency=limit).generate(_reqs(*[f"m{i}" for i in range(6)]))
+    assert [c.text for c in comps] == [f"m{i}"[::-1] for i in range(6)]
+    assert server.max_in_flight == limit
 
 
 def test_generate_works_inside_a_running_event_loop():
