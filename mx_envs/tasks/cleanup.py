@@ -48,8 +48,10 @@ def normalize_answer(answer: str) -> str:
             break
     s = _DEGREE_RE.sub("", s)
     s = s.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac")
-    s = re.sub(r"\\left\s*|\\right\s*", "", s)
-    s = s.replace("\\!", "").replace("\\,", "").replace("\\;", "").replace("\\ ", " ")
+    s = re.sub(r"\\left(?![A-Za-z])\s*|\\right(?![A-Za-z])\s*", "", s)
+    # Spacing commands only: a backslash that ends a matrix row separator (``\\\\ 2``) is kept.
+    s = re.sub(r"(?<!\\)\\[!,;]", "", s)
+    s = re.sub(r"(?<!\\)\\ ", " ", s)
     return s.strip()
 
 

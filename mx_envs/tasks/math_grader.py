@@ -286,11 +286,11 @@ def _symbolic(a: str, r: str, ctx: _Ctx) -> bool:
 
 
 def _number_equal(a: Literal, r: Literal, ctx: _Ctx) -> tuple[bool, str]:
-    if r.kind == "int" and a.kind == "fraction":
+    if r.kind == "int" and a.kind in ("fraction", "pow10"):  # \frac{22}{2}, 10^{2}: computations
         return False, "unevaluated"
     if a.value == r.value:
         return True, "numeric"
-    if ctx.rel_tol is not None and r.kind in ("decimal", "sci") and a.kind != "fraction":
+    if ctx.rel_tol is not None and r.kind in ("decimal", "sci", "pow10") and a.kind != "fraction":
         return abs(a.value - r.value) <= Fraction(ctx.rel_tol) * abs(r.value), "numeric"
     return False, "numeric"
 

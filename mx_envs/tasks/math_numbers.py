@@ -31,7 +31,7 @@ _SLASH_RE = re.compile(r"^([+-]?\d+)\s*/\s*(\d+)$")
 
 @dataclass(frozen=True)
 class Literal:
-    """A written number: its exact ``value`` and ``kind`` (``int``, ``decimal``, ``sci``, ``fraction``)."""
+    """A written number: its exact ``value`` and ``kind`` (``int``, ``decimal``, ``sci``, ``pow10``, ``fraction``)."""
 
     value: Fraction
     kind: str
@@ -48,7 +48,7 @@ def _scaled(mantissa: str, exponent: str, strict: bool) -> Literal | None:
     m = _fraction(mantissa)
     if m is None:
         return None
-    if strict and not (m == 0 or 1 <= abs(m) < 10):
+    if strict and not 1 <= abs(m) < 10:
         return None
     return Literal(m * Fraction(10) ** int(exponent), "sci")
 
@@ -74,7 +74,7 @@ def parse_literal(s: str, strict: bool = True) -> Literal | None:
         return _scaled(m.group(1), m.group(2) or m.group(3), strict)
     m = _POW10_RE.match(t)
     if m:
-        return Literal((-1 if m.group(1) == "-" else 1) * Fraction(10) ** int(m.group(2) or m.group(3)), "sci")
+        return Literal((-1 if m.group(1) == "-" else 1) * Fraction(10) ** int(m.group(2) or m.group(3)), "pow10")
     m = _FRAC_RE.match(t) or _SLASH_RE.match(t)
     if m:
         groups = m.groups()
@@ -88,11 +88,6 @@ def parse_literal(s: str, strict: bool = True) -> Literal | None:
             return None
         return Literal(sign * Fraction(n, d), "fraction")
     return None
-
-
-def is_integral(lit: Literal) -> bool:
-    """Whether a literal is an integer value written as one (``70``, ``70.0``, ``7 \\times 10^1`` kinds)."""
-    return lit.kind in ("int", "decimal", "sci") and lit.value.denominator == 1
 
 
 def parse_numeral(s: str) -> Fraction | None:

@@ -155,8 +155,16 @@ def decimal_approximations(ref: str) -> Iterator[str]:
 
     try:
         v = _to_sympy(ref)
-        if not getattr(v, "is_number", False) or v.is_Rational and Fraction(str(v)).denominator in (1, 2, 4, 5, 8):
+        if not getattr(v, "is_number", False):
             return
+        if v.is_Rational:  # a terminating decimal is the same number, not an approximation
+            d = Fraction(str(v)).denominator
+            while d % 2 == 0:
+                d //= 2
+            while d % 5 == 0:
+                d //= 5
+            if d == 1:
+                return
         x = v.evalf(40)
     except Exception:  # noqa: BLE001 - not a number reference
         return
