@@ -83,6 +83,7 @@ def run_design_groups(
     step_workers: int = 1,
     max_turns: int = 256,
     run_id: str | None = None,
+    schedule: str = "lockstep",
 ) -> DesignGroupRollout:
     """Sample ``n_designs`` designs per task, execute each ``n_executions`` times, return everything.
 
@@ -151,6 +152,7 @@ def run_design_groups(
             close=False,
             stats=stats,
             run_id=run_id,
+            schedule=schedule,
         )
     finally:
         if owned:

@@ -50,6 +50,8 @@ class PolicyConfig:
     device: str = "auto"
     dtype: str = "auto"
     max_batch_size: int = 32
+    # Qwen3-style chat templates: ``enable_thinking`` (off, as the paper ran); ignored by templates without it.
+    thinking: bool = False
 
 
 @dataclass
@@ -69,6 +71,11 @@ class RolloutConfig:
     executor: SamplingConfig = field(default_factory=lambda: SamplingConfig(max_new_tokens=512))
     step_workers: int = 1  # threads stepping envs (helps when scripts run tool calls)
     max_turns: int = 64
+    # "continuous": one thread per episode, each LLM turn submitted when its sandbox asks (the engine
+    # batches what is pending); "lockstep": rounds that wait for the slowest turn (mx_agents.rollout).
+    schedule: str = "continuous"
+    # Transitions per step on which engine vs learner log-probs are compared (rollout/logprob_diff_*).
+    logprob_probe: int = 8
     # Extra designer prompt material (mx_agents DesignerPrompt): system_prompt replaces the env's
     # system message (e.g. a compact API reference for small models); examples: library design names.
     designer_prompt: dict[str, Any] = field(default_factory=dict)
@@ -219,6 +226,8 @@ class TrainConfig:
         for name in ("tasks_per_step", "designs", "executions"):
             if getattr(r, name) < 1:
                 raise ConfigError(f"must be >= 1, got {getattr(r, name)}", key=f"rollout.{name}")
+        if r.schedule not in ("continuous", "lockstep"):
+            raise ConfigError(f"must be 'continuous' or 'lockstep', got {r.schedule!r}", key="rollout.schedule")
         if self.max_steps < 0:
             raise ConfigError(f"must be >= 0, got {self.max_steps}", key="max_steps")
         if self.save_every < 1:

@@ -128,6 +128,7 @@ class Trainer:
             backend_factory = default_backend_factory(self.config)
         self.backends = build_backends(self.config, backend_factory)
         self.learners: dict[str, Learner] = {}
+        self.syncs: dict[str, Any] = {}  # role -> mx_train.weight_sync.EngineSync (engines that get pushed weights)
         for role in ("designer", "executor"):
             backend = self.backends[role]
             existing = next((lr for r, lr in self.learners.items() if self.backends[r] is backend), None)
@@ -135,15 +136,19 @@ class Trainer:
                 self.learners[role] = existing
                 continue
             model = getattr(backend, "model", None)
+            tokenizer = getattr(backend, "tokenizer", None)
             if model is None or not hasattr(model, "parameters"):
-                raise ValueError(
-                    f"the {role} backend {getattr(backend, 'name', backend)!r} exposes no torch model to train; "
-                    "train with an HF backend (vLLM/HTTP backends serve weights pushed by the learner)"
-                )
+                # An engine that serves weights (vLLM): the learner trains its own copy and pushes it.
+                model, tokenizer = _learner_copy(backend, role, pc.device)
             name = "policy" if not pc.executor_model else role
-            learner = Learner(model, self.config.learner, tokenizer=getattr(backend, "tokenizer", None), name=name)
+            learner = Learner(model, self.config.learner, tokenizer=tokenizer, name=name)
             if not _shared_model(backend, learner):
-                learner.on_weights_updated = backend.load_weights
+                from mx_train.weight_sync import EngineSync
+
+                sync = EngineSync(learner, backend, probe=self.config.rollout.logprob_probe,
+                                  pad_id=getattr(learner, "pad_token_id", 0) or 0)
+                learner.on_weights_updated = sync.push
+                self.syncs[role] = sync
             self.learners[role] = learner
         self.policy_group = PolicyGroup(self.learners)
 
@@ -224,7 +229,9 @@ class Trainer:
             transitions, exec_rewards, summary = ray_rollout(self, task_ids, uids, step, seed, version)
         else:
             from mx_agents.design_groups import run_design_groups
+            from mx_train.weight_sync import before_rollout
 
+            before_rollout(self.backends.values())
             result = run_design_groups(
                 self._env_pool(),
                 self.make_policy(step),
@@ -237,6 +244,7 @@ class Trainer:
                 step_workers=r.step_workers,
                 max_turns=r.max_turns,
                 run_id=f"step{step}",
+                schedule=r.schedule,
             )
             transitions = result.transitions(policy_version=version)
             exec_rewards = result.execution_rewards()
@@ -303,10 +311,17 @@ class Trainer:
         t_roll = time.perf_counter() - t0
         self.write_transitions(step, transitions)
         active = self.schedule.active_roles(step)
+        from mx_train.weight_sync import after_rollout
+
+        for sync in {id(s): s for s in self.syncs.values()}.values():
+            metrics.update(sync.rollout_metrics(transitions))  # engine vs learner, same weights
+        after_rollout(self.backends.values())
         t1 = time.perf_counter()
         update = self.policy_group.update(transitions, active_roles=active)
         t_update = time.perf_counter() - t1
         metrics.update(update)
+        for sync in {id(s): s for s in self.syncs.values()}.values():
+            metrics.update(sync.pop_metrics())  # stale/synced differences and transfer of the push
         gen_tokens = sum(len(t.response_ids) for t in transitions)
         metrics.update(
             {
@@ -532,9 +547,25 @@ def default_backend_factory(config: TrainConfig) -> Callable[[str], Any]:
     def factory(spec: str) -> Any:
         from mx_agents.backends import get_backend
 
-        return get_backend(spec, device=pc.device, dtype=pc.dtype, max_batch_size=pc.max_batch_size)
+        return get_backend(spec, device=pc.device, dtype=pc.dtype, max_batch_size=pc.max_batch_size,
+                           chat_template_kwargs={"enable_thinking": bool(pc.thinking)})
 
     return factory
+
+
+def _learner_copy(backend: Any, role: str, device: str) -> tuple[Any, Any]:
+    """The learner's own fp32 copy of a serving engine's model (read from the engine's model path)."""
+    path = getattr(backend, "model_path", None)
+    if path is None or not hasattr(backend, "load_weights"):
+        raise ValueError(
+            f"the {role} backend {getattr(backend, 'name', backend)!r} neither exposes a torch model nor "
+            "a model_path and load_weights; train with an HF or vLLM backend (HTTP backends cannot be updated)"
+        )
+    import torch
+
+    from mx_agents.backends.hf import load_hf_model, load_hf_tokenizer, resolve_device
+
+    return load_hf_model(path, resolve_device(device), torch.float32), load_hf_tokenizer(path)
 
 
 def build_backends(config: TrainConfig, backend_factory: Callable[[str], Any]) -> dict[str, Any]:

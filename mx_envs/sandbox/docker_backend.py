@@ -134,7 +134,9 @@ class DockerSandbox:
 
     name = "docker"
 
-    def __init__(self, image: str | None = None, client: Any = None, build: bool = True) -> None:
+    def __init__(
+        self, image: str | None = None, client: Any = None, build: bool = True, warm: int = 1
+    ) -> None:
         try:
             import docker  # the `docker` extra
         except ImportError as exc:
@@ -151,9 +153,14 @@ class DockerSandbox:
         self.owner = f"{socket.gethostname()}:{os.getpid()}"
         self.python = FALLBACK_PYTHON
         self._info: dict[str, Any] = {}
-        self._removals = ThreadPoolExecutor(max_workers=2, thread_name_prefix="mx-docker-rm")
+        self._removals = ThreadPoolExecutor(max_workers=2, thread_name_prefix="mx-docker-bg")
         self._pending: set[Future[None]] = set()
         self._lock = threading.Lock()
+        self.warm = int(warm) if client is None else 0
+        self._warm: list[_Launched] = []
+        self._warm_key: tuple[Any, ...] | None = None
+        self._warm_inflight = 0
+        self._closed = False
         if client is None:  # a real daemon: resolve the image now, so the first run is not slower
             self._prepare(build)
 
@@ -271,42 +278,24 @@ class DockerSandbox:
             return RunResult(
                 verdict=Verdict.SANDBOX_ERROR, exit_code=None, message=f"docker: bad input: {exc}"
             )
-        cid = None
+        launched: _Launched | None = None
         try:
-            cid = self.api.create_container(
-                host_config=self._host_config(limits), **self.create_kwargs(limits)
-            )["Id"]
-            sock = self.api.attach_socket(cid, params={"stdin": 1, "stdout": 1, "stderr": 1, "stream": 1})
-            raw = getattr(sock, "_sock", sock)
-            # The daemon finishes a kill only once the output copy drains, so the kill must not
-            # block the thread that reads the stream: it runs beside the pump.
-            killer = threading.Thread(target=self._kill, args=(cid,), name="mx-docker-kill", daemon=True)
-            try:
-                self.api.start(cid)
-                pumped = pump(
-                    raw,
-                    payload,
-                    cap=limits.output_bytes,
-                    wall_s=limits.wall_s,
-                    startup_s=STARTUP_S,
-                    nonce=nonce.encode(),
-                    kill=lambda: killer.start(),
-                )
-            finally:
-                _close(sock)
-            if not pumped.eof:
-                self._kill(cid)
-            if killer.is_alive():
-                killer.join(STARTUP_S)
-            status = self.api.wait(cid, timeout=STARTUP_S)
-            state = self.api.inspect_container(cid).get("State") or {}
+            launched = self._take_warm(limits)
+            warm = launched is not None
+            if launched is None:
+                launched = self._launch(limits)
+            self._refill(limits)
+            pumped, status, state = self._drive(launched, payload, nonce, limits)
+            if warm and pumped.eof and pumped.started is None and not pumped.stderr_bytes:
+                # A pre-started container that died while idle (daemon restart): once more, cold.
+                self._discard(launched)
+                launched = self._launch(limits)
+                pumped, status, state = self._drive(launched, payload, nonce, limits)
         except Exception as exc:  # noqa: BLE001 - a daemon failure is the sandbox's failure
             return RunResult(verdict=Verdict.SANDBOX_ERROR, exit_code=None, message=f"docker: {exc}")
         finally:
-            if cid is not None:  # off the result's critical path; close()/settle() wait for it
-                with self._lock:
-                    self._pending = {f for f in self._pending if not f.done()}
-                    self._pending.add(self._removals.submit(self._remove, cid))
+            if launched is not None:
+                self._discard(launched)
         report = None
         if pumped.trailer is not None:
             try:
@@ -332,6 +321,111 @@ class DockerSandbox:
             message=message,
             isolation=self.isolation(limits),
         )
+
+    def _launch(self, limits: Limits) -> _Launched:
+        """Create, attach and start a container; its runner then waits for the bundle on stdin."""
+        cid = self.api.create_container(host_config=self._host_config(limits), **self.create_kwargs(limits))[
+            "Id"
+        ]
+        try:
+            sock = self.api.attach_socket(cid, params={"stdin": 1, "stdout": 1, "stderr": 1, "stream": 1})
+            try:
+                self.api.start(cid)
+            except Exception:
+                _close(sock)
+                raise
+        except Exception:
+            self._remove(cid)
+            raise
+        return _Launched(cid, sock, _pool_key(limits))
+
+    def _drive(
+        self, launched: _Launched, payload: bytes, nonce: str, limits: Limits
+    ) -> tuple[PumpResult, dict[str, Any], dict[str, Any]]:
+        """Pump one started container to its end; then the daemon's exit status and state."""
+        cid = launched.cid
+        # The daemon finishes a kill only once the output copy drains, so the kill must not block
+        # the thread that reads the stream: it runs beside the pump.
+        killer = threading.Thread(target=self._kill, args=(cid,), name="mx-docker-kill", daemon=True)
+        try:
+            pumped = pump(
+                getattr(launched.sock, "_sock", launched.sock),
+                payload,
+                cap=limits.output_bytes,
+                wall_s=limits.wall_s,
+                startup_s=STARTUP_S,
+                nonce=nonce.encode(),
+                kill=killer.start,
+            )
+        finally:
+            _close(launched.sock)
+        if not pumped.eof:
+            self._kill(cid)
+        if killer.is_alive():
+            killer.join(STARTUP_S)
+        status = self.api.wait(cid, timeout=STARTUP_S)
+        state = self.api.inspect_container(cid).get("State") or {}
+        return pumped, status, state
+
+    # ------------------------------------------------------------------ warm containers
+    def _take_warm(self, limits: Limits) -> _Launched | None:
+        key = _pool_key(limits)
+        with self._lock:
+            if self._warm_key == key and self._warm:
+                return self._warm.pop()
+        return None
+
+    def _refill(self, limits: Limits) -> None:
+        """Keep ``warm`` started containers for the limits of the latest run, from their second use.
+
+        A one-off run (``mx sandbox exec``) or a change of limits starts nothing extra; a loop over
+        the same limits (grading candidates) finds a container started while it was elsewhere.
+        """
+        if self.warm <= 0 or self._closed:
+            return
+        key = _pool_key(limits)
+        stale: list[_Launched] = []
+        with self._lock:
+            if self._warm_key != key:  # new limits: pre-start only once they are used again
+                stale, self._warm, self._warm_key = self._warm, [], key
+                missing = 0
+            else:
+                missing = self.warm - len(self._warm) - self._warm_inflight
+                self._warm_inflight += max(0, missing)
+        for old in stale:
+            self._discard(old)
+        for _ in range(max(0, missing)):
+            self._track(self._removals.submit(self._prestart, limits, key))
+
+    def _prestart(self, limits: Limits, key: tuple[Any, ...]) -> None:
+        try:
+            launched = self._launch(limits)
+        except Exception:  # noqa: BLE001 - a failed pre-start only means the next run starts cold
+            with self._lock:
+                self._warm_inflight -= 1
+            return
+        with self._lock:
+            self._warm_inflight -= 1
+            keep = not self._closed and self._warm_key == key and len(self._warm) < self.warm
+            if keep:
+                self._warm.append(launched)
+        if not keep:
+            self._discard(launched)
+
+    def _discard(self, launched: _Launched) -> None:
+        """Close the stream (an idle runner then exits on EOF) and remove the container, off-path."""
+        _close(launched.sock)
+        self._track(self._removals.submit(self._remove, launched.cid))
+
+    def _track(self, fut: Future[None]) -> None:
+        with self._lock:
+            self._pending = {f for f in self._pending if not f.done()}
+            self._pending.add(fut)
+
+    def warm_ids(self) -> list[str]:
+        """Ids of the pre-started containers waiting for a run (idle runners, no program yet)."""
+        with self._lock:
+            return [w.cid for w in self._warm]
 
     def _kill(self, cid: str) -> None:
         try:
@@ -370,12 +464,21 @@ class DockerSandbox:
         raise NotImplementedError("DockerSandbox has no host channel; use the process backend for start()")
 
     def settle(self) -> None:
-        """Wait until every finished run's container is removed."""
-        with self._lock:
-            pending = list(self._pending)
-        wait_futures(pending)
+        """Wait until every finished run's container is removed and pre-starts are done."""
+        while True:
+            with self._lock:
+                pending = [f for f in self._pending if not f.done()]
+            if not pending:
+                return
+            wait_futures(pending)
 
     def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            warm, self._warm = self._warm, []
+        for launched in warm:
+            self._discard(launched)
+        self.settle()
         self._removals.shutdown(wait=True)
         if self._info:
             self.sweep()
@@ -389,6 +492,20 @@ class DockerSandbox:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+@dataclass
+class _Launched:
+    """A started container whose runner waits for its bundle; used by exactly one run."""
+
+    cid: str
+    sock: Any  # the attach socket (stdin, stdout, stderr)
+    key: tuple[Any, ...]
+
+
+def _pool_key(limits: Limits) -> tuple[Any, ...]:
+    """The limits a container is created with (the rest travels in the bundle's header)."""
+    return (limits.memory_mb, limits.max_processes, limits.network, limits.open_files)
 
 
 def _alive(pid: int) -> bool:

@@ -228,13 +228,15 @@ def docker_sb(dsb):
 
     yield dsb
     dsb.settle()
+    warm = dsb.warm_ids()  # pre-started for the next run: an idle runner, no program
+    assert len(warm) <= dsb.warm
     left = dsb.api.containers(all=True, filters={"label": f"{LABEL_OWNER}={dsb.owner}"})
-    assert left == [], f"leftover containers: {[c['Id'][:12] for c in left]}"
-    assert _container_processes() == []
+    assert [c["Id"][:12] for c in left if c["Id"] not in warm] == [], "leftover containers"
+    assert _container_processes(exclude=warm) == []
 
 
-def _container_processes() -> list[int]:
-    """Host pids that still run as uid 65534 inside a Docker container's cgroup."""
+def _container_processes(exclude: list[str] = ()) -> list[int]:
+    """Host pids that still run as uid 65534 inside a Docker container's cgroup (but ``exclude``)."""
     out = []
     for name in os.listdir("/proc"):
         if not name.isdigit():
@@ -245,7 +247,7 @@ def _container_processes() -> list[int]:
         except OSError:
             continue
         uid = next((ln.split()[1] for ln in status.splitlines() if ln.startswith("Uid:")), "")
-        if uid == "65534" and "/docker/" in cg:
+        if uid == "65534" and "/docker/" in cg and not any(cid in cg for cid in exclude):
             out.append(int(name))
     return out
 
@@ -306,6 +308,12 @@ def test_docker_exit_code_and_stderr_cannot_forge_verdicts(docker_sb):
     r = docker_sb.run(spoof, limits=Limits(wall_s=20))
     assert r.verdict is Verdict.RUNTIME_ERROR and r.exit_code == 1
     assert "MemoryError" in r.stderr and "MXEND" in r.stderr  # kept as the program's text
+    docker_sb.settle()
+    warm = docker_sb.warm_ids()  # limits used twice: a container is started for the next run
+    assert len(warm) == docker_sb.warm == 1
+    r = docker_sb.run("print(input()[::-1])", stdin="abc\n", limits=Limits(wall_s=20))
+    assert r.verdict is Verdict.OK and r.stdout == "cba\n"
+    assert warm[0] not in docker_sb.warm_ids()  # a container serves one run, then goes
 
 
 def test_docker_memory_bomb_anonymous_and_tmpfs(docker_sb):
