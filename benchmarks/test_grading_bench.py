@@ -1,8 +1,9 @@
 """Grading throughput.
 
 Math: answers graded per second on the fast path (plain numerals: AIME-style answers) and on the
-math-verify path (MATH-500-style LaTeX answers), each against the naive way (math-verify's own
-``parse``/``verify`` on every pair, no fast path).
+sympy path (MATH-500-style LaTeX answers), each against the naive way (math-verify's own
+``parse``/``verify`` on every pair, no fast path) and against the grader before issue 10 (loaded
+from git revision ``OLD_MATH_REV``); and whole integer responses, extraction included.
 
 Code: grading overhead per test beyond the program's own run time, for one sandbox run per
 candidate (the harness forks a child per test; what ``grade_code`` does) versus one sandbox run
@@ -18,7 +19,7 @@ import time
 
 import pytest
 
-from mx_envs.tasks.math_grader import compare_answers
+from mx_envs.tasks.math_grader import compare_answers, grade_math
 from mx_envs.tasks.record import CodeTests
 
 NUMERIC = [(f"{n:03d}", str(n)) for n in range(0, 1000, 7)] + [(f"{n:,}.0", str(n)) for n in range(1000, 9000, 97)]
@@ -47,15 +48,77 @@ def _ours(pairs: list[tuple[str, str]]) -> int:
     return sum(compare_answers(a, r)[0] for a, r in pairs)
 
 
+def _ours_responses(pairs: list[tuple[str, str]]) -> int:
+    return sum(grade_math(f"Thus the answer is \\boxed{{{a}}}.", r).correct for a, r in pairs)
+
+
+# The math grader before the reward-integrity rewrite (issue 10), loaded from git into a temporary
+# package, so the ratio old/new is measured in the same run on the same machine.
+OLD_MATH_REV = "82a5774"
+_OLD_FILES = ("math_grader", "math_extract", "cleanup", "timelimit")
+
+
+@pytest.fixture(scope="module")
+def old_math_grader(tmp_path_factory):
+    import importlib
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    if shutil.which("git") is None:
+        pytest.skip("git is not installed: cannot load the old math grader for the ratio")
+    root = Path(__file__).resolve().parents[1]
+    pkg = tmp_path_factory.mktemp("oldmath") / "old_mx_math"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    for name in _OLD_FILES:
+        out = subprocess.run(["git", "-C", str(root), "show", f"{OLD_MATH_REV}:mx_envs/tasks/{name}.py"],
+                             capture_output=True, text=True)
+        if out.returncode != 0:
+            pytest.skip(f"git revision {OLD_MATH_REV} is not in this checkout: no old math grader to compare")
+        (pkg / f"{name}.py").write_text(out.stdout.replace("from mx_envs.tasks.", "from old_mx_math."))
+    sys.path.insert(0, str(pkg.parent))
+    try:
+        return importlib.import_module("old_mx_math.math_grader")
+    finally:
+        sys.path.remove(str(pkg.parent))
+
+
 @pytest.mark.parametrize("path,pairs", [("fast_path", NUMERIC), ("math_verify_path", LATEX)])
-@pytest.mark.parametrize("impl", ["naive_math_verify", "ours"])
-def test_math_grading_rate(benchmark, bench_quick, path, pairs, impl) -> None:
+@pytest.mark.parametrize("impl", ["naive_math_verify", "old_grader", "ours"])
+def test_math_grading_rate(benchmark, bench_quick, path, pairs, impl, request) -> None:
     work = _pairs(bench_quick, pairs, 400 if path == "fast_path" else 200)
-    fn = _naive_math_verify if impl == "naive_math_verify" else _ours
+    if impl == "old_grader":
+        old = request.getfixturevalue("old_math_grader")
+
+        def fn(ps: list[tuple[str, str]]) -> int:
+            return sum(old.compare_answers(a, r)[0] for a, r in ps)
+    else:
+        fn = _naive_math_verify if impl == "naive_math_verify" else _ours
     benchmark.group = f"grading-math-{path}"  # mx bench pairing (benchmarks/README.md)
     benchmark.extra_info["naive"] = impl == "naive_math_verify"
     fn(work[:5])  # warm imports and caches
     correct = benchmark.pedantic(fn, args=(work,), rounds=3, iterations=1)
+    assert correct == len(work)
+    benchmark.extra_info["pairs"] = len(work)
+    benchmark.extra_info["pairs_per_s"] = round(len(work) / benchmark.stats.stats.mean, 1)
+
+
+@pytest.mark.parametrize("impl", ["old_grader", "ours"])
+def test_math_grading_rate_integer_responses(benchmark, bench_quick, impl, request) -> None:
+    """Whole responses (extraction included) with integer answers: the rate an RL rollout sees."""
+    work = _pairs(bench_quick, NUMERIC, 4000)
+    if impl == "old_grader":
+        old = request.getfixturevalue("old_math_grader")
+
+        def fn(ps: list[tuple[str, str]]) -> int:
+            return sum(old.grade_math(f"Thus the answer is \\boxed{{{a}}}.", r).correct for a, r in ps)
+    else:
+        fn = _ours_responses
+    benchmark.group = "grading-math-integer-responses"
+    benchmark.extra_info["naive"] = impl == "old_grader"
+    correct = benchmark.pedantic(fn, args=(work,), rounds=3, iterations=1, warmup_rounds=1)
     assert correct == len(work)
     benchmark.extra_info["pairs"] = len(work)
     benchmark.extra_info["pairs_per_s"] = round(len(work) / benchmark.stats.stats.mean, 1)

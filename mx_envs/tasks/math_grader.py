@@ -147,6 +147,7 @@ def _wraps(s: str, open_len: int) -> bool:
 
 
 _COMMA = re.compile(",")
+_PLAIN_NUMBER_RE = re.compile(r"^[+-]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d*)?$")
 _OP_ALIASES = {"\\le": "\\leq", "\\ge": "\\geq", "\\ne": "\\neq", "\\lt": "<", "\\gt": ">"}
 _CUP = re.compile(r"\\cup(?![A-Za-z])|∪")
 _THOUSANDS_RE = re.compile(r"^[+-]?\d{1,3}(?:,\d{3})+(?:\.\d+)?$")
@@ -427,6 +428,18 @@ def _compare(answer: str, reference: str, ctx: _Ctx) -> tuple[bool, str]:
     return compare_shapes(shape, ref.shape, ctx)
 
 
+def _plain_integer(s: str) -> int | None:
+    """The value of a plain numeral that is an integer (``070``, ``1,000``, ``70.0``); else ``None``."""
+    t = s.replace(",", "")
+    head, _, tail = t.partition(".")
+    if tail.strip("0") or not head.lstrip("+-"):
+        return None
+    try:
+        return int(head)
+    except ValueError:  # over Python's int-string limit: the exact path decides
+        return None
+
+
 def compare_answers(answer: str, reference: str, timeout_s: float | None = DEFAULT_TIMEOUT_S,
                     rel_tol: float | None = None) -> tuple[bool, str]:
     """Whether ``answer`` (already extracted) equals ``reference``; returns (equal, method).
@@ -434,6 +447,13 @@ def compare_answers(answer: str, reference: str, timeout_s: float | None = DEFAU
     ``timeout_s`` bounds all sympy work of this comparison (``None``: no limit); ``rel_tol`` is a
     relative tolerance for decimal references, for datasets that state one. Never raises.
     """
+    if _PLAIN_NUMBER_RE.match(answer) and _PLAIN_NUMBER_RE.match(reference):  # the integer fast path
+        a_int, r_int = _plain_integer(answer), _plain_integer(reference)
+        if a_int is not None and r_int is not None and rel_tol is None:
+            return a_int == r_int, "numeric"
+        al, rl = parse_literal(answer), parse_literal(reference, strict=False)
+        if al is not None and rl is not None:
+            return _number_equal(al, rl, _Ctx(rel_tol, None, reference))
     deadline = None if timeout_s is None or timeout_s <= 0 else time.monotonic() + timeout_s
     ctx = _Ctx(rel_tol, deadline, "")
     try:
@@ -469,6 +489,21 @@ def bare_answer(response: str, reference: str) -> str | None:
     return core or None
 
 
+def _one_plain_integer_box(response: str, reference: str) -> MathGrade | None:
+    """The verdict for the common RL case, one ``\\boxed{<integer>}`` against an integer; else ``None``."""
+    i = response.find("\\boxed{")
+    if i < 0 or response.find("\\boxed", i + 6) >= 0 or "\\fbox" in response:
+        return None
+    j = response.find("}", i + 7)
+    content = response[i + 7 : j].strip()
+    if j < 0 or not _PLAIN_NUMBER_RE.match(content) or not _PLAIN_NUMBER_RE.match(reference):
+        return None
+    a, r = _plain_integer(content), _plain_integer(reference)
+    if a is None or r is None:
+        return None
+    return MathGrade(a == r, content, "numeric")
+
+
 def grade_math(response: str, reference: str, timeout_s: float | None = DEFAULT_TIMEOUT_S,
                rel_tol: float | None = None) -> MathGrade:
     """Extract the final answer of ``response`` and compare it with ``reference`` (module docstring).
@@ -478,6 +513,9 @@ def grade_math(response: str, reference: str, timeout_s: float | None = DEFAULT_
     """
     try:
         response = "" if response is None else str(response)
+        fast = _one_plain_integer_box(response, reference) if rel_tol is None else None
+        if fast is not None:
+            return fast
         if len(response) > MAX_RESPONSE_CHARS:
             return MathGrade(False, None, "too_long")
         ex = extract_all(response)
@@ -489,7 +527,7 @@ def grade_math(response: str, reference: str, timeout_s: float | None = DEFAULT_
             answers = [bare] if bare is not None else []
         if not answers:
             return MathGrade(False, None, "no_answer")
-        distinct = list(dict.fromkeys(normalize_math(a) for a in answers))
+        distinct = list(dict.fromkeys(a if _PLAIN_NUMBER_RE.match(a) else normalize_math(a) for a in answers))
         if len(distinct) > MAX_BOXES:
             return MathGrade(False, answers[-1], "several_answers")
         start = time.monotonic()
