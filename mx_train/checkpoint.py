@@ -9,7 +9,13 @@ A checkpoint is a directory ``ROOT/step_00000012/`` (the number = completed trai
 
 It is written into a hidden temporary directory and moved into place with ``os.replace`` (atomic
 on POSIX), so a run killed at any moment leaves either the complete checkpoint or none; leftovers of
-an interrupted write are ignored and cleaned up. Only the newest ``keep_last`` are kept.
+an interrupted write are ignored and cleaned up.
+
+A **weights-only** checkpoint (``full=False``) holds ``models/`` (and the tokenizer) plus
+``trainer_state.json`` with ``"full": false``: enough to evaluate or export the step's policy, at a
+third of the size (no AdamW moments). A trainer writes those often and full ones (what ``--resume``
+needs) less often. Only the newest ``keep_last`` checkpoints are kept, and always the newest full one
+as well, so a run can resume whatever the mix.
 
 Resume: ``ckpt = load_latest(ROOT)``; build the models/learners/schedule/RNGs as for a fresh run;
 ``ckpt.restore(models=..., learners=..., schedule=..., rngs=...)``; continue from ``ckpt.step`` with
@@ -92,6 +98,11 @@ class Checkpoint:
     state: dict[str, Any] = field(default_factory=dict)
 
     @property
+    def full(self) -> bool:
+        """Whether it holds optimizer and RNG states (resumable), not only weights."""
+        return bool(self.state.get("full", True))
+
+    @property
     def data_position(self) -> Any:
         return self.state.get("data_position")
 
@@ -112,8 +123,15 @@ class Checkpoint:
         import numpy as np
         import torch
 
+        if not self.full and (learners or schedule is not None or rngs):
+            raise ValueError(
+                f"checkpoint {self.path} is weights-only: it restores models, not learners, schedule or RNGs "
+                "(resume from a full checkpoint: load_latest(root) picks the newest one)"
+            )
         for name, model in (models or {}).items():
             _load_model(model, self.path / "models" / name)
+        if not self.full:
+            return
         for name, learner in (learners or {}).items():
             f = self.path / "learners" / f"{name}.pt"
             learner.load_state_dict(torch.load(f, map_location="cpu", weights_only=True))
@@ -153,10 +171,13 @@ def save_checkpoint(
     extra: Mapping[str, Any] | None = None,
     keep_last: int = 3,
     tokenizer: Any = None,
+    full: bool = True,
 ) -> Path:
     """Write checkpoint ``step`` atomically under ``root`` and prune old ones; returns its path.
 
-    ``data_position`` and ``extra`` must be JSON-serialisable. ``keep_last`` <= 0 keeps all.
+    ``data_position`` and ``extra`` must be JSON-serialisable. ``keep_last`` <= 0 keeps all; the
+    newest full checkpoint is never pruned. ``full=False`` writes the weights only (``learners``,
+    ``schedule`` and ``rngs`` are then not saved).
     """
     import torch
 
@@ -175,34 +196,36 @@ def save_checkpoint(
             # Next to each model too, so a model folder loads on its own (`mx eval --policy RUN_DIR`).
             for name in models or {}:
                 tokenizer.save_pretrained(tmp / "models" / name)
-        if learners:
+        if learners and full:
             (tmp / "learners").mkdir()
             for name, learner in learners.items():
                 torch.save(learner.state_dict(), tmp / "learners" / f"{name}.pt")
         rng_json: dict[str, Any] = {}
         torch_gens: dict[str, Any] = {}
-        for name, obj in (rngs or {}).items():
+        for name, obj in (rngs or {}).items() if full else ():
             kind, value = _rng_state(obj)
             if kind == "torch":
                 torch_gens[name] = value
                 value = None
             rng_json[name] = {"kind": kind, "state": value}
-        torch.save(
-            {
-                "generators": torch_gens,
-                "global_cpu": torch.get_rng_state(),
-                "global_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-            },
-            tmp / "rng.pt",
-        )
+        if full:
+            torch.save(
+                {
+                    "generators": torch_gens,
+                    "global_cpu": torch.get_rng_state(),
+                    "global_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+                },
+                tmp / "rng.pt",
+            )
         state = {
             "step": int(step),
+            "full": bool(full),
             "data_position": data_position,
             "schedule": schedule.state_dict() if schedule is not None else None,
             "rng": rng_json,
             "extra": dict(extra or {}),
         }
-        if schedule is None:
+        if schedule is None or not full:
             state.pop("schedule")
         with open(tmp / "trainer_state.json", "w") as f:
             json.dump(state, f, indent=1)
@@ -218,9 +241,21 @@ def save_checkpoint(
         raise
     _fsync_dir(root)
     if keep_last > 0:
-        for old_ckpt in list_checkpoints(root)[:-keep_last]:
-            shutil.rmtree(old_ckpt, ignore_errors=True)
+        ckpts = list_checkpoints(root)
+        fulls = [p for p in ckpts if _is_full(p)]
+        keep = set(ckpts[-keep_last:]) | set(fulls[-1:])
+        for old_ckpt in ckpts:
+            if old_ckpt not in keep:
+                shutil.rmtree(old_ckpt, ignore_errors=True)
     return final
+
+
+def _is_full(path: Path) -> bool:
+    try:
+        with open(path / "trainer_state.json") as f:
+            return bool(json.load(f).get("full", True))
+    except (OSError, ValueError):
+        return False
 
 
 def _fsync_dir(path: Path) -> None:
@@ -249,8 +284,9 @@ def list_checkpoints(root: str | os.PathLike[str]) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
-def load_latest(root: str | os.PathLike[str]) -> Checkpoint | None:
-    """The newest complete checkpoint under ``root`` (None if there is none). Leftover temporary
+def load_latest(root: str | os.PathLike[str], *, full: bool = True) -> Checkpoint | None:
+    """The newest complete checkpoint under ``root`` (None if there is none): the newest *full* one
+    (resumable) unless ``full=False``, which also accepts weights-only ones. Leftover temporary
     directories of interrupted writes are removed."""
     root = Path(root)
     if root.is_dir():
@@ -258,6 +294,8 @@ def load_latest(root: str | os.PathLike[str]) -> Checkpoint | None:
             if p.name.startswith((".tmp-step_", ".old-step_")):
                 shutil.rmtree(p, ignore_errors=True)
     ckpts = list_checkpoints(root)
+    if full:
+        ckpts = [p for p in ckpts if _is_full(p)]
     if not ckpts:
         return None
     path = ckpts[-1]

@@ -353,7 +353,8 @@ class Trainer:
             "executor": dataclasses.asdict(r.executor),
         }
 
-    def save(self, root: Path | None = None, keep_last: int | None = None) -> Path:
+    def save(self, root: Path | None = None, keep_last: int | None = None, full: bool = True) -> Path:
+        """Checkpoint the current step; ``full=False`` writes the weights only (no optimizer/RNG state)."""
         from mx_train.checkpoint import save_checkpoint
 
         tok = getattr(self.backends["designer"], "tokenizer", None)
@@ -368,6 +369,7 @@ class Trainer:
             extra={"config": self.config.to_dict(), "policy_settings": self.policy_settings()},
             keep_last=self.config.keep_last if keep_last is None else keep_last,
             tokenizer=tok,
+            full=full,
         )
 
     def resume(self) -> int | None:
@@ -468,14 +470,19 @@ class Trainer:
                 metrics = self.step()
                 log.log(self.step_index - 1, metrics)
                 history.append(metrics)
-                logger.warning(
-                    "step %d/%d [%s] reward designer %.3f executor %.3f valid %.2f loss %s (%.1fs)",
-                    self.step_index, total, metrics["phase"], metrics["reward/designer"],
+                # Counted from 0 like metrics.jsonl, TensorBoard and the plots ("step 0 (1/20)").
+                logger.info(
+                    "step %d (%d/%d) [%s] reward designer %.3f executor %.3f valid %.2f loss %s (%.1fs)",
+                    self.step_index - 1, self.step_index, total, metrics["phase"], metrics["reward/designer"],
                     metrics["reward/executor"], metrics.get("design_valid_rate", float("nan")),
                     _fmt(metrics.get("policy/loss", metrics.get("designer/loss"))), metrics["time/step_s"],
                 )
-                if self.step_index % self.config.save_every == 0 or self.step_index == total:
-                    self.save()
+                # Full checkpoints (resumable) every full_save_every steps and at the end; weights-only
+                # ones every save_every steps in between (a third of the size: no AdamW moments).
+                fse = self.config.full_save_every
+                full = self.step_index == total or (fse > 0 and self.step_index % fse == 0)
+                if full or self.step_index % self.config.save_every == 0:
+                    self.save(full=full)
         finally:
             log.close()
             self.close()
