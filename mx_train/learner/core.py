@@ -340,6 +340,16 @@ class Learner:
         if self.on_weights_updated is not None and self.rank == 0:
             self.on_weights_updated(state)
 
+    def fp32_weights(self) -> dict[str, Any]:
+        """The trained parameters at full precision, by name: the fp32 masters when the model
+        computes in a lower precision, else the model's own parameters."""
+        import torch
+
+        named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+        if self.master is None:
+            return {n: p.detach().float().clone() for n, p in named}
+        return {n: m.detach().to(torch.float32).clone() for (n, _), m in zip(named, self.master.masters, strict=True)}
+
     def refresh_master(self) -> None:
         """Reload the fp32 masters from the model (after its weights were written from outside)."""
         if self.master is not None:

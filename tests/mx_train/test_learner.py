@@ -247,3 +247,135 @@ def test_tiny_model_learns_a_bandit(tiny):
     end = float(probs()[target])
     assert end > max(0.5, 3 * start), (start, end)
     assert np.mean(mean_rewards[-5:]) > np.mean(mean_rewards[:5])
+
+
+# ---------------------------------------------------------------- precision
+def fp32_view(learner):
+    """The learner's full-precision weights by name (the fp32 masters when it keeps them)."""
+    view = getattr(learner, "fp32_weights", None)
+    if view is not None:
+        return view()
+    return {n: p.detach().float().clone() for n, p in learner.model.named_parameters()}
+
+
+def test_bf16_update_at_lr_5e6_is_not_lost(tiny):
+    model, _ = tiny
+    model = model.to(torch.bfloat16)  # the rollout engine's dtype
+    ref = copy.deepcopy(model).float()  # same (bf16-representable) starting values, fp32 training
+    start = {n: p.detach().float().clone() for n, p in model.named_parameters()}
+    cfg = {"lr": 5e-6, "max_grad_norm": None, "logits_chunk_tokens": 0}
+    learner = Learner(model, {**cfg, "dtype": "bfloat16"})
+    reference = Learner(ref, cfg)
+    data = batch(n=6)
+    for _ in range(3):
+        learner.update(data)
+        reference.update(data)
+    got, want = fp32_view(learner), fp32_view(reference)
+    total = close = moved = 0
+    for n, w0 in start.items():
+        d_got, d_want = got[n] - w0, want[n] - w0
+        sel = d_want.abs() > 1.5 * 5e-6  # what fp32 training moved (three Adam steps: ~3 lr each)
+        total += int(sel.sum())
+        moved += int((d_got.abs() > 1.5 * 5e-6)[sel].sum())
+        close += int(((d_got - d_want).abs() < 2.5e-6)[sel].sum())
+    assert total > 10_000
+    assert moved / total > 0.9, moved / total  # a bf16 weight + AdamW in bf16 rounds these steps away
+    assert close / total > 0.9, close / total
+    # the model computing rollouts stays bf16 and holds the masters rounded to bf16
+    for n, p in learner.model.named_parameters():
+        assert p.dtype == torch.bfloat16
+        assert torch.equal(p.detach(), got[n].to(torch.bfloat16)), n
+
+
+def test_learner_never_changes_the_given_models_dtype(tiny):
+    model, _ = tiny
+    model = model.to(torch.bfloat16)
+    upcast = Learner(model, {"dtype": "float32"})
+    assert upcast.model is not model and next(upcast.model.parameters()).dtype == torch.float32
+    assert all(p.dtype == torch.bfloat16 for p in model.parameters())
+    same = Learner(model, {})  # "auto": compute in the model's dtype, train it in place
+    assert same.model is model and same.master is not None
+    assert all(p.dtype == torch.bfloat16 for p in model.parameters())
+
+
+# ---------------------------------------------------------------- co-evolution phases
+def _role_batch(role, n, seed, zero=False):
+    out = batch(seed=seed, n=n, roles=(role,))
+    if zero:
+        for t in out:
+            t.advantage = 0.0
+    return out
+
+
+def _weights(model):
+    return {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+def test_zero_gradient_designer_step_after_executor_steps_keeps_weights_bit_identical(tiny):
+    model, _ = tiny
+    group = PolicyGroup.shared(Learner(model, {"lr": 1e-3, "weight_decay": 0.01}))
+    for k in range(3):
+        group.update(_role_batch("executor", 4, k) + _role_batch("designer", 2, 10 + k), active_roles={"executor"})
+    before = _weights(model)
+    m = group.update(_role_batch("designer", 4, 20, zero=True) + _role_batch("executor", 4, 21),
+                     active_roles={"designer"})
+    assert m["policy/skipped"] == 1.0 and m["policy/optimizer_steps"] == 0.0
+    after = _weights(model)
+    assert all(torch.equal(before[n], after[n]) for n in before)
+
+
+@pytest.mark.parametrize("mode", ["per_role", "reset"])
+def test_phase_switch_does_not_carry_the_other_roles_momentum(tiny, mode):
+    model, _ = tiny
+    cfg = {"lr": 1e-3, "phase_optimizer": mode}
+    learner = Learner(model, cfg)
+    for k in range(3):
+        learner.update(_role_batch("executor", 4, k), active_roles={"executor"})
+    fresh = Learner(copy.deepcopy(model), cfg)  # same weights, no optimizer history
+    designer = _role_batch("designer", 4, 30)
+    learner.update(designer, active_roles={"designer"})
+    fresh.update(designer, active_roles={"designer"})
+    for n, p in fresh.model.named_parameters():
+        torch.testing.assert_close(dict(learner.model.named_parameters())[n], p, rtol=0, atol=1e-7)
+    learner.update(_role_batch("executor", 4, 40), active_roles={"executor"})
+    steps = {int(s["step"]) for s in learner.optimizer.state.values()}
+    assert steps == ({4} if mode == "per_role" else {1})  # per_role resumes the executor's moments
+
+
+def test_per_phase_optimizer_state_survives_a_checkpoint(tiny):
+    model, _ = tiny
+    a = Learner(model, {"lr": 1e-3})
+    a.update(_role_batch("executor", 4, 0), active_roles={"executor"})
+    a.update(_role_batch("designer", 4, 1), active_roles={"designer"})
+    b = Learner(copy.deepcopy(model), {"lr": 1e-3})
+    b.load_state_dict(copy.deepcopy(a.state_dict()))  # as torch.save + torch.load would
+    nxt = _role_batch("executor", 4, 2)
+    a.update(nxt, active_roles={"executor"})
+    b.update(nxt, active_roles={"executor"})
+    wa, wb = _weights(a.model), _weights(b.model)
+    assert all(torch.equal(wa[n], wb[n]) for n in wa)
+
+
+# ---------------------------------------------------------------- PPO mini-batches and old log-probs
+def test_mini_batch_size_and_epochs_set_the_optimizer_steps_and_free_gradients(tiny):
+    model, _ = tiny
+    learner = Learner(model, {"lr": 1e-5, "mini_batch_size": 2, "ppo_epochs": 2})  # small: nothing clipped
+    m = learner.update(batch(n=6))
+    assert m["optimizer_steps"] == 6 and learner.version == 6
+    assert all(p.grad is None for p in learner.model.parameters())  # nothing held through the rollout
+
+
+def test_on_policy_update_skips_the_recompute_pass_with_the_same_result(tiny):
+    model, _ = tiny
+    auto = Learner(copy.deepcopy(model), {"lr": 1e-2, "micro_batch_tokens": 30})
+    recompute = Learner(copy.deepcopy(model), {"lr": 1e-2, "micro_batch_tokens": 30, "old_logprobs": "recompute"})
+    calls = []
+    orig = auto.fill_logprobs
+    auto.fill_logprobs = lambda *a, **k: (calls.append(a[1]), orig(*a, **k))[1]
+    data = batch(n=6)
+    auto.update(data)
+    recompute.update(data)
+    assert calls == []  # one optimizer step: old log-probs are the training forward's own
+    wa, wr = _weights(auto.model), _weights(recompute.model)
+    for n in wa:
+        torch.testing.assert_close(wa[n], wr[n], rtol=0, atol=1e-7)
