@@ -121,6 +121,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ construction
     def _build_policy(self, backend_factory: Callable[[str], Any] | None) -> None:
+        from mx_train.fsdp import make_learner
         from mx_train.learner import Learner, PolicyGroup
 
         pc = self.config.policy
@@ -141,7 +142,8 @@ class Trainer:
                 # An engine that serves weights (vLLM): the learner trains its own copy and pushes it.
                 model, tokenizer = _learner_copy(backend, role, pc.device)
             name = "policy" if not pc.executor_model else role
-            learner = Learner(model, self.config.learner, tokenizer=tokenizer, name=name)
+            # A LearnerGroup (FSDP over `--learner-procs` processes) when this process leads one.
+            learner = make_learner(model, self.config.learner, tokenizer=tokenizer, name=name)
             if not _shared_model(backend, learner):
                 from mx_train.weight_sync import EngineSync
 
@@ -247,6 +249,8 @@ class Trainer:
                 schedule=r.schedule,
             )
             transitions = result.transitions(policy_version=version)
+            for t in transitions:  # split policy: each role's engine serves its own learner's version
+                t.policy_version = self.learners[t.role].version if t.role in self.learners else version
             exec_rewards = result.execution_rewards()
             summary = summarize_records(result.records)
             labels, valid = design_labels_and_validity(result)
@@ -420,12 +424,9 @@ class Trainer:
                 examples.append(example_from_record(rec, tok, where=f"warm start ({name})"))
         # A learner of its own (same model object, own AdamW at the warm-start lr), so the RL
         # optimizer's moments and LR schedule start fresh after the cold start.
-        from mx_train.learner import Learner
-
-        sft = Learner(
-            learner.model,
+        # derive: same model and fp32 masters (and shards, under FSDP), its own optimizer.
+        sft = learner.derive(
             {**self.config.learner, "lr": ws.lr, "kl_coef": 0.0, "warmup_steps": 0, "lr_schedule": "constant"},
-            tokenizer=tok,
             name="warm_start",
         )
         history = []
