@@ -49,6 +49,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Before anything imports torch: OpenMP workers that do not spin-wait (mx_agents.threads).
+    from mx_agents.threads import configure_cpu_threads
+
+    configure_cpu_threads()
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(

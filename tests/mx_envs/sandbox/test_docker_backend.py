@@ -272,6 +272,9 @@ except OSError as e:
     out["net"] = e.errno
 for s in (signal.SIGKILL, signal.SIGTERM, signal.SIGINT):
     os.kill(1, s)
+import ctypes
+libc = ctypes.CDLL(None, use_errno=True)
+out["ptrace1"] = ctypes.get_errno() if libc.ptrace(16, 1, 0, 0) == -1 else "attached"  # PTRACE_ATTACH
 try:
     open("/proc/1/environ").read()
     out["pid1_environ"] = "read"
@@ -290,7 +293,7 @@ def test_docker_stdin_files_and_isolation(docker_sb):
     assert out["seccomp"] == "2" and int(out["capeff"], 16) == 0 and out["nnp"] == "1"
     assert out["/x"] == out["/usr/x"] == 30 and out["/root/x"] in (13, 30)  # EROFS / EACCES
     assert out["net"] in (101, 113, 99)  # no interface but loopback: unreachable
-    assert out["pid1_environ"] == 13  # the runner is not dumpable
+    assert out["pid1_environ"] == 13 and out["ptrace1"] == 1  # the runner is not dumpable: EACCES, EPERM
     assert out["pids"][0] == 1 and len(out["pids"]) <= 3  # own PID namespace: runner + program
     iso = r.isolation
     assert iso["backend"] == "docker" and iso["network"] == "none" and iso["readonly_root"]
