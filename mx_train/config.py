@@ -114,7 +114,8 @@ class DistributedConfig:
     num_rollout_workers: int = 2
     ray_address: str | None = None  # None: start/attach a local Ray instance
     worker_cpus: float = 1.0
-    worker_gpus: float = 0.0
+    worker_gpus: float = 0.0  # GPUs per rollout worker (> 0 on GPU nodes: Ray then pins each to its own)
+    learner_procs: int = 1  # FSDP learner processes (`mx train --learner-procs N` overrides)
 
 
 @dataclass

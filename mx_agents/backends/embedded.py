@@ -124,9 +124,35 @@ def convert_gguf(gguf_path: Path, out_dir: Path, source_sha256: str = "") -> Non
     (out_dir / MARKER).write_text(json.dumps(marker, indent=2))
 
 
+TINY_RANDOM = "tiny-random"
+
+
+def tiny_random_model_path(cache_dir: str | os.PathLike[str] | None = None) -> Path:
+    """The tiny random-weight Llama of :func:`mx_agents.testing.tiny_llama` (seed 0), saved once
+    under the cache: smoke runs of the whole training stack in seconds on CPU (not a language model;
+    its outputs are noise)."""
+    root = (Path(cache_dir) if cache_dir is not None else cache_root()) / "models"
+    out = root / "tiny-random-llama-v1"
+    if not (out / "config.json").is_file():
+        from mx_agents.testing import tiny_llama
+
+        root.mkdir(parents=True, exist_ok=True)
+        tmp = root / f".tmp-tiny-random-{os.getpid()}"
+        model, tok = tiny_llama(seed=0)
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        try:
+            tmp.rename(out)
+        except OSError:  # another process saved it first
+            shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
 def resolve_model(spec: str | os.PathLike[str] | None) -> str:
-    """``None``/``"default"`` -> the embedded model's converted directory; anything else unchanged
-    (an HF hub id or a local path, as a string)."""
+    """``None``/``"default"`` -> the embedded model's converted directory; ``"tiny-random"`` -> a
+    tiny random-weight Llama (smoke runs); anything else unchanged (an HF hub id or a local path)."""
     if spec is None or str(spec) == "default":
         return str(embedded_model_path())
+    if str(spec) == TINY_RANDOM:
+        return str(tiny_random_model_path())
     return str(spec)
