@@ -248,6 +248,7 @@ class DockerSandbox:
             "no_new_privileges": True,
             "seccomp": "docker default" if any("seccomp" in s for s in sec) else "unknown",
             "pid_ns": True,
+            "file_view": "image",  # the image is the allow-list: interpreter, stdlib, chosen packages
             "memory_limit_mb": kw["mem_limit"] >> 20,
             "pids_limit": kw["pids_limit"],
             "cgroup": f"v{self._info.get('CgroupVersion', '?')}",
