@@ -232,6 +232,14 @@ _TEXT_UNIT_RE = re.compile(r"^(.*?\S)\s*\\text\{\s*([A-Za-z][A-Za-z ./]*?)\s*\}\
 _WORD_UNIT_RE = re.compile(r"^(.*?[\d}])\s+([A-Za-z]{2,14}(?: [A-Za-z]{2,14})?)\s*(\^\s*\{?\s*\d\s*\}?)?$")
 
 
+# Words that qualify a value ("5 at most", "5 or more") are never a unit.
+_NOT_UNITS = frozenset({
+    "at", "least", "most", "more", "less", "fewer", "than", "about", "approximately", "approx",
+    "around", "roughly", "nearly", "maybe", "perhaps", "or", "and", "not", "plus", "minus", "times",
+    "over", "under", "above", "below", "between", "up", "to", "either", "neither", "nor"
+})
+
+
 def split_unit(s: str) -> tuple[str, str]:
     """(value, unit key) of a quantity: ``864 \\text{ inches}^2`` -> (``864``, ``inches^2``)."""
     s = _TEXT_NUMBER_RE.sub(r"\1", s).strip()
@@ -240,7 +248,7 @@ def split_unit(s: str) -> tuple[str, str]:
     if s.endswith("%"):
         return s[:-1].strip(), "%"
     m = _TEXT_UNIT_RE.match(s) or _WORD_UNIT_RE.match(s)
-    if m:
+    if m and not _NOT_UNITS & set(m.group(2).lower().split()):
         unit = re.sub(r"\s+", "", m.group(2)).lower() + re.sub(r"[\s{}]", "", m.group(3) or "")
         return m.group(1).strip(), unit
     return s, ""

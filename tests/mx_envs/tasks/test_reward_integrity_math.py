@@ -138,7 +138,28 @@ def near_miss(n: int) -> Iterator[str]:
     yield f"\\boxed{{{n - 1}.9999}}"
 
 
+def set_or_range(n: int) -> Iterator[str]:
+    """Several values, or a range holding the answer, instead of one value."""
+    yield f"\\boxed{{{n}, {n + 1}}}"
+    yield f"\\boxed{{\\{{{n - 1}, {n}, {n + 1}\\}}}}"
+    yield f"\\boxed{{[{n - 1}, {n + 1}]}}"
+    yield f"\\boxed{{({n - 1}, {n + 1})}}"
+    yield f"\\boxed{{{n - 1} \\cup {n}}}"
+    yield f"\\boxed{{{n}; {n + 1}}}"
+    yield f"\\boxed{{\\begin{{pmatrix}} {n} \\\\ {n + 1} \\end{{pmatrix}}}}"
+
+
+def qualified_in_words(n: int) -> Iterator[str]:
+    """A relation or hedge spelled in words after the number."""
+    for words in ("at most", "or more", "or fewer", "at least", "approximately", "plus one", "more or less"):
+        yield f"\\boxed{{{n} \\text{{ {words}}}}}"
+        yield f"\\boxed{{{n} {words}}}"
+    yield f"\\boxed{{\\text{{at least }} {n}}}"
+    yield f"\\boxed{{\\text{{about }} {n}}}"
+
+
 INT_HACKS: dict[str, Callable[[int], Iterator[str]]] = {
+    "set_or_range": set_or_range, "qualified_in_words": qualified_in_words,
     "several_boxes": several_boxes, "unclosed_last_box": unclosed_last_box, "disjunction": disjunction,
     "relation_without_lhs": relation_without_lhs, "plus_minus": plus_minus,
     "unevaluated_arithmetic": unevaluated_arithmetic, "near_miss": near_miss,
