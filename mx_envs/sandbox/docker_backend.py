@@ -416,7 +416,10 @@ class DockerSandbox:
     def _discard(self, launched: _Launched) -> None:
         """Close the stream (an idle runner then exits on EOF) and remove the container, off-path."""
         _close(launched.sock)
-        self._track(self._removals.submit(self._remove, launched.cid))
+        try:
+            self._track(self._removals.submit(self._remove, launched.cid))
+        except RuntimeError:  # closed meanwhile: remove here
+            self._remove(launched.cid)
 
     def _track(self, fut: Future[None]) -> None:
         with self._lock:

@@ -286,7 +286,9 @@ print(json.dumps(out))
 
 
 def test_docker_stdin_files_and_isolation(docker_sb):
-    r = docker_sb.run(PROBE, stdin="hello on fd 0", files={"helper.py": "VALUE = 42\n"}, limits=Limits(wall_s=20))
+    r = docker_sb.run(
+        PROBE, stdin="hello on fd 0", files={"helper.py": "VALUE = 42\n"}, limits=Limits(wall_s=20)
+    )
     assert r.verdict is Verdict.OK, (r.message, r.stderr)
     out = json.loads(r.stdout)
     assert out["stdin"] == "hello on fd 0" and out["helper"] == 42 and out["uid"] == 65534
@@ -376,7 +378,7 @@ def test_docker_timeouts_count_from_user_code(docker_sb):
     total = time.monotonic() - t0
     assert r.verdict is Verdict.OK and r.stdout == "slept\n" and r.wall_s < total, (r, total)
     r = docker_sb.run("while True: pass", limits=Limits(wall_s=1.0))
-    assert r.verdict is Verdict.TIMEOUT and 1.0 <= r.wall_s < 4.0, r
+    assert r.verdict is Verdict.TIMEOUT and 1.0 <= r.wall_s < 6.0, r
     r = docker_sb.run("while True: pass", limits=Limits(wall_s=20, cpu_s=1))
     assert r.verdict is Verdict.TIMEOUT and r.signal == signal.SIGXCPU and "CPU" in r.message, r
 
