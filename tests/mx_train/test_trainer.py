@@ -127,8 +127,9 @@ def test_resume_continues_exactly(tmp_path):
 def test_sigkill_mid_step_loses_no_completed_step(tmp_path):
     """A training process SIGKILLed mid-step resumes from its last checkpoint and loses nothing else.
 
-    The kill lands deterministically (no sleeps, no polling): the child kills itself right after step
-    2's update, before step 2's metrics line and checkpoint, the worst place for a lost step."""
+    The kill lands deterministically (no sleeps, no polling): the child kills itself after step 2's
+    update and metrics line, as its checkpoint is about to be written, the worst place: the metrics
+    file then has a step that no checkpoint holds, and resume must drop and redo it."""
     out = tmp_path / "run"
     script = textwrap.dedent(
         f"""
@@ -137,13 +138,12 @@ def test_sigkill_mid_step_loses_no_completed_step(tmp_path):
         from tests.mx_train.test_trainer import _config, _trainer
         from pathlib import Path
         import mx_train.trainer as tr
-        orig = tr.Trainer.step
-        def step_then_die(self):
-            metrics = orig(self)
-            if self.step_index == 3:  # step 2 updated the weights; not logged, not checkpointed
+        orig = tr.Trainer.save
+        def save_or_die(self, *args, **kwargs):
+            if self.step_index == 3:  # step 2 updated and logged, its checkpoint not written yet
                 os.kill(os.getpid(), signal.SIGKILL)
-            return metrics
-        tr.Trainer.step = step_then_die
+            return orig(self, *args, **kwargs)
+        tr.Trainer.save = save_or_die
         _trainer(_config(Path({str(tmp_path)!r}), max_steps=5, full_save_every=1)).run()
         """
     )
@@ -151,7 +151,7 @@ def test_sigkill_mid_step_loses_no_completed_step(tmp_path):
     assert proc.returncode == -signal.SIGKILL
     ckpts = out / "checkpoints"
     assert sorted(p.name for p in ckpts.glob("step_*")) == ["step_00000001", "step_00000002"]
-    assert [json.loads(x)["step"] for x in (out / "metrics.jsonl").read_text().splitlines()] == [0, 1]
+    assert [json.loads(x)["step"] for x in (out / "metrics.jsonl").read_text().splitlines()] == [0, 1, 2]
     resumed = _trainer(_config(tmp_path, max_steps=4, full_save_every=1))
     assert resumed.resume() == 2
     rest = _trainer(_config(tmp_path, max_steps=4, full_save_every=1)).run(resume=True)
