@@ -365,8 +365,30 @@ def build_image(
         repo, _, name = tag.rpartition(":") if ":" in tag.rsplit("/", 1)[-1] else (tag, "", "latest")
         existing.tag(repo, name or "latest")
     report["image"] = existing.id
+    report["pruned"] = _prune_old_hash_tags(client, keep=hash_tag)
     report["seconds"] = round(time.monotonic() - t0, 2)
     return report
+
+
+def _prune_old_hash_tags(client: Any, keep: str) -> list[str]:
+    """Untag earlier content-hash builds (``mx-sandbox:<12 hex>``) so rebuilds do not pile up.
+
+    Names chosen by the user (``--tag``) are left alone; an image still used by a container stays.
+    """
+    removed = []
+    try:
+        images = client.images.list(name=REPOSITORY)
+    except Exception:  # noqa: BLE001 - pruning is housekeeping only
+        return removed
+    for img in images:
+        for t in img.tags:
+            if t != keep and re.fullmatch(rf"{REPOSITORY}:[0-9a-f]{{12}}", t):
+                try:
+                    client.images.remove(t)
+                    removed.append(t)
+                except Exception:  # noqa: BLE001
+                    continue
+    return removed
 
 
 def _find(client: Any, ref: str) -> Any:
