@@ -3,7 +3,11 @@
 A **policy loss** maps per-token tensors ``[B, L]`` to a per-token loss ``[B, L]`` plus per-token
 statistics (summed over unmasked tokens by the caller)::
 
-    fn(logprobs, old_logprobs, advantages, *, clip_low, clip_high, **_) -> (loss_tok, stats_tok)
+    fn(logprobs, old_logprobs, advantages, *, clip_low, clip_high, mask, settings, **_) -> (loss_tok, stats_tok)
+
+``mask`` (float ``[B, L]``, 1 = a trained response token) and ``settings`` (the :class:`LossSettings`)
+let a loss work per sequence: GSPO's sequence-level ratio ``exp(mean over the sequence's tokens of
+log r)`` needs the mask (see ``examples/gspo_plugin.py``). Losses that do not need them take ``**_``.
 
 ``advantages`` is ``[B, 1]`` (one per sequence) or ``[B, L]``. Registered: ``ppo_clip`` (the
 PPO/GRPO clipped surrogate) and ``pg`` (importance-weighted policy gradient, no clipping).
@@ -163,7 +167,8 @@ def policy_objective(
         advantages = advantages.unsqueeze(-1)
     fn = POLICY_LOSSES.get(settings.policy_loss)
     loss_tok, stats_tok = fn(
-        logprobs, old_logprobs, advantages, clip_low=settings.clip_low, clip_high=settings.clip_high
+        logprobs, old_logprobs, advantages, clip_low=settings.clip_low, clip_high=settings.clip_high,
+        mask=mask, settings=settings,
     )
     pg_loss = aggregate(loss_tok, mask, settings.loss_agg, counts)
     loss = pg_loss
