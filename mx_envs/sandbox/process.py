@@ -23,7 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from mx_envs.sandbox.api import Limits, RunResult, Verdict
-from mx_envs.sandbox.wire import FrameReader, encode_frame
+from mx_envs.sandbox.io_pump import KILL_GRACE_S, RunIO
+from mx_envs.sandbox.verdict import classify  # noqa: F401 - re-exported (older imports)
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +32,8 @@ DEFAULT_PRELOAD: tuple[str, ...] = ("numpy", "sympy")
 # Code run once in the pool server after the preloads, for modules whose first use is slow
 # (sympy builds caches and imports its polys/solvers lazily: ~80 ms on the first factor()).
 WARMUP: dict[str, str] = {
+    # numpy imports numpy.random lazily (80 ms from disk, in every run that touches np.random)
+    "numpy": "import numpy.random\nnumpy.random.default_rng(0).random(4)\n",
     "sympy": (
         "import sympy\n"
         "x, y = sympy.symbols('x y')\n"
@@ -50,7 +53,6 @@ _SERVER_ENV_FIXED = {
 }
 _PKG_ROOT = str(Path(__file__).resolve().parents[2])
 _BOOT = "import sys; sys.path.insert(0, {root!r}); from mx_envs.sandbox.server import main; main(sys.argv[1])"
-_KILL_GRACE_S = 5.0  # extra seconds the host waits past a limit before declaring the sandbox broken
 
 
 class SandboxError(RuntimeError):
@@ -82,6 +84,7 @@ class _Server:
         startup_timeout: float,
         warmup: list[str],
         max_pool_size: int = 256,
+        kernel_controls: bool = True,
     ) -> None:
         host_end, server_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         env = {k: os.environ[k] for k in SERVER_ENV_ALLOW if k in os.environ}
@@ -93,6 +96,8 @@ class _Server:
                 "pool_size": pool_size,
                 "max_pool_size": max_pool_size,
                 "warmup": warmup,
+                "cgroups": kernel_controls,
+                "pid_ns": kernel_controls,
             }
         )
         self.log = tempfile.TemporaryFile(prefix="mx-sandbox-server-")  # noqa: SIM115 - lives with the server
@@ -148,164 +153,6 @@ class _Server:
         self.log.close()
 
 
-class _RunIO:
-    """Host end of one run: control socket and output pipes; drains them and builds the result."""
-
-    def __init__(self, ctl: socket.socket, out_r: int, err_r: int, limits: Limits) -> None:
-        self.ctl = ctl
-        self.limits = limits
-        self.fds = {out_r: "stdout", err_r: "stderr", ctl.fileno(): "ctl"}
-        self.buf = {"stdout": bytearray(), "stderr": bytearray()}
-        self.truncated = {"stdout": False, "stderr": False}
-        self.reader = FrameReader()
-        self.result: dict[str, Any] | None = None
-        self.started = False
-        self.kill_reason: str | None = None
-        self.ctl_lock = threading.Lock()
-        self.poller = select.poll()
-        for fd in self.fds:
-            self.poller.register(fd, select.POLLIN)
-
-    def send_ctl(self, frame: dict[str, Any]) -> None:
-        with self.ctl_lock:
-            try:
-                self.ctl.sendall(encode_frame(frame))
-            except OSError:
-                pass
-
-    def kill(self, reason: str) -> None:
-        if self.kill_reason is None:
-            self.kill_reason = reason
-        self.send_ctl({"op": "kill", "reason": reason})
-
-    def pump(self, timeout: float | None) -> bool:
-        """Handle whatever is readable within ``timeout``; False once everything is closed."""
-        if not self.fds:
-            return False
-        events = self.poller.poll(None if timeout is None else max(0, int(timeout * 1000)))
-        for fd, _ev in events:
-            name = self.fds.get(fd)
-            if name is None:
-                continue
-            if name == "ctl":
-                try:
-                    data = self.ctl.recv(1 << 16)
-                except OSError:
-                    data = b""
-                if not data:
-                    self._close(fd)
-                    continue
-                for frame in self.reader.feed(data):
-                    if frame.get("op") == "started":
-                        self.started = True
-                    elif frame.get("op") == "result":
-                        self.result = frame
-                continue
-            data = os.read(fd, 1 << 16)
-            if not data:
-                self._close(fd)
-                continue
-            buf = self.buf[name]
-            room = self.limits.output_bytes - len(buf)
-            if len(data) > room:
-                buf += data[: max(room, 0)]
-                self.truncated[name] = True
-                if self.kill_reason is None:
-                    self.kill("output")
-            else:
-                buf += data
-        return bool(self.fds)
-
-    def _close(self, fd: int) -> None:
-        self.poller.unregister(fd)
-        name = self.fds.pop(fd)
-        if name != "ctl":
-            os.close(fd)
-
-    def drain(self, hard_deadline: float) -> None:
-        """Pump until the result arrived and the pipes hit EOF, or the sandbox looks broken."""
-        killed_at: float | None = None
-        while self.fds:
-            now = time.monotonic()
-            if self.result is not None and "ctl" not in self.fds.values():
-                # The tree is dead; pipes close right after. Bound the wait anyway.
-                hard_deadline = min(hard_deadline, now + 1.0)
-            if now >= hard_deadline:
-                if self.result is not None or killed_at is not None:
-                    break
-                self.kill("host_timeout")
-                killed_at = now
-                hard_deadline = now + _KILL_GRACE_S
-            self.pump(hard_deadline - now)
-
-    def close(self) -> None:
-        for fd in list(self.fds):
-            self._close(fd)
-        self.ctl.close()
-
-    def to_result(self) -> RunResult:
-        out = self.buf["stdout"].decode("utf-8", errors="replace")
-        err = self.buf["stderr"].decode("utf-8", errors="replace")
-        r = self.result
-        if r is None:
-            return RunResult(
-                verdict=Verdict.SANDBOX_ERROR,
-                exit_code=None,
-                stdout=out,
-                stderr=err,
-                stdout_truncated=self.truncated["stdout"],
-                stderr_truncated=self.truncated["stderr"],
-                message="the sandbox supervisor did not report a result",
-            )
-        verdict, message = classify(r, self.limits, any(self.truncated.values()))
-        return RunResult(
-            verdict=verdict,
-            exit_code=r.get("exit_code"),
-            stdout=out,
-            stderr=err,
-            stdout_truncated=self.truncated["stdout"],
-            stderr_truncated=self.truncated["stderr"],
-            wall_s=float(r.get("wall_s") or 0.0),
-            cpu_s=float(r.get("cpu_s") or 0.0),
-            peak_memory_mb=float(r.get("peak_memory_mb") or 0.0),
-            signal=r.get("signal"),
-            message=message,
-            isolation=dict(r.get("isolation") or {}),
-        )
-
-
-def classify(r: dict[str, Any], limits: Limits, output_over: bool) -> tuple[Verdict, str]:
-    """Verdict and reason from the supervisor's raw report (see ``server._Supervisor._run``)."""
-    sig = r.get("signal")
-    reason = r.get("reason")
-    exc = r.get("exception")
-    cpu_limit = limits.effective_cpu_s()
-    if output_over:
-        return Verdict.OUTPUT_EXCEEDED, f"output over the cap of {limits.output_bytes} bytes per stream"
-    if reason == "wall":
-        return Verdict.TIMEOUT, f"wall-clock limit of {limits.wall_s:g} s reached"
-    if sig == signal.SIGXCPU or (sig == signal.SIGKILL and float(r.get("cpu_s") or 0) >= cpu_limit - 0.05):
-        return Verdict.TIMEOUT, f"CPU-time limit of {cpu_limit:g} s reached"
-    if exc == "MemoryError":
-        return Verdict.MEMORY_EXCEEDED, f"memory limit of {limits.memory_mb} MB reached (MemoryError)"
-    if exc == "EFBIG" or sig == signal.SIGXFSZ:
-        return Verdict.OUTPUT_EXCEEDED, f"file size limit of {limits.file_size_mb} MB reached"
-    if reason in ("host", "host_timeout", "host_gone"):
-        return Verdict.KILLED, f"killed by the host ({reason})"
-    if sig is not None:
-        try:
-            name = signal.Signals(sig).name
-        except ValueError:
-            name = str(sig)
-        return Verdict.KILLED, f"terminated by signal {name}"
-    code = r.get("exit_code")
-    if code == 0:
-        return Verdict.OK, ""
-    if exc:
-        return Verdict.RUNTIME_ERROR, f"uncaught {exc}"
-    return Verdict.RUNTIME_ERROR, f"exit status {code}"
-
-
 class ProcessChannel:
     """A running ``start``-ed program: JSON-lines messages over a socket, output drained in a thread.
 
@@ -315,7 +162,7 @@ class ProcessChannel:
     socket uses none. The host bounds its own waiting with ``recv(timeout)``.
     """
 
-    def __init__(self, io: _RunIO, chan: socket.socket, hard_deadline_s: float, max_message_bytes: int) -> None:
+    def __init__(self, io: RunIO, chan: socket.socket, hard_deadline_s: float, max_message_bytes: int) -> None:
         self._io = io
         self._chan = chan
         self._rbuf = bytearray()
@@ -408,7 +255,7 @@ class ProcessChannel:
         self._io.kill("host")
         if not self._done.wait(self._hard_deadline_s):
             self._io.kill("host_timeout")
-            self._done.wait(_KILL_GRACE_S)
+            self._done.wait(KILL_GRACE_S)
         return self._finish()
 
     def _finish(self) -> RunResult:
@@ -435,8 +282,9 @@ class ProcessSandbox:
     ``extra_preload`` (e.g. ``"mx_envs.mas.lib"``); ``warmup`` also runs :data:`WARMUP` code for
     preloaded modules whose first use is slow. ``pool_size`` supervisors are kept warm; when all are
     busy (e.g. MAS scripts suspended while they wait for an LLM reply) the server adds supervisors,
-    up to ``max_pool_size`` concurrent runs, after which runs queue. Thread-safe; each process needs
-    its own instance.
+    up to ``max_pool_size`` concurrent runs, after which runs queue. ``kernel_controls=False`` skips
+    the per-run cgroup and PID namespace (the rlimit fallback of unprivileged hosts; for tests).
+    Thread-safe; each process needs its own instance.
     """
 
     name = "process"
@@ -451,8 +299,10 @@ class ProcessSandbox:
         startup_timeout: float = 120.0,
         max_message_bytes: int = 64 << 20,
         warmup: bool = True,
+        kernel_controls: bool = True,
     ) -> None:
         self.warmup = warmup
+        self.kernel_controls = kernel_controls
         self.preload = list(dict.fromkeys([*preload, *extra_preload]))
         self.pool_size = max(1, int(pool_size))
         self.max_pool_size = max(self.pool_size, int(max_pool_size))
@@ -477,7 +327,13 @@ class ProcessSandbox:
                     self._server.close()
                 warmup = [WARMUP[m] for m in self.preload if m in WARMUP] if self.warmup else []
                 self._server = _Server(
-                    self.python, self.preload, self.pool_size, self.startup_timeout, warmup, self.max_pool_size
+                    self.python,
+                    self.preload,
+                    self.pool_size,
+                    self.startup_timeout,
+                    warmup,
+                    self.max_pool_size,
+                    self.kernel_controls,
                 )
             return self._server
 
@@ -498,7 +354,7 @@ class ProcessSandbox:
 
     def _submit(
         self, source: str, stdin: str | bytes, limits: Limits, files: dict[str, str | bytes] | None, channel: bool
-    ) -> tuple[_RunIO, socket.socket | None]:
+    ) -> tuple[RunIO, socket.socket | None]:
         if not isinstance(source, str):
             raise TypeError(f"source must be str, not {type(source).__name__}")
         stdin_b = stdin.encode("utf-8", errors="surrogateescape") if isinstance(stdin, str) else bytes(stdin)
@@ -527,7 +383,7 @@ class ProcessSandbox:
                     os.close(fd)
                 if chan_remote is not None:
                     chan_remote.close()
-            io = _RunIO(ctl_host, out_r, err_r, limits)
+            io = RunIO(ctl_host, out_r, err_r, limits)
             if sent:
                 return io, chan_host
             io.close()
@@ -551,7 +407,7 @@ class ProcessSandbox:
             except SandboxError as exc:
                 return RunResult(verdict=Verdict.SANDBOX_ERROR, exit_code=None, message=str(exc))
             try:
-                io.drain(time.monotonic() + limits.wall_s + _KILL_GRACE_S + 30.0)
+                io.drain(time.monotonic() + limits.wall_s + KILL_GRACE_S + 30.0)
                 if io.result is None and not io.started and attempt == 0:
                     continue  # the server died before taking the run: retry on a fresh one
                 return io.to_result()
@@ -568,7 +424,7 @@ class ProcessSandbox:
         limits = limits or Limits()
         io, chan = self._submit(source, b"", limits, files, channel=True)
         assert chan is not None
-        return ProcessChannel(io, chan, limits.wall_s + _KILL_GRACE_S, self.max_message_bytes)
+        return ProcessChannel(io, chan, limits.wall_s + KILL_GRACE_S, self.max_message_bytes)
 
     def close(self) -> None:
         with self._lock:

@@ -13,6 +13,21 @@ from typing import Any
 
 _LEN = struct.Struct(">I")
 MAX_FRAME = 1 << 24
+MAX_STATUS = 1 << 16
+
+
+def parse_bounded(raw: bytes, limit: int = MAX_STATUS) -> Any:
+    """JSON from a less trusted peer, or ``None``: never raises, never reads more than ``limit``.
+
+    Deep nesting (``[`` x 3000: RecursionError), huge numbers (ValueError in int conversion),
+    invalid UTF-8 and oversize input all yield ``None``.
+    """
+    if not isinstance(raw, bytes | bytearray) or len(raw) > limit:
+        return None
+    try:
+        return json.loads(raw)
+    except Exception:  # noqa: BLE001 - RecursionError, ValueError, UnicodeDecodeError, MemoryError...
+        return None
 
 
 def encode_frame(obj: dict[str, Any]) -> bytes:
@@ -37,5 +52,8 @@ class FrameReader:
                 break
             body = bytes(self._buf[4 : 4 + n])
             del self._buf[: 4 + n]
-            out.append(json.loads(body))
+            frame = parse_bounded(body, MAX_FRAME)
+            if not isinstance(frame, dict):
+                raise ValueError("malformed control frame")
+            out.append(frame)
         return out

@@ -252,12 +252,12 @@ def forward(task):
         f.write("only the script has this")
     solver = Agent("solver", tools=("python",))
     reply = solver(task)
-    return {"pid": os.getpid(), "cwd": os.getcwd(), "reply": reply,
+    return {"pid": os.readlink("/proc/self/ns/mnt"), "cwd": os.getcwd(), "reply": reply,
             "tool_file_seen": os.path.exists("tool_marker.txt")}
 '''
     tool_code = (
         "import os\nopen('tool_marker.txt', 'w').write('x')\n"
-        "print(os.getpid(), os.getcwd(), sorted(os.listdir('.')))"
+        "print(os.readlink('/proc/self/ns/mnt'), os.getcwd(), sorted(os.listdir('.')))"
     )
     llm = ScriptedLLM([("solver", "Python output", r"\boxed{done}"), ("solver", None, f"```python\n{tool_code}\n```")])
     session = MASSession(sandbox=real_sandbox)
@@ -267,7 +267,8 @@ def forward(task):
     tool_pid, tool_cwd, listing = call.stdout.split(" ", 2)
     assert "script_secret.txt" not in listing  # the tool does not see the script's files
     assert fin.answer["tool_file_seen"] is False  # nor the script the tool's
-    assert (int(tool_pid), tool_cwd) != (fin.answer["pid"], fin.answer["cwd"])
+    # Every run is pid 2 of its own PID namespace: tell runs apart by their mount namespaces.
+    assert tool_pid != fin.answer["pid"]
 
 
 def test_script_cannot_read_host_secrets(real_sandbox, monkeypatch):

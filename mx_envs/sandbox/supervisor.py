@@ -1,0 +1,510 @@
+"""A supervisor of the warm pool: prepares one child at a time and watches its run.
+
+Every supervisor blocks in ``recvmsg`` on the pool's shared request socket; the kernel hands each
+request (a JSON header plus descriptors) to one idle supervisor, which already holds a *prepared
+child* (:class:`Prepared`): forked into a fresh PID namespace (whose init is its lifeline) and a
+fresh cgroup, namespaces and mounts set up (:mod:`mx_envs.sandbox.child`). The run loop is a
+selector with one handler per event: the host's control frames, the child's exit (pidfd), the
+wall-clock deadline, the periodic CPU check, and the child's set-up report. What the supervisor
+reports is what it observed: wait status, its own kill reason, the cgroup's CPU time, peak memory
+and OOM kills; nothing the program can write reaches it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import selectors
+import signal
+import socket
+import time
+import traceback
+from dataclasses import dataclass, field
+from typing import Any
+
+from mx_envs.sandbox import _linux, cgroups, child, pidns
+from mx_envs.sandbox.uids import UidAllocator
+from mx_envs.sandbox.wire import FrameReader, encode_frame, parse_bounded
+
+CPU_CHECK_MIN_S = 0.02
+
+
+@dataclass
+class PoolContext:
+    """What the server hands every supervisor (inherited by fork)."""
+
+    info: dict[str, Any]
+    layout: cgroups.Layout
+    factory_sock: socket.socket | None  # the init factory (None: no PID namespaces)
+    ncpu: int = field(default_factory=lambda: max(1, len(os.sched_getaffinity(0))))
+
+
+@dataclass
+class Prepared:
+    """A forked, isolated child waiting for its request."""
+
+    pid: int
+    sock: socket.socket  # status socket: the child's set-up report, closed before user code
+    iso: dict[str, Any]
+    network: bool
+    want_view: bool
+    cgroup: cgroups.RunCgroup | None
+    lifeline: socket.socket | None  # closing it ends the PID namespace's init: all of the run dies
+    init_pid: int | None
+    init_pidfd: int = -1
+    ns_fds: list[int] = field(default_factory=list)
+
+    def hold_namespaces(self) -> None:
+        """Keep the child's mount and IPC namespaces referenced until :meth:`release`.
+
+        Tearing a mount namespace down waits for RCU grace periods (milliseconds, far more on a
+        loaded machine); the last process of the run would pay that in its exit, before the
+        supervisor sees it. Holding a reference moves the teardown after the result is sent.
+        """
+        for ns in ("mnt", "ipc"):
+            try:
+                self.ns_fds.append(os.open(f"/proc/{self.pid}/ns/{ns}", os.O_RDONLY | os.O_CLOEXEC))
+            except OSError:
+                pass
+
+    def end(self) -> None:
+        """Kill everything of the run, on every path (idempotent)."""
+        if self.lifeline is not None:
+            self.lifeline.close()
+            self.lifeline = None
+        if self.cgroup is not None:
+            self.cgroup.kill()
+        try:
+            os.kill(self.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+    def release(self) -> None:
+        """After the child was reaped: wait for the namespace's init, free the cgroup."""
+        self.end()
+        if self.init_pidfd >= 0:
+            _wait_fd(self.init_pidfd, 2.0)
+            os.close(self.init_pidfd)
+            self.init_pidfd = -1
+        for fd in self.ns_fds:
+            os.close(fd)
+        self.ns_fds = []
+        if self.cgroup is not None:
+            self.cgroup.destroy()
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+    def discard(self) -> None:
+        self.end()
+        try:
+            os.waitpid(self.pid, 0)
+        except ChildProcessError:
+            pass
+        self.release()
+
+
+def _wait_fd(fd: int, timeout: float) -> None:
+    sel = selectors.DefaultSelector()
+    try:
+        sel.register(fd, selectors.EVENT_READ)
+        sel.select(timeout)
+    finally:
+        sel.close()
+
+
+class Supervisor:
+    def __init__(self, request_sock: socket.socket, ctx: PoolContext, busy_fd: int = -1) -> None:
+        self.request_sock = request_sock
+        self.ctx = ctx
+        self.busy_fd = busy_fd  # write end of the server's busy/idle pipe (-1: none)
+        self.current: Prepared | None = None
+        self.stopping = False
+        self.uids = UidAllocator() if os.geteuid() == 0 else None
+        self.seq = 0
+        self.want_view = False  # set by the first grading request: later children build the view
+        self.own_pidns = -1
+        self.host_netns = -1
+        self.shared_netns = False
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def _on_term(self, signum: int, frame: Any) -> None:
+        self.stopping = True
+        if self.current is not None:
+            self.current.end()
+        else:
+            raise SystemExit(0)
+
+    def serve(self) -> None:
+        signal.set_wakeup_fd(-1)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        signal.signal(signal.SIGTERM, self._on_term)
+        _linux.prctl(_linux.PR_SET_PDEATHSIG, signal.SIGKILL)
+        _linux.prctl(_linux.PR_SET_CHILD_SUBREAPER, 1)
+        self._enter_namespaces()
+        pre = self._prepare(False)
+        while not self.stopping:
+            try:
+                msg, fds, _flags, _addr = socket.recv_fds(self.request_sock, 1 << 16, 16)
+            except InterruptedError:
+                continue
+            if not msg:
+                break  # host closed the request socket
+            self._notify(b"+")
+            try:
+                header = json.loads(msg)
+                limits = header["limits"]
+                network = bool(limits.get("network"))
+                grading = limits.get("file_view") == "grading"
+                if grading and not self.want_view:
+                    self.want_view = True
+                if network != pre.network or (grading and not pre.want_view):
+                    pre.discard()
+                    pre = self._prepare(network)
+                self._run(header, msg, fds, pre)
+            except Exception:  # noqa: BLE001 - never let one bad request kill the supervisor
+                traceback.print_exc()
+                for fd in fds:
+                    try:
+                        os.close(fd)
+                    except OSError:
+                        pass
+                pre.discard()
+            if not self.stopping:
+                pre = self._prepare(False)
+            self._notify(b"-")  # idle again, with a prepared child
+        pre.discard()
+
+    def _enter_namespaces(self) -> None:
+        """One empty network (and UTS) namespace for this supervisor's runs, and our PID ns fd.
+
+        Runs of one supervisor follow each other and leave nothing behind in an empty network
+        namespace they cannot configure (no capability), so it is created once here instead of per
+        run (a network namespace costs about a millisecond to make and more to tear down).
+        """
+        try:
+            self.own_pidns = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            self.own_pidns = -1
+        if os.geteuid() != 0:
+            return
+        try:
+            self.host_netns = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+            _linux.unshare(_linux.CLONE_NEWNET | _linux.CLONE_NEWUTS)
+            self.shared_netns = True
+        except OSError:
+            self.shared_netns = False
+
+    def _notify(self, mark: bytes) -> None:
+        # One record per transition (atomic on a pipe): the server counts busy supervisors by pid,
+        # adds one when none is idle, and forgets a dead supervisor's mark, so the count stays exact.
+        if self.busy_fd >= 0:
+            try:
+                os.write(self.busy_fd, mark + os.getpid().to_bytes(4, "little"))
+            except OSError:
+                pass
+
+    # ------------------------------------------------------------------ preparing a child
+
+    def _prepare(self, network: bool) -> Prepared:
+        self.seq += 1
+        uid = self.uids.next() if self.uids is not None else None
+        cg: cgroups.RunCgroup | None = None
+        errors: list[str] = []
+        if self.ctx.layout.mode != "none":
+            try:
+                cg = cgroups.RunCgroup(self.ctx.layout, f"run-{os.getpid()}-{self.seq}")
+                cg.open_procs()
+            except OSError as exc:
+                errors.append(f"run cgroup: {exc}")
+                cg = None
+        lifeline: socket.socket | None = None
+        init_pid: int | None = None
+        init_pidfd = -1
+        entered = False
+        if self.ctx.factory_sock is not None and self.own_pidns >= 0:
+            theirs = None
+            try:
+                lifeline, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+                init_pid = pidns.make_init(self.ctx.factory_sock, theirs.fileno())
+                init_pidfd = os.pidfd_open(init_pid)
+                ns = os.open(f"/proc/{init_pid}/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
+                try:
+                    _linux.setns(ns, _linux.CLONE_NEWPID)  # our next fork lands in the run's namespace
+                finally:
+                    os.close(ns)
+                entered = True
+            except OSError as exc:
+                errors.append(f"PID namespace: {exc}")
+                if lifeline is not None:
+                    lifeline.close()
+                lifeline, init_pid = None, None
+                if init_pidfd >= 0:
+                    os.close(init_pidfd)
+                    init_pidfd = -1
+            finally:
+                if theirs is not None:
+                    theirs.close()
+        spec = child.ChildSpec(
+            uid=uid,
+            network=network,
+            pid_ns=entered,
+            host_netns_fd=self.host_netns if network else -1,
+            cgroup_fds=cg.procs_fds if cg is not None else [],
+            want_view=self.want_view,
+            shared_netns=self.shared_netns,
+        )
+        parent_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        pid = os.fork()
+        if pid == 0:
+            try:
+                parent_sock.close()
+                iso = child.prepare(spec, child_sock)
+                # "Ready" only once fully prepared: the supervisor accepts no request before that.
+                child_sock.send(json.dumps(iso).encode())
+                msg, fds, _flags, _addr = socket.recv_fds(child_sock, 1 << 16, 8)
+                if not msg:
+                    os._exit(0)
+                status_fd = child_sock.detach()
+                child.run(json.loads(msg), fds, iso, status_fd)
+            except BaseException:  # noqa: BLE001
+                try:
+                    traceback.print_exc()
+                finally:
+                    os._exit(child.SETUP_FAILED)
+        if entered:
+            _linux.setns(self.own_pidns, _linux.CLONE_NEWPID)
+        child_sock.close()
+        if cg is not None:
+            cg.close_procs()
+        raw = parent_sock.recv(1 << 16)
+        iso = parse_bounded(raw) if raw else None
+        if not isinstance(iso, dict):
+            iso = {"errors": ["prepared child died during set-up"]}
+        iso.setdefault("errors", [])
+        iso["errors"] = list(iso["errors"]) + errors
+        pre = Prepared(pid, parent_sock, iso, network, self.want_view, cg, lifeline, init_pid, init_pidfd)
+        pre.hold_namespaces()
+        return pre
+
+    # ------------------------------------------------------------------ one run
+
+    def _run(self, header: dict[str, Any], msg: bytes, fds: list[int], pre: Prepared) -> None:
+        run = _Run(self, header, fds, pre)
+        self.current = pre
+        try:
+            run.start(msg)
+            run.loop()
+            result = run.report()
+        finally:
+            self.current = None
+        try:
+            run.ctl.sendall(encode_frame(result))
+        except OSError:
+            pass
+        run.ctl.close()
+        pre.release()
+
+
+class _Run:
+    """One run's event loop in the supervisor: one handler per event."""
+
+    def __init__(self, sup: Supervisor, header: dict[str, Any], fds: list[int], pre: Prepared) -> None:
+        self.sup = sup
+        self.pre = pre
+        self.ctl = socket.socket(fileno=fds[0])
+        self.child_fds = fds[1:]
+        self.limits = header["limits"]
+        self.wall = float(self.limits["wall_s"])
+        self.cpu_limit = float(self.limits.get("cpu_s") or self.wall)
+        self.reader = FrameReader()
+        self.reason: str | None = None
+        self.paused_at: float | None = None
+        self.paused_total = 0.0
+        self.exited = False
+        self.status = 0
+        self.rusage: Any = None
+        self.setup_error: str | None = None
+        self.went = False  # the child reported "set-up done, program starts"
+        self.cpu0 = 0.0
+        self.cgroup_ok = False
+        self.errors: list[str] = []
+
+    def start(self, msg: bytes) -> None:
+        pre = self.pre
+        if pre.cgroup is not None:
+            try:
+                pre.cgroup.set_limits(int(self.limits["memory_mb"]), int(self.limits["max_processes"]))
+                self.cpu0 = pre.cgroup.cpu_seconds()
+                self.cgroup_ok = True
+            except (OSError, ValueError) as exc:
+                self.errors.append(f"cgroup limits: {exc}")
+        header = json.loads(msg)
+        header["cgroup"] = self.cgroup_ok
+        self.ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        self.t0 = time.monotonic()
+        self.deadline = self.t0 + self.wall
+        self.next_cpu = self.t0 + max(CPU_CHECK_MIN_S, self.cpu_limit / self.sup.ctx.ncpu)
+        socket.send_fds(pre.sock, [json.dumps(header).encode()], self.child_fds)
+        for fd in self.child_fds:
+            os.close(fd)
+        try:
+            self.ctl.sendall(encode_frame({"op": "started"}))
+        except OSError:
+            pass
+
+    def kill(self, reason: str) -> None:
+        if self.reason is None:
+            self.reason = reason
+        self.pre.end()
+
+    # -- event handlers
+
+    def on_exit(self) -> None:
+        _, self.status, self.rusage = os.wait4(self.pre.pid, 0)
+        self.exited = True
+
+    def on_status(self) -> None:
+        try:
+            raw = self.pre.sock.recv(4096)
+        except OSError:
+            raw = b""
+        if not raw:
+            self.sel.unregister(self.pre.sock)
+            return
+        msg = parse_bounded(raw)  # written before any user code ran; bounded anyway
+        if isinstance(msg, dict):
+            if msg.get("go"):
+                self.went = True
+            elif "setup_error" in msg:
+                self.setup_error = str(msg["setup_error"])[:500]
+
+    def on_ctl(self) -> None:
+        try:
+            data = self.ctl.recv(1 << 16)
+        except OSError:
+            data = b""
+        if not data:
+            self.sel.unregister(self.ctl)
+            self.kill("host_gone")
+            return
+        try:
+            frames = self.reader.feed(data)
+        except ValueError:
+            frames = []
+            self.kill("host_gone")
+        for frame in frames:
+            op = frame.get("op")
+            if op == "kill":
+                self.kill(str(frame.get("reason") or "host")[:32])
+            elif op == "pause" and self.paused_at is None:
+                self.paused_at = time.monotonic()
+            elif op == "resume" and self.paused_at is not None:
+                dt = time.monotonic() - self.paused_at
+                self.paused_total += dt
+                self.deadline += dt
+                self.paused_at = None
+
+    def on_deadline(self, now: float) -> None:
+        if self.paused_at is None and now >= self.deadline and self.reason is None:
+            self.kill("wall")
+
+    def on_cpu_check(self, now: float) -> None:
+        if not self.cgroup_ok or self.reason is not None:
+            return
+        used = self.cpu_used()
+        if used >= self.cpu_limit:
+            self.kill("cpu")
+            return
+        # The run can use at most ncpu CPU-seconds per second: no check is needed before then.
+        self.next_cpu = now + max(CPU_CHECK_MIN_S, (self.cpu_limit - used) / self.sup.ctx.ncpu)
+
+    def cpu_used(self) -> float:
+        assert self.pre.cgroup is not None
+        return max(0.0, self.pre.cgroup.cpu_seconds() - self.cpu0)
+
+    # -- the loop
+
+    def loop(self) -> None:
+        pidfd = os.pidfd_open(self.pre.pid)
+        self.sel = sel = selectors.DefaultSelector()
+        sel.register(self.ctl, selectors.EVENT_READ, self.on_ctl)
+        sel.register(pidfd, selectors.EVENT_READ, self.on_exit)
+        sel.register(self.pre.sock, selectors.EVENT_READ, self.on_status)
+        try:
+            while not self.exited:
+                now = time.monotonic()
+                self.on_deadline(now)
+                if now >= self.next_cpu:
+                    self.on_cpu_check(now)
+                timeout = None
+                if self.reason is None:
+                    timers = [self.next_cpu] if self.cgroup_ok else []
+                    if self.paused_at is None:
+                        timers.append(self.deadline)
+                    if timers:
+                        timeout = max(0.0, min(timers) - now)
+                for key, _ in sel.select(timeout):
+                    if self.exited and key.data is not self.on_status:
+                        continue
+                    key.data()
+        finally:
+            sel.close()
+            os.close(pidfd)
+
+    def report(self) -> dict[str, Any]:
+        t1 = time.monotonic()
+        pre = self.pre
+        if self.paused_at is not None:
+            self.paused_total += t1 - self.paused_at
+        pre.end()  # the program's own exit does not end its children: the namespace's init does
+        while True:  # a set-up report may still be queued
+            try:
+                raw = pre.sock.recv(4096, socket.MSG_DONTWAIT)
+            except OSError:
+                break
+            if not raw:
+                break
+            msg = parse_bounded(raw)
+            if isinstance(msg, dict) and msg.get("go"):
+                self.went = True
+            elif isinstance(msg, dict) and "setup_error" in msg:
+                self.setup_error = str(msg["setup_error"])[:500]
+        st = self.status
+        exit_code = os.WEXITSTATUS(st) if os.WIFEXITED(st) else None
+        sig = os.WTERMSIG(st) if os.WIFSIGNALED(st) else None
+        oom = 0
+        mem_hit = False
+        if self.cgroup_ok and pre.cgroup is not None:
+            cpu_s = self.cpu_used()
+            peak_mb = pre.cgroup.peak_bytes() / (1 << 20)
+            oom = pre.cgroup.oom_kills() - pre.cgroup.oom0
+            mem_hit = pre.cgroup.hit_limit()
+        else:
+            ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+            cpu_s = (ru1.ru_utime - self.ru0.ru_utime) + (ru1.ru_stime - self.ru0.ru_stime)
+            peak_mb = (self.rusage.ru_maxrss / 1024.0) if self.rusage is not None else 0.0
+        setup_error = self.setup_error
+        if setup_error is None and not self.went and self.reason is None:
+            setup_error = f"the child died during set-up (status {st})"
+        iso = {**pre.iso, **self.sup.ctx.info}
+        iso["errors"] = list(iso.get("errors", [])) + self.errors
+        iso["memory_limit"] = "cgroup (resident, whole run)" if self.cgroup_ok else "RLIMIT_AS per process (fallback)"
+        iso["pids_limit"] = "cgroup pids.max" if self.cgroup_ok else "RLIMIT_NPROC per uid (fallback)"
+        return {
+            "op": "result",
+            "exit_code": exit_code,
+            "signal": sig,
+            "reason": self.reason,
+            "setup_error": setup_error if not self.went else None,
+            "oom_kills": max(0, oom),
+            "memory_limit_hit": mem_hit,
+            "wall_s": t1 - self.t0 - self.paused_total,
+            "paused_s": self.paused_total,
+            "cpu_s": cpu_s,
+            "peak_memory_mb": peak_mb,
+            "isolation": iso,
+        }
