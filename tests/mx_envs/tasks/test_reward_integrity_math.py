@@ -422,3 +422,41 @@ def test_the_never_raise_guard_catches_internal_errors(monkeypatch) -> None:
     monkeypatch.setattr(mg, "parse_shape", boom)
     g = grade_math("\\boxed{x+1}", "x+2")
     assert not g.correct and g.method == "error"
+
+
+def test_compare_answers_never_raises_either(monkeypatch) -> None:
+    import mx_envs.tasks.math_grader as mg
+
+    def boom(*args, **kwargs):
+        raise ValueError("boom")
+
+    monkeypatch.setattr(mg, "parse_shape", boom)
+    assert mg.compare_answers("x+1", "x+2") == (False, "error")
+
+
+@pytest.mark.parametrize(("answer", "reference", "method"), [
+    ("7 \\lor 8", "x+7", "hedge"), ("x \\text{ or } y", "x", "hedge"), ("\\pm x", "x", "hedge"),
+    ("x \\approx 3", "x", "approximation"), ("\\neq x", "x", "relation"), ("< 5", "5", "relation"),
+    ("\\frac{22}{2}", "11", "unevaluated"), ("10^{2}", "100", "unevaluated"), ("7+4", "11", "unevaluated"),
+    ("\\sum_{i=1}^{n} i", "\\frac{n(n+1)}{2}", "unevaluated"), ("15 \\text{ cm}", "15 \\text{ m}", "unit"),
+])
+def test_each_rule_names_itself(answer: str, reference: str, method: str) -> None:
+    """Every guard is checked on its own (several guards would otherwise hide each other)."""
+    from mx_envs.tasks.math_grader import compare_answers
+
+    assert compare_answers(answer, reference) == (False, method)
+
+
+@pytest.mark.parametrize("latex", ["10^{10^{10}}", "9^{9^{9^{9}}}", "2^{123456}", "(10^{6})!", "100000!",
+                                   "\\binom{10^{9}}{5}", "e^{e^{e^{100}}}", "(" * 30 + "1" + ")" * 30, "x" * 700])
+def test_runaway_inputs_are_refused_before_evaluation(latex: str) -> None:
+    from mx_envs.tasks.math_symbolic import too_large
+
+    assert too_large(latex)
+
+
+@pytest.mark.parametrize("latex", ["2^{1009}", "e^{-x^2}", "\\frac{(n+1)!}{2}", "\\binom{n}{2}", "5!", "x^{y^{z}}"])
+def test_ordinary_inputs_are_not_refused(latex: str) -> None:
+    from mx_envs.tasks.math_symbolic import too_large
+
+    assert not too_large(latex)

@@ -78,6 +78,9 @@ def test_cleanup() -> None:
     assert strip_instructions("Find x. Let's think step by step and output the final answer within \\boxed{}.") == "Find x."
     assert normalize_answer(r"$336^\circ$") == "336"
     assert normalize_answer(r"\left( 3, \dfrac{\pi}{2} \right)") == r"( 3, \frac{\pi}{2} )"
+    # a matrix row separator followed by a space is not a "\ " spacing command
+    assert normalize_answer(r"\begin{pmatrix} 1 \\ 2 \end{pmatrix}") == r"\begin{pmatrix} 1 \\ 2 \end{pmatrix}"
+    assert normalize_answer(r"1\,000\ m") == "1000 m"
 
 
 def test_math_verify_path_works_off_the_main_thread() -> None:
