@@ -13,7 +13,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     m = sub.add_parser("math", help="compare a math answer with a reference")
     m.add_argument("--answer", required=True, help="the response or answer (\\boxed{} / 'final answer' extracted)")
     m.add_argument("--reference", required=True, help="the reference answer")
-    m.add_argument("--timeout", type=float, default=5.0, help="seconds per math-verify comparison")
+    m.add_argument("--timeout", type=float, default=5.0, help="seconds of sympy work for the whole grade")
     m.add_argument("--json", action="store_true", help="print JSON: correct, extracted, method")
     m.set_defaults(func=_math)
     c = sub.add_parser("code", help="run a program against one problem's tests in the sandbox")
