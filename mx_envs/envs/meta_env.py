@@ -82,6 +82,12 @@ class MetaAgentXEnv(gym.Env[dict[str, Any], str]):
     order), ``outcome`` (the last episode's final info, ``None`` mid-episode), ``session`` (the
     :class:`~mx_envs.mas.session.MASSession`), ``timings`` (wall-clock seconds of the last episode;
     kept out of ``info`` so that equal seeds and actions give equal ``info``).
+
+    Pickling (``copy.deepcopy``, process pools, vector envs): an env pickles before ``reset``, in
+    the design phase (after ``reset``, before the design step) and after an episode ends; the copy
+    starts its own sandbox session on its next design. While a design script runs (the ``execute``
+    phase) its state lives in a sandbox process, which cannot be serialised or replayed faithfully
+    (scripts may use randomness, time and tools), so pickling then raises ``TypeError`` saying so.
     """
 
     metadata = {"render_modes": ["ansi"], "render_fps": 4}  # fps: declared for the checker; ansi has none
@@ -241,6 +247,18 @@ class MetaAgentXEnv(gym.Env[dict[str, Any], str]):
         self.session = None
         self._closed = True
         super().close()
+
+    def __getstate__(self) -> dict[str, Any]:
+        if self._phase == "execute":
+            agent = self._trace.pending.agent if self._trace.pending is not None else "?"
+            raise TypeError(
+                f"a MetaAgentXEnv cannot be pickled mid-execution: its design script is running in a "
+                f"sandbox process (waiting for sub-agent {agent!r}), which cannot be serialised. Pickle it "
+                "after reset() (before the design step) or after the episode ends."
+            )
+        state = self.__dict__.copy()
+        state["session"] = None  # the sandbox session (pipes, processes): the copy makes its own
+        return state
 
     # ------------------------------------------------------------------ structured access
 
