@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -26,15 +27,23 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--plugin", dest="plugins", action="append", default=[], metavar="MODULE",
                    help="import a module (dotted name or .py file) that registers estimators, losses or "
                         "datasets, before the config is checked (also the config key `plugins:`); repeatable")
+    p.add_argument("--learner-procs", type=int, default=None, metavar="N",
+                   help="shard the learner over N processes with FSDP2 (gloo on CPU, NCCL on GPUs); rank 0 "
+                        "runs the trainer. Also works under `torchrun --nproc_per_node N` (default: "
+                        "distributed.learner_procs, 1)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the per-GPU memory plan (params, grads, optimizer, activations, logits chunk, "
+                        "engine KV cache) and whether it fits, then exit (0: fits, 3: does not)")
+    p.add_argument("--gpus", type=int, default=None, help="--dry-run: GPUs to plan for (default: learner procs)")
+    p.add_argument("--gpu-mem-gb", type=float, default=None, help="--dry-run: memory per GPU in GB (default 80)")
+    p.add_argument("--json", action="store_true", help="--dry-run: print the plan as JSON (top-level `fits`)")
     p.set_defaults(func=_train)
 
 
 def _train(args: argparse.Namespace) -> int:
-    import logging
     import sys
 
     from mx_train.config import TrainConfig
-    from mx_train.trainer import Trainer
 
     try:
         cfg = TrainConfig.from_yaml(args.config, overrides=args.overrides, plugins=args.plugins)
@@ -46,6 +55,37 @@ def _train(args: argparse.Namespace) -> int:
     except (FileNotFoundError, ValueError) as exc:
         print(f"mx train: {exc}", file=sys.stderr)
         return 2
+    if args.dry_run:
+        return _dry_run(cfg, args)
+    procs = args.learner_procs if args.learner_procs is not None else cfg.distributed.learner_procs
+    if procs < 1:
+        print("mx train: --learner-procs must be >= 1", file=sys.stderr)
+        return 2
+    cfg.distributed.learner_procs = procs
+    from mx_train.fsdp import run_with_learner_group
+
+    return run_with_learner_group(procs, lambda: _run(cfg, args), device=cfg.policy.device)
+
+
+def _dry_run(cfg: Any, args: argparse.Namespace) -> int:
+    import sys
+
+    from mx_train.memory_plan import plan_memory
+
+    try:
+        plan = plan_memory(cfg, gpus=args.gpus, gpu_mem_gb=args.gpu_mem_gb, learner_procs=args.learner_procs)
+    except ValueError as exc:
+        print(f"mx train: {exc}", file=sys.stderr)
+        return 2
+    print(plan.to_json() if args.json else plan.render())
+    return 0 if plan.fits else 3
+
+
+def _run(cfg: Any, args: argparse.Namespace) -> int:
+    import logging
+
+    from mx_train.trainer import Trainer
+
     logging.getLogger("mx_train").setLevel(logging.INFO)
     trainer = Trainer(cfg, progress=not args.no_progress)
     history = trainer.run(resume=args.resume)
