@@ -309,6 +309,8 @@ def run_episodes(
             forced = {i for i in active if given[i] is not None and turns[i].role == "designer"}
             asked = [i for i in active if i not in forced]
             actions_by_env: dict[int, Action] = {}
+            if bar is not None:  # a round may take minutes on CPU: show it starting, not only episodes ending
+                bar.set_postfix(round=stats.rounds + 1, turns=stats.turns, acting=len(active))
             if asked:
                 out = policy.act([turns[i] for i in asked])
                 stats.act_calls += 1
