@@ -66,6 +66,9 @@ def run(args: argparse.Namespace) -> int:
     from mx_agents.rollout import RolloutStats, run_episodes
 
     try:
+        from mx_envs.envs.registration import check_env_id
+
+        check_env_id(args.env_id)  # before a model loads: a typo costs no model load
         env_kwargs = _env_kwargs(args.env_kwarg)
         backend_kw = {"device": args.device} if args.device else None
         policy = parse_policy_spec(
