@@ -123,12 +123,15 @@ class ResponseScorer(torch.nn.Module):
                 logits_to_keep=r + 1, use_cache=False,
             )
             logits = out.logits[:, -(r + 1) : -1, :].float() / temperature
-            return full_token_logprobs(logits, response_ids, with_entropy)
+            logprobs, entropy = full_token_logprobs(logits, response_ids, with_entropy)
+            return logprobs.clone(), None if entropy is None else entropy.clone()
         out = self.lm.get_decoder()(
             input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
         )
         hidden = out.last_hidden_state[:, -(r + 1) : -1, :]
-        return chunked_token_logprobs(
+        logprobs, entropy = chunked_token_logprobs(
             hidden, self.lm.get_output_embeddings(), response_ids, temperature=temperature, chunk=chunk,
             with_entropy=with_entropy, entropy_grad=entropy_grad,
         )
+        # Fresh tensors, not views: FSDP2 hooks the outputs of a sharded module for backward.
+        return logprobs.clone(), None if entropy is None else entropy.clone()
