@@ -200,10 +200,76 @@ def mbpp_task(row: dict[str, Any], index: int, dataset: str, split: str) -> Task
 def _input_loop(entry: str, inputs: list[Any]) -> str:
     """Test source that calls ``entry`` on each argument list (the recording run's input set).
 
-    Inputs the reference rejects (it raises) are skipped, as EvalPlus' input contracts do.
+    The inputs travel in the harness codec (tuples stay tuples). Inputs the reference rejects
+    (it raises) are skipped, as EvalPlus' input contracts do.
     """
-    return (f"import json as _mx_json\nfor _mx_args in _mx_json.loads({json.dumps(inputs)!r}):\n"
+    from mx_envs.tasks.code_harness import encode_value
+
+    text = json.dumps(encode_value(inputs), separators=(",", ":"))
+    return (f"for _mx_args in _mx_decode({text!r}):\n"
             f"    try:\n        {entry}(*_mx_args)\n    except Exception:\n        pass\n")
+
+
+def _kind(v: Any) -> str:
+    return "seq" if isinstance(v, list | tuple | set | frozenset) else "map" if isinstance(v, dict) else "scalar"
+
+
+def like_template(value: Any, template: Any) -> Any:
+    """A JSON-decoded input given the Python types of an example: lists become tuples or sets, and
+    strings complex or float numbers, where ``template`` (a literal argument of the dataset's own
+    asserts) has them. MBPP+ stores every input as JSON, which loses tuples; EvalPlus restores
+    them per task, here they are read off the task's base assertion."""
+    if isinstance(value, list) and isinstance(template, list | tuple | set | frozenset):
+        elems = list(template)
+
+        def pick(k: int, v: Any) -> Any:
+            if isinstance(template, tuple) and len(elems) == len(value):
+                return elems[k]
+            return next((e for e in elems if _kind(e) == _kind(v)), None)
+
+        conv = [like_template(v, pick(k, v)) for k, v in enumerate(value)]
+        if isinstance(template, tuple):
+            return tuple(conv)
+        if isinstance(template, set | frozenset):
+            try:
+                return set(conv)
+            except TypeError:
+                return conv
+        return conv
+    if isinstance(value, dict) and isinstance(template, dict) and template:
+        tk, tv = next(iter(template.items()))
+        out = {}
+        for k, v in value.items():
+            if isinstance(tk, int) and not isinstance(tk, bool) and isinstance(k, str) and k.lstrip("-").isdigit():
+                k = int(k)
+            out[k] = like_template(v, tv)
+        return out
+    if isinstance(value, str) and type(template) in (int, float, complex):
+        try:
+            return complex(value) if type(template) is complex else float(value)
+        except ValueError:
+            return value
+    return value
+
+
+def _assert_template(assertion: str, entry: str) -> list[Any] | None:
+    """Literal arguments of the first call of ``entry`` in ``assertion`` (None where not literal)."""
+    import ast
+
+    try:
+        tree = ast.parse(assertion)
+    except (SyntaxError, ValueError):
+        return None
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == entry:
+            out = []
+            for arg in node.args:
+                try:
+                    out.append(ast.literal_eval(arg))
+                except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+                    out.append(None)
+            return out
+    return None
 
 
 def mbppplus_task(row: dict[str, Any], index: int, dataset: str, split: str, plus: bool = True) -> Task:
@@ -217,6 +283,10 @@ def mbppplus_task(row: dict[str, Any], index: int, dataset: str, split: str, plu
     if "entry_point" in row:  # flat EvalPlus form
         entry = row["entry_point"]
         inputs = list(row.get("base_input") or []) + (list(row.get("plus_input") or []) if plus else [])
+        template = _assert_template(row.get("assertion", ""), entry)
+        if template is not None:
+            inputs = [[like_template(a, t) for a, t in zip(inp, template, strict=True)]
+                      if isinstance(inp, list) and len(inp) == len(template) else inp for inp in inputs]
         source = _input_loop(entry, inputs)
         solution = row.get("canonical_solution", "")
         text = row.get("prompt", "").strip().strip('"').strip()

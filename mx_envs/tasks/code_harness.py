@@ -26,7 +26,8 @@ Records go out as JSON lines on a private duplicate of descriptor 1 (descriptor 
 /dev/null for the runner and the call worker, so a stray ``print`` is not a record).
 
 Value codec: JSON where every JSON object is a tag ``{"#": kind, "v": payload}``: ``t`` tuple,
-``s`` set, ``S`` frozenset, ``d`` dict (list of pairs, so keys keep their type), ``f`` non-finite
+``s`` set, ``S`` frozenset, ``d`` dict (list of pairs, so keys keep their type; also
+``defaultdict``), ``C`` Counter, ``O`` OrderedDict, ``q`` deque, ``r`` range, ``f`` non-finite
 float, ``i`` big int (hex), ``c`` complex, ``b``/``B`` bytes/bytearray, ``D`` Decimal, ``Q``
 Fraction, ``o`` opaque (any other object: on the host it equals nothing, not even itself). Only
 exact builtin types are encoded structurally, so a subclass with its own ``__eq__`` is opaque.
@@ -68,6 +69,7 @@ SNIPPET = 300
 MAX_DEPTH = 200  # nesting depth of an encoded value (deeper: opaque)
 BIG_INT_BITS = 4096  # larger ints travel as hex (no decimal digit limit on either side)
 FATAL_EXIT = 87  # call worker: the candidate failed to load; every remaining test gets that error
+LOADED = b"L\n"  # call worker: the candidate loaded (a worker that ends before this line failed to load)
 STDIO_ERROR_EXIT = 86  # stdio child: uncaught exception (its message is in the status memfd)
 
 
@@ -106,6 +108,19 @@ def encode_value(x: Any, depth: int = 0) -> Any:
         return {"#": "o", "v": "unencodable"}
 
 
+_COLLECTIONS: dict[type, str] = {}
+
+
+def _collections_tags() -> None:
+    import collections
+
+    _COLLECTIONS.update({collections.Counter: "C", collections.OrderedDict: "O", collections.defaultdict: "d",
+                         collections.deque: "q"})
+
+
+_collections_tags()
+
+
 def _enc(x: Any, depth: int) -> Any:
     t = type(x)
     if x is None or t is bool or t is str:
@@ -127,6 +142,13 @@ def _enc(x: Any, depth: int) -> Any:
         return {"#": "d", "v": [[_enc(k, d), _enc(v, d)] for k, v in x.items()]}
     if t is complex:
         return {"#": "c", "v": [_enc(x.real, d), _enc(x.imag, d)]}
+    if t in _COLLECTIONS:  # stdlib containers with value equality
+        tag = _COLLECTIONS[t]
+        if tag == "q":
+            return {"#": "q", "v": [_enc(v, d) for v in x]}
+        return {"#": tag, "v": [[_enc(k, d), _enc(v, d)] for k, v in x.items()]}
+    if t is range:
+        return {"#": "r", "v": [x.start, x.stop, x.step]}
     if t is bytes or t is bytearray:
         return {"#": "b" if t is bytes else "B", "v": x.hex()}
     name = t.__name__
@@ -161,7 +183,7 @@ def decode_value(x: Any, depth: int = 0) -> Any:
     tag, v = x["#"], x["v"]
     if tag == "o":
         return Opaque(str(v)[:100])
-    if tag in ("t", "s", "S", "d", "c", "Q") and not isinstance(v, list):
+    if tag in ("t", "s", "S", "d", "c", "Q", "C", "O", "q", "r") and not isinstance(v, list):
         raise DecodeError(f"tag {tag!r} needs a list")
     if tag in ("f", "i", "b", "B", "D") and not isinstance(v, str):
         raise DecodeError(f"tag {tag!r} needs a string")
@@ -172,10 +194,23 @@ def decode_value(x: Any, depth: int = 0) -> Any:
             return {decode_value(e, d) for e in v}
         if tag == "S":
             return frozenset(decode_value(e, d) for e in v)
-        if tag == "d":
+        if tag in ("d", "C", "O"):
             if not all(isinstance(p, list) and len(p) == 2 for p in v):
                 raise DecodeError("dict items must be pairs")
-            return {decode_value(k, d): decode_value(e, d) for k, e in v}
+            items = {decode_value(k, d): decode_value(e, d) for k, e in v}
+            if tag == "d":
+                return items
+            import collections
+
+            return collections.Counter(items) if tag == "C" else collections.OrderedDict(items)
+        if tag == "q":
+            import collections
+
+            return collections.deque(decode_value(e, d) for e in v)
+        if tag == "r":
+            if len(v) != 3 or not all(type(e) is int for e in v) or v[2] == 0:
+                raise DecodeError("bad range")
+            return range(*v)
         if tag == "f":
             if v not in ("nan", "inf", "-inf"):
                 raise DecodeError("bad float")
@@ -326,6 +361,7 @@ def _call_worker(job: dict[str, Any], code: Any, start: int, wfd: int) -> None:
         signal.setitimer(signal.ITIMER_REAL, 0)
         _write_all(wfd, (_dumps(_error_record(exc)) + "\n").encode())
         os._exit(FATAL_EXIT)
+    _write_all(wfd, LOADED)
     for i in range(start, len(tests)):
         rec: dict[str, Any]
         try:
@@ -370,6 +406,8 @@ def _status_message(st: int | None) -> dict[str, Any]:
             return {"e": TIMEOUT}
         if sig == signal.SIGXFSZ:
             return {"e": RUNTIME_ERROR, "m": "output file size limit exceeded"}
+        if sig == signal.SIGKILL:  # not ours (we kill only after a deadline): the cgroup's OOM killer
+            return {"e": MEMORY_EXCEEDED, "m": "killed (SIGKILL: out of memory)"}
         return {"e": RUNTIME_ERROR, "m": f"killed by signal {sig}"}
     code = os.WEXITSTATUS(st) if st is not None else None
     return {"e": RUNTIME_ERROR, "m": f"exited (status {code}) before returning"}
@@ -401,13 +439,16 @@ def run_calls(job: dict[str, Any], code: Any, out_fd: int) -> None:
             os.setpgid(pid, pid)
         except OSError:
             pass
-        buf, restart, last = b"", False, b""
+        buf, restart, last, loaded = b"", False, b"", False
         t0 = time.monotonic()
         deadline = t0 + float(tests[i]["limit"]) + load_s + 0.5
         while i < n and not restart:
             nl = buf.find(b"\n")
             if nl >= 0:
                 line, buf = buf[:nl], buf[nl + 1 :]
+                if line == LOADED[:-1] and not loaded:
+                    loaded = True
+                    continue
                 last = line
                 now = time.monotonic()
                 _emit(out_fd, i, now - t0, line)
@@ -420,19 +461,20 @@ def run_calls(job: dict[str, Any], code: Any, out_fd: int) -> None:
             if not ready:  # the per-test timer did not end it: hard deadline
                 _kill_group(pid)
                 _reap(pid)
-                _emit(out_fd, i, time.monotonic() - t0, {"e": TIMEOUT})
-                i += 1
+                for j in range(i, i + 1 if loaded else n):  # a load that hangs would hang again
+                    _emit(out_fd, j, time.monotonic() - t0 if j == i else 0.0, {"e": TIMEOUT})
+                i = i + 1 if loaded else n
                 restart = True
                 break
             chunk = os.read(r, 1 << 20)
             if chunk:
                 buf += chunk
                 continue
-            # EOF: the worker ended. A fatal load error repeats for every remaining test.
+            # EOF: the worker ended. One that never finished loading the candidate fails every
+            # remaining test the same way (loading is what would run again).
             st = _reap(pid)
-            fatal = st is not None and os.WIFEXITED(st) and os.WEXITSTATUS(st) == FATAL_EXIT
-            if fatal and (last or buf.strip()):
-                line = buf.strip().split(b"\n")[0] if buf.strip() else last
+            if not loaded:
+                line = (buf.strip().split(b"\n")[0] if buf.strip() else last) or _dumps(_status_message(st)).encode()
                 for j in range(i, n):
                     _emit(out_fd, j, time.monotonic() - t0 if j == i else 0.0, line)
                 i = n
@@ -585,6 +627,7 @@ def run_reference(job: dict[str, Any], out_fd: int) -> None:
     random.seed(0)  # tests that draw random inputs (HumanEval/38, /50) record the same ones every time
     ns: dict[str, Any] = {"__name__": "__main__", "__builtins__": __builtins__}
     exec(compile(job["reference"], "reference.py", "exec"), ns)
+    ns["_mx_decode"] = lambda text: decode_value(json.loads(text))  # for generated input lists
     fn_name = job["fn_name"]
     reference = ns[fn_name]
     depth = [0]

@@ -134,11 +134,11 @@ def test_per_test_verdicts(grading_sandbox, mode: str) -> None:
         "print(v[0])\n"
     )
     tests = CodeTests(stdin_tests=[("a", "a"), ("loop", "x"), ("mem", "x"), ("err", "x"), ("exit", "ok"), ("b", "c")],
-                      time_limit_s=1.0)
+                      time_limit_s=6.0)  # an OOM kill under load takes seconds
     g = grade_code(src, tests, grading_sandbox, memory_mb=512, mode=mode)
     assert g.verdicts == ["passed", "timeout", "memory_exceeded", "runtime_error", "passed", "wrong_answer"]
     assert "KeyError" in g.details[3]["message"]
-    assert 0.9 < g.details[1]["time_s"] < 3.0
+    assert 5.9 < g.details[1]["time_s"] < 10.0
     assert grade_code("def f(:\n", tests, grading_sandbox, mode=mode).verdicts == ["syntax_error"] * 6
     assert grade_code("Sorry, I cannot help with that.\n```\n", tests, grading_sandbox).verdicts == ["syntax_error"] * 6
 
