@@ -30,7 +30,7 @@ from mx_envs.sandbox import _linux, file_view, interpreter_paths
 WORKDIR = "/tmp/work"
 CHANNEL_FD = 3
 PRIVATE_TMP = ("/tmp", "/var/tmp", "/dev/shm")
-PREFORK_TMP_MB = 512  # size of each private tmpfs until a request sets it to the run's budget
+PREFORK_TMP_MB = 1024  # size of each private tmpfs; a request with a smaller budget shrinks it
 SETUP_FAILED = 70  # exit status of a child whose set-up failed before the program ran
 CHILD_ENV = {
     "PATH": "/usr/local/bin:/usr/bin:/bin",
@@ -74,6 +74,9 @@ class ChildSpec:
 
 def prepare(spec: ChildSpec, status: socket.socket) -> dict[str, Any]:
     """Prefork phase: join the cgroup, set up namespaces and mounts. Returns what holds."""
+    # First of all, drop every descriptor inherited from the supervisor (it may be running another
+    # run meanwhile: its control socket and its namespace init's lifeline must not stay open here).
+    _close_inherited(status, [*spec.cgroup_fds, spec.host_netns_fd])
     for fd in spec.cgroup_fds:
         os.write(fd, b"0")  # join the run's cgroup before touching any memory of our own
         os.close(fd)
@@ -130,7 +133,7 @@ def prepare(spec: ChildSpec, status: socket.socket) -> dict[str, Any]:
         os.chown(workdir, spec.uid, spec.uid)
         if iso["file_view"]:
             os.chown(file_view.VIEW_ROOT + WORKDIR, spec.uid, spec.uid)
-    _close_inherited(status)
+    _python_state(workdir)  # nothing of it depends on the request: off the critical path
     return iso
 
 
@@ -172,15 +175,17 @@ def _prepare_mounts(spec: ChildSpec, iso: dict[str, Any]) -> None:
             iso["errors"].append(f"grading file view: {exc}")
 
 
-def _close_inherited(status: socket.socket) -> None:
-    """Keep only the status socket; stdio on /dev/null until the request's pipes arrive."""
+def _close_inherited(status: socket.socket, also: list[int]) -> None:
+    """Keep only the status socket (and ``also``); stdio on /dev/null until the request's pipes."""
     devnull = os.open(os.devnull, os.O_RDWR)
     for target in (0, 1, 2):
         os.dup2(devnull, target, inheritable=True)
     os.close(devnull)
-    keep = status.fileno()
-    os.closerange(3, keep)
-    os.closerange(keep + 1, 1 << 20)
+    lo = 3
+    for keep in sorted({status.fileno(), *(fd for fd in also if fd >= 3)}):
+        os.closerange(lo, keep)
+        lo = keep + 1
+    os.closerange(lo, 1 << 20)
 
 
 def _python_state(workdir: str) -> None:
@@ -219,11 +224,11 @@ def _apply_request_limits(limits: dict[str, Any], iso: dict[str, Any], cgroup: b
     if iso.get("private_tmp"):
         # tmpfs pages are charged to the run's memory cgroup; sizing each tmpfs to the budget makes
         # a full disk an ENOSPC for the program rather than an OOM kill.
-        size = max(1, min(int(limits["memory_mb"]), PREFORK_TMP_MB * 4))
+        size = max(1, int(limits["memory_mb"]))
         roots = list(iso["private_tmp"])
         if iso.get("file_view") == "grading" and limits.get("file_view") == "grading":
             roots = [file_view.VIEW_ROOT + "/tmp", file_view.VIEW_ROOT + "/dev/shm"]
-        if size != PREFORK_TMP_MB:
+        if size < PREFORK_TMP_MB:
             for root in roots:
                 try:
                     _linux.mount(None, root, None, _linux.MS_REMOUNT | _linux.MS_NOSUID | _linux.MS_NODEV, f"size={size}m")
@@ -287,15 +292,15 @@ def run(header: dict[str, Any], fds: list[int], iso: dict[str, Any], status_fd: 
             _linux.umount2(file_view.VIEW_ROOT, _linux.MNT_DETACH)
             os.rmdir(file_view.VIEW_ROOT)
         os.chdir(workdir)
-        _python_state(workdir)
         _drop_privileges(iso.get("uid"), iso)
     except SystemExit:
         raise
     except BaseException as exc:  # noqa: BLE001 - any set-up failure is the sandbox's, reported as such
         _fail(status_fd, f"{type(exc).__name__}: {exc}")
-    # From here on the program's code may run: the status socket goes first.
+    # From here on the program's code may run. The status socket stays open for one thing only:
+    # the exit notice below, a hint that makes the supervisor look at the kernel's own record of
+    # this process (it trusts nothing written here; see supervisor._Run.on_status).
     os.write(status_fd, b'{"go":1}')
-    os.close(status_fd)
 
     # Move the request's descriptors to 0-3; close the originals.
     wanted = [stdin_fd, out_fd, err_fd, chan_fd]
@@ -351,6 +356,18 @@ def run(header: dict[str, Any], fds: list[int], iso: dict[str, Any], status_fd: 
             stream.flush()
         except BaseException:  # noqa: BLE001
             pass
+    # Tearing down this address space (a copy of the warm server's) takes milliseconds: hand the
+    # streams back and send the exit notice first, so the supervisor can confirm the exit in
+    # /proc, kill what is left and report without waiting for the kernel to finish.
+    for fd in (0, 1, 2, CHANNEL_FD):
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    try:
+        os.write(status_fd, b'{"exit":%d}' % code)
+    except OSError:
+        pass
     os._exit(code)
 
 

@@ -28,6 +28,26 @@ from mx_envs.sandbox.uids import UidAllocator
 from mx_envs.sandbox.wire import FrameReader, encode_frame, parse_bounded
 
 CPU_CHECK_MIN_S = 0.02
+PF_EXITING = 0x4  # task flag: in do_exit, never returns to user space
+EXIT_CONFIRM_S = 0.005  # how long an exit notice may take to show in /proc before it is ignored
+EXIT_NOTICES = 3  # notices examined per run (a program could send many)
+
+
+def kernel_exit_code(pid: int) -> int | None:
+    """The kernel's exit status of ``pid`` once it is inside ``do_exit`` (``PF_EXITING``), else None.
+
+    ``/proc/PID/stat`` field 52 is the status as ``waitpid`` will report it; the kernel writes it
+    before tearing the address space down, which is what makes an early, observed report possible.
+    """
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            stat = fh.read()
+        fields = stat[stat.rfind(b")") + 2 :].split()
+        if not int(fields[6]) & PF_EXITING:
+            return None
+        return int(fields[49])
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 @dataclass
@@ -145,7 +165,7 @@ class Supervisor:
         _linux.prctl(_linux.PR_SET_PDEATHSIG, signal.SIGKILL)
         _linux.prctl(_linux.PR_SET_CHILD_SUBREAPER, 1)
         self._enter_namespaces()
-        pre = self._prepare(False)
+        pre = self._await(self._spawn(False))
         while not self.stopping:
             try:
                 msg, fds, _flags, _addr = socket.recv_fds(self.request_sock, 1 << 16, 16)
@@ -163,8 +183,8 @@ class Supervisor:
                     self.want_view = True
                 if network != pre.network or (grading and not pre.want_view):
                     pre.discard()
-                    pre = self._prepare(network)
-                self._run(header, msg, fds, pre)
+                    pre = self._await(self._spawn(network))
+                nxt = self._run(header, msg, fds, pre)
             except Exception:  # noqa: BLE001 - never let one bad request kill the supervisor
                 traceback.print_exc()
                 for fd in fds:
@@ -173,8 +193,11 @@ class Supervisor:
                     except OSError:
                         pass
                 pre.discard()
+                nxt = None
             if not self.stopping:
-                pre = self._prepare(False)
+                pre = self._await(nxt if nxt is not None else self._spawn(False))
+            elif nxt is not None:
+                pre = nxt
             self._notify(b"-")  # idle again, with a prepared child
         pre.discard()
 
@@ -209,7 +232,8 @@ class Supervisor:
 
     # ------------------------------------------------------------------ preparing a child
 
-    def _prepare(self, network: bool) -> Prepared:
+    def _spawn(self, network: bool) -> Prepared:
+        """Fork the next child into a fresh cgroup and PID namespace; it prepares itself meanwhile."""
         self.seq += 1
         uid = self.uids.next() if self.uids is not None else None
         cg: cgroups.RunCgroup | None = None
@@ -280,21 +304,28 @@ class Supervisor:
         child_sock.close()
         if cg is not None:
             cg.close_procs()
-        raw = parent_sock.recv(1 << 16)
+        return Prepared(pid, parent_sock, {"errors": errors}, network, self.want_view, cg, lifeline, init_pid, init_pidfd)
+
+    def _await(self, pre: Prepared) -> Prepared:
+        """Wait for the child's "ready" report (requests are taken only with a prepared child)."""
+        raw = pre.sock.recv(1 << 16)
         iso = parse_bounded(raw) if raw else None
         if not isinstance(iso, dict):
             iso = {"errors": ["prepared child died during set-up"]}
+        errors = pre.iso.get("errors", [])
         iso.setdefault("errors", [])
         iso["errors"] = list(iso["errors"]) + errors
-        pre = Prepared(pid, parent_sock, iso, network, self.want_view, cg, lifeline, init_pid, init_pidfd)
+        pre.iso = iso
         pre.hold_namespaces()
         return pre
 
     # ------------------------------------------------------------------ one run
 
-    def _run(self, header: dict[str, Any], msg: bytes, fds: list[int], pre: Prepared) -> None:
+    def _run(self, header: dict[str, Any], msg: bytes, fds: list[int], pre: Prepared) -> Prepared | None:
+        """Run the request on ``pre``; returns the next child, forked once this run has started."""
         run = _Run(self, header, fds, pre)
         self.current = pre
+        nxt = None
         try:
             run.start(msg)
             run.loop()
@@ -306,7 +337,14 @@ class Supervisor:
         except OSError:
             pass
         run.ctl.close()
+        if run.early is not None:
+            os.waitpid(pre.pid, 0)  # the confirmed, SIGKILLed child: reaped off the critical path
+        if not self.stopping:
+            # Fork the next child before cleaning up: it prepares itself (namespaces, mounts, cgroup
+            # attach: milliseconds, mostly waiting on the kernel) while this run's remains go.
+            nxt = self._spawn(False)
         pre.release()
+        return nxt
 
 
 class _Run:
@@ -329,6 +367,8 @@ class _Run:
         self.rusage: Any = None
         self.setup_error: str | None = None
         self.went = False  # the child reported "set-up done, program starts"
+        self.early: int | None = None  # exit status confirmed in /proc before the child was reaped
+        self.notices = 0
         self.cpu0 = 0.0
         self.cgroup_ok = False
         self.errors: list[str] = []
@@ -375,12 +415,33 @@ class _Run:
         if not raw:
             self.sel.unregister(self.pre.sock)
             return
-        msg = parse_bounded(raw)  # written before any user code ran; bounded anyway
-        if isinstance(msg, dict):
+        msg = parse_bounded(raw)  # the program can write here too: bounded, and only a hint
+        if not isinstance(msg, dict):
+            return
+        if not self.went:
             if msg.get("go"):
                 self.went = True
             elif "setup_error" in msg:
                 self.setup_error = str(msg["setup_error"])[:500]
+            return
+        code = msg.get("exit")
+        if isinstance(code, int) and 0 <= code <= 255 and self.reason is None and self.notices < EXIT_NOTICES:
+            self.notices += 1
+            self.confirm_exit(code)
+
+    def confirm_exit(self, code: int) -> None:
+        """An exit notice: believe it only once the kernel shows the same status for an exiting child."""
+        end = time.monotonic() + EXIT_CONFIRM_S
+        while True:
+            status = kernel_exit_code(self.pre.pid)
+            if status is not None and status == code << 8:
+                self.early = status
+                self.exited = True
+                self.pre.end()  # no process of the run runs user code from here on
+                return
+            if time.monotonic() >= end:
+                return
+            time.sleep(0.0002)
 
     def on_ctl(self) -> None:
         try:
@@ -448,8 +509,8 @@ class _Run:
                     if timers:
                         timeout = max(0.0, min(timers) - now)
                 for key, _ in sel.select(timeout):
-                    if self.exited and key.data is not self.on_status:
-                        continue
+                    if self.exited:
+                        break
                     key.data()
         finally:
             sel.close()
@@ -461,7 +522,7 @@ class _Run:
         if self.paused_at is not None:
             self.paused_total += t1 - self.paused_at
         pre.end()  # the program's own exit does not end its children: the namespace's init does
-        while True:  # a set-up report may still be queued
+        while not self.went:  # a set-up report may still be queued
             try:
                 raw = pre.sock.recv(4096, socket.MSG_DONTWAIT)
             except OSError:
@@ -473,7 +534,7 @@ class _Run:
                 self.went = True
             elif isinstance(msg, dict) and "setup_error" in msg:
                 self.setup_error = str(msg["setup_error"])[:500]
-        st = self.status
+        st = self.status if self.early is None else self.early
         exit_code = os.WEXITSTATUS(st) if os.WIFEXITED(st) else None
         sig = os.WTERMSIG(st) if os.WIFSIGNALED(st) else None
         oom = 0
