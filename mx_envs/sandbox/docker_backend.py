@@ -41,6 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mx_envs.sandbox import seccomp_policy
 from mx_envs.sandbox.api import Limits, RunResult, Verdict
 from mx_envs.sandbox.docker_image import DEFAULT_TAG, LABEL_PYTHON
 from mx_envs.sandbox.docker_pump import PumpResult, pump
@@ -63,6 +64,9 @@ CHILD_ENV = {
     "HOME": "/work",
     "TMPDIR": "/tmp",
 }
+# The process backend's list of closed kernel interfaces, stacked on the daemon's default profile.
+SECCOMP_DENY: list[str] = sorted(seccomp_policy.DENIED)
+SECCOMP_ENOSYS: list[str] = list(seccomp_policy.ENOSYS_CALLS)
 _RUNNER_SOURCE = (Path(__file__).with_name("docker_runner.py")).read_text(encoding="utf-8")
 
 
@@ -272,6 +276,8 @@ class DockerSandbox:
             "cpu_s": limits.effective_cpu_s(),
             "file_size": int(limits.file_size_mb) << 20,
             "backstop_s": float(limits.wall_s) + STARTUP_S,
+            "seccomp_deny": SECCOMP_DENY,
+            "seccomp_enosys": SECCOMP_ENOSYS,
         }
         try:
             payload = bundle(source, files, header) + stdin_b
@@ -320,7 +326,7 @@ class DockerSandbox:
             peak_memory_mb=round(int(rep.get("maxrss_kb") or 0) / 1024, 1),
             signal=rep.get("signal") if isinstance(rep.get("signal"), int) else None,
             message=message,
-            isolation=self.isolation(limits),
+            isolation=dict(self.isolation(limits), seccomp_extra=_seccomp_extra(rep)),
         )
 
     def _launch(self, limits: Limits) -> _Launched:
@@ -510,6 +516,14 @@ class _Launched:
 def _pool_key(limits: Limits) -> tuple[Any, ...]:
     """The limits a container is created with (the rest travels in the bundle's header)."""
     return (limits.memory_mb, limits.max_processes, limits.network, limits.open_files)
+
+
+def _seccomp_extra(report: dict[str, Any]) -> str:
+    """What the runner's own filter closed on top of the daemon's profile, for ``isolation``."""
+    extra = report.get("seccomp_extra")
+    if isinstance(extra, list):
+        return f"{len(extra)} calls closed (process backend's list)"
+    return str(extra) if extra else "unknown"
 
 
 def _alive(pid: int) -> bool:

@@ -13,7 +13,8 @@ tar a minimal root file system holding
 - the allowed packages and their installed requirements, copied into the base interpreter's own
   ``site-packages`` (their ``tests`` directories left out);
 - every shared library the interpreter and the included extension modules link against (``ldd``),
-  with the symlinks on the way (``/lib -> usr/lib``), and the dynamic loader;
+  with the symlinks on the way (``/lib -> usr/lib``), the dynamic loader, ``libgcc_s`` and
+  ``libseccomp`` (both ``dlopen``-ed);
 - ``/etc/passwd`` and ``/etc/group`` naming uid 65534 (``nobody``), empty ``/tmp`` and ``/work``.
 
 The image is tagged by a content hash of that tree (file bytes, modes, links), so a rebuild is only
@@ -205,7 +206,9 @@ def _shared_libraries(binaries: list[str]) -> set[str]:
             m = re.search(r"=>\s*(/\S+)", line) or re.match(r"\s*(/\S+)\s+\(", line)
             if m:
                 libs.add(m.group(1))
-    for extra in ("libgcc_s.so.1",):  # dlopen()ed by glibc for thread exit/cancel, not in ldd output
+    # dlopen()ed, so not in ldd's output: libgcc_s by glibc for thread exit/cancel, libseccomp by the
+    # runner (docker_runner.py) for the program's extra seccomp filter.
+    for extra in ("libgcc_s.so.1", "libseccomp.so.2"):
         for d in ("/lib/x86_64-linux-gnu", "/usr/lib/x86_64-linux-gnu", "/lib64", "/usr/lib64"):
             if os.path.exists(os.path.join(d, extra)):
                 libs.add(os.path.join(d, extra))

@@ -23,6 +23,11 @@ Why a runner at all, instead of running the program as the container's command:
   sees: it was read from the bundle before the program existed, and the program is a fresh
   ``exec``), and JSON with the true wait status, CPU time, peak RSS and the cgroup's OOM-kill
   count. A program that exits with 137 or prints "MemoryError" is reported as exactly that.
+- **The process backend's seccomp list, here too.** Right before ``exec`` the program's process loads
+  a libseccomp filter (built by the runner through ctypes) that fails the host-supplied list of
+  calls with EPERM; it stacks on the daemon's default profile, which on Docker 20.10 still allows
+  io_uring and ptrace. If the program cannot be started (exec, rlimits, filter), the reason comes
+  back on a close-on-exec pipe and is reported as a set-up error, never as the program's exit 127.
 """
 
 from __future__ import annotations
@@ -98,10 +103,17 @@ def main() -> None:  # noqa: C901 - one linear protocol, easier to audit in one 
     env = dict(hdr["env"])
     cpu = int(hdr["cpu_s"]) + (0 if float(hdr["cpu_s"]).is_integer() else 1)
     fsize = int(hdr["file_size"])
+    try:
+        seccomp = _seccomp_filter(hdr.get("seccomp_deny") or [], hdr.get("seccomp_enosys") or [])
+        extra = seccomp[2]
+    except Exception as exc:  # noqa: BLE001 - no libseccomp in this image: the daemon's profile only
+        seccomp, extra = None, f"unavailable: {exc!r}"
     write_all(2, START)
+    errr, errw = os.pipe()  # close-on-exec: EOF on exec, or the reason the program did not start
     pid = os.fork()
     if pid == 0:  # the program: a fresh interpreter, nothing of this one survives exec
         try:
+            os.close(errr)
             os.chdir(WORK)
             libc.prctl(4, 1, 0, 0, 0)  # own /proc/self again (exec would make it dumpable anyway)
             with open("/proc/self/oom_score_adj", "w") as fh:
@@ -109,11 +121,24 @@ def main() -> None:  # noqa: C901 - one linear protocol, easier to audit in one 
             resource.setrlimit(resource.RLIMIT_CPU, (max(1, cpu), max(1, cpu) + 1))
             resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, fsize))
             resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+            if seccomp is not None and seccomp[0].seccomp_load(seccomp[1]) != 0:
+                raise OSError("seccomp_load failed")
             os.execve(python, argv, env)
-        except BaseException as exc:  # noqa: BLE001 - said on stderr, then the conventional 127
-            write_all(2, f"sandbox: cannot start the program: {exc!r}\n".encode())
+        except BaseException as exc:  # noqa: BLE001 - told to the runner, never a program verdict
+            write_all(errw, repr(exc).encode()[:1000])
         finally:
             os._exit(127)
+    os.close(errw)
+    start_error = b""
+    while True:
+        try:
+            chunk = os.read(errr, 1000)
+        except InterruptedError:
+            continue
+        if not chunk:
+            break
+        start_error += chunk
+    os.close(errr)
 
     deadline = time.monotonic() + float(hdr["backstop_s"])
     try:
@@ -170,6 +195,10 @@ def main() -> None:  # noqa: C901 - one linear protocol, easier to audit in one 
         except (OSError, ValueError):
             continue
     known = status >= 0
+    if start_error:
+        report = {"setup_error": f"cannot start the program: {start_error.decode(errors='replace')}"}
+        write_all(2, END + nonce + b" " + json.dumps(report).encode() + b"\n")
+        os._exit(0)
     report = {
         "exit": os.WEXITSTATUS(status) if known and os.WIFEXITED(status) else None,
         "signal": os.WTERMSIG(status) if known and os.WIFSIGNALED(status) else None,
@@ -177,9 +206,39 @@ def main() -> None:  # noqa: C901 - one linear protocol, easier to audit in one 
         "maxrss_kb": int(ru.ru_maxrss),
         "oom_kills": oom,
         "backstop": backstop,
+        "seccomp_extra": extra,
     }
     write_all(2, END + nonce + b" " + json.dumps(report).encode() + b"\n")
     os._exit(0)
+
+
+def _seccomp_filter(deny: list[str], enosys: list[str]) -> tuple[object, object, list[str]]:
+    """A libseccomp filter (allow by default) failing ``deny`` with EPERM and ``enosys`` with ENOSYS.
+
+    Built in the runner, loaded by the program's process right before ``exec``; it stacks on the
+    daemon's default profile (seccomp filters only ever add restrictions), closing what that
+    profile leaves open (io_uring and ptrace on Docker 20.10) with the process backend's list.
+    Uses the system libseccomp through ctypes (the runner is standard library only).
+    """
+    import ctypes
+    import errno
+
+    lib = ctypes.CDLL("libseccomp.so.2")
+    lib.seccomp_init.restype = ctypes.c_void_p
+    lib.seccomp_init.argtypes = [ctypes.c_uint32]
+    lib.seccomp_syscall_resolve_name.argtypes = [ctypes.c_char_p]
+    lib.seccomp_rule_add.argtypes = [ctypes.c_void_p, ctypes.c_uint32, ctypes.c_int, ctypes.c_uint]
+    lib.seccomp_load.argtypes = [ctypes.c_void_p]
+    ctx = lib.seccomp_init(0x7FFF0000)  # SCMP_ACT_ALLOW
+    if not ctx:
+        raise OSError("seccomp_init failed")
+    applied = []
+    for names, err in ((deny, errno.EPERM), (enosys, errno.ENOSYS)):
+        for name in names:
+            nr = lib.seccomp_syscall_resolve_name(name.encode())
+            if nr >= 0 and lib.seccomp_rule_add(ctx, 0x00050000 | err, nr, 0) == 0:  # SCMP_ACT_ERRNO
+                applied.append(name)
+    return lib, ctypes.c_void_p(ctx), applied
 
 
 if __name__ == "__main__":

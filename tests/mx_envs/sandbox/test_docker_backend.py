@@ -277,6 +277,9 @@ for s in (signal.SIGKILL, signal.SIGTERM, signal.SIGINT):
 import ctypes
 libc = ctypes.CDLL(None, use_errno=True)
 out["ptrace1"] = ctypes.get_errno() if libc.ptrace(16, 1, 0, 0) == -1 else "attached"  # PTRACE_ATTACH
+params = ctypes.create_string_buffer(256)
+fd = libc.syscall(425, 1, ctypes.addressof(params))  # io_uring_setup: open in Docker 20.10's profile
+out["io_uring"] = ctypes.get_errno() if fd == -1 else "opened"
 try:
     open("/proc/1/environ").read()
     out["pid1_environ"] = "read"
@@ -299,7 +302,9 @@ def test_docker_stdin_files_and_isolation(docker_sb):
     assert out["net"] in (101, 113, 99)  # no interface but loopback: unreachable
     assert out["pid1_environ"] == 13 and out["ptrace1"] == 1  # the runner is not dumpable: EACCES, EPERM
     assert out["pids"][0] == 1 and len(out["pids"]) <= 3  # own PID namespace: runner + program
+    assert out["io_uring"] == 1  # EPERM: the runner's filter stacked on the daemon's profile
     iso = r.isolation
+    assert "closed" in iso["seccomp_extra"]
     assert iso["backend"] == "docker" and iso["network"] == "none" and iso["readonly_root"]
 
 
