@@ -17,11 +17,13 @@ MARGIN_S = 3.0  # allowed overshoot past a limit on a loaded 2-core machine
 
 @pytest.fixture(autouse=True)
 def _helpers(leftover_processes):
-    global uid_processes
+    global uid_processes, survivors
     uid_processes = leftover_processes
+    survivors = leftover_processes
 
 
 uid_processes = None
+survivors = None
 
 
 def run_checked(sandbox, source, limits=None, stdin="", files=None, max_s=None):
@@ -661,3 +663,121 @@ print(json.dumps({{'seen': seen, 'site': listing, 'mods': mods, 'fx': str(sympy.
     # The default view of the same pool still sees the checkout (scripts and tool code need it).
     r = run_checked(sandbox, f"import os; print(os.path.isdir({checkout!r} + '/mx_envs'))")
     assert r.stdout == "True\n", r
+
+
+DAEMON_AND_WAIT = """
+import os, time
+from mx_envs.sandbox import channel
+if os.fork() == 0:
+    os.setsid()
+    time.sleep(60)
+    os._exit(0)
+channel.request({"uid": os.getuid()})
+time.sleep(60)
+"""
+
+
+def _ppid(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as fh:
+        for line in fh:
+            if line.startswith("PPid:"):
+                return int(line.split()[1])
+    return 0
+
+
+def _settled_children(server_pid: int, want: int, timeout: float = 5.0) -> int:
+    end = time.monotonic() + timeout
+    while True:
+        n = len(_pool_children(server_pid))
+        if n == want or time.monotonic() > end:
+            return n
+        time.sleep(0.05)
+
+
+def test_supervisor_death_kills_the_run_and_keeps_the_pool_exact():
+    from mx_envs.sandbox import ProcessSandbox
+
+    with ProcessSandbox(preload=(), pool_size=2) as sb:
+        sb.warm_up()
+        server = sb.server_pid
+        base = _settled_children(server, 3)  # two supervisors and the init factory
+        assert base == 3
+        ch = sb.start(DAEMON_AND_WAIT, Limits(wall_s=60))
+        uid = ch.recv(timeout=20)["uid"]
+        procs = uid_processes(uid)
+        assert len(procs) == 2, procs  # the program and its daemon
+        supervisor = next(_ppid(p) for p in procs if _ppid(_ppid(p)) == server)
+        os.kill(supervisor, signal.SIGKILL)
+        t0 = time.monotonic()
+        r = ch.wait(timeout=5)
+        assert time.monotonic() - t0 < 1.0, time.monotonic() - t0
+        assert r.verdict is Verdict.SANDBOX_ERROR and "supervisor" in r.message, r
+        assert uid_processes(uid) == [] or survivors(uid) == [], "the run outlived its supervisor"
+        # The dead supervisor is replaced once, and spaced runs afterwards do not grow the pool.
+        assert _settled_children(server, base) == base
+        for _ in range(4):
+            assert sb.run("print(1)").stdout == "1\n"
+            time.sleep(0.3)
+        assert _settled_children(server, base) == base
+
+
+def test_server_death_kills_the_run():
+    from mx_envs.sandbox import ProcessSandbox
+
+    with ProcessSandbox(preload=(), pool_size=1) as sb:
+        ch = sb.start(DAEMON_AND_WAIT, Limits(wall_s=60))
+        uid = ch.recv(timeout=30)["uid"]
+        assert len(uid_processes(uid)) == 2
+        os.kill(sb.server_pid, signal.SIGKILL)
+        t0 = time.monotonic()
+        r = ch.wait(timeout=5)
+        assert time.monotonic() - t0 < 1.0 and r.verdict is Verdict.SANDBOX_ERROR, r
+        assert survivors(uid) == [], "the run outlived the pool server"
+        assert sb.run("print(2)").stdout == "2\n"  # a fresh server takes over
+
+
+def test_run_gets_sandbox_error_when_its_supervisor_dies():
+    import threading
+
+    from mx_envs.sandbox import ProcessSandbox
+
+    with ProcessSandbox(preload=(), pool_size=1) as sb:
+        sb.warm_up()
+        server = sb.server_pid
+        out: dict[str, object] = {}
+        src = "import os, time\nprint(os.getuid(), flush=True)\ntime.sleep(60)"
+        th = threading.Thread(target=lambda: out.update(r=sb.run(src, limits=Limits(wall_s=60))))
+        th.start()
+        end = time.monotonic() + 20
+        sups = []
+        while time.monotonic() < end and not sups:
+            sups = [p for p in _pool_children(server) if any(_ppid(q) == p for q in _busy_runs(p))]
+            time.sleep(0.05)
+        assert sups, "no busy supervisor found"
+        os.kill(sups[0], signal.SIGKILL)
+        t0 = time.monotonic()
+        th.join(5)
+        assert time.monotonic() - t0 < 1.0
+        r = out["r"]
+        assert r.verdict is Verdict.SANDBOX_ERROR, r  # type: ignore[union-attr]
+        uid = int(r.stdout.split()[0])  # type: ignore[union-attr]
+        assert survivors(uid) == []
+
+
+def _busy_runs(supervisor: int) -> list[int]:
+    """Children of ``supervisor`` that run a program (uid of a run, not root)."""
+    try:
+        with open(f"/proc/{supervisor}/task/{supervisor}/children") as fh:
+            kids = [int(p) for p in fh.read().split()]
+    except OSError:
+        return []
+    out = []
+    for k in kids:
+        try:
+            with open(f"/proc/{k}/status") as fh:
+                uid = next(int(line.split()[1]) for line in fh if line.startswith("Uid:"))
+        except (OSError, StopIteration):
+            continue
+        if uid >= 1_000_000:
+            out.append(k)
+    return out
