@@ -382,9 +382,13 @@ def _spawned_worker(rank: int, world_size: int, init_method: str, device: str, t
         destroy_group()
 
 
-def run_with_learner_group(n_procs: int, main: Callable[[], int], device: str = "auto") -> int:
+def run_with_learner_group(
+    n_procs: int, main: Callable[[], int], device: str = "auto",
+    start_ranks: Callable[[str], Any] | None = None, host: str = "127.0.0.1",
+) -> int:
     """Run ``main`` on rank 0 of an ``n_procs`` learner group (see module doc); under torchrun the
-    group comes from the environment, otherwise workers are spawned here."""
+    group comes from the environment; ``start_ranks(init_method)`` starts ranks 1..N-1 elsewhere
+    (Ray actors, :func:`mx_train.distributed.start_learner_ranks`); otherwise they are spawned here."""
     if "WORLD_SIZE" in os.environ and "RANK" in os.environ:
         ctx = init_group(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), "env://", device)
         try:
@@ -399,6 +403,18 @@ def run_with_learner_group(n_procs: int, main: Callable[[], int], device: str = 
             destroy_group()
     if n_procs <= 1:
         return main()
+    if start_ranks is not None:
+        init_method = f"tcp://{host}:{free_port()}"
+        handles = start_ranks(init_method)
+        try:
+            ctx = init_group(0, n_procs, init_method, device)
+            try:
+                return main()
+            finally:
+                stop_workers(ctx)
+        finally:
+            destroy_group()
+            del handles
     import torch.multiprocessing as mp
 
     init_method = f"tcp://127.0.0.1:{free_port()}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from typing import Any
 
 
@@ -64,7 +65,18 @@ def _train(args: argparse.Namespace) -> int:
     cfg.distributed.learner_procs = procs
     from mx_train.fsdp import run_with_learner_group
 
-    return run_with_learner_group(procs, lambda: _run(cfg, args), device=cfg.policy.device)
+    start_ranks = host = None
+    if cfg.distributed.backend == "ray" and procs > 1 and "WORLD_SIZE" not in os.environ:
+        # Learner ranks 1..N-1 as Ray actors (possibly on other nodes) instead of local processes.
+        from mx_train.distributed import node_ip, start_learner_ranks
+
+        host = node_ip()
+
+        def start_ranks(init_method: str) -> Any:
+            return start_learner_ranks(cfg, procs, init_method)
+
+    return run_with_learner_group(procs, lambda: _run(cfg, args), device=cfg.policy.device,
+                                  start_ranks=start_ranks, host=host or "127.0.0.1")
 
 
 def _dry_run(cfg: Any, args: argparse.Namespace) -> int:
