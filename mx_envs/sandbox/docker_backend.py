@@ -88,7 +88,7 @@ def decide(obs: Observed, limits: Limits) -> tuple[Verdict, str]:
     """The verdict policy: observed state only (see the module docstring)."""
     p, rep = obs.pumped, obs.report or {}
     oom = obs.oom_killed or int(rep.get("oom_kills") or 0) > 0
-    if p.output_exceeded:
+    if p.output_exceeded or max(p.stdout_bytes, p.stderr_bytes) > limits.output_bytes:
         return Verdict.OUTPUT_EXCEEDED, f"output over the cap of {limits.output_bytes} bytes per stream"
     if p.timed_out:
         return Verdict.TIMEOUT, f"wall-clock limit of {limits.wall_s:g} s reached"

@@ -50,6 +50,8 @@ def test_verdict_policy_uses_observed_state_only():
     assert decide(obs, lim)[0] is Verdict.MEMORY_EXCEEDED
     assert decide(_observed(dict(rep, exit=0), timed_out=True), lim)[0] is Verdict.TIMEOUT
     assert decide(_observed(dict(rep, exit=0), output_exceeded=True), lim)[0] is Verdict.OUTPUT_EXCEEDED
+    over = lim.output_bytes + 1  # ended by itself just past the cap (below the kill threshold)
+    assert decide(_observed(dict(rep, exit=0), stderr_bytes=over), lim)[0] is Verdict.OUTPUT_EXCEEDED
     assert decide(_observed(None), lim)[0] is Verdict.SANDBOX_ERROR  # no authenticated report
     assert decide(_observed({"setup_error": "files"}), lim)[0] is Verdict.SANDBOX_ERROR
 
