@@ -330,6 +330,7 @@ def test_docker_exit_code_and_stderr_cannot_forge_verdicts(docker_sb):
     assert warm[0] not in docker_sb.warm_ids()  # a container serves one run, then goes
 
 
+@pytest.mark.slow
 def test_docker_memory_bomb_anonymous_and_tmpfs(docker_sb):
     shmem0 = _meminfo("Shmem")
     r = docker_sb.run(
@@ -361,6 +362,7 @@ def _meminfo(key: str) -> int:
     raise KeyError(key)
 
 
+@pytest.mark.slow
 def test_docker_fork_bomb_and_survivors(docker_sb):
     bomb = "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass\n"
     r = docker_sb.run(bomb, limits=Limits(wall_s=2, max_processes=16))
@@ -381,6 +383,7 @@ def test_docker_fork_bomb_and_survivors(docker_sb):
     time.sleep(max(0.0, 0.7 - (time.monotonic() - t0)))
 
 
+@pytest.mark.slow
 def test_docker_timeouts_count_from_user_code(docker_sb):
     t0 = time.monotonic()
     r = docker_sb.run("import time; time.sleep(0.4); print('slept')", limits=Limits(wall_s=1.0))
@@ -402,6 +405,7 @@ def test_docker_huge_output_is_capped_while_running(docker_sb):
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0 < 64 * 1024  # KiB
 
 
+@pytest.mark.slow
 def test_docker_concurrent_runs(docker_sb):
     results = [None] * 3
 
