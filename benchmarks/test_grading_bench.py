@@ -5,17 +5,17 @@ sympy path (MATH-500-style LaTeX answers), each against the naive way (math-veri
 ``parse``/``verify`` on every pair, no fast path) and against the grader before issue 10 (loaded
 from git revision ``OLD_MATH_REV``); and whole integer responses, extraction included.
 
-Code: grading overhead per test beyond the program's own run time, for one sandbox run per
-candidate (the harness forks a child per test; what ``grade_code`` does) versus one sandbox run
-per test (``grade_code(mode="per_run")``, and a bare loop over ``sandbox.run`` as the naive
-baseline). The program is a trivial stdin/stdout one, so nearly all the time is overhead.
+Code: grading overhead per test beyond the program's own run time, for stdin/stdout tests (one
+sandbox run per test, the default; or one run with a forked child per test) and call-based tests
+(one run, one worker calling the function per input), each with the judge outside the candidate's
+run (issue 10), against the pre-issue-10 harness that judged inside the run (its source read
+from git, run on the same sandbox) and a bare loop over ``sandbox.run``. The programs are trivial,
+so nearly all the time is overhead.
 
 ``MX_BENCH_QUICK=1`` shrinks the inputs.
 """
 
 from __future__ import annotations
-
-import time
 
 import pytest
 
@@ -126,6 +126,10 @@ def test_math_grading_rate_integer_responses(benchmark, bench_quick, impl, reque
 
 N_TESTS = 20
 PROGRAM = "a, b = map(int, input().split())\nprint(a + b)\n"
+FUNCTION = "def add(a, b):\n    return a + b\n"
+# The grader before issue 10 (judge inside the candidate's sandbox run): its harness, read from git
+# so that old and new are measured in the same run on the same sandbox.
+OLD_COMMIT = "82a5774"
 
 
 @pytest.fixture(scope="module")
@@ -141,24 +145,77 @@ def _tests(n: int) -> CodeTests:
     return CodeTests(stdin_tests=[(f"{i} {i}\n", f"{2 * i}\n") for i in range(n)], time_limit_s=6.0)
 
 
-@pytest.mark.parametrize("mode", ["harness", "per_run"])
-def test_code_grading_grade_code(benchmark, bench_quick, sandbox, mode) -> None:
+def _call_tests(n: int) -> CodeTests:
+    return CodeTests(call_tests=[(f"[{i}, {i}]", f"{2 * i}") for i in range(n)], fn_name="add", time_limit_s=6.0)
+
+
+def _record(benchmark, n: int, own_s: float) -> None:
+    benchmark.extra_info["tests"] = n
+    benchmark.extra_info["overhead_ms_per_test"] = round(1000 * (benchmark.stats.stats.mean - own_s) / n, 2)
+    benchmark.extra_info["total_ms_per_test"] = round(1000 * benchmark.stats.stats.mean / n, 2)
+    benchmark.extra_info["program_ms_per_test"] = round(1000 * own_s / n, 2)
+
+
+@pytest.mark.parametrize("kind,mode", [("stdio", "per_run"), ("stdio", "harness"), ("call", "auto")])
+def test_code_grading_grade_code(benchmark, bench_quick, sandbox, kind, mode) -> None:
     from mx_envs.tasks.code_grader import grade_code
 
     n = N_TESTS // 2 if bench_quick else N_TESTS
-    tests = _tests(n)
-    g = benchmark.pedantic(grade_code, args=(PROGRAM, tests, sandbox), kwargs={"mode": mode}, rounds=5,
+    tests, program = (_tests(n), PROGRAM) if kind == "stdio" else (_call_tests(n), FUNCTION)
+    benchmark.group = f"grading-code-{kind}"
+    benchmark.extra_info["naive"] = False
+    g = benchmark.pedantic(grade_code, args=(program, tests, sandbox), kwargs={"mode": mode}, rounds=5,
                            iterations=1, warmup_rounds=1)
     assert g.pass_all
-    own = sum(d["time_s"] for d in g.details)  # the programs' own wall time, fork to exit
-    benchmark.extra_info["tests"] = n
-    benchmark.extra_info["overhead_ms_per_test"] = round(1000 * (benchmark.stats.stats.mean - own) / n, 2)
-    benchmark.extra_info["program_ms_per_test"] = round(1000 * own / n, 2)
+    _record(benchmark, n, sum(d["time_s"] for d in g.details))  # the programs' own wall time
+
+
+def _old_harness() -> str:
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    try:
+        return subprocess.run(["git", "-C", str(root), "show", f"{OLD_COMMIT}:mx_envs/tasks/code_harness.py"],
+                              capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError) as exc:
+        pytest.skip(f"git and commit {OLD_COMMIT} are needed for the old-harness baseline: {exc}")
+
+
+@pytest.mark.parametrize("kind", ["stdio", "call"])
+def test_code_grading_old_in_sandbox_judge(benchmark, bench_quick, sandbox, kind) -> None:
+    """The pre-issue-10 harness (tests and judge inside the candidate's run), same sandbox."""
+    import json
+
+    from mx_envs.sandbox.api import Limits
+
+    harness = _old_harness()
+    n = N_TESTS // 2 if bench_quick else N_TESTS
+    if kind == "stdio":
+        items = [{"kind": "stdio", "input": f"{i} {i}\n", "expected": f"{2 * i}\n"} for i in range(n)]
+        program = PROGRAM
+    else:
+        items = [{"kind": "call", "args": f"[{i}, {i}]", "expected": f"{2 * i}"} for i in range(n)]
+        program = FUNCTION
+    job = {"tests": items, "fn_name": "add", "time_limit_s": 6.0, "checker": None, "float_tolerance": None,
+           "stop_on_failure": False}
+    limits = Limits(wall_s=n * 6.5 + 10, memory_mb=1024, max_processes=64, file_size_mb=64)
+
+    def old() -> tuple[int, float]:
+        r = sandbox.run(harness, stdin="", limits=limits, files={"solution.py": program, "mx_job.json": json.dumps(job)})
+        recs = [json.loads(line) for line in r.stdout.splitlines() if line.startswith("{")]
+        return sum(rec["verdict"] == "passed" for rec in recs), sum(rec["time_s"] for rec in recs)
+
+    benchmark.group = f"grading-code-{kind}"
+    benchmark.extra_info["naive"] = True
+    ok, own = benchmark.pedantic(old, rounds=5, iterations=1, warmup_rounds=1)
+    assert ok == n
+    _record(benchmark, n, own)
 
 
 def test_code_grading_one_run_per_test_naive(benchmark, bench_quick, sandbox) -> None:
     from mx_envs.sandbox.api import Limits
-    from mx_envs.tasks.code_harness import outputs_match
+    from mx_envs.tasks.code_compare import outputs_match
 
     n = N_TESTS // 2 if bench_quick else N_TESTS
     tests = _tests(n)
@@ -172,9 +229,8 @@ def test_code_grading_one_run_per_test_naive(benchmark, bench_quick, sandbox) ->
             own += r.wall_s
         return ok, own
 
-    t0 = time.perf_counter()
+    benchmark.group = "grading-code-stdio"
+    benchmark.extra_info["naive"] = True
     ok, own = benchmark.pedantic(naive, rounds=5, iterations=1, warmup_rounds=1)
-    assert ok == n and time.perf_counter() > t0
-    benchmark.extra_info["tests"] = n
-    benchmark.extra_info["overhead_ms_per_test"] = round(1000 * (benchmark.stats.stats.mean - own) / n, 2)
-    benchmark.extra_info["program_ms_per_test"] = round(1000 * own / n, 2)
+    assert ok == n
+    _record(benchmark, n, own)

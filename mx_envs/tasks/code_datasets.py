@@ -131,6 +131,7 @@ def apps_task(row: dict[str, Any], index: int, dataset: str, split: str) -> Task
 
 
 _TOLERANCE_RE = re.compile(r"(absolute|relative)\s+(or\s+relative\s+)?error", re.IGNORECASE)
+_EXPONENT_RE = re.compile(r"10\s*(?:\^\s*\{?\s*)?[-−]\s*(\d{1,2})|1e-(\d{1,2})")
 
 
 def codecontests_task(row: dict[str, Any], index: int, dataset: str, split: str,
@@ -149,12 +150,16 @@ def codecontests_task(row: dict[str, Any], index: int, dataset: str, split: str,
         sols = [s for lang, s in zip(sol.get("language", []), sol.get("solution", []), strict=False) if lang == PYTHON3]
     tests.stdin_tests = pairs[:max_tests] if max_tests else pairs
     tests.solutions = sols
+    tests.output_compare = "tokens"  # Codeforces-style judges compare tokens, not line layout
     tl = row.get("time_limit")
     if isinstance(tl, dict) and tl.get("seconds") is not None:
         tests.time_limit_s = max(float(tl["seconds"]) + float(tl.get("nanos") or 0) / 1e9, 1.0) * 3
     description = row.get("description", "")
-    if _TOLERANCE_RE.search(description):
-        tests.float_tolerance = 1e-6
+    m = _TOLERANCE_RE.search(description)
+    if m:
+        # the statement's own bound ("... does not exceed 10^{-9}"), else the common 1e-6
+        bound = _EXPONENT_RE.search(description, m.start(), m.end() + 200)
+        tests.float_tolerance = 10.0 ** -int(bound.group(1) or bound.group(2)) if bound else 1e-6
     rid = row.get("id") or row.get("name", index)
     return Task(id=f"{dataset}/{split}/{rid}", dataset=dataset, split=split, kind="code",
                 prompt=_code_prompt(description, "", None), tests=tests,

@@ -32,6 +32,9 @@ class CodeTests:
     # numeric tokens may also differ by this absolute error (relative above 1), as judges that
     # accept "absolute or relative error" do.
     float_tolerance: float | None = None
+    # stdin/stdout comparison: "lines" (LiveCodeBench: line by line) or "tokens" (the
+    # whitespace-separated token sequence, line breaks included, as Codeforces' default checker).
+    output_compare: str = "lines"
 
     @property
     def total(self) -> int:
