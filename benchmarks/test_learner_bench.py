@@ -8,6 +8,15 @@ micro-batch token budget; ``naive`` is the baseline of one sequence per forward/
 the peak resident memory during the update above the memory before it (``/proc/self/statm`` polled
 every 2 ms, Linux only), which includes the AdamW state allocated on the first step.
 
+Two more groups, each case in a spawned process (clean RSS baseline; peak RSS growth of the timed
+updates after a warm-up update that allocated the optimizer state):
+
+* ``learner-logits``: full-vocabulary logits (``logits_chunk_tokens: 0``, the old path; ``naive``) vs
+  the LM head in 64-position chunks, on 8 sequences with 128-256 response tokens;
+* ``learner-procs``: one process with 2 threads (``naive``) vs the FSDP2 learner over 2 processes
+  with 1 thread each (gloo): global tokens/s, and per rank the peak RSS growth and the bytes of
+  parameters + optimizer state it holds.
+
 ``MX_BENCH_QUICK=1`` uses 4 sequences.
 """
 
@@ -107,3 +116,82 @@ def test_learner_update_throughput(benchmark, model_spec, transitions, case):
     if case != "naive" and "naive" in RESULTS:
         benchmark.extra_info["speedup_vs_naive"] = stats["tokens_per_s"] / RESULTS["naive"]["tokens_per_s"]
     print(f"\n[learner bench] {case}: {stats['tokens_per_s']:.0f} tok/s, peak RSS +{stats['peak_rss_growth_mb']:.0f} MiB")
+
+
+LOGITS_CASES = {"full": 0, "chunked": 64}
+PROC_CASES = {"1proc": 1, "2procs": 2}
+SPAWN_RESULTS: dict[str, dict[str, float]] = {}
+
+
+@pytest.fixture(scope="module")
+def long_responses(bench_quick):
+    rng = np.random.default_rng(1)
+    n = 4 if bench_quick else 8
+    out = []
+    for i in range(n):
+        p = rng.integers(100, 40000, size=int(rng.integers(64, 129))).tolist()
+        r = rng.integers(100, 40000, size=int(rng.integers(128, 257))).tolist()
+        out.append({"episode_id": str(i), "task_uid": "t", "task_id": "t", "design_id": 0, "execution_id": i,
+                    "role": "executor", "agent": "a", "turn": 0, "prompt_ids": p, "response_ids": r,
+                    "logprobs": None, "advantage": float(rng.normal())})
+    return out
+
+
+def _spawn_case(tmp_path, spec, transitions, config, world, threads, rounds=2):
+    import torch
+    from learner_bench_worker import run  # benchmarks/ is on sys.path (pytest rootdir import)
+
+    from mx_train.fsdp import free_port
+
+    out = tmp_path / f"w{world}"
+    out.mkdir()
+    torch.multiprocessing.start_processes(
+        run, args=(world, f"tcp://127.0.0.1:{free_port()}", spec, transitions, config, str(out), rounds, threads),
+        nprocs=world, start_method="spawn", join=True,
+    )
+    import json
+
+    return [json.loads((out / f"rank{r}.json").read_text()) for r in range(world)]
+
+
+def _record(benchmark, group, case, naive_case, stats):
+    SPAWN_RESULTS[case] = stats
+    benchmark.extra_info.update(stats)
+    benchmark.extra_info["naive"] = case == naive_case
+    if case != naive_case and naive_case in SPAWN_RESULTS:
+        base = SPAWN_RESULTS[naive_case]
+        benchmark.extra_info["speedup_vs_naive"] = stats["tokens_per_s"] / base["tokens_per_s"]
+        benchmark.extra_info["peak_mem_ratio_vs_naive"] = stats["peak_rss_growth_mb"] / max(base["peak_rss_growth_mb"], 1e-9)
+    print(f"\n[learner bench] {group} {case}: " + ", ".join(f"{k} {v:.1f}" for k, v in stats.items()))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", list(LOGITS_CASES))
+def test_learner_logits_chunking(benchmark, tmp_path, model_spec, long_responses, case):
+    cfg = {"lr": 1e-6, "micro_batch_tokens": 4096, "device": "cpu", "logits_chunk_tokens": LOGITS_CASES[case]}
+    out: list[dict[str, float]] = []
+    benchmark.group = "learner-logits"
+    benchmark.pedantic(lambda: out.append(_spawn_case(tmp_path, model_spec, long_responses, cfg, 1, 2)[0]),
+                       rounds=1, iterations=1, warmup_rounds=0)
+    assert np.isfinite(out[0]["loss"])
+    _record(benchmark, "learner-logits", case, "full", out[0])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", list(PROC_CASES))
+def test_learner_processes(benchmark, tmp_path, model_spec, long_responses, case):
+    world = PROC_CASES[case]
+    cfg = {"lr": 1e-6, "micro_batch_tokens": 4096, "device": "cpu", "logits_chunk_tokens": 64}
+    out: list[list[dict[str, float]]] = []
+    benchmark.group = "learner-procs"
+    benchmark.pedantic(lambda: out.append(_spawn_case(tmp_path, model_spec, long_responses, cfg, world, 2 // world)),
+                       rounds=1, iterations=1, warmup_rounds=0)
+    ranks = out[0]
+    stats = {
+        "tokens_per_s": ranks[0]["tokens_per_s"],
+        "peak_rss_growth_mb": max(r["peak_rss_growth_mb"] for r in ranks),
+        "state_mb_per_rank": max(r["state_mb"] for r in ranks),
+        "rss_mb_per_rank": max(r["rss_mb"] for r in ranks),
+    }
+    assert all(np.isfinite(r["loss"]) for r in ranks)
+    _record(benchmark, "learner-procs", case, "1proc", stats)
