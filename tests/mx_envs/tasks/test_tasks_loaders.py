@@ -154,3 +154,47 @@ def test_arithmetic_is_seeded_unlimited_and_exact() -> None:
     assert len(load_tasks("arithmetic", limit=5000, level=5)) == 5000
     with pytest.raises(ValueError):
         load_tasks("arithmetic", limit=1, level=9)
+
+
+@pytest.mark.parametrize("how", ["HF_HUB_OFFLINE", "unreachable endpoint"])
+def test_offline_hub_fails_fast_with_every_way_to_supply_data(monkeypatch, how) -> None:
+    """A hub-only dataset offline: no client retries (~25 s before), one error naming what to do."""
+    import time
+
+    from mx_envs.tasks import sources
+
+    monkeypatch.delenv("MX_DATA_DIR", raising=False)
+    monkeypatch.setattr(sources, "_hub_state", {})  # no cached probe result from another test
+    if how == "HF_HUB_OFFLINE":
+        monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    else:
+        monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+        monkeypatch.delenv("HTTPS_PROXY", raising=False)
+        monkeypatch.delenv("https_proxy", raising=False)
+        monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # discard port: nothing listens
+    start = time.perf_counter()
+    with pytest.raises(DatasetNotFound) as err:
+        load_tasks("olympiadbench")
+    assert time.perf_counter() - start < 1.0
+    msg = str(err.value)
+    assert "\n" not in msg and "hub is not reachable" in msg
+    for needle in ("gym.make('MetaAgentX-OlympiadBench-v0', data_path=", "MX_DATA_DIR=DIR with math/olympiadbench.jsonl",
+                   "metaagentx[hub]", "fixture=True"):
+        assert needle in msg, (needle, msg)
+    assert isinstance(err.value, FileNotFoundError) and isinstance(err.value, ValueError)
+
+
+def test_single_file_benchmarks_are_test_only() -> None:
+    from mx_envs.errors import ConfigError
+
+    for name in ("aime24", "aime25", "aime", "math500", "humaneval", "olympiadbench", "mbppplus"):
+        assert load_tasks(name, fixture=True).split == "test"
+        with pytest.raises(ConfigError, match=f"dataset '{name}' has no split 'train'; its splits: test"):
+            load_tasks(name, "train", fixture=True)
+    assert load_tasks("apps", "test", fixture=True).split == "test"
+    with pytest.raises(ConfigError, match="its splits: train, valid, test"):
+        load_tasks("codecontests", "validation", fixture=True)
+    with pytest.raises(ConfigError, match=r"unknown option 'dificulty'; did you mean 'difficulty'\?"):
+        load_tasks("apps", fixture=True, dificulty="introductory")
+    with pytest.raises(ConfigError, match=r"unknown dataset 'aime2024'; did you mean 'aime24'"):
+        load_tasks("aime2024")
