@@ -33,6 +33,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--temperature", type=float, default=None, help="sampling temperature of both roles")
     p.add_argument("--top-p", type=float, default=None)
     p.add_argument("--device", default=None, help="backend device for local models (cpu, cuda, ...)")
+    p.add_argument("--thinking", action=argparse.BooleanOptionalAction, default=None,
+                   help="the chat template's enable_thinking switch (Qwen3); default: the template's own")
     p.add_argument("--env-kwarg", action="append", default=[], metavar="KEY=VALUE",
                    help="extra gym.make kwarg (VALUE parsed as JSON when it can be), repeatable")
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -62,6 +64,7 @@ def run(args: argparse.Namespace) -> int:
     import gymnasium as gym
 
     import mx_envs  # noqa: F401 - registers the env ids
+    from mx_agents.backends.base import BackendError
     from mx_agents.policies.spec import parse_policy_spec
     from mx_agents.rollout import RolloutStats, run_episodes
 
@@ -80,22 +83,31 @@ def run(args: argparse.Namespace) -> int:
             top_p=args.top_p,
             seed=args.seed,
             backend_kw=backend_kw,
+            thinking=args.thinking,
         )
         env = gym.make(args.env_id, **env_kwargs)
-    except (ValueError, TypeError, LookupError, OSError, gym.error.Error) as exc:
+    except (ValueError, TypeError, LookupError, OSError, RuntimeError, gym.error.Error) as exc:
         print(f"mx episode: {exc}", file=sys.stderr)
         return 2
     stats = RolloutStats()
     options = {"task_id": args.task_id} if args.task_id is not None else None
     try:
         (record,) = run_episodes([env], policy, seeds=[args.seed], options=[options], progress=False, stats=stats)
+    except BackendError as exc:
+        print(f"mx episode: the model failed: {exc}", file=sys.stderr)
+        return 3
     finally:
         env.close()
     summary = {"env_id": args.env_id, "policy": policy.name, **record.summary(), "wall_s": round(stats.wall_s, 3)}
+    warnings = turn_warnings(record.turns)
+    if warnings:
+        summary["warnings"] = warnings
     if args.trace:
         summary["trace"] = [
             {"turn": t.turn, "role": t.role, "agent": t.agent, "messages": t.messages, "reply": t.text,
-             "source": t.source, "response_tokens": len(t.response_ids or [])}
+             "source": t.source, "response_tokens": len(t.response_ids or []),
+             **({"token_ids": bool(t.response_ids), "logprobs": t.logprobs is not None} if t.from_llm else {}),
+             **({"warning": t.metadata["warning"]} if t.metadata.get("warning") else {})}
             for t in record.turns
         ]
         summary["design"] = record.design
@@ -107,7 +119,25 @@ def run(args: argparse.Namespace) -> int:
             print(f"{key:>18}: {summary[key]}")
         if record.error:
             print(f"{'error':>18}: {record.error}")
+        for w in warnings:
+            print(f"{'warning':>18}: {w}")
         if args.trace:
             for t in summary["trace"]:
                 print(f"--- turn {t['turn']} {t['role']}:{t['agent']} ({t['source']}) ---\n{t['reply']}")
     return 1 if record.error else 0
+
+
+def turn_warnings(turns: list) -> list[str]:
+    """One line per LLM turn that cannot be used for token-level training as played: missing
+    response token ids or logprobs (e.g. a server without vLLM's extensions), with the backend's own
+    warning when it gave one."""
+    out = []
+    for t in turns:
+        if not t.from_llm:
+            continue
+        missing = [name for name, ok in (("token ids", bool(t.response_ids) or not t.text),
+                                         ("logprobs", t.logprobs is not None)) if not ok]
+        if missing or t.metadata.get("warning"):
+            what = t.metadata.get("warning") or f"no {' and no '.join(missing)} returned"
+            out.append(f"turn {t.turn} ({t.role}:{t.agent}): {what}")
+    return out

@@ -186,6 +186,8 @@ class EpisodeRecord:
                 # Logprobs are of the temperature-scaled distribution: re-score at this temperature.
                 "temperature": t.metadata.get("sampling", {}).get("temperature"),
                 "sampling": dict(t.metadata.get("sampling", {})),
+                # The weights the engine sampled this turn with (backend's counter of loads).
+                "engine_weights_version": t.metadata.get("weights_version"),
             },
         )
 
@@ -224,6 +226,7 @@ def run_episodes(
     close: bool | None = None,
     stats: RolloutStats | None = None,
     run_id: str | None = None,
+    schedule: str = "lockstep",
 ) -> list[EpisodeRecord]:
     """Reset every env, play all of them to the end with ``policy``, return one record per env.
 
@@ -235,8 +238,15 @@ def run_episodes(
     or plain text) played on the designer turn instead of asking the policy ("design once, execute N
     times"); ``None`` entries let the policy design.
 
-    ``batch=True``: each round all pending turns go to one ``policy.act`` call. ``batch=False``: the
-    episodes run one after another, one turn per call (the sequential baseline). An env still running
+    ``schedule="lockstep"`` with ``batch=True``: each round all pending turns go to one ``policy.act``
+    call, and the next round waits for the slowest turn and env step of this one. ``batch=False``: the
+    episodes run one after another, one turn per call (the sequential baseline).
+    ``schedule="continuous"``: one thread per episode; each episode asks ``policy.act`` for its next
+    turn as soon as its env returns the observation, and the backend batches whatever is pending at
+    that moment (HF: dynamic batching; vLLM: requests join the running batch between decode steps;
+    see :mod:`mx_agents.continuous`). No episode waits for another's turn or env step. The policy
+    must be thread-safe (the LLM policies and backends of this package are); sampling seeds are then
+    drawn in arrival order, so a seeded run is reproducible only up to thread timing. An env still running
     after ``max_turns`` turns is cut (``error`` says so). An exception from ``env.step``/``reset`` is
     recorded on that episode (``error``) and the others go on; an exception from ``policy.act`` is
     raised (it is the caller's model/backend failing). ``step_workers > 1`` steps envs in threads
@@ -250,6 +260,8 @@ def run_episodes(
     """
     if max_turns <= 0:
         raise ValueError("max_turns must be positive")
+    if schedule not in SCHEDULES:
+        raise ValueError(f"unknown rollout schedule {schedule!r}; known: {', '.join(SCHEDULES)}")
     n = len(envs)
     if isinstance(seeds, int):
         seed_list: list[int | None] = [seeds + i for i in range(n)]
@@ -274,6 +286,9 @@ def run_episodes(
     made = [callable(e) and not hasattr(e, "step") for e in envs]
     live = [e() if m else e for e, m in zip(envs, made, strict=True)]
     close = any(made) if close is None else close
+    # Continuous rollouts derive sampling seeds from (key base, env seed, episode, turn): reproducible
+    # when the caller names the run or seeds the envs, fresh otherwise.
+    seed_base = run_id or ("seeded" if all(sd is not None for sd in seed_list) else uuid.uuid4().hex)
     run_id = run_id or uuid.uuid4().hex[:12]
     stats = stats if stats is not None else RolloutStats()
     start = time.perf_counter()
@@ -294,6 +309,21 @@ def run_episodes(
     bar_done = sum(r.done for r in records)
     if bar is not None:
         bar.update(bar_done)
+    if schedule == "continuous" and batch:
+        try:
+            _run_continuous(live, policy, records, pending_obs, given, max_turns, stats, bar,
+                            [f"{seed_base}|{seed_list[i]}|{i}" for i in range(n)])
+        finally:
+            if bar is not None:
+                bar.close()
+            if close:
+                for env in live:
+                    try:
+                        env.close()
+                    except Exception:  # noqa: BLE001 - closing must not mask the result
+                        pass
+        stats.wall_s += time.perf_counter() - start
+        return records
     pool = ThreadPoolExecutor(step_workers) if step_workers > 1 else None
     try:
         order = sorted(pending_obs)
@@ -364,6 +394,84 @@ def run_episodes(
                     pass
     stats.wall_s += time.perf_counter() - start
     return records
+
+
+SCHEDULES = ("lockstep", "continuous")
+
+
+def _run_continuous(
+    live: Sequence[Any],
+    policy: Policy,
+    records: list[EpisodeRecord],
+    pending_obs: dict[int, Any],
+    given: Sequence[Action | None],
+    max_turns: int,
+    stats: RolloutStats,
+    bar: Any,
+    seed_keys: Sequence[str],
+) -> None:
+    """One thread per live episode: act, step, repeat; the backend batches across threads."""
+    import threading
+
+    from mx_agents.policies.llm import turn_seed_key
+
+    lock = threading.Lock()
+    failures: list[BaseException] = []
+
+    def drive(i: int) -> None:
+        rec, obs = records[i], pending_obs[i]
+        while True:
+            turn = parse_observation(obs)
+            forced = given[i] is not None and turn.role == "designer"
+            if forced:
+                action = given[i]
+            else:
+                with turn_seed_key(f"{seed_keys[i]}|{len(rec.turns)}"):
+                    out = policy.act([turn])
+                if len(out) != 1:
+                    raise RuntimeError(f"policy {policy.name!r} returned {len(out)} actions for 1 turn")
+                action = out[0]
+            rec.turns.append(TurnRecord.from_action(len(rec.turns), action, given=forced))  # type: ignore[arg-type]
+            with lock:
+                stats.act_calls += not forced
+                stats.turns += 1
+                if bar is not None:  # every turn shows, not only finished episodes
+                    bar.set_postfix(turns=stats.turns)
+            _, result, exc = _step(live, i, action)  # type: ignore[arg-type]
+            if exc is not None:
+                rec.error, rec.truncated = f"step failed: {type(exc).__name__}: {exc}", True
+                break
+            obs, reward, terminated, truncated, info = result
+            rec.reward += float(reward)
+            rec.terminated, rec.truncated = bool(terminated), bool(truncated)
+            if rec.done:
+                rec.info = dict(info)
+                rec.task_id = rec.task_id or _task_id(info, None)
+                break
+            if len(rec.turns) >= max_turns:
+                rec.error, rec.truncated = f"cut after max_turns={max_turns} turns", True
+                break
+        if bar is not None:
+            with lock:
+                bar.update(1)
+                bar.set_postfix(turns=stats.turns, refresh=False)
+
+    def guarded(i: int) -> None:
+        try:
+            drive(i)
+        except BaseException as exc:  # noqa: BLE001 - the policy/backend failing: re-raised below
+            with lock:
+                failures.append(exc)
+
+    threads = [threading.Thread(target=guarded, args=(i,), name=f"episode-{i}", daemon=True)
+               for i in sorted(pending_obs)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    pending_obs.clear()
+    if failures:
+        raise failures[0]
 
 
 def _step(envs: Sequence[Any], i: int, action: Action) -> tuple[int, Any, BaseException | None]:

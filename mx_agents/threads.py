@@ -42,6 +42,8 @@ def thread_policy_env(policy: str = "bounded-spin") -> dict[str, str]:
         return {"OMP_WAIT_POLICY": "PASSIVE"}
     if policy == "off":
         return {}
+    if policy.startswith("spin:") and policy[5:].isdigit():  # an explicit spin count (benchmarks)
+        return {"GOMP_SPINCOUNT": policy[5:]}
     raise ValueError(f"unknown thread policy {policy!r}; known: {', '.join(POLICIES)}")
 
 

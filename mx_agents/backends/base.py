@@ -41,6 +41,13 @@ class Completion:
     metadata: dict[str, Any] = field(default_factory=dict)
 
 
+class BackendError(RuntimeError):
+    """A backend could not produce a completion (server down, HTTP error after retries, malformed
+    reply). Raised by the LLM policies when a completion comes back with ``finish_reason="error"``,
+    so a failing model ends ``mx episode``/``mx eval``/training with its message instead of being
+    played as an empty reply."""
+
+
 @runtime_checkable
 class Backend(Protocol):
     name: str

@@ -136,6 +136,7 @@ class HFBackend:
         dtype: str | torch.dtype = "auto",
         max_batch_size: int = 16,
         seed: int = 0,
+        chat_template_kwargs: Mapping[str, Any] | None = None,
     ) -> None:
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
@@ -162,7 +163,12 @@ class HFBackend:
                 "the tokenizer has no chat_template; set tokenizer.chat_template to the model's template"
             )
         self.model.eval()
+        self.chat_template_kwargs = dict(chat_template_kwargs or {})
         self.max_batch_size = max_batch_size
+        from mx_agents.continuous import DynamicBatcher
+
+        # Concurrent callers (one thread per episode) share batches: see mx_agents.continuous.
+        self._batcher = DynamicBatcher(self._generate_batch)
         self.weights_version = 0
         self._rng = random.Random(seed)
         self._eos_ids = self._collect_eos_ids()
@@ -182,7 +188,9 @@ class HFBackend:
         for m in messages:
             if not isinstance(m, Mapping) or "role" not in m or "content" not in m:
                 raise ValueError(f"each message needs 'role' and 'content', got {m!r}")
-        text = self.tokenizer.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=False)
+        text = self.tokenizer.apply_chat_template(
+            list(messages), add_generation_prompt=True, tokenize=False, **self.chat_template_kwargs
+        )
         # The template already wrote any BOS/special tokens it wants; do not add them twice.
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
@@ -199,13 +207,30 @@ class HFBackend:
     def generate_from_ids(
         self, prompts: Sequence[Sequence[int]], params: Sequence[SamplingParams]
     ) -> list[Completion]:
-        """Generate from already-tokenised prompts (one ``SamplingParams`` per prompt)."""
-        import torch
+        """Generate from already-tokenised prompts (one ``SamplingParams`` per prompt).
 
+        Thread-safe: calls from several threads at once are served together (dynamic batching).
+        """
         if len(prompts) != len(params):
             raise ValueError(f"{len(prompts)} prompts but {len(params)} sampling params")
-        for p in params:
+        for ids, p in zip(prompts, params, strict=True):
             validate_params(p)
+            # Checked before batching, so one bad request fails its caller only, not a shared batch.
+            if not len(ids):
+                raise ValueError("empty prompt")
+            if self._context is not None and len(ids) >= self._context:
+                raise ValueError(f"prompt of {len(ids)} tokens does not fit the model's context of {self._context}")
+        return self._batcher.submit(list(zip(prompts, params, strict=True)))
+
+    @property
+    def batch_stats(self) -> Any:
+        return self._batcher.stats
+
+    def _generate_batch(self, items: list[tuple[Sequence[int], SamplingParams]]) -> list[Completion]:
+        import torch
+
+        prompts = [ids for ids, _ in items]
+        params = [p for _, p in items]
         rows: list[_Row] = []
         for ids, p in zip(prompts, params, strict=True):
             ids = [int(t) for t in ids]

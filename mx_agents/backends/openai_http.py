@@ -4,12 +4,15 @@ Requests run concurrently (an ``asyncio.Semaphore`` caps how many are in flight)
 and retries with exponential backoff and jitter on HTTP 429, 5xx, timeouts and connection errors
 (``Retry-After`` is honoured when the server sends it). A request that still fails becomes a
 ``Completion`` with ``finish_reason="error"`` and the reason in ``metadata["error"]``, so one bad
-request does not lose the rest of a rollout batch.
+request does not lose the rest of a batch's replies; the LLM policies then raise
+:class:`~mx_agents.backends.base.BackendError` with that reason (an error is never played as an
+empty reply).
 
 Token ids and logprobs. Every request asks for ``logprobs``; with ``request_token_ids`` it also sends
 vLLM's ``return_token_ids`` extension (vLLM >= 0.10.2), which returns ``prompt_token_ids`` and the
-choice's ``token_ids``. Servers that do not know the extension either ignore it or answer 400: on a
-400 the request is retried once without the extensions and they are not sent again. What came back
+choice's ``token_ids``. Servers that do not know the extension either ignore it or reject the request
+(400 from vLLM/OpenAI, 422 from FastAPI-validated servers such as ``transformers serve``): then the
+request is retried once without the extensions and they are not sent again. What came back
 is stated on every completion:
 
 - ``metadata["token_ids_provided"]``: ``response_ids`` are the server's sampled ids (else ``[]``);
@@ -35,7 +38,10 @@ from mx_agents.backends.base import ChatRequest, Completion, SamplingParams
 from mx_agents.backends.sampling import validate_params
 
 RETRY_STATUSES = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
-EXTENSION_FIELDS = ("return_token_ids", "top_k")
+EXTENSION_FIELDS = ("return_token_ids", "top_k", "chat_template_kwargs")
+# Statuses with which servers reject fields they do not know: 400 (vLLM, OpenAI) and 422
+# (FastAPI validation, e.g. `transformers serve`). The request is retried once without extensions.
+REJECTED_FIELDS_STATUSES = frozenset({400, 422})
 
 
 class OpenAIBackend:
@@ -62,6 +68,8 @@ class OpenAIBackend:
         max_backoff_s: float = 30.0,
         request_token_ids: bool = True,
         seed: int = 0,
+        chat_template_kwargs: dict[str, Any] | None = None,
+        **ignored: Any,
     ) -> None:
         if not base_url.startswith(("http://", "https://")):
             raise ValueError(f"base_url must start with http:// or https://, got {base_url!r}")
@@ -78,6 +86,9 @@ class OpenAIBackend:
         self.backoff_s = backoff_s
         self.max_backoff_s = max_backoff_s
         self.send_extensions = request_token_ids
+        self.chat_template_kwargs = dict(chat_template_kwargs or {})
+        # Local-model options (device, dtype, max_batch_size) mean nothing to a remote server.
+        self.ignored_options = sorted(ignored)
         self._rng = random.Random(seed)
 
     # -- public API ----------------------------------------------------------------------------
@@ -142,6 +153,8 @@ class OpenAIBackend:
             body["return_token_ids"] = True
             if p.top_k > 0:
                 body["top_k"] = p.top_k
+            if self.chat_template_kwargs:
+                body["chat_template_kwargs"] = dict(self.chat_template_kwargs)
         return body
 
     async def _request(self, client: Any, req: ChatRequest, seed: int) -> Completion:
@@ -167,7 +180,7 @@ class OpenAIBackend:
                     return self._parse(resp.json(), attempts)
                 except (ValueError, KeyError, IndexError, TypeError) as exc:
                     return self._error(f"malformed response: {exc}", attempts)
-            if resp.status_code == 400 and extensions:
+            if resp.status_code in REJECTED_FIELDS_STATUSES and extensions:
                 # Probably a server that rejects vLLM's extension fields: retry once without them.
                 extensions = False
                 attempts -= 1  # a capability probe, not a failed attempt

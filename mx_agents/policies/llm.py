@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 import random
+import threading
+import zlib
 from collections.abc import Sequence
+from contextlib import contextmanager
 from typing import Any
 
 from mx_agents.action import Action
-from mx_agents.backends.base import Backend, ChatRequest, Completion, SamplingParams
+from mx_agents.backends.base import Backend, BackendError, ChatRequest, Completion, SamplingParams
 from mx_agents.observation import ActorTurn, parse_observation
 from mx_agents.policies.base import RoutedPolicy, generate_actions
 from mx_agents.policies.design_prompt import DesignerPrompt, extract_script
@@ -16,6 +19,31 @@ from mx_agents.transition import Role
 
 DEFAULT_DESIGNER_PARAMS = SamplingParams(temperature=1.0, top_p=1.0, max_new_tokens=768)
 DEFAULT_EXECUTOR_PARAMS = SamplingParams(temperature=1.0, top_p=1.0, max_new_tokens=512)
+
+
+def check_completion(backend: Backend, completion: Completion, agent: str) -> Completion:
+    """``completion`` itself, or :class:`BackendError` when the backend reported a failure."""
+    if completion.finish_reason == "error":
+        reason = completion.metadata.get("error") or "no reason given"
+        raise BackendError(f"backend {getattr(backend, 'name', '?')!r} failed on the {agent!r} turn: {reason}")
+    return completion
+
+
+_TURN_KEY = threading.local()
+
+
+@contextmanager
+def turn_seed_key(key: str):  # noqa: ANN201 - a context manager
+    """Within the block, seeded role policies on this thread derive each request's sampling seed from
+    ``(policy seed, key)`` instead of drawing it from their RNG in call order. The continuous rollout
+    sets ``key`` to (run, episode, turn), so a seeded rollout samples the same tokens whatever order
+    the episode threads reach the policy in."""
+    before = getattr(_TURN_KEY, "key", None)
+    _TURN_KEY.key = key
+    try:
+        yield
+    finally:
+        _TURN_KEY.key = before
 
 
 class _LLMRole:
@@ -30,11 +58,17 @@ class _LLMRole:
         # Per-request seeds come from this RNG, so a seeded policy samples reproducibly and two
         # requests in one batch (e.g. N executions of one design) still get different seeds.
         self._rng = random.Random(seed) if seed is not None else None
+        self._seed = seed
 
     def _sampling(self, **overrides: Any) -> SamplingParams:
         params = dataclasses.replace(self.params, **overrides) if overrides else self.params
         if params.seed is None and self._rng is not None:
-            params = dataclasses.replace(params, seed=self._rng.getrandbits(31))
+            key = getattr(_TURN_KEY, "key", None)
+            if key is not None:
+                derived = zlib.crc32(f"{self._seed}|{self.role}|{key}".encode()) & 0x7FFFFFFF
+                params = dataclasses.replace(params, seed=derived)
+            else:
+                params = dataclasses.replace(params, seed=self._rng.getrandbits(31))
         return params
 
     def _check_role(self, turn: ActorTurn) -> None:
@@ -74,6 +108,7 @@ class DesignerPolicy(_LLMRole):
         )
 
     def to_action(self, turn: ActorTurn, request: ChatRequest, completion: Completion) -> Action:
+        check_completion(self.backend, completion, turn.agent)
         action = Action.from_completion(completion, "designer", turn.agent, request.messages, request.params)
         action.script = extract_script(completion.text)
         return action
@@ -128,6 +163,7 @@ class ExecutorPolicy(_LLMRole):
         )
 
     def to_action(self, turn: ActorTurn, request: ChatRequest, completion: Completion) -> Action:
+        check_completion(self.backend, completion, turn.agent)
         return Action.from_completion(completion, "executor", turn.agent, request.messages, request.params)
 
 

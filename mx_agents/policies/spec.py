@@ -7,7 +7,8 @@ spec                   policy
 HF id or local path    that model, both roles; a training checkpoint directory works too (the HF
                        ``save_pretrained`` folder in it, or in its ``model``/``policy``/``hf`` subfolder)
 ``http(s)://...``      a served OpenAI-compatible model, both roles
-``vllm:MODEL``         MODEL on the vLLM engine, both roles
+``vllm:MODEL``         MODEL on the vLLM engine, both roles (``vllm:default``: the embedded model;
+                       a checkpoint directory works as for HF)
 ``design:NAME``        the library design NAME as the designer; ``executor_spec`` (default
                        ``default``) answers its agents (:class:`FixedDesignPolicy`)
 ``scripted``           the ``single`` design with fixed replies (smoke tests; no model)
@@ -85,12 +86,15 @@ def parse_policy_spec(
     prompt: DesignerPrompt | None = None,
     backend_kw: dict[str, Any] | None = None,
     backend_factory: Callable[..., Backend] | None = None,
+    thinking: bool | None = None,
 ) -> Policy:
     """Build the policy ``spec`` names (see the module docstring).
 
     ``max_new_tokens`` caps executor replies and, unless ``designer_max_new_tokens`` is given,
     designs too; ``temperature``/``top_p`` apply to both roles. ``backend_kw`` goes to the backend
     factory (default :func:`mx_agents.backends.get_backend`), e.g. ``device``/``dtype``.
+    ``thinking``: the chat template's ``enable_thinking`` switch (Qwen3); ``None`` leaves the
+    template's default.
     """
     if not isinstance(spec, str) or not spec.strip():
         raise ValueError("a policy spec must be a non-empty string")
@@ -114,6 +118,9 @@ def parse_policy_spec(
         DEFAULT_EXECUTOR_PARAMS, **common, **({"max_new_tokens": max_new_tokens} if max_new_tokens else {})
     )
     backends: dict[str, Backend] = {}
+    kw = dict(backend_kw or {})
+    if thinking is not None:
+        kw["chat_template_kwargs"] = {**kw.get("chat_template_kwargs", {}), "enable_thinking": bool(thinking)}
 
     def backend(model_spec: str) -> Backend:
         if model_spec not in backends:
@@ -122,7 +129,11 @@ def parse_policy_spec(
                 from mx_agents.backends import get_backend
 
                 factory = get_backend
-            backends[model_spec] = factory(resolve_model_path(model_spec), **(backend_kw or {}))
+            if model_spec.startswith("vllm:"):
+                target = "vllm:" + resolve_model_path(model_spec[len("vllm:") :] or "default")
+            else:
+                target = resolve_model_path(model_spec)
+            backends[model_spec] = factory(target, **kw)
         return backends[model_spec]
 
     def executor_policy(model_spec: str, seed_: int | None) -> Policy:
