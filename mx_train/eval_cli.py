@@ -26,12 +26,22 @@ def _env_kwargs(items: list[str] | None) -> dict:
 
 
 def _add_run_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--samples", "-K", type=int, default=1, help="samples per task (default 1)")
+    p.add_argument("--samples", "-K", type=int, default=None, help="samples per task (default 1, or the protocol's)")
     p.add_argument("--seed", type=int, default=0, help="seed of env episodes and sampling (default 0)")
     p.add_argument("--limit", type=int, default=None, help="only the first N tasks of each env")
-    p.add_argument("--max-new-tokens", type=int, default=None, help="cap on every reply (executor and designer)")
+    p.add_argument("--max-new-tokens", type=int, default=None,
+                   help="cap on every reply (executor and designer; default: the policy's, or the protocol's)")
     p.add_argument("--designer-max-new-tokens", type=int, default=None, help="cap on design replies only")
-    p.add_argument("--temperature", type=float, default=None, help="sampling temperature of both roles")
+    p.add_argument("--temperature", type=float, default=None,
+                   help="sampling temperature of both roles (default: the policy's, or the protocol's)")
+    p.add_argument("--protocol", choices=["paper"], default=None,
+                   help="evaluation preset. paper: LiveCodeBench (v6 window), APPS test[:100], CodeContests "
+                        "test[:100], AIME24, AIME25, OlympiadBench[:100]; 1 sample per task; temperature 1.0, "
+                        "top-p 0.9, top-k 20 for both roles; 8192 new tokens per reply. ENV_IDs, when given, "
+                        "pick a subset; explicit options override the preset (see mx_train/eval/protocols.py)")
+    p.add_argument("--lcb-version", default="v6",
+                   help="LiveCodeBench set of --protocol paper: v6 (default: the problems of the v6 release "
+                        "window, as the paper took it) or release_v6 (cumulative v1-v6), or any vN/vN_vM tag")
     p.add_argument("--batch-size", type=int, default=8, help="episodes run together, LLM turns batched (default 8)")
     p.add_argument("--env-arg", action="append", metavar="KEY=VALUE",
                    help="keyword for gym.make (JSON value), e.g. --env-arg fixture=true; repeatable")
@@ -50,7 +60,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "one trace per episode under OUT/traces/. Re-running with the same --out resumes."
         ),
     )
-    p.add_argument("env_ids", nargs="+", metavar="ENV_ID", help="e.g. MetaAgentX-GSM8K-v0")
+    p.add_argument("env_ids", nargs="*", metavar="ENV_ID", help="e.g. MetaAgentX-GSM8K-v0 (optional with --protocol)")
     p.add_argument("--policy", required=True, help=POLICY_HELP)
     p.add_argument("--executor", default=None, help="executor spec (default: the policy plays both roles; "
                    "for design:NAME the embedded model)")
@@ -103,12 +113,32 @@ def _check_env_ids(env_ids: list[str]) -> None:
 def _config(args: argparse.Namespace, env_ids: list[str], policy: str, executor: str | None):
     from mx_train.eval.runner import EvalConfig
 
+    extra: dict = {}
+    samples, max_new, temperature = args.samples, args.max_new_tokens, args.temperature
+    if getattr(args, "protocol", None):
+        from mx_train.eval.protocols import get_protocol
+
+        proto = get_protocol(args.protocol, lcb_version=args.lcb_version)
+        unknown = [e for e in env_ids if e not in proto.envs]
+        if unknown:
+            raise ValueError(f"{unknown} are not in protocol {proto.name!r}; its envs: {', '.join(proto.envs)}")
+        env_ids = env_ids or list(proto.envs)
+        samples = proto.samples if samples is None else samples
+        max_new = proto.max_new_tokens if max_new is None else max_new
+        temperature = proto.temperature if temperature is None else temperature
+        limits = {e: proto.limits.get(e) for e in env_ids}
+        if args.limit is not None:  # a CPU slice: at most --limit tasks of each benchmark
+            limits = {e: args.limit if v is None else min(v, args.limit) for e, v in limits.items()}
+        extra = {"per_env_kwargs": {e: proto.envs[e] for e in env_ids}, "per_env_limit": limits,
+                 "top_p": proto.top_p, "top_k": proto.top_k, "protocol": proto.name}
+    if not env_ids:
+        raise ValueError("give ENV_ID(s) or --protocol")
     return EvalConfig(
-        env_ids=env_ids, policy=policy, executor=executor, samples=args.samples, seed=args.seed,
-        limit=args.limit, max_new_tokens=args.max_new_tokens,
-        designer_max_new_tokens=args.designer_max_new_tokens, temperature=args.temperature,
+        env_ids=env_ids, policy=policy, executor=executor, samples=1 if samples is None else samples,
+        seed=args.seed, limit=args.limit, max_new_tokens=max_new,
+        designer_max_new_tokens=args.designer_max_new_tokens, temperature=temperature,
         batch_size=args.batch_size, env_kwargs=_env_kwargs(args.env_arg),
-        trained_settings=not getattr(args, "no_trained_settings", False),
+        trained_settings=not getattr(args, "no_trained_settings", False), **extra,
     )
 
 

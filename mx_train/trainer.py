@@ -402,12 +402,12 @@ class Trainer:
         """SFT cold start on library designs (``config.warm_start``): designer prompts of training
         tasks paired with the fenced source of each listed design."""
         ws = self.config.warm_start
-        if not ws.designs or ws.steps <= 0:
+        if not (ws.designs or ws.data) or ws.steps <= 0:
             return []
         from mx_agents.observation import parse_observation
         from mx_agents.policies.fixed import fence
         from mx_envs.mas.designs import load_design
-        from mx_train.sft import example_from_record
+        from mx_train.sft import example_from_record, load_sft_jsonl
 
         learner = self.learners["designer"]
         tok = getattr(self.backends["designer"], "tokenizer", None)
@@ -415,13 +415,23 @@ class Trainer:
         designer = getattr(policy, "designer", policy)
         examples = []
         env = self._probe_env
-        for i in range(min(ws.tasks, len(self.task_ids))):
-            obs, _ = env.reset(seed=self.config.seed + i, options={"task_id": self.task_ids[i]})
+        n_prompts = min(ws.tasks, len(self.task_ids))
+        # Spread over the task list, so an env mix contributes prompts of every env.
+        picks = [self.task_ids[(i * len(self.task_ids)) // n_prompts] for i in range(n_prompts)]
+        for i, task_id in enumerate(picks):
+            obs, _ = env.reset(seed=self.config.seed + i, options={"task_id": task_id})
             messages = designer.build_request(parse_observation(obs)).messages
             for name in ws.designs:
-                source = name if "def forward" in name else load_design(name)
+                if "def forward" in name:
+                    source = name
+                elif Path(name).is_file():
+                    source = Path(name).read_text(encoding="utf-8")
+                else:
+                    source = load_design(name)
                 rec = {"messages": messages, "response": fence(source)}
                 examples.append(example_from_record(rec, tok, where=f"warm start ({name})"))
+        if ws.data:
+            examples.extend(load_sft_jsonl(ws.data, tok, min_reward=None))
         # A learner of its own (same model object, own AdamW at the warm-start lr), so the RL
         # optimizer's moments and LR schedule start fresh after the cold start.
         # derive: same model and fp32 masters (and shards, under FSDP), its own optimizer.

@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 
 # Settings that change what an episode is; a resumed run must agree on them.
 _IDENTITY_KEYS = ("policy", "executor", "seed", "max_new_tokens", "designer_max_new_tokens",
-                  "temperature", "env_kwargs", "trained_settings")
+                  "temperature", "env_kwargs", "trained_settings", "per_env_kwargs", "top_p", "top_k")
 
 
 @dataclass
@@ -52,6 +52,19 @@ class EvalConfig:
     # Checkpoint specs are played with the designer prompt and sampling they were trained with
     # (mx_train.eval.trained_settings); False: the env's prompt and the generic defaults.
     trained_settings: bool = True
+    # Per-env overrides (e.g. a protocol's splits and slices): gym.make kwargs merged over env_kwargs,
+    # and a per-env task limit replacing `limit`.
+    per_env_kwargs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    per_env_limit: dict[str, int | None] = field(default_factory=dict)
+    top_p: float | None = None
+    top_k: int | None = None
+    protocol: str | None = None
+
+    def env_kwargs_for(self, env_id: str) -> dict[str, Any]:
+        return {**self.env_kwargs, **self.per_env_kwargs.get(env_id, {})}
+
+    def limit_for(self, env_id: str) -> int | None:
+        return self.per_env_limit.get(env_id, self.limit)
 
     def validate(self) -> None:
         if not self.env_ids:
@@ -83,7 +96,8 @@ def _check_resume(out: Path, cfg: EvalConfig) -> None:
         old = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError:
         raise ValueError(f"{path} is not valid JSON; remove it or pick another --out") from None
-    old.setdefault("trained_settings", True)  # runs written before the setting existed
+    for key, default in (("trained_settings", True), ("per_env_kwargs", {}), ("top_p", None), ("top_k", None)):
+        old.setdefault(key, default)  # runs written before the setting existed
     new = cfg.to_dict()
     diff = [k for k in _IDENTITY_KEYS if old.get(k) != new.get(k)]
     if diff:
@@ -143,7 +157,7 @@ def run_eval(
     traces_dir = out / "traces"
     records = {r.key: r for r in read_records(episodes_path)}
 
-    tasks_by_env = {e: load_env_tasks(e, cfg.env_kwargs, cfg.limit, env_factory) for e in cfg.env_ids}
+    tasks_by_env = {e: load_env_tasks(e, cfg.env_kwargs_for(e), cfg.limit_for(e), env_factory) for e in cfg.env_ids}
     todo = [
         (env_id, task, s)
         for env_id, tasks in tasks_by_env.items()
@@ -171,6 +185,10 @@ def run_eval(
             cfg.policy, cfg.executor, max_new_tokens=cfg.max_new_tokens,
             designer_max_new_tokens=cfg.designer_max_new_tokens, temperature=cfg.temperature, seed=cfg.seed,
         )
+    if policy is not None and (cfg.top_p is not None or cfg.top_k is not None):
+        from mx_train.eval.protocols import apply_sampling
+
+        apply_sampling(policy, top_p=cfg.top_p, top_k=cfg.top_k)
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -182,7 +200,7 @@ def run_eval(
             if not batch_items:
                 continue
             n_envs = min(cfg.batch_size, len(batch_items))
-            envs = [env_factory(env_id, tasks=tasks_by_env[env_id], **cfg.env_kwargs) for _ in range(n_envs)]
+            envs = [env_factory(env_id, tasks=tasks_by_env[env_id], **cfg.env_kwargs_for(env_id)) for _ in range(n_envs)]
             try:
                 for start in range(0, len(batch_items), cfg.batch_size):
                     chunk = batch_items[start : start + cfg.batch_size]

@@ -172,10 +172,15 @@ class Learner:
         """Per-token log-probs ``[B, R]`` of the responses (and entropies) at ``config.temperature``."""
         import torch
 
+        # Each turn is scored at the temperature it was sampled at (one global temperature would bias
+        # the ratio of every turn a design sampled at its own); a plain float when they all agree.
+        temps = [self.config.temperature if s.temperature is None else s.temperature for s in mb.seqs]
+        temperature: Any = temps[0] if len(set(temps)) <= 1 else torch.tensor(
+            temps, dtype=torch.float32, device=mb.input_ids.device)
         with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=self.autocast):
             return (scorer or self.scorer)(
                 mb.input_ids, mb.attention_mask, mb.position_ids, mb.response_ids,
-                temperature=self.config.temperature, chunk=self.config.logits_chunk_tokens,
+                temperature=temperature, chunk=self.config.logits_chunk_tokens,
                 with_entropy=with_entropy, entropy_grad=entropy_grad,
             )
 

@@ -33,10 +33,13 @@ def full_token_logprobs(
 
 
 def _chunk_stats(
-    head: Any, hidden: torch.Tensor, targets: torch.Tensor, temperature: float, with_entropy: bool, entropy_grad: bool
+    head: Any, hidden: torch.Tensor, targets: torch.Tensor, temperature: float | torch.Tensor, with_entropy: bool,
+    entropy_grad: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     logits = head(hidden).float()
-    if temperature != 1.0:
+    if isinstance(temperature, torch.Tensor):  # one temperature per position of this chunk
+        logits = logits / temperature.unsqueeze(-1)
+    elif temperature != 1.0:
         logits = logits / temperature
     lse = torch.logsumexp(logits, dim=-1)
     logprobs = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - lse
@@ -54,7 +57,7 @@ def chunked_token_logprobs(
     head: Any,
     targets: torch.Tensor,
     *,
-    temperature: float = 1.0,
+    temperature: float | torch.Tensor = 1.0,
     chunk: int = 1024,
     with_entropy: bool = False,
     entropy_grad: bool = False,
@@ -66,17 +69,20 @@ def chunked_token_logprobs(
     b, r, h = hidden.shape
     flat_h = hidden.reshape(b * r, h)
     flat_t = targets.reshape(b * r)
+    if isinstance(temperature, torch.Tensor):  # per sequence [B] -> per position [B * R]
+        temperature = temperature.to(flat_h.device, torch.float32)[:, None].expand(b, r).reshape(b * r)
     use_ckpt = torch.is_grad_enabled() and flat_h.requires_grad
     lps, ents = [], []
     step = max(int(chunk), 1)
     for s in range(0, b * r, step):
         hc, tc = flat_h[s : s + step], flat_t[s : s + step]
+        tmp = temperature[s : s + step] if isinstance(temperature, torch.Tensor) else temperature
         if use_ckpt:
             lp, ent = checkpoint(
-                _chunk_stats, head, hc, tc, temperature, with_entropy, entropy_grad, use_reentrant=False
+                _chunk_stats, head, hc, tc, tmp, with_entropy, entropy_grad, use_reentrant=False
             )
         else:
-            lp, ent = _chunk_stats(head, hc, tc, temperature, with_entropy, entropy_grad)
+            lp, ent = _chunk_stats(head, hc, tc, tmp, with_entropy, entropy_grad)
         lps.append(lp)
         ents.append(ent)
     logprobs = torch.cat(lps).reshape(b, r) if lps else hidden.new_zeros((b, r), dtype=torch.float32)
@@ -111,7 +117,7 @@ class ResponseScorer(torch.nn.Module):
         attention_mask: torch.Tensor,
         position_ids: torch.Tensor,
         response_ids: torch.Tensor,
-        temperature: float = 1.0,
+        temperature: float | torch.Tensor = 1.0,
         chunk: int = 1024,
         with_entropy: bool = False,
         entropy_grad: bool = False,
@@ -122,7 +128,8 @@ class ResponseScorer(torch.nn.Module):
                 input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                 logits_to_keep=r + 1, use_cache=False,
             )
-            logits = out.logits[:, -(r + 1) : -1, :].float() / temperature
+            t = temperature[:, None, None] if isinstance(temperature, torch.Tensor) else temperature
+            logits = out.logits[:, -(r + 1) : -1, :].float() / t
             logprobs, entropy = full_token_logprobs(logits, response_ids, with_entropy)
             return logprobs.clone(), None if entropy is None else entropy.clone()
         out = self.lm.get_decoder()(

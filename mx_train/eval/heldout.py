@@ -1,0 +1,177 @@
+"""Held-out evaluation of a training run: base vs cold start vs trained, and a designer ablation.
+
+``mx heldout --run RUN`` (the last step of ``make demo``) evaluates, on Arithmetic **test** tasks of
+each level (never drawn by training, which uses the train split):
+
+* ``base``: the untrained model as designer and executor;
+* ``cold_start``: the policy after the SFT cold start (``RUN/cold_start``, when the run saved it);
+* ``trained``: the final checkpoint as designer and executor (the whole system);
+* ``trained_executor+cold_designer``: the trained executor under the cold-start designer (what the
+  designer's RL phases are worth, with the executor held fixed).
+
+Every condition is played with the designer prompt and sampling the run trained with (read from its
+checkpoint), so only the weights differ. ``heldout.json`` holds per condition and level the accuracy
+with its Wilson 95 % interval, the mean over levels, and the design-structure distribution
+(``single``/``ensemble``/... with ``+tools``) of the designs played; per-episode traces stay under
+``RUN/heldout/<condition>/L<level>/`` for reading.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+ENV_ID = "MetaAgentX-Arithmetic-v0"
+
+
+def _policy(designer: str, executor: str, settings: dict[str, Any], backends: dict[str, Any], seed: int) -> Any:
+    import dataclasses
+
+    from mx_agents.backends import get_backend
+    from mx_agents.policies.design_prompt import DesignerPrompt
+    from mx_agents.policies.llm import (
+        DEFAULT_DESIGNER_PARAMS,
+        DEFAULT_EXECUTOR_PARAMS,
+        SharedPolicy,
+        SplitPolicy,
+    )
+    from mx_agents.policies.spec import resolve_model_path
+
+    def backend(spec: str) -> Any:
+        if spec not in backends:
+            backends[spec] = get_backend(resolve_model_path(spec), device="cpu", dtype="float32")
+        return backends[spec]
+
+    def params(raw: dict[str, Any], default: Any) -> Any:
+        names = {f.name for f in dataclasses.fields(default)}
+        return dataclasses.replace(default, **{k: v for k, v in raw.items() if k in names})
+
+    d = params(settings.get("designer", {}), DEFAULT_DESIGNER_PARAMS)
+    e = params(settings.get("executor", {}), DEFAULT_EXECUTOR_PARAMS)
+    prompt = DesignerPrompt(**settings["designer_prompt"]) if settings.get("designer_prompt") else None
+    if designer == executor:
+        return SharedPolicy(backend(designer), d, e, prompt=prompt, seed=seed)
+    return SplitPolicy(backend(designer), backend(executor), d, e, prompt=prompt, seed=seed)
+
+
+def _families(run_dir: Path) -> Counter[str]:
+    from mx_train.eval.design_structure import INVALID, design_family
+
+    out: Counter[str] = Counter()
+    for path in sorted((run_dir / "traces").rglob("*.json")):
+        trace = json.loads(path.read_text(encoding="utf-8"))
+        out[design_family(trace.get("design_script")) if trace.get("valid_design") else INVALID] += 1
+    return out
+
+
+def run_heldout(
+    run: str | Path,
+    *,
+    levels: tuple[int, ...] = (1, 2, 3),
+    n: int = 40,
+    seed: int = 0,
+    batch_size: int = 24,
+    out: str | Path | None = None,
+    base_model: str = "default",
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Evaluate the conditions of the module docstring; writes and returns the ``heldout.json`` document."""
+    from mx_train.eval.runner import EvalConfig, run_eval
+    from mx_train.eval.trained_settings import trained_settings
+
+    run = Path(run)
+    settings = trained_settings(str(run))
+    if settings is None:
+        raise FileNotFoundError(f"{run} holds no training checkpoint (checkpoints/step_*/trainer_state.json)")
+    trained = str(run)
+    cold = run / "cold_start"
+    conditions: list[tuple[str, str, str]] = [("base", base_model, base_model)]
+    if (cold / "checkpoints").is_dir():
+        conditions.append(("cold_start", str(cold), str(cold)))
+    conditions.append(("trained", trained, trained))
+    if (cold / "checkpoints").is_dir():
+        conditions.append(("trained_executor+cold_designer", str(cold), trained))
+    backends: dict[str, Any] = {}
+    doc: dict[str, Any] = {
+        "run": str(run), "env_id": ENV_ID, "split": "test", "tasks_per_level": n, "seed": seed,
+        "settings": {k: v for k, v in settings.items() if k != "source"}, "checkpoint": settings["source"],
+        "conditions": {},
+    }
+    for name, designer, executor in conditions:
+        policy = _policy(designer, executor, settings, backends, seed)
+        per_level: dict[str, Any] = {}
+        families: Counter[str] = Counter()
+        for level in levels:
+            cfg = EvalConfig(env_ids=[ENV_ID], policy=f"{name}:{designer}", executor=executor, seed=seed, limit=n,
+                             batch_size=batch_size, trained_settings=False,
+                             env_kwargs={"split": "test", "loader_kwargs": {"level": level, "n": n}})
+            out_dir = run / "heldout" / name / f"L{level}"
+            res = run_eval(cfg, out_dir, policy=policy, progress=progress)
+            acc = res["envs"][ENV_ID]["accuracy"]
+            fam = _families(out_dir)
+            families.update(fam)
+            per_level[str(level)] = {
+                "accuracy": acc["mean"], "low": acc["low"], "high": acc["high"],
+                "n": res["envs"][ENV_ID]["n_episodes"], "structures": dict(fam),
+            }
+        mean = sum(v["accuracy"] for v in per_level.values()) / len(per_level)
+        total = sum(families.values())
+        doc["conditions"][name] = {
+            "designer": designer, "executor": executor, "levels": per_level, "mean_accuracy": mean,
+            "structures": {k: v / total for k, v in sorted(families.items())},
+        }
+    c = doc["conditions"]
+    doc["summary"] = {
+        "system_gain_points": 100 * (c["trained"]["mean_accuracy"] - c["base"]["mean_accuracy"]),
+        **({"designer_gain_points": 100 * (c["trained"]["mean_accuracy"]
+                                           - c["trained_executor+cold_designer"]["mean_accuracy"]),
+            "rl_gain_points": 100 * (c["trained"]["mean_accuracy"] - c["cold_start"]["mean_accuracy"])}
+           if "cold_start" in c else {}),
+    }
+    path = Path(out) if out else run / "heldout.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
+    return doc
+
+
+def render(doc: dict[str, Any]) -> str:
+    """The held-out table as text: accuracy [95 % CI] per level, the mean, the structures played."""
+    conds = doc["conditions"]
+    levels = list(next(iter(conds.values()))["levels"])
+    lines = [f"held-out {doc['env_id']} ({doc['split']} split, {doc['tasks_per_level']} tasks per level)",
+             f"{'condition':34s}" + "".join(f"{'L' + lv:>20s}" for lv in levels) + f"{'mean':>8s}"]
+    for name, c in conds.items():
+        cells = "".join(
+            f"{100 * v['accuracy']:7.1f} [{100 * v['low']:4.1f},{100 * v['high']:5.1f}]" for v in c["levels"].values()
+        )
+        lines.append(f"{name:34s}{cells}{100 * c['mean_accuracy']:8.1f}")
+    lines.append("designs played (share):")
+    for name, c in conds.items():
+        lines.append(f"  {name:32s} " + ", ".join(f"{k} {v:.2f}" for k, v in c["structures"].items()))
+    lines.append("summary: " + ", ".join(f"{k} {v:+.1f}" for k, v in doc["summary"].items()))
+    return "\n".join(lines)
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "heldout",
+        help="held-out Arithmetic evaluation of a run: base vs cold start vs trained, designer ablation",
+        description=(__doc__ or "").split("\n\n", 1)[1],
+    )
+    p.add_argument("--run", required=True, help="training run directory (holds checkpoints/ and cold_start/)")
+    p.add_argument("--levels", default="1,2,3", help="Arithmetic levels (default 1,2,3)")
+    p.add_argument("--n", type=int, default=40, help="test tasks per level (default 40)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=24)
+    p.add_argument("--out", default=None, help="JSON file (default RUN/heldout.json)")
+    p.set_defaults(func=_main)
+
+
+def _main(args: Any) -> int:
+    levels = tuple(int(x) for x in args.levels.split(",") if x.strip())
+    doc = run_heldout(args.run, levels=levels, n=args.n, seed=args.seed, batch_size=args.batch_size, out=args.out)
+    print(render(doc))
+    print(f"wrote {args.out or Path(args.run) / 'heldout.json'}")
+    return 0
