@@ -23,6 +23,7 @@ COMMAND_MODULES: list[str] = [
     "mx_train.sft_data",
     "mx_train.plot_cli",
     "mx_train.eval_cli",
+    "mx_train.eval.heldout",
     "mx_train.bench_cli",
 ]
 

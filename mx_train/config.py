@@ -99,8 +99,10 @@ class ScheduleConfig:
 class WarmStartConfig:
     """Optional SFT before RL: teach the model the script API on library designs (cold start)."""
 
-    # Library design names or inline design scripts (text defining `forward`); empty = no warm start.
+    # Library design names, design script files, or inline design scripts (text defining `forward`).
     designs: list[str] = field(default_factory=list)
+    # SFT JSONL (e.g. from `mx sft-data`: teacher conversations graded correct) mixed into the cold start.
+    data: str | None = None
     steps: int = 0
     lr: float = 1e-4
     tasks: int = 8  # designer prompts (training tasks) paired with each design
