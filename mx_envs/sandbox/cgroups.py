@@ -48,6 +48,21 @@ def _write(path: str, value: str) -> None:
         os.close(fd)
 
 
+_SWAP: dict[str, bool] = {}
+
+
+def _swap_accounted(mem_dir: str) -> bool:
+    """Whether a v1 memsw limit means anything here (swap configured and accounted); cached."""
+    if "v" not in _SWAP:
+        try:
+            with open("/proc/meminfo") as fh:
+                swap = any(line.startswith("SwapTotal:") and int(line.split()[1]) > 0 for line in fh)
+        except (OSError, ValueError):
+            swap = True
+        _SWAP["v"] = swap and os.path.exists(f"{mem_dir}/memory.memsw.limit_in_bytes")
+    return _SWAP["v"]
+
+
 def _own_paths() -> dict[str, str]:
     """``{controller or "": path}`` of this process, from ``/proc/self/cgroup``."""
     out: dict[str, str] = {}
@@ -187,6 +202,7 @@ class RunCgroup:
         self.unified = f"{layout.unified}/{name}" if layout.unified else None
         self.baseline = 0
         self.oom0 = 0
+        self.limits: tuple[int, int] | None = None
         self.procs_fds: list[int] = []
 
     # -- before the fork: descriptors the child writes "0" to, to join
@@ -199,24 +215,27 @@ class RunCgroup:
             os.close(fd)
         self.procs_fds = []
 
-    # -- at the request
+    # -- at the request (or ahead of it, with the limits the supervisor expects)
     def set_limits(self, memory_mb: int, max_processes: int) -> None:
-        self.baseline = self.memory_current()
-        limit = self.baseline + int(memory_mb) * _MB
-        if self.v2:
-            _write(f"{self.mem}/memory.max", str(limit))
-            try:
-                _write(f"{self.mem}/memory.swap.max", "0")
-            except OSError:
-                pass
-        else:
-            _write(f"{self.mem}/memory.limit_in_bytes", str(limit))
-            try:  # no swap either (where swap accounting exists)
-                _write(f"{self.mem}/memory.memsw.limit_in_bytes", str(limit))
-            except OSError:
-                pass
-        _write(f"{self.pids}/pids.max", str(max(1, int(max_processes))))
-        self.oom0 = self.oom_kills()
+        """Memory limit = usage now + ``memory_mb``; pids limit. Rewrites only what changed."""
+        if self.limits == (memory_mb, max_processes):
+            return
+        if self.limits is None or self.limits[0] != memory_mb:
+            self.baseline = self.memory_current()
+            limit = self.baseline + int(memory_mb) * _MB
+            if self.v2:
+                _write(f"{self.mem}/memory.max", str(limit))
+                if self.limits is None and os.path.exists(f"{self.mem}/memory.swap.max"):
+                    _write(f"{self.mem}/memory.swap.max", "0")
+            else:
+                _write(f"{self.mem}/memory.limit_in_bytes", str(limit))
+                if _swap_accounted(self.mem):  # no swap either, where swap exists
+                    _write(f"{self.mem}/memory.memsw.limit_in_bytes", str(limit))
+        if self.limits is None or self.limits[1] != max_processes:
+            _write(f"{self.pids}/pids.max", str(max(1, int(max_processes))))
+        if self.limits is None:
+            self.oom0 = self.oom_kills()
+        self.limits = (memory_mb, max_processes)
 
     def memory_current(self) -> int:
         return int(_read(f"{self.mem}/memory.current" if self.v2 else f"{self.mem}/memory.usage_in_bytes"))

@@ -20,6 +20,7 @@ import signal
 import socket
 import sys
 import threading
+import time
 import traceback
 import types
 from dataclasses import dataclass, field
@@ -53,6 +54,7 @@ class PoolPlan:
     masks: list[interpreter_paths.Mask] = field(default_factory=list)
     view: file_view.ViewPlan | None = None
     seccomp_bpf: bytes = b""
+    seccomp: _linux.SeccompProgram | None = None
     seccomp_error: str = ""
 
 
@@ -269,8 +271,8 @@ def _drop_privileges(uid: int | None, iso: dict[str, Any]) -> None:
         _linux.drop_all_capabilities()
     _linux.prctl(_linux.PR_SET_NO_NEW_PRIVS, 1)
     _linux.prctl(_linux.PR_SET_PDEATHSIG, signal.SIGKILL)  # cleared by the uid change: set again
-    if PLAN.seccomp_bpf:
-        _linux.load_seccomp_bpf(PLAN.seccomp_bpf)
+    if PLAN.seccomp is not None:
+        PLAN.seccomp.install()
 
 
 def run(header: dict[str, Any], fds: list[int], iso: dict[str, Any], status_fd: int) -> None:
@@ -281,7 +283,9 @@ def run(header: dict[str, Any], fds: list[int], iso: dict[str, Any], status_fd: 
     try:
         with os.fdopen(payload_fd, "rb") as fh:
             payload = pickle.load(fh)
+        t0 = time.perf_counter()
         _apply_request_limits(limits, iso, bool(header.get("cgroup")), status_fd)
+        t1 = time.perf_counter()
         workdir: str = iso["workdir"]
         grading = limits.get("file_view") == "grading"
         if grading:
@@ -292,7 +296,9 @@ def run(header: dict[str, Any], fds: list[int], iso: dict[str, Any], status_fd: 
             _linux.umount2(file_view.VIEW_ROOT, _linux.MNT_DETACH)
             os.rmdir(file_view.VIEW_ROOT)
         os.chdir(workdir)
+        t2 = time.perf_counter()
         _drop_privileges(iso.get("uid"), iso)
+        t3 = time.perf_counter()
     except SystemExit:
         raise
     except BaseException as exc:  # noqa: BLE001 - any set-up failure is the sandbox's, reported as such
@@ -300,7 +306,8 @@ def run(header: dict[str, Any], fds: list[int], iso: dict[str, Any], status_fd: 
     # From here on the program's code may run. The status socket stays open for one thing only:
     # the exit notice below, a hint that makes the supervisor look at the kernel's own record of
     # this process (it trusts nothing written here; see supervisor._Run.on_status).
-    os.write(status_fd, b'{"go":1}')
+    ms = {"rlimits_tmpfs": round((t1 - t0) * 1e3, 3), "uid_nnp_seccomp": round((t3 - t2) * 1e3, 3)}
+    os.write(status_fd, json.dumps({"go": 1, "ms": ms}).encode())
 
     # Move the request's descriptors to 0-3; close the originals.
     wanted = [stdin_fd, out_fd, err_fd, chan_fd]

@@ -51,6 +51,7 @@ def _plan_isolation(info: dict[str, Any]) -> None:
         from mx_envs.sandbox import seccomp_policy
 
         plan.seccomp_bpf, unknown = seccomp_policy.build_bpf()
+        plan.seccomp = _linux.SeccompProgram(plan.seccomp_bpf)
         info["seccomp"] = f"libseccomp filter, {len(seccomp_policy.DENIED)} calls denied + clone namespace flags"
         if unknown:
             info["seccomp_unknown_calls"] = unknown
