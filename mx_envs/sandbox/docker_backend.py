@@ -51,6 +51,9 @@ DEFAULT_IMAGE = DEFAULT_TAG
 FALLBACK_PYTHON = "/usr/local/bin/python3"  # where official python images keep it
 RUNNER_OVERHEAD_MB = 32  # the runner interpreter's share, added to the program's memory budget
 STARTUP_S = 30.0  # container start until the runner's start marker (a busy daemon is slow)
+# The runner's own deadline past the wall limit: it only acts when the host is gone or stuck
+# (then the verdict is a timeout either way), and bounds how long a run outlives a dead host.
+BACKSTOP_MARGIN_S = 5.0
 LABEL_OWNER = "mx.sandbox.owner"  # "<hostname>:<pid>" of the host process that made the container
 CHILD_ENV = {
     "PATH": "/usr/local/bin:/usr/bin:/bin",
@@ -275,7 +278,7 @@ class DockerSandbox:
             "env": CHILD_ENV,
             "cpu_s": limits.effective_cpu_s(),
             "file_size": int(limits.file_size_mb) << 20,
-            "backstop_s": float(limits.wall_s) + STARTUP_S,
+            "backstop_s": float(limits.wall_s) + BACKSTOP_MARGIN_S,
             "seccomp_deny": SECCOMP_DENY,
             "seccomp_enosys": SECCOMP_ENOSYS,
         }

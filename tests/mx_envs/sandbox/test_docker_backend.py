@@ -418,3 +418,41 @@ def test_docker_concurrent_runs(docker_sb):
     for t in threads:
         t.join(120)
     assert [(r.verdict, r.stdout) for r in results] == [(Verdict.OK, "ab" * (i + 1) + "\n") for i in range(3)]
+
+
+@pytest.mark.slow
+def test_docker_run_does_not_outlive_a_dead_host(docker_sb):
+    """The host process is SIGKILLed mid-run: the runner's own deadline (wall + margin) ends the
+    run, and the next sandbox's sweep removes the container left by the dead host."""
+    import sys
+
+    from mx_envs.sandbox.docker_backend import LABEL_OWNER
+
+    wall = 4.0
+    host_src = (
+        "from mx_envs.sandbox.api import Limits\n"
+        "from mx_envs.sandbox.docker_backend import DockerSandbox\n"
+        f"DockerSandbox(warm=0).run('import time\\ntime.sleep(600)', limits=Limits(wall_s={wall}))\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", host_src])
+    label = {"label": f"{LABEL_OWNER}={socket.gethostname()}:{proc.pid}"}
+    try:
+        deadline = time.monotonic() + 60
+        started = False
+        while not started and time.monotonic() < deadline and proc.poll() is None:
+            for c in docker_sb.api.containers(filters=label):
+                top = docker_sb.api.top(c["Id"])
+                started = any("main.py" in " ".join(map(str, p)) for p in top.get("Processes") or [])
+            time.sleep(0.1)
+        assert started, "the host never started the program"
+        proc.kill()  # before its wall clock ran out: nobody on the host will stop the run now
+        proc.wait(10)
+        t0 = time.monotonic()
+        while docker_sb.api.containers(filters=label):  # running ones only
+            assert time.monotonic() - t0 < wall + 12, "the run outlived its host"  # margin 5 s + slack
+            time.sleep(0.2)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    docker_sb.sweep()  # (another session's sandbox on this daemon may have swept it already)
+    assert docker_sb.api.containers(all=True, filters=label) == []
