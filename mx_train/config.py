@@ -312,14 +312,16 @@ def _check_env(env: EnvConfig, key: str) -> None:
     if not (isinstance(entry_point, str) and entry_point.startswith("mx_envs.")):
         return
     from mx_envs.envs.meta_env import MetaAgentXEnv
-    from mx_envs.tasks.registry import check_load_options
+    from mx_envs.tasks.registry import DATASETS, check_load_options
 
-    params = [n for n in inspect.signature(MetaAgentXEnv.__init__).parameters if n != "self"]
-    for name in env.kwargs:
-        if name not in params:
-            raise unknown_name("env keyword", name, params, key=f"{key}.kwargs", cls=UnknownOption)
     dataset = env.kwargs.get("dataset") or (gym.spec(env.id).kwargs or {}).get("dataset")
-    loader = dict(env.kwargs.get("loader_kwargs") or {})
+    params = [n for n, p in inspect.signature(MetaAgentXEnv.__init__).parameters.items()
+              if n != "self" and p.kind is not p.VAR_KEYWORD]
+    options = DATASETS[dataset].options if dataset in DATASETS and "tasks" not in env.kwargs else ()
+    for name in env.kwargs:
+        if name not in params and name not in options:
+            raise unknown_name("env keyword", name, [*params, *options], key=f"{key}.kwargs", cls=UnknownOption)
+    loader = {**(env.kwargs.get("loader_kwargs") or {}), **{k: v for k, v in env.kwargs.items() if k in options}}
     if dataset and "tasks" not in env.kwargs:
         check_load_options(dataset, loader, split=env.kwargs.get("split", env.split), key=f"{key}.kwargs.loader_kwargs")
 

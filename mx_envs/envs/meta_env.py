@@ -39,6 +39,22 @@ DEFAULT_MAX_OBSERVATION_CHARS = 1_000_000
 DEFAULT_MAX_ACTION_CHARS = 200_000
 
 
+def _check_dataset_options(dataset: str | None, options: dict[str, Any]) -> None:
+    """Keywords beyond the env's own are the dataset's loader options (``gym.make(id, level=3)``);
+    anything else is a :class:`~mx_envs.errors.ConfigError` naming the closest keyword."""
+    import inspect
+
+    from mx_envs.errors import unknown_name
+    from mx_envs.tasks.registry import DATASETS
+
+    allowed = DATASETS[dataset].options if dataset in DATASETS else ()
+    params = [n for n, p in inspect.signature(MetaAgentXEnv.__init__).parameters.items()
+              if n != "self" and p.kind is not p.VAR_KEYWORD]
+    for name in options:
+        if name not in allowed:
+            raise unknown_name("env keyword", name, [*params, *allowed])
+
+
 def _budgets(value: Budgets | dict[str, Any] | None) -> Budgets:
     if value is None:
         return Budgets()
@@ -62,6 +78,9 @@ class MetaAgentXEnv(gym.Env[dict[str, Any], str]):
         split, data_path, fixture, limit: passed to the loader (``fixture=True``: the small packaged
             fixture set, for tests and ``check_env`` without downloaded data; ``limit``: first N tasks).
         loader_kwargs: further keyword arguments for the loader.
+        **dataset_options: the dataset's own loader options given directly (``level=3`` for
+            Arithmetic, ``start_date=`` for LiveCodeBench: see ``DATASETS[name].options``); any other
+            unknown keyword is a :class:`~mx_envs.errors.ConfigError` naming the closest one.
         budgets: :class:`~mx_envs.mas.protocol.Budgets` (or a dict of its fields) for each episode.
         reward: :class:`~mx_envs.envs.reward.RewardConfig` or a dict; the keyword arguments
             ``invalid_design_penalty``, ``code_pass_fraction``, ``llm_call_penalty``, ``correct_reward``
@@ -115,16 +134,19 @@ class MetaAgentXEnv(gym.Env[dict[str, Any], str]):
         max_observation_chars: int = DEFAULT_MAX_OBSERVATION_CHARS,
         max_action_chars: int = DEFAULT_MAX_ACTION_CHARS,
         render_mode: str | None = None,
+        **dataset_options: Any,
     ) -> None:
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ValueError(f"render_mode must be None or one of {self.metadata['render_modes']}, got {render_mode!r}")
         self.render_mode = render_mode
+        if dataset_options:
+            _check_dataset_options(dataset if tasks is None else None, dataset_options)
         if tasks is None:
             if not dataset:
                 raise ValueError("MetaAgentXEnv needs a dataset name or a list of tasks")
             from mx_envs.tasks import load_tasks
 
-            kwargs = dict(loader_kwargs or {})
+            kwargs = {**(loader_kwargs or {}), **dataset_options}
             if split is not None:
                 kwargs["split"] = split
             if data_path is not None:
@@ -133,7 +155,12 @@ class MetaAgentXEnv(gym.Env[dict[str, Any], str]):
                 kwargs["fixture"] = True
             if limit is not None:
                 kwargs["limit"] = int(limit)
-            tasks = load_tasks(dataset, **kwargs)
+            from mx_envs.errors import ConfigError, UnknownOption
+
+            try:
+                tasks = load_tasks(dataset, **kwargs)
+            except UnknownOption as exc:  # as a plain ConfigError: gym.make rewraps TypeErrors
+                raise ConfigError(exc.message, key=exc.key, suggestions=exc.suggestions) from None
         tasks = list(tasks)
         if limit is not None:
             tasks = tasks[: int(limit)]

@@ -120,5 +120,13 @@ def test_splits_are_honoured_and_mistakes_are_config_errors() -> None:
     with pytest.raises(ConfigError, match=r"no split 'tset'; its splits: train, test"):
         gym.make("MetaAgentX-GSM8K-v0", fixture=True, split="tset")
     assert gym.make("MetaAgentX-GSM8K-v0", fixture=True, split="train").unwrapped.tasks[0].split == "train"
-    with pytest.raises(ConfigError, match=r"unknown option 'levle'; did you mean 'level'"):
+    with pytest.raises(ConfigError, match=r"^load_tasks\('arithmetic'\): unknown option 'levle'; did you mean 'level'"):
         gym.make("MetaAgentX-Arithmetic-v0", loader_kwargs={"levle": 2})
+    # The dataset's options work as gym.make keywords too; anything else names the closest keyword.
+    env = gym.make("MetaAgentX-Arithmetic-v0", level=4, n=5)
+    assert len(env.unwrapped.tasks) == 5 and env.unwrapped.tasks[0].metadata["level"] == 4
+    env.close()
+    with pytest.raises(ConfigError, match=r"^unknown env keyword 'data_pth'; did you mean 'data_path'"):
+        gym.make("MetaAgentX-AIME-v0", data_pth="x.jsonl")
+    with pytest.raises(ConfigError, match=r"^unknown env keyword 'levle'; did you mean 'level'"):
+        gym.make("MetaAgentX-Arithmetic-v0", levle=4)
