@@ -339,12 +339,16 @@ def test_docker_memory_bomb_anonymous_and_tmpfs(docker_sb):
     )
     assert r.verdict is Verdict.MEMORY_EXCEEDED and "survived" not in r.stdout, r
     tmpfs_bomb = (
-        "import itertools\n"
+        "import os\n"
         "block = b'x' * (8 << 20)\n"
-        "for i in range(90):\n"  # 720 MB over /tmp, /work and /dev/shm against a 200 MB budget
-        "    d = ('/tmp', '/work', '/dev/shm')[i % 3]\n"
+        "fds = []\n"
+        "for i in range(90):\n"  # 720 MB over /tmp, /work, /dev/shm and memfds against 200 MB
         "    try:\n"
-        "        open(f'{d}/f{i}', 'wb').write(block)\n"
+        "        if i % 4 == 3:\n"
+        "            fds.append(os.memfd_create(f'm{i}'))\n"
+        "            os.write(fds[-1], block)\n"
+        "        else:\n"
+        "            open(f\"{('/tmp', '/work', '/dev/shm')[i % 4]}/f{i}\", 'wb').write(block)\n"
         "    except OSError:\n"
         "        pass\n"
         "print('survived')\n"
