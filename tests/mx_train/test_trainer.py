@@ -11,11 +11,10 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import torch  # a core dependency: a broken install must fail, not skip
 
 from mx_train.config import TrainConfig
 from tests.mx_train.scripted_env import ScriptedTwoLevelEnv
-
-torch = pytest.importorskip("torch")
 
 
 def _config(tmp_path: Path, **over) -> TrainConfig:
