@@ -79,6 +79,9 @@ class RolloutConfig:
     # Extra designer prompt material (mx_agents DesignerPrompt): system_prompt replaces the env's
     # system message (e.g. a compact API reference for small models); examples: library design names.
     designer_prompt: dict[str, Any] = field(default_factory=dict)
+    # A library design name or script file played on every designer turn (the executor is trained under
+    # it, e.g. the "Single Agent + GRPO" baseline with `single`); None: the policy designs.
+    fixed_design: str | None = None
 
 
 @dataclass
@@ -312,7 +315,7 @@ def _check_env(env: EnvConfig, key: str) -> None:
     if not (isinstance(entry_point, str) and entry_point.startswith("mx_envs.")):
         return
     from mx_envs.envs.meta_env import MetaAgentXEnv
-    from mx_envs.tasks.registry import DATASETS, check_load_options
+    from mx_envs.tasks.registry import DATASETS, check_load_options, check_split
 
     dataset = env.kwargs.get("dataset") or (gym.spec(env.id).kwargs or {}).get("dataset")
     params = [n for n, p in inspect.signature(MetaAgentXEnv.__init__).parameters.items()
@@ -323,7 +326,9 @@ def _check_env(env: EnvConfig, key: str) -> None:
             raise unknown_name("env keyword", name, [*params, *options], key=f"{key}.kwargs", cls=UnknownOption)
     loader = {**(env.kwargs.get("loader_kwargs") or {}), **{k: v for k, v in env.kwargs.items() if k in options}}
     if dataset and "tasks" not in env.kwargs:
-        check_load_options(dataset, loader, split=env.kwargs.get("split", env.split), key=f"{key}.kwargs.loader_kwargs")
+        spec = check_load_options(dataset, loader, key=f"{key}.kwargs.loader_kwargs")
+        split_key = f"{key}.kwargs.split" if "split" in env.kwargs else f"{key}.split"
+        check_split(spec, env.kwargs.get("split", env.split), split_key)
 
 
 def _build(cls: type[T], data: Any, where: str) -> T:

@@ -83,6 +83,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     t.add_argument("--learned-executor", default=None,
                    help="executor of the learned row (default: the learned model plays both roles)")
     t.add_argument("--executor", default="default", help="executor spec of the fixed designs (default 'default')")
+    t.add_argument("--single-grpo", default=None, metavar="SPEC",
+                   help="'Single Agent + GRPO' row: an executor checkpoint trained with the design fixed to "
+                        "single (e.g. mx train --config configs/baseline_single_grpo_cpu.yaml), played under single")
+    t.add_argument("--select-design", action="store_true",
+                   help="'Best library design' row: the --designs design with the best validation accuracy")
+    t.add_argument("--adas-rounds", type=int, default=0,
+                   help="ADAS-style search row: rounds of meta-agent proposals (0: no row; default 0)")
+    t.add_argument("--meta", default=None, help="meta-agent model spec of the search (default: --executor)")
+    t.add_argument("--val-split", default="train",
+                   help="split of the validation slice for selection and search (default train: never test tasks)")
+    t.add_argument("--val-limit", type=int, default=10, help="tasks per env in the validation slice (default 10)")
     t.add_argument("--out", required=True, help="output directory")
     t.add_argument("--no-run", action="store_true", help="only tabulate existing run directories")
     _add_run_options(t)
@@ -167,7 +178,13 @@ def run_table_cmd(args: argparse.Namespace) -> int:
     import sys
     from pathlib import Path
 
-    from mx_train.eval.baselines_table import build_table, plan_rows, render_table_markdown, write_table
+    from mx_train.eval.baselines_table import (
+        TableRow,
+        build_table,
+        plan_rows,
+        render_table_markdown,
+        write_table,
+    )
     from mx_train.eval.runner import run_eval
 
     env_ids = [e.strip() for e in args.envs.split(",") if e.strip()]
@@ -178,12 +195,19 @@ def run_table_cmd(args: argparse.Namespace) -> int:
     _check_env_ids(env_ids)  # before any row runs (a typo in the last column must not cost the first rows)
     out = Path(args.out)
     rows = plan_rows(designs, args.learned, args.executor, args.learned_executor, out)
+    learned_rows = [r for r in rows if r.label == "MetaAgentX"]
+    rows = [r for r in rows if r.label != "MetaAgentX"]
     try:
+        if args.single_grpo:
+            rows.append(TableRow("Single Agent + GRPO", "design:single", args.single_grpo,
+                                 out / "runs" / "single_grpo"))
         if not args.no_run:
-            for row in rows:
+            for row in rows + learned_rows:
                 print(f"== {row.label}: {row.policy}" + (f" (executor {row.executor})" if row.executor else ""))
                 run_eval(_config(args, env_ids, row.policy, row.executor), row.run_dir,
                          progress=not args.no_progress)
+        rows += _search_rows(args, env_ids, designs, out)
+        rows += learned_rows
     except (ValueError, KeyError, FileNotFoundError) as exc:
         print(f"mx table: {exc}", file=sys.stderr)
         return 2
@@ -192,6 +216,58 @@ def run_table_cmd(args: argparse.Namespace) -> int:
     print(render_table_markdown(table))
     print(f"wrote {jp} and {mp}")
     return 0
+
+
+def _search_rows(args: argparse.Namespace, env_ids: list[str], designs: list[str], out) -> list:
+    """The rows chosen on the validation slice: best library design, ADAS-style search."""
+    import dataclasses
+    import json
+
+    from mx_train.eval.baselines_table import DESIGN_LABELS, TableRow
+    from mx_train.eval.trace import slug
+
+    if not (args.select_design or args.adas_rounds > 0):
+        return []
+    rows = []
+    search_dir = out / "search"
+    test_cfg = _config(args, env_ids, "design:single", args.executor)
+    val_cfg = dataclasses.replace(test_cfg, limit=args.val_limit,
+                                  env_kwargs={**test_cfg.env_kwargs, "split": args.val_split})
+    executor = None
+    if not args.no_run:
+        from mx_agents.policies.spec import parse_policy_spec
+
+        executor = parse_policy_spec("design:single", args.executor, max_new_tokens=test_cfg.max_new_tokens,
+                                     temperature=test_cfg.temperature, seed=args.seed).executor
+    if args.select_design:
+        if args.no_run:
+            sel = json.loads((search_dir / "select" / "selection.json").read_text(encoding="utf-8"))
+        else:
+            from mx_train.eval.design_search import select_library_design
+
+            (search_dir / "select").mkdir(parents=True, exist_ok=True)
+            sel = select_library_design(designs, executor, val_cfg, search_dir / "select",
+                                        progress=not args.no_progress)
+        best = sel["best"]
+        label = f"Best library design (val: {DESIGN_LABELS.get(best, best)})"
+        rows.append(TableRow(label, f"design:{best}", args.executor, out / "runs" / slug(f"design_{best}")))
+        print(f"== {label}: validation accuracy {sel['scores']}")
+    if args.adas_rounds > 0:
+        adas_dir = search_dir / "adas"
+        if not args.no_run:
+            from mx_agents.backends import get_backend
+            from mx_agents.policies.spec import resolve_model_path
+            from mx_train.eval.design_search import adas_search, evaluate_design
+
+            meta = get_backend(resolve_model_path(args.meta or args.executor))
+            doc = adas_search(meta, executor, val_cfg, adas_dir, rounds=args.adas_rounds, seed=args.seed,
+                              progress=not args.no_progress)
+            best = next(a for a in doc["archive"] if a["name"] == doc["best"]["name"])
+            evaluate_design(best["source"], executor, dataclasses.replace(test_cfg, policy=f"adas:{best['name']}"),
+                            out / "runs" / "adas_best", progress=not args.no_progress)
+            print(f"== ADAS-style search: archive {[(a['name'], round(a['score'], 3)) for a in doc['archive']]}")
+        rows.append(TableRow("ADAS-style search (best of archive)", "adas", args.executor, out / "runs" / "adas_best"))
+    return rows
 
 
 def run_trace_cmd(args: argparse.Namespace) -> int:

@@ -605,8 +605,17 @@ def build_rollout_policy(backends: dict[str, Any], config: TrainConfig, step: in
     d_params, e_params = _sampling(r.designer), _sampling(r.executor)
     prompt = DesignerPrompt(**r.designer_prompt) if r.designer_prompt else None
     if backends["designer"] is backends["executor"]:
-        return SharedPolicy(backends["designer"], d_params, e_params, prompt=prompt, seed=seed)
-    return SplitPolicy(backends["designer"], backends["executor"], d_params, e_params, prompt=prompt, seed=seed)
+        policy: Any = SharedPolicy(backends["designer"], d_params, e_params, prompt=prompt, seed=seed)
+    else:
+        policy = SplitPolicy(backends["designer"], backends["executor"], d_params, e_params, prompt=prompt, seed=seed)
+    if r.fixed_design:
+        from mx_agents.policies.fixed import FixedDesignPolicy
+        from mx_train.sft_data import design_source
+
+        name, source = design_source(r.fixed_design)
+        # Fixed designs make no designer transitions: only the executor is trained.
+        return FixedDesignPolicy(None, policy.executor, source=source)
+    return policy
 
 
 def design_labels_and_validity(result: Any) -> tuple[list[list[str]], list[list[bool]]]:
