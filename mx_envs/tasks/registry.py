@@ -391,11 +391,11 @@ def check_load_options(name: str, options: dict[str, Any], *, split: str | None 
         if opt not in allowed:
             raise unknown_name("option", opt, sorted(allowed), key=key or f"load_tasks({name!r})",
                                cls=UnknownOption)
-    _check_split(spec, options.get("split", split), key)
+    check_split(spec, options.get("split", split), key)
     return spec
 
 
-def _check_split(spec: DatasetSpec, split: str | None, key: str | None = None) -> str:
+def check_split(spec: DatasetSpec, split: str | None, key: str | None = None) -> str:
     split = split or spec.default_split
     if split not in spec.known_splits:
         only = " (a single-file benchmark: evaluation only)" if spec.known_splits == ("test",) else ""
@@ -439,7 +439,7 @@ def load_tasks(name: str, split: str | None = None, path: str | Path | None = No
     filtering. Mistakes (unknown name, option or split) raise :class:`~mx_envs.errors.ConfigError`.
     """
     spec = check_load_options(name, options)
-    split = _check_split(spec, split)
+    split = check_split(spec, split)
     role = "train" if split in TRAIN_SPLITS else "eval"
     if name == "arithmetic":
         return _arithmetic(split, options, limit)

@@ -107,7 +107,7 @@ def test_env_ids_kwargs_loader_options_and_splits_are_checked_at_load() -> None:
         TrainConfig.from_dict({"env": {"kwargs": {"data_pth": "x"}}})
     with pytest.raises(UnknownOption, match=r"^env.kwargs.loader_kwargs: unknown option 'levle'; did you mean 'level'"):
         TrainConfig.from_dict({"env": {"kwargs": {"loader_kwargs": {"levle": 2}}}})
-    with pytest.raises(ConfigError, match=r"dataset 'aime24' has no split 'train'; its splits: test"):
+    with pytest.raises(ConfigError, match=r"^env.split: dataset 'aime24' has no split 'train'; its splits: test"):
         TrainConfig.from_dict({"env": {"id": "MetaAgentX-AIME24-v0", "split": "train"}})
 
 
