@@ -23,6 +23,11 @@ REWARD_EXECUTOR = "reward/executor"
 ACCURACY = "accuracy"
 DESIGN_VALID_RATE = "design_valid_rate"
 PHASE = "phase"
+# Designer-side metrics (mx_train.credit.role_metrics): what the designer's advantages come from.
+REWARD_BEST_DESIGN = "reward/best_design"
+DESIGN_SPREAD = "design/spread"
+ADV_DESIGNER_NONZERO = "adv/designer_nonzero"
+STRUCTURE_PREFIX = "design/structure/"
 
 
 class MetricsLogger:

@@ -8,10 +8,14 @@ from typing import Any
 
 from mx_train.metrics import (
     ACCURACY,
+    ADV_DESIGNER_NONZERO,
+    DESIGN_SPREAD,
     DESIGN_VALID_RATE,
     PHASE,
+    REWARD_BEST_DESIGN,
     REWARD_DESIGNER,
     REWARD_EXECUTOR,
+    STRUCTURE_PREFIX,
     read_metrics,
 )
 
@@ -35,7 +39,9 @@ def _series(records: list[dict[str, Any]], key: str, smooth: int) -> tuple[list[
 
 
 def plot_run(run_dir: str | os.PathLike[str], out: str | os.PathLike[str], *, smooth: int = 1) -> Path:
-    """Write a two-panel PNG: rewards by role (top), accuracy and design validity (bottom)."""
+    """Write a PNG: rewards by role (top); the designer's own signal when the run logged it (design
+    spread, share of non-zero designer advantages, share of each design structure); accuracy and
+    design validity (bottom)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -44,9 +50,16 @@ def plot_run(run_dir: str | os.PathLike[str], out: str | os.PathLike[str], *, sm
     records = read_metrics(run_dir)
     if not records:
         raise ValueError(f"{run_dir}: metrics file has no records")
-    fig, (ax_r, ax_a) = plt.subplots(2, 1, figsize=(8, 6), sharex=True)
+    has_design = any(DESIGN_SPREAD in r for r in records)
+    if has_design:
+        fig, (ax_r, ax_d, ax_a) = plt.subplots(3, 1, figsize=(8, 9), sharex=True)
+    else:
+        fig, (ax_r, ax_a) = plt.subplots(2, 1, figsize=(8, 6), sharex=True)
+        ax_d = None
     plotted = 0
-    for key, label, color in ((REWARD_DESIGNER, "designer", "tab:blue"), (REWARD_EXECUTOR, "executor", "tab:orange")):
+    for key, label, color in ((REWARD_DESIGNER, "designer (design's best execution)", "tab:blue"),
+                              (REWARD_EXECUTOR, "executor (per execution)", "tab:orange"),
+                              (REWARD_BEST_DESIGN, "best design of a task (mean)", "tab:cyan")):
         xs, ys = _series(records, key, smooth)
         if xs:
             ax_r.plot(xs, ys, marker="o", ms=3, label=label, color=color)
@@ -56,6 +69,15 @@ def plot_run(run_dir: str | os.PathLike[str], out: str | os.PathLike[str], *, sm
         if xs:
             ax_a.plot(xs, ys, marker="o", ms=3, label=label, color=color)
             plotted += 1
+    if ax_d is not None:
+        structures = sorted({k for r in records for k in r if k.startswith(STRUCTURE_PREFIX)})
+        for key, label, style in ((DESIGN_SPREAD, "design spread (std of design rewards)", "-"),
+                                  (ADV_DESIGNER_NONZERO, "designer advantages != 0", "--"),
+                                  *((k, k.removeprefix(STRUCTURE_PREFIX), ":") for k in structures)):
+            xs, ys = _series(records, key, smooth)
+            if xs:
+                ax_d.plot(xs, ys, marker="o", ms=3, ls=style, label=label)
+        ax_d.set_ylabel("designer")
     if not plotted:
         raise ValueError(
             f"{run_dir}: no plottable metrics ({REWARD_DESIGNER}, {REWARD_EXECUTOR}, {ACCURACY}, {DESIGN_VALID_RATE})"
@@ -74,7 +96,7 @@ def plot_run(run_dir: str | os.PathLike[str], out: str | os.PathLike[str], *, sm
     labelled: set[str] = set()
     for a, b, ph in spans:
         if ph in _PHASE_COLORS:
-            for ax in (ax_r, ax_a):
+            for ax in (a_ for a_ in (ax_r, ax_d, ax_a) if a_ is not None):
                 ax.axvspan(a - 0.5, b + 0.5, color=_PHASE_COLORS[ph], zorder=0,
                            label=f"training {ph}" if ax is ax_r and ph not in labelled else None)
             labelled.add(ph)
@@ -82,7 +104,7 @@ def plot_run(run_dir: str | os.PathLike[str], out: str | os.PathLike[str], *, sm
     ax_r.set_title(f"{Path(run_dir).name}: reward by role")
     ax_a.set_ylabel("rate")
     ax_a.set_xlabel("training step")
-    for ax in (ax_r, ax_a):
+    for ax in (a_ for a_ in (ax_r, ax_d, ax_a) if a_ is not None):
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(loc="best", fontsize=8)
