@@ -29,7 +29,7 @@ from mx_envs.sandbox.wire import FrameReader, encode_frame, parse_bounded
 
 CPU_CHECK_MIN_S = 0.02
 PF_EXITING = 0x4  # task flag: in do_exit, never returns to user space
-EXIT_CONFIRM_S = 0.005  # how long an exit notice may take to show in /proc before it is ignored
+EXIT_CONFIRM_S = 0.02  # how long an exit notice may take to show in /proc before it is ignored
 EXIT_NOTICES = 3  # notices examined per run (a program could send many)
 
 
@@ -572,6 +572,7 @@ class _Run:
         iso = {**pre.iso, **self.sup.ctx.info}
         iso["errors"] = list(iso.get("errors", [])) + self.errors
         iso["request_setup_ms"] = dict(self.setup_ms)
+        iso["exit_seen"] = "exit notice confirmed in /proc" if self.early is not None else "reaped"
         iso["memory_limit"] = "cgroup (resident, whole run)" if self.cgroup_ok else "RLIMIT_AS per process (fallback)"
         iso["pids_limit"] = "cgroup pids.max" if self.cgroup_ok else "RLIMIT_NPROC per uid (fallback)"
         return {
