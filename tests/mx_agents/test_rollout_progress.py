@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 import mx_agents.rollout as rollout
 from mx_agents.policies import builtin_scripted_policy
 from mx_envs.envs.meta_env import MetaAgentXEnv
@@ -26,12 +28,13 @@ class RecordingBar:
         self.events.append(("close", None))
 
 
-def test_progress_shows_turns_before_episodes_finish(monkeypatch) -> None:
+@pytest.mark.parametrize("schedule", ["lockstep", "continuous"])
+def test_progress_shows_turns_before_episodes_finish(monkeypatch, schedule) -> None:
     bars: list[RecordingBar] = []
     monkeypatch.setattr(rollout, "_progress", lambda total, enabled: bars.append(RecordingBar(total)) or bars[-1])
     tasks = list(load_tasks("arithmetic", limit=2))
     records = rollout.run_episodes([lambda t=t: MetaAgentXEnv(tasks=[t]) for t in tasks], builtin_scripted_policy(),
-                                   designs=[TWO_CALLS, TWO_CALLS], progress=True)
+                                   designs=[TWO_CALLS, TWO_CALLS], progress=True, schedule=schedule)
     assert all(r.done for r in records) and all(len(r.turns) == 3 for r in records)
     (bar,) = bars
     first_done = next(i for i, (kind, n) in enumerate(bar.events) if kind == "update" and n)
