@@ -94,6 +94,9 @@ def user_errors() -> tuple[type[BaseException], ...]:
     embedded = sys.modules.get("mx_agents.backends.embedded")
     if embedded is not None and hasattr(embedded, "EmbeddedModelUnavailable"):
         types.append(embedded.EmbeddedModelUnavailable)
+    backends = sys.modules.get("mx_agents.backends.base")  # a model server down or failing (mx eval, ...)
+    if backends is not None and hasattr(backends, "BackendError"):
+        types.append(backends.BackendError)
     return tuple(types)
 
 

@@ -40,9 +40,14 @@ def _close(a: Decimal, b: Decimal, tol: float) -> bool:
     try:
         if not (a.is_finite() and b.is_finite()):
             return a == b
+        if a.as_tuple().exponent == 0 and b.as_tuple().exponent == 0:
+            return a == b  # integers stay exact (a relative tolerance would accept 1000000010 for ...09)
         return abs(a - b) <= Decimal(repr(tol)) * max(Decimal(1), abs(b))
     except ArithmeticError:  # exponents beyond the context (1e999999999)
         return False
+
+
+_YES_NO = frozenset({"yes", "no"})
 
 
 def _tokens_match(out: list[str], exp: list[str], tol: float | None) -> bool:
@@ -50,6 +55,11 @@ def _tokens_match(out: list[str], exp: list[str], tol: float | None) -> bool:
         return True
     if len(out) != len(exp):
         return False
+    if any(e.lower() in _YES_NO for e in exp):  # Codeforces' yes/no checker ignores letter case
+        out = [o.lower() if e.lower() in _YES_NO else o for o, e in zip(out, exp, strict=True)]
+        exp = [e.lower() if e.lower() in _YES_NO else e for e in exp]
+        if out == exp:
+            return True
     do, de = _decimals(out), _decimals(exp)
     if do is None or de is None:
         # non-numeric tokens must match as text; numeric ones may match as numbers
@@ -70,8 +80,9 @@ def outputs_match(output: str, expected: str, float_tolerance: float | None = No
     as text, or equal token by token as decimal numbers (``1.50`` matches ``1.5``, ``5e0`` matches
     ``5``; no rounding). ``mode="tokens"`` compares the whitespace-separated token sequences
     (line breaks are whitespace, as Codeforces' default checker does), each token equal as text
-    or as a number. With ``float_tolerance`` numeric tokens may also differ by that absolute
-    error, or relative error for numbers above 1 ("absolute or relative error" judges).
+    or as a number, ``yes``/``no`` in any letter case (Codeforces' yes/no checker). With
+    ``float_tolerance`` non-integer numeric tokens may also differ by that absolute error, or
+    relative error for numbers above 1 ("absolute or relative error" judges); integers stay exact.
     """
     try:
         if mode == "tokens":

@@ -130,7 +130,10 @@ def apps_task(row: dict[str, Any], index: int, dataset: str, split: str) -> Task
                 metadata={"difficulty": row.get("difficulty"), "url": row.get("url"), "row": index})
 
 
-_TOLERANCE_RE = re.compile(r"(absolute|relative)\s+(or\s+relative\s+)?error", re.IGNORECASE)
+_TOLERANCE_RE = re.compile(
+    r"(absolute|relative)\s+(or\s+relative\s+)?(measure\s+of\s+the\s+)?(error|inaccuracy)"
+    r"|differs?\s+from\s+the\s+(correct|right|jury'?s?)(\s+(one|answer|value))?\s+by\s+(at\s+most|no\s+more\s+than)",
+    re.IGNORECASE)
 _EXPONENT_RE = re.compile(r"10\s*(?:\^\s*\{?\s*)?[-−]\s*(\d{1,2})|1e-(\d{1,2})")
 
 

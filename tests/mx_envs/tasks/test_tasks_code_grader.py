@@ -29,6 +29,8 @@ def test_outputs_match_lcb_semantics(out: str, exp: str, tol: float | None, ok: 
 @pytest.mark.parametrize("out,exp,tol,ok", [
     ("1 2\n3", "1\n2 3", None, True), ("1.0 x", "1 x", None, True), ("1 x", "1 y", None, False),
     ("0.3333334", "0.333333", 1e-6, True), ("1 2", "1 2 3", None, False), ("sNaN 1", "sNaN 1", None, True),
+    ("Yes\nno", "YES\nNO", None, True), ("yes", "NO", None, False), ("Yes", "Yes!", None, False),
+    ("1000000010", "1000000009", 1e-6, False),  # integers stay exact under a relative tolerance
 ])
 def test_outputs_match_token_mode(out: str, exp: str, tol: float | None, ok: bool) -> None:
     assert outputs_match(out, exp, tol, mode="tokens") is ok
