@@ -100,7 +100,7 @@ def unwrap_commands(s: str, commands: tuple[str, ...]) -> str:
 
 # Wrappers that change how a value looks, never what it is.
 _COSMETIC = ("mathbf", "textbf", "boldsymbol", "bm", "boxed", "fbox", "emph", "textit", "mathit", "underline")
-_TEXTLIKE_RE = re.compile(r"\\(?:mathrm|mbox|textrm|textnormal|operatorname|textup|textsf|mathsf)\s*(?=\{)")
+_TEXTLIKE_RE = re.compile(r"\\(?:mathrm|mbox|textrm|textnormal|textup|textsf|mathsf)\s*(?=\{)")
 _SPACING_RE = re.compile(r"(?<!\\)\\(?:[!,;:>\s]|(?:quad|qquad|enspace|thinspace|medspace)(?![A-Za-z]))|~")
 _THOUSANDS_SPACING_RE = re.compile(r"(?<=\d)(?:\\,|\{,\}|\\;|\\!|\\ )(?=\d{3}(?!\d))")
 _SIZING_RE = re.compile(r"\\(?:left|right|big|Big|bigg|Bigg|bigl|bigr|Bigl|Bigr)(?![A-Za-z])\s*")

@@ -48,7 +48,13 @@ from typing import Any
 from mx_envs.tasks.cleanup import normalize_math
 from mx_envs.tasks.math_extract import extract_all
 from mx_envs.tasks.math_numbers import Literal, parse_literal, parse_numeral
-from mx_envs.tasks.math_symbolic import UNEVALUATED_OPERATORS, symbolic_equal, too_large, warm_imports
+from mx_envs.tasks.math_symbolic import (
+    UNEVALUATED_OPERATORS,
+    prepare_reference,
+    symbolic_equal,
+    too_large,
+    warm_imports,
+)
 from mx_envs.tasks.timelimit import CallTimeout, call_with_timeout
 
 log = logging.getLogger(__name__)
@@ -56,6 +62,7 @@ log = logging.getLogger(__name__)
 __all__ = ["MathGrade", "grade_math", "compare_answers", "bare_answer", "parse_numeral", "DEFAULT_TIMEOUT_S"]
 
 DEFAULT_TIMEOUT_S = 2.0  # all sympy work of one grade together
+REFERENCE_PARSE_S = 30.0  # parsing a reference, once per reference and thread; not the answer's time
 MAX_RESPONSE_CHARS = 200_000
 MAX_ANSWER_CHARS = 1_000
 MAX_BOXES = 5
@@ -275,15 +282,36 @@ class _Ctx:
 _local = threading.local()
 
 
+def _worker_id() -> int:
+    """Which process runs this thread's sympy work: 0 for this one, else the worker's pid."""
+    from mx_envs.tasks import timelimit
+
+    worker = getattr(timelimit._local, "worker", None)
+    if threading.current_thread() is threading.main_thread() or worker is None:
+        return 0 if threading.current_thread() is threading.main_thread() else -1
+    return worker.proc.pid or -1
+
+
 def _symbolic(a: str, r: str, ctx: _Ctx) -> bool:
     if ctx.deadline is None:
         warm_imports()
         return symbolic_equal(a, r)
-    if not getattr(_local, "warm", False):
-        # Imports and parser set-up (or a worker's start) are not the answer's time.
+    if getattr(_local, "warm_for", None) != _worker_id():
+        # Imports and parser set-up (or a new worker's start, after a timeout killed the last one)
+        # are not the answer's time.
         t0 = time.monotonic()
         call_with_timeout(warm_imports, (), 120.0)
-        _local.warm = True
+        _local.warm_for = _worker_id()
+        _local.prepared = set()
+        ctx.deadline += time.monotonic() - t0
+    prepared: set[str] = _local.prepared
+    if r not in prepared and len(prepared) < 100_000:
+        t0 = time.monotonic()
+        try:
+            call_with_timeout(prepare_reference, (r,), REFERENCE_PARSE_S)
+        except CallTimeout:
+            pass  # the comparison below then runs out of time too: "timeout", not an error
+        prepared.add(r)
         ctx.deadline += time.monotonic() - t0
     left = ctx.deadline - time.monotonic()
     if left <= 0:
