@@ -149,3 +149,27 @@ def test_mx_train_reports_a_mistake_in_one_line(tmp_path, capsys) -> None:
     (tmp_path / "bad.yaml").write_text("max_steps: [1\n")
     assert main(["train", "--config", str(tmp_path / "bad.yaml")]) == 2
     assert "not valid YAML" in capsys.readouterr().err
+
+
+def test_plugin_registers_a_dataset_the_env_uses(tmp_path) -> None:
+    plugin = tmp_path / "my_dataset.py"
+    plugin.write_text(textwrap.dedent("""
+        from mx_envs.tasks.math_datasets import math_task
+        from mx_envs.tasks.registry import DatasetSpec, register
+
+        register(DatasetSpec("test_plugin_math", "math", "train", math_task, "rows via data_path",
+                             options=("flavour",), splits=("train",)))
+    """))
+    data = tmp_path / "rows.jsonl"
+    data.write_text('{"problem": "1+1?", "answer": "2"}\n')
+    env = {"id": "MetaAgentX-Arithmetic-v0", "kwargs": {"dataset": "test_plugin_math", "data_path": str(data)}}
+    with pytest.raises(ConfigError, match=r"unknown dataset 'test_plugin_math'"):
+        TrainConfig.from_dict({"env": env})
+    cfg = TrainConfig.from_dict({"env": env}, plugins=[str(plugin)])
+    with pytest.raises(ConfigError, match=r"^env.kwargs: unknown env keyword 'flavor'; did you mean 'flavour'"):
+        TrainConfig.from_dict({"env": {**env, "kwargs": {**env["kwargs"], "flavor": 1}}}, plugins=[str(plugin)])
+    import gymnasium as gym
+
+    made = gym.make(cfg.env.id, **cfg.env.kwargs)
+    assert [t.answer for t in made.unwrapped.tasks] == ["2"] and made.unwrapped.tasks[0].dataset == "test_plugin_math"
+    made.close()
