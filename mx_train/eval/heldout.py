@@ -11,7 +11,7 @@ each level (never drawn by training, which uses the train split):
 
 Every condition is played with the designer prompt and sampling the run trained with (read from its
 checkpoint), so only the weights differ. ``heldout.json`` holds per condition and level the accuracy
-with its Wilson 95 % interval, the mean over levels, and the design-structure distribution
+with its 95 % interval (mx eval's bootstrap over tasks), the mean over levels, and the design-structure distribution
 (``single``/``ensemble``/... with ``+tools``) of the designs played; per-episode traces stay under
 ``RUN/heldout/<condition>/L<level>/`` for reading.
 """
