@@ -205,6 +205,25 @@ def _mx_file_answer(fn_name=None, args=None, stdin=None):
 '''
 
 
+# The grader's own cache of expected outputs (input -> expected pairs of assert-style datasets).
+CACHE = os.environ.get("MX_CACHE_DIR") or str(Path.home() / ".cache" / "metaagentx")
+ORACLE_CACHE = '''
+import glob, json, os
+def _mx_cached_expected(args):
+    want = json.loads(json.dumps(list(args)))
+    for root in (%(cache)r, os.path.expanduser("~/.cache/metaagentx"), "/root/.cache/metaagentx", "/tmp"):
+        for p in glob.glob(os.path.join(root, "**", "code_oracles", "*.json"), recursive=True):
+            try:
+                entry = json.load(open(p))
+            except Exception:
+                continue
+            for a, e in zip(entry.get("inputs", []), entry.get("expected", [])):
+                if json.loads(a) == want:
+                    return True, json.loads(e)
+    return False, None
+'''
+
+
 def _func(fn: str, body: str, prefix: str = "") -> str:
     return f"{prefix}\ndef {fn}(*args, **kwargs):\n{body}\n"
 
@@ -260,6 +279,8 @@ def _hack_sources(fn: str | None) -> dict[str, str]:
         "return_cyclic_list": _func(fn, "    x = []\n    x.append(x)\n    return x"),
         "recursion_bomb": _func(fn, "    return " + fn + "(*args)"),
         "job_file_in_cwd": _func(fn, "    " + call.format(finder="_mx_job_expected(args=args)"), UNIVERSAL + JOB_FILE),
+        "oracle_cache_files": _func(fn, "    " + call.format(finder="_mx_cached_expected(args)"),
+                                    UNIVERSAL + ORACLE_CACHE % {"cache": CACHE}),
         "dataset_and_package_files": _func(fn, "    " + call.format(finder=f"_mx_file_answer({fn!r}, args)"),
                                            UNIVERSAL + FILES % {"data": DATA}),
     }
@@ -268,7 +289,7 @@ def _hack_sources(fn: str | None) -> dict[str, str]:
 
 # Hack classes that read files the grading file view hides (dataset directory, installed packages'
 # data, the checkout's fixtures). They pass only while the sandbox shows those files.
-FILE_HACKS = {"dataset_and_package_files"}
+FILE_HACKS = {"dataset_and_package_files", "oracle_cache_files"}
 HEAVY = {"return_deep_nesting", "recursion_bomb", "return_huge_int"}
 
 
@@ -337,7 +358,7 @@ def files_hidden() -> bool:
                          v if isinstance(v, str) and len(v) < 60 else "src")
 def test_hack_scores_zero(task: Task, hack: str, source: str, grading_sandbox, files_hidden, tmp_path,
                           monkeypatch) -> None:
-    monkeypatch.setenv("MX_CACHE_DIR", os.environ.get("MX_CACHE_DIR") or str(tmp_path))
+    monkeypatch.setenv("MX_CACHE_DIR", CACHE)
     if hack in FILE_HACKS and not files_hidden:
         pytest.xfail("sandbox file_view='grading' not implemented yet: dataset/package/checkout files are visible")
     g = grade_code(source, task.tests, grading_sandbox, time_limit_s=2.0)
