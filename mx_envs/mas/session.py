@@ -80,8 +80,15 @@ class MASSession:
         budgets: Budgets | None = None,
         tool_limits: Limits | None = None,
         script_limits: Limits | None = None,
+        prestart: bool = True,
     ) -> None:
         self.budgets = budgets or Budgets()
+        # Keep the next episode's script process started and waiting (its wall clock held), so an
+        # episode start is one message instead of a sandbox start. Costs one idle sandboxed process.
+        self.prestart = prestart
+        self._spare: Any = None
+        self._retired: list[Any] = []  # completed runs being killed; their output collected lazily
+        self._stale = 0  # how many of ``_retired`` (the oldest) belong to earlier episodes
         self._sandbox = sandbox
         self.tool_limits = tool_limits or Limits(
             wall_s=self.budgets.tool_wall_s, memory_mb=self.budgets.tool_memory_mb
@@ -109,7 +116,10 @@ class MASSession:
 
     def start(self, design_text: str, task_text: str) -> LLMRequest | Finished:
         """Extract and check the script in ``design_text``, run ``forward(task_text)`` to its first request."""
-        self.close()
+        if self._channel is not None and self.finished is None:
+            self._finish(TerminationReason.TRUNCATED, error="session closed by the host")
+        self._kill()  # the previous run (the spare, if any, stays for this one)
+        self._collect_retired(block=False, record=False)
         self._reset()
         if not isinstance(task_text, str):
             raise TypeError(f"task_text must be a str, got {type(task_text).__name__}")
@@ -124,11 +134,40 @@ class MASSession:
         if problem is not None:
             return self._finish(problem[0], error=problem[1])
         try:
-            self._channel = self.sandbox.start(BOOTSTRAP, limits=self.script_limits)
+            self._channel = self._take_spare() or self.sandbox.start(BOOTSTRAP, limits=self.script_limits)
             self._channel.send({"type": "init", "script": script, "task": task_text})
         except Exception as exc:  # noqa: BLE001 - any sandbox failure is a result, not a crash
             return self._finish(TerminationReason.SANDBOX_ERROR, error=f"could not start the script: {exc!r}")
+        self._start_spare()
         return self._advance()
+
+    def _take_spare(self) -> Channel | None:
+        spare, self._spare = self._spare, None
+        if spare is None:
+            return None
+        ch, limits = spare
+        if limits == self.script_limits:
+            return ch
+        try:
+            ch.kill()
+        except Exception:  # noqa: BLE001
+            pass
+        return None
+
+    def _start_spare(self) -> None:
+        """Start the next episode's script process now; it waits for its init message."""
+        if not self.prestart or self._spare is not None:
+            return
+        try:
+            ch = self.sandbox.start(BOOTSTRAP, limits=self.script_limits)
+        except Exception:  # noqa: BLE001 - the next start() then starts its own
+            return
+        hold = getattr(ch, "hold", None)
+        if hold is None:  # a backend that cannot hold the wall clock: no spare
+            ch.kill()
+            return
+        hold()
+        self._spare = (ch, self.script_limits)
 
     def reply(self, text: str) -> LLMRequest | Finished:
         """Give the pending request its reply; run the script to its next request or its end."""
@@ -147,10 +186,20 @@ class MASSession:
         return self._advance()
 
     def close(self) -> None:
-        """End the script process if it still runs (a live episode ends as TRUNCATED)."""
+        """End the script process if it still runs (a live episode ends as TRUNCATED), and the spare."""
         if self._channel is not None and self.finished is None:
             self._finish(TerminationReason.TRUNCATED, error="session closed by the host")
         self._kill()
+        self._kill_spare()
+        self._collect_retired(block=True)
+
+    def _kill_spare(self) -> None:
+        spare, self._spare = self._spare, None
+        if spare is not None:
+            try:
+                spare[0].kill()
+            except Exception:  # noqa: BLE001
+                pass
 
     def __enter__(self) -> MASSession:
         return self
@@ -161,6 +210,7 @@ class MASSession:
     def __del__(self) -> None:
         try:
             self._kill()
+            self._kill_spare()
         except Exception:  # noqa: BLE001 - interpreter teardown
             pass
 
@@ -172,10 +222,57 @@ class MASSession:
         self.trajectories: dict[str, list[AgentTurn]] = {}
         self.agents: list[str] = []
         self.tool_calls: list[ToolCall] = []
-        self.script_output: str = ""  # the script's stdout/stderr, for debugging designs
+        self._script_output: str = ""  # the script's stdout/stderr, for debugging designs
         self.script_time_s = 0.0  # the script's own time so far (LLM and tool time excluded)
         self._llm_calls = 0
         self._pending: LLMRequest | None = None
+
+    @property
+    def script_output(self) -> str:
+        """The script's stdout/stderr (tail), for debugging designs."""
+        if len(self._retired) > self._stale:  # this episode's retired run: collect its output
+            self._collect_retired(block=True)
+            self._stale = 0
+        return self._script_output
+
+    @script_output.setter
+    def script_output(self, value: str) -> None:
+        self._script_output = value
+
+    def _retire(self) -> None:
+        """End a script that already delivered its answer without waiting for its run's result."""
+        ch, self._channel = self._channel, None
+        if ch is None:
+            return
+        terminate = getattr(ch, "terminate", None)
+        if terminate is None:
+            self._record_output(ch.kill())
+            return
+        terminate()
+        self._retired.append(ch)  # the newest is this episode's
+
+    def _collect_retired(self, block: bool, record: bool = True) -> None:
+        """Release retired runs (done ones, or all with ``block``); the newest one's output is the
+        session's ``script_output`` unless a new episode started since (``record=False``)."""
+        keep = []
+        for i, ch in enumerate(self._retired):
+            if not block and not getattr(ch, "done", True):
+                keep.append(ch)
+                continue
+            try:
+                run = ch.wait(timeout=5.0)
+                if record and i == len(self._retired) - 1:
+                    self._record_output(run)
+            except Exception:  # noqa: BLE001
+                pass
+        self._retired = keep
+        if not record:
+            self._stale = len(keep)  # still running, but their output belongs to past episodes
+
+    def _record_output(self, run: RunResult | None) -> None:
+        if run is not None:
+            out = run.stdout + (("\n" + run.stderr) if run.stderr else "")
+            self._script_output = _tail(out, 8 * ERROR_TAIL_CHARS)
 
     def _kill(self) -> RunResult | None:
         ch, self._channel = self._channel, None
@@ -196,11 +293,11 @@ class MASSession:
     def _finish(
         self, reason: TerminationReason, error: str = "", answer: Any = None, run: RunResult | None = None
     ) -> Finished:
-        killed = self._kill()
-        run = run or killed
-        if run is not None:
-            out = run.stdout + (("\n" + run.stderr) if run.stderr else "")
-            self.script_output = _tail(out, 8 * ERROR_TAIL_CHARS)
+        if reason is TerminationReason.COMPLETED and run is None:
+            self._retire()  # the answer is in: its process ends off the episode's critical path
+        else:
+            killed = self._kill()
+            self._record_output(run or killed)
         self._pending = None
         self.finished = Finished(
             reason=reason,

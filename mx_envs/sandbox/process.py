@@ -188,6 +188,14 @@ class ProcessChannel:
         """True while the program waits in ``request()`` for the host's answer."""
         return self._pending_reply
 
+    def hold(self) -> None:
+        """Pause the run's wall clock until the next :meth:`send` (as if the program had made a
+        request): for a program started ahead of time that waits for its first message."""
+        with self._send_lock:
+            if not self._pending_reply:
+                self._pending_reply = True
+                self._io.send_ctl({"op": "pause"})
+
     def send(self, message: dict[str, Any]) -> None:
         line = (json.dumps({"msg": message}, separators=(",", ":")) + "\n").encode()
         with self._send_lock:
@@ -248,6 +256,16 @@ class ProcessChannel:
         if not self._done.wait(timeout):
             raise TimeoutError(f"sandboxed program still running after {timeout} s")
         return self._finish()
+
+    def terminate(self) -> None:
+        """Ask for the run to be killed without waiting (collect the result later with :meth:`wait`)."""
+        if self._final is None:
+            self._io.kill("host")
+
+    @property
+    def done(self) -> bool:
+        """True once the run's result is in (``wait`` then returns at once)."""
+        return self._done.is_set()
 
     def kill(self) -> RunResult:
         if self._final is not None:

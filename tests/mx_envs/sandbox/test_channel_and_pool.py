@@ -171,3 +171,43 @@ def test_pool_grows_while_runs_stay_suspended():
         results = [ch.wait(timeout=20) for ch in chans]
     assert [r.stdout.strip() for r in results] == [str(i) for i in range(8)]
     assert all(r.ok for r in results)
+
+
+def test_channel_hold_pauses_the_wall_clock_until_the_first_send(sandbox):
+    src = "from mx_envs.sandbox import channel\nprint(channel.recv())"
+    ch = sandbox.start(src, Limits(wall_s=1))
+    ch.hold()  # started ahead of time: its wall clock waits for the first message
+    time.sleep(1.5)
+    ch.send({"a": 1})
+    r = ch.wait(timeout=10)
+    assert r.verdict is Verdict.OK and r.stdout == "{'a': 1}\n", r
+    ch = sandbox.start(src, Limits(wall_s=1))  # not held: the same wait is a timeout
+    time.sleep(1.5)
+    assert ch.wait(timeout=10).verdict is Verdict.TIMEOUT
+
+
+def test_session_prestarts_the_next_script_process(sandbox):
+    """A MAS session keeps the next episode's script process started (held), uses it on the next
+    start, and kills it on close."""
+    from mx_envs.mas.protocol import Finished, LLMRequest, TerminationReason
+    from mx_envs.mas.session import PRELOAD, MASSession
+
+    sb = ProcessSandbox(extra_preload=PRELOAD, pool_size=2)
+    try:
+        design = "```python\ndef forward(task):\n    return Agent('solver')(task)\n```"
+        session = MASSession(sandbox=sb)
+        assert isinstance(session.start(design, "q1"), LLMRequest)
+        spare = session._spare[0]
+        fin = session.reply("\\boxed{1}")
+        assert isinstance(fin, Finished) and fin.reason is TerminationReason.COMPLETED, fin
+        time.sleep(1.5)  # longer than nothing: the held spare must not time out meanwhile
+        assert isinstance(session.start(design, "q2"), LLMRequest)
+        assert session._channel is spare  # the spare became this episode's script process
+        fin = session.reply("\\boxed{2}")
+        assert fin.answer_text == "\\boxed{2}", fin
+        nxt = session._spare[0]
+        session.close()
+        assert session._spare is None and nxt.wait(timeout=10).verdict is Verdict.KILLED
+        assert MASSession(sandbox=sb, prestart=False)._spare is None
+    finally:
+        sb.close()
