@@ -277,15 +277,16 @@ class Learner:
         self, transitions: Iterable[SequenceLike], active_roles: Iterable[str] | None = None
     ) -> dict[str, float]:
         """Zero the gradients and accumulate those of the whole batch (no step): for tests/diagnostics."""
-        from mx_train.learner.ppo import accumulate, set_old_and_ref
+        from mx_train.learner.ppo import accumulate, local_share, set_old_and_ref
 
         self.opt.zero_grad()
         self.model.zero_grad(set_to_none=True)
         seqs = self.prepare(transitions, active_roles)
         if not seqs:
             return {"tokens": 0.0}
-        set_old_and_ref(self, seqs, self.config.resolved_old_logprobs(1), seqs)
-        return accumulate(self, seqs, seqs)
+        local = local_share(self, seqs)
+        set_old_and_ref(self, seqs, self.config.resolved_old_logprobs(1), local)
+        return accumulate(self, seqs, local)
 
     def update(
         self, transitions: Iterable[SequenceLike], active_roles: Iterable[str] | None = None

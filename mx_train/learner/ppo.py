@@ -18,8 +18,9 @@
 6. pushes the new weights to the engine if any step was taken.
 
 Data parallel (FSDP): every rank receives the whole batch and computes the same plan and counts;
-rank ``r`` trains the sequences ``r, r + W, ...`` of each mini-batch and scales its loss by ``W``
-(FSDP averages gradients over ranks), so the update equals the single-process one. Ranks with fewer
+rank ``r`` trains the sequences ``r, r + W, ...`` of each mini-batch with the loss normalised by the
+*global* counts, and FSDP sums the ranks' gradients (:func:`mx_train.fsdp.shard_scorer` sets the
+divide factor to 1), so the gradient equals the single-process one. Ranks with fewer
 micro-batches run padding batches so the collectives line up.
 """
 
@@ -96,7 +97,6 @@ def accumulate(learner: Learner, step_seqs: list[Seq], local: list[Seq]) -> dict
     want_entropy = cfg.log_entropy or cfg.entropy_coef != 0.0
     keys = list(_STAT_KEYS) + (["kl"] if cfg.kl_coef != 0.0 else []) + (["entropy"] if want_entropy else [])
     totals = dict.fromkeys(keys, 0.0)
-    scale = float(learner.world_size)
     for mb in learner.aligned(learner.micro_batches(local) if local else []):
         if mb is None:
             logprobs, entropy = learner.forward(learner.padding_batch(), with_entropy=False)
@@ -107,7 +107,7 @@ def accumulate(learner: Learner, step_seqs: list[Seq], local: list[Seq]) -> dict
         loss, stats = policy_objective(
             logprobs, old, mb.advantages, mb.mask, counts, settings, ref_logprobs=mb.ref, entropy=entropy
         )
-        (loss * scale).backward()
+        loss.backward()
         totals["loss"] += float(loss.detach())
         for k, v in stats.items():
             totals[k] = totals.get(k, 0.0) + v

@@ -24,7 +24,6 @@ def sft_step(learner: Learner, examples: Iterable[SequenceLike]) -> dict[str, fl
     learner.switch_phase(["sft"])
     learner.opt.zero_grad()
     temp, learner.config.temperature = learner.config.temperature, 1.0
-    scale = float(learner.world_size)
     try:
         nll_total = 0.0
         for mb in learner.aligned(learner.micro_batches(local_share(learner, seqs))):
@@ -34,7 +33,7 @@ def sft_step(learner: Learner, examples: Iterable[SequenceLike]) -> dict[str, fl
                 continue
             logprobs, _ = learner.forward(mb, with_entropy=False)
             loss = aggregate(-logprobs, mb.mask, "token_mean", counts)
-            (loss * scale).backward()
+            loss.backward()  # ranks' shares of the global mean; FSDP sums them
             nll_total += float(loss.detach())
     finally:
         learner.config.temperature = temp

@@ -24,6 +24,8 @@ def run(rank: int, world: int, init_method: str, out_dir: str, config: dict) -> 
         metrics = learner.update(batch(n=8))
         state = learner.weights_for_sync()
         mem = shard_bytes(learner)
-        torch.save({"metrics": metrics, "state": state, "mem": mem}, Path(out_dir) / f"rank{rank}.pt")
+        learner.compute_gradients(batch(seed=1, n=5))  # 5 sequences: the ranks get 3 and 2
+        grads = {n: p.grad.full_tensor() for n, p in learner.model.named_parameters() if p.grad is not None}
+        torch.save({"metrics": metrics, "state": state, "mem": mem, "grads": grads}, Path(out_dir) / f"rank{rank}.pt")
     finally:
         destroy_group()

@@ -25,10 +25,12 @@ def test_two_process_update_equals_single_process_and_halves_memory(tmp_path, ti
     m_single = single.update(batch(n=8))
     expected = {k: v.detach().clone() for k, v in single.model.state_dict().items()}
     full_mem = shard_bytes(single)
+    single.compute_gradients(batch(seed=1, n=5))
+    expected_grads = {n: p.grad.detach().clone() for n, p in single.model.named_parameters() if p.grad is not None}
 
     torch.multiprocessing.start_processes(
         run, args=(2, f"tcp://127.0.0.1:{free_port()}", str(tmp_path), CONFIG), nprocs=2,
-        start_method="spawn", join=True,
+        start_method="fork", join=True,  # fork: no re-import of torch/transformers
     )
     r0 = torch.load(tmp_path / "rank0.pt", weights_only=False)
     r1 = torch.load(tmp_path / "rank1.pt", weights_only=False)
@@ -38,6 +40,10 @@ def test_two_process_update_equals_single_process_and_halves_memory(tmp_path, ti
     for k, v in expected.items():
         assert not torch.equal(v, initial[k]), k  # the update moved every tensor ...
         torch.testing.assert_close(r0["state"][k], v, rtol=1e-5, atol=1e-6)  # ... as one process did
+    # gradients (not only Adam's scale-free steps): the ranks' shares add up to the full batch's
+    assert r0["grads"].keys() == expected_grads.keys()
+    for k, g in expected_grads.items():
+        torch.testing.assert_close(r0["grads"][k], g, rtol=1e-4, atol=1e-6)
     for r in (r0, r1):
         for part in ("params", "optimizer"):
             share = r["mem"][part] / full_mem[part]
