@@ -309,6 +309,11 @@ class LearnerGroup:
         group.user_sync = self.user_sync
         return group
 
+    def release(self) -> None:
+        """Drop this learner on every rank (its optimizer state; the shared shards stay)."""
+        self.ctx.broadcast_object(("drop", self.name))
+        self.local.release()
+
     def state_dict(self) -> dict[str, Any]:
         self.ctx.broadcast_object(("state_dict", self.name))
         ranks = self.ctx.gather_objects(self.local.state_dict())
@@ -356,6 +361,8 @@ def worker_loop(ctx: DistContext) -> None:
         elif kind == "call":
             _, name, method, args = msg
             getattr(learners[name], method)(*args)
+        elif kind == "drop":
+            learners.pop(msg[1]).release()
         elif kind == "state_dict":
             ctx.gather_objects(learners[msg[1]].state_dict())
         elif kind == "load_state_dict":

@@ -449,6 +449,7 @@ class Trainer:
                 "warm start %d/%d: loss %.4f (%.0f tokens, %.1fs)",
                 k + 1, ws.steps, m.get("loss", float("nan")), m.get("total_tokens", 0), m.get("time_s", 0),
             )
+        sft.release()  # its optimizer state, on every learner rank
         del sft
         for role, lr in self.learners.items():
             if not _shared_model(self.backends[role], lr):

@@ -328,6 +328,12 @@ class Learner:
         child.version = 0
         return child
 
+    def release(self) -> None:
+        """Free this learner's optimizer state (a finished warm start); the model stays."""
+        self.opt.zero_grad()
+        self.opt.optimizer.state.clear()
+        self.opt.parked.clear()
+
     def weights_for_sync(self) -> dict[str, Any]:
         """The full weights as the generation backend needs them (LoRA merged, base names).
         Sharded learners gather them: a collective every rank must enter; only rank 0 gets tensors."""
