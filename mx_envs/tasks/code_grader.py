@@ -368,7 +368,7 @@ def _run_per_test(program: str, items: list[_Item], sandbox: Any, memory_mb: int
         compile(program, "solution.py", "exec")
     except (SyntaxError, ValueError, MemoryError, RecursionError, OverflowError) as exc:
         return [{"index": i, "verdict": H.SYNTAX_ERROR, "message": H._snip(repr(exc))} for i in range(len(items))]
-    source = H.PRELUDE + program
+    source = H.PRELUDE + H.STDIO_HEADER + program
     by_sandbox = {"timeout": H.TIMEOUT, "memory_exceeded": H.MEMORY_EXCEEDED}
     details: list[dict[str, Any]] = []
     for i, item in enumerate(items):

@@ -62,6 +62,15 @@ PRELUDE = (
     "itertools, functools, operator, io, sys, json\nsys.setrecursionlimit(50000)\n"
     "sys.set_int_max_str_digits(50000) if hasattr(sys, 'set_int_max_str_digits') else None\n"
 )
+# stdin/stdout programs run as processes do: sys.__stdin__/__stdout__ are descriptors 0/1 (fast-IO
+# templates swap sys.stdout for a buffer and write it to sys.__stdout__ at exit); the real stream is
+# flushed after the program's own exit handlers (registered first, so it runs last).
+STDIO_HEADER = (
+    "import sys as _mx_sys, atexit as _mx_atexit\n"
+    "_mx_sys.__stdin__, _mx_sys.__stdout__ = _mx_sys.stdin, _mx_sys.stdout\n"
+    "def _mx_flush(stream=_mx_sys.stdout):\n    try:\n        stream.flush()\n    except Exception:\n        pass\n"
+    "_mx_atexit.register(_mx_flush)\n"
+)
 _PRELUDE_MODULES = ("string", "re", "datetime", "collections", "heapq", "bisect", "copy", "math", "random",
                     "statistics", "itertools", "functools", "operator", "io", "json", "typing", "decimal",
                     "fractions")
@@ -514,8 +523,8 @@ def _stdio_child(code: Any, in_fd: int, stdout_fd: int, status_fd: int, out_fd: 
     os.close(out_fd)
     os.dup2(in_fd, 0)
     os.dup2(stdout_fd, 1)
-    sys.stdin = open(0, closefd=False)  # noqa: SIM115
-    sys.stdout = real_out = open(1, "w", closefd=False)  # noqa: SIM115
+    sys.stdin = sys.__stdin__ = open(0, closefd=False)  # noqa: SIM115
+    sys.stdout = sys.__stdout__ = real_out = open(1, "w", closefd=False)  # noqa: SIM115
     ns: dict[str, Any] = {"__name__": "__main__", "__builtins__": __builtins__}
     failed: dict[str, Any] | None = None
     try:
