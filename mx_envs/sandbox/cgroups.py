@@ -311,6 +311,19 @@ class RunCgroup:
                     pass
             time.sleep(0.001)
 
+    def try_destroy(self) -> bool:
+        """Remove what is empty now; True once every directory is gone (never waits)."""
+        left = []
+        for d in self.dirs:
+            try:
+                os.rmdir(d)
+            except FileNotFoundError:
+                pass
+            except OSError:
+                left.append(d)  # killed processes still leaving
+        self.dirs = left
+        return not left
+
     def destroy(self) -> None:
         """Remove the directories once empty (killed processes may take a moment to leave)."""
         deadline = time.monotonic() + 2.0

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import resource
+import select
 import selectors
 import signal
 import socket
@@ -100,6 +101,29 @@ class Prepared:
         except ProcessLookupError:
             pass
 
+    def try_release(self) -> bool:
+        """After the child was reaped: free what is free now; True once nothing of the run is left.
+
+        The namespace's init and the cgroup's killed processes take a moment to go; a supervisor
+        keeps such remains aside and retries later instead of waiting (it is idle sooner).
+        """
+        self.end()
+        for fd in self.ns_fds:
+            os.close(fd)
+        self.ns_fds = []
+        if self.init_pidfd >= 0:
+            if not select.select([self.init_pidfd], [], [], 0)[0]:
+                return False
+            os.close(self.init_pidfd)
+            self.init_pidfd = -1
+        if self.cgroup is not None:
+            if not self.cgroup.try_destroy():
+                return False
+            self.cgroup = None
+        if self.sock.fileno() >= 0:
+            self.sock.close()
+        return True
+
     def release(self) -> None:
         """After the child was reaped: wait for the namespace's init, free the cgroup."""
         self.end()
@@ -146,6 +170,7 @@ class Supervisor:
         self.seq = 0
         self.want_view = False  # set by the first grading request: later children build the view
         self.last_limits: tuple[int, int] | None = None  # (memory_mb, max_processes) last requested
+        self.graves: list[Prepared] = []  # finished runs whose init/cgroup are still going away
         self.own_pidns = -1
         self.host_netns = -1
         self.shared_netns = False
@@ -197,10 +222,12 @@ class Supervisor:
                 nxt = None
             if not self.stopping:
                 pre = self._await(nxt if nxt is not None else self._spawn(False))
+                self._bury()
             elif nxt is not None:
                 pre = nxt
             self._notify(b"-")  # idle again, with a prepared child
         pre.discard()
+        self._bury(block=True)
 
     def _enter_namespaces(self) -> None:
         """One empty network (and UTS) namespace for this supervisor's runs, and our PID ns fd.
@@ -350,8 +377,18 @@ class Supervisor:
             # Fork the next child before cleaning up: it prepares itself (namespaces, mounts, cgroup
             # attach: milliseconds, mostly waiting on the kernel) while this run's remains go.
             nxt = self._spawn(False)
-        pre.release()
+        self.graves.append(pre)
+        self._bury()
         return nxt
+
+    def _bury(self, block: bool = False) -> None:
+        """Free the remains of finished runs that are gone (all of them, waiting, with ``block``)."""
+        deadline = time.monotonic() + (3.0 if block else 0.0)
+        while True:
+            self.graves = [g for g in self.graves if not g.try_release()]
+            if not self.graves or time.monotonic() >= deadline:
+                return
+            time.sleep(0.005)
 
 
 class _Run:
