@@ -17,7 +17,7 @@ class Verdict(str, enum.Enum):  # noqa: UP042 - str mixin kept for JSON/str comp
     OK = "ok"  # exited with status 0 within every limit
     RUNTIME_ERROR = "runtime_error"  # non-zero exit status or an uncaught exception
     TIMEOUT = "timeout"  # wall-clock or CPU-time limit reached
-    MEMORY_EXCEEDED = "memory_exceeded"  # address-space limit reached (MemoryError / failed alloc)
+    MEMORY_EXCEEDED = "memory_exceeded"  # the run's memory budget reached (OOM kill in its cgroup)
     OUTPUT_EXCEEDED = "output_exceeded"  # stdout/stderr over the cap, or a file over the size limit
     KILLED = "killed"  # ended by a signal not caused by one of our limits
     SANDBOX_ERROR = "sandbox_error"  # the sandbox itself failed; says nothing about the program
@@ -29,8 +29,8 @@ class Limits:
 
     wall_s: float = 10.0
     cpu_s: float | None = None  # None: same as wall_s
-    memory_mb: int = 1024  # address space (RLIMIT_AS) / container memory
-    max_processes: int = 32  # processes+threads the run may create (RLIMIT_NPROC / pids limit)
+    memory_mb: int = 1024  # resident memory of the whole run (cgroup; RLIMIT_AS only as fallback)
+    max_processes: int = 32  # processes+threads the run may create (cgroup pids limit)
     output_bytes: int = 1 << 20  # cap on each of stdout and stderr
     file_size_mb: int = 16  # largest file the program may write (RLIMIT_FSIZE)
     open_files: int = 256  # RLIMIT_NOFILE

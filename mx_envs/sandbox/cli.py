@@ -13,7 +13,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     ex.add_argument("--stdin", metavar="FILE", help="file whose bytes become the program's stdin")
     ex.add_argument("--timeout", type=float, default=10.0, metavar="S", help="wall-clock limit (s)")
     ex.add_argument("--cpu", type=float, default=None, metavar="S", help="CPU-time limit (s; default: --timeout)")
-    ex.add_argument("--memory-mb", type=int, default=1024, metavar="M", help="address-space limit (MiB)")
+    ex.add_argument("--memory-mb", type=int, default=1024, metavar="M", help="memory budget of the whole run (MiB)")
     ex.add_argument("--backend", choices=("process", "docker"), default="process")
     ex.add_argument("--image", default=None, help="container image (docker backend)")
     ex.add_argument("--no-preload", action="store_true", help="do not preload numpy/sympy in the pool")
