@@ -150,6 +150,33 @@ class Prepared:
         self.release()
 
 
+def _own_children() -> list[int]:
+    try:
+        with open(f"/proc/self/task/{os.getpid()}/children") as fh:
+            return [int(p) for p in fh.read().split()]
+    except OSError:
+        return []
+
+
+def _hunt_strays(keep: set[int], timeout: float = 3.0) -> int:
+    """Fallback without PID namespace and cgroup: kill and reap every child of this subreaper but
+    ``keep`` (orphans of the run are re-parented here, ``PR_SET_CHILD_SUBREAPER``)."""
+    hunted = 0
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        strays = [p for p in _own_children() if p not in keep]
+        if not strays:
+            break
+        for pid in strays:
+            try:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+                hunted += 1
+            except (ProcessLookupError, ChildProcessError):
+                pass
+    return hunted
+
+
 def _wait_fd(fd: int, timeout: float) -> None:
     sel = selectors.DefaultSelector()
     try:
@@ -377,6 +404,8 @@ class Supervisor:
             # Fork the next child before cleaning up: it prepares itself (namespaces, mounts, cgroup
             # attach: milliseconds, mostly waiting on the kernel) while this run's remains go.
             nxt = self._spawn(False)
+        if pre.lifeline is None and pre.cgroup is None:
+            _hunt_strays({nxt.pid} if nxt is not None else set())
         self.graves.append(pre)
         self._bury()
         return nxt

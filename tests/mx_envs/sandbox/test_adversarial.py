@@ -781,3 +781,18 @@ def _busy_runs(supervisor: int) -> list[int]:
         if uid >= 1_000_000:
             out.append(k)
     return out
+
+
+def test_fallback_without_kernel_controls():
+    """Where no cgroup or PID namespace can be made: rlimits, said so, and strays still hunted."""
+    from mx_envs.sandbox import ProcessSandbox
+
+    with ProcessSandbox(preload=(), pool_size=1, kernel_controls=False) as sb:
+        r = sb.run("import os, time\nif os.fork() == 0:\n    os.setsid()\n    time.sleep(60)\n    os._exit(0)\nprint(1)")
+        assert r.verdict is Verdict.OK and r.stdout == "1\n", r
+        iso = r.isolation
+        assert iso["cgroup"] == "none" and iso["pid_ns"] is False, iso
+        assert "RLIMIT_AS" in iso["memory_limit"] and "RLIMIT_NPROC" in iso["pids_limit"], iso
+        assert survivors(iso["uid"]) == [], "a daemon of the run survived"
+        r = sb.run("x = bytearray(4 * 1024**3)", limits=Limits(wall_s=10, memory_mb=128))
+        assert r.verdict is Verdict.RUNTIME_ERROR and "MemoryError" in r.stderr, r
