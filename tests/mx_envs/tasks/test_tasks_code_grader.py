@@ -229,3 +229,14 @@ def test_exiting_early_never_passes_assert_or_call_tests(escape: str, grading_sa
     for tests in (asserts, calls):
         g = grade_code("def f():\n    return 2\n" + escape, tests, grading_sandbox)
         assert g.verdicts == ["runtime_error"], (escape, g.details)
+
+
+def test_lcb_fifty_thousand_digit_ints(grading_sandbox) -> None:
+    """LiveCodeBench's evaluation process allows 50,000-digit int<->str conversions: so does the
+    candidate's run (prelude) and the host's parsing of expected outputs (its own default is 4,300)."""
+    big = "7" * 20_000
+    tests = CodeTests(call_tests=[("[]", big)], fn_name="f")
+    assert grade_code(f"def f():\n    return int('{big[:10]}' * 2000)\n", tests, grading_sandbox).pass_all
+    assert not grade_code("def f():\n    return 7\n", tests, grading_sandbox).pass_all
+    stdio = CodeTests(stdin_tests=[("", big)])
+    assert grade_code("print(int('7' * 20000))\n", stdio, grading_sandbox).pass_all
