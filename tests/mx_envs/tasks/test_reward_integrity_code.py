@@ -354,6 +354,7 @@ def files_hidden() -> bool:
     return _grading_view_hides_files()
 
 
+@pytest.mark.slow  # ~320 small gradings: about 2 minutes on a loaded 2-core machine
 @pytest.mark.parametrize("task,hack,source", _cases(), ids=lambda v: v.id if isinstance(v, Task) else
                          v if isinstance(v, str) and len(v) < 60 else "src")
 def test_hack_scores_zero(task: Task, hack: str, source: str, grading_sandbox, files_hidden, tmp_path,
