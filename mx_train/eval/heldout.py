@@ -20,10 +20,12 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 ENV_ID = "MetaAgentX-Arithmetic-v0"
+TEST_STREAM = 200  # test tasks generated per level (the first n are evaluated)
 
 
 def _policy(designer: str, executor: str, settings: dict[str, Any], backends: dict[str, Any], seed: int) -> Any:
@@ -76,37 +78,45 @@ def run_heldout(
     out: str | Path | None = None,
     base_model: str = "default",
     progress: bool = False,
+    conditions: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """Evaluate the conditions of the module docstring; writes and returns the ``heldout.json`` document."""
     from mx_train.eval.runner import EvalConfig, run_eval
     from mx_train.eval.trained_settings import trained_settings
 
     run = Path(run)
-    settings = trained_settings(str(run))
+    settings = trained_settings(str(run)) or _settings_from_config(run)
     if settings is None:
         raise FileNotFoundError(f"{run} holds no training checkpoint (checkpoints/step_*/trainer_state.json)")
     trained = str(run)
     cold = run / "cold_start"
-    conditions: list[tuple[str, str, str]] = [("base", base_model, base_model)]
+    plan: list[tuple[str, str, str]] = [("base", base_model, base_model)]
     if (cold / "checkpoints").is_dir():
-        conditions.append(("cold_start", str(cold), str(cold)))
-    conditions.append(("trained", trained, trained))
-    if (cold / "checkpoints").is_dir():
-        conditions.append(("trained_executor+cold_designer", str(cold), trained))
+        plan.append(("cold_start", str(cold), str(cold)))
+    if (run / "checkpoints").is_dir():
+        plan.append(("trained", trained, trained))
+        if (cold / "checkpoints").is_dir():
+            plan.append(("trained_executor+cold_designer", str(cold), trained))
+    if conditions is not None:  # a subset (e.g. the base model while the run still trains); resumable
+        unknown = set(conditions) - {p[0] for p in plan}
+        if unknown:
+            raise ValueError(f"conditions {sorted(unknown)} are not available for {run}; available: {[p[0] for p in plan]}")
+        plan = [p for p in plan if p[0] in conditions]
     backends: dict[str, Any] = {}
     doc: dict[str, Any] = {
         "run": str(run), "env_id": ENV_ID, "split": "test", "tasks_per_level": n, "seed": seed,
         "settings": {k: v for k, v in settings.items() if k != "source"}, "checkpoint": settings["source"],
         "conditions": {},
     }
-    for name, designer, executor in conditions:
+    for name, designer, executor in plan:
         policy = _policy(designer, executor, settings, backends, seed)
         per_level: dict[str, Any] = {}
         families: Counter[str] = Counter()
         for level in levels:
             cfg = EvalConfig(env_ids=[ENV_ID], policy=f"{name}:{designer}", executor=executor, seed=seed, limit=n,
                              batch_size=batch_size, trained_settings=False,
-                             env_kwargs={"split": "test", "loader_kwargs": {"level": level, "n": n}})
+                             # a fixed test stream; `limit` takes its first n (so a later, larger n reuses these)
+                             env_kwargs={"split": "test", "loader_kwargs": {"level": level, "n": TEST_STREAM}})
             out_dir = run / "heldout" / name / f"L{level}"
             res = run_eval(cfg, out_dir, policy=policy, progress=progress)
             acc = res["envs"][ENV_ID]["accuracy"]
@@ -122,18 +132,24 @@ def run_heldout(
             "designer": designer, "executor": executor, "levels": per_level, "mean_accuracy": mean,
             "structures": {k: v / total for k, v in sorted(families.items())},
         }
-    c = doc["conditions"]
-    doc["summary"] = {
-        "system_gain_points": 100 * (c["trained"]["mean_accuracy"] - c["base"]["mean_accuracy"]),
-        **({"designer_gain_points": 100 * (c["trained"]["mean_accuracy"]
-                                           - c["trained_executor+cold_designer"]["mean_accuracy"]),
-            "rl_gain_points": 100 * (c["trained"]["mean_accuracy"] - c["cold_start"]["mean_accuracy"])}
-           if "cold_start" in c else {}),
-    }
+    c = {k: v["mean_accuracy"] for k, v in doc["conditions"].items()}
+    pairs = {"system_gain_points": ("trained", "base"),
+             "designer_gain_points": ("trained", "trained_executor+cold_designer"),
+             "rl_gain_points": ("trained", "cold_start"), "cold_start_gain_points": ("cold_start", "base")}
+    doc["summary"] = {k: 100 * (c[a] - c[b]) for k, (a, b) in pairs.items() if a in c and b in c}
     path = Path(out) if out else run / "heldout.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
     return doc
+
+
+def _settings_from_config(run: Path) -> dict[str, Any] | None:
+    """Before the first checkpoint: the prompt and sampling of the run's ``train_config.json``."""
+    path = run / "train_config.json"
+    if not path.is_file():
+        return None
+    rollout = json.loads(path.read_text(encoding="utf-8")).get("rollout", {})
+    return {**{k: rollout.get(k, {}) for k in ("designer_prompt", "designer", "executor")}, "source": str(path)}
 
 
 def render(doc: dict[str, Any]) -> str:
@@ -166,12 +182,17 @@ def register(subparsers: Any) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=24)
     p.add_argument("--out", default=None, help="JSON file (default RUN/heldout.json)")
+    p.add_argument("--conditions", default=None,
+                   help="comma-separated subset of base,cold_start,trained,trained_executor+cold_designer "
+                        "(default: all the run has); finished episodes are reused by later calls")
     p.set_defaults(func=_main)
 
 
 def _main(args: Any) -> int:
     levels = tuple(int(x) for x in args.levels.split(",") if x.strip())
-    doc = run_heldout(args.run, levels=levels, n=args.n, seed=args.seed, batch_size=args.batch_size, out=args.out)
+    conds = [c.strip() for c in args.conditions.split(",") if c.strip()] if args.conditions else None
+    doc = run_heldout(args.run, levels=levels, n=args.n, seed=args.seed, batch_size=args.batch_size, out=args.out,
+                      conditions=conds)
     print(render(doc))
     print(f"wrote {args.out or Path(args.run) / 'heldout.json'}")
     return 0
