@@ -155,7 +155,33 @@ def detect(tag: str) -> Layout:
     return Layout("none", notes=notes or ["no cgroup hierarchy with memory and pids controllers"])
 
 
+def _sweep_stale(parent: str) -> None:
+    """Remove the subtrees of pools whose server is gone (killed before it could clean up)."""
+    try:
+        names = os.listdir(parent)
+    except OSError:
+        return
+    for name in names:
+        tag = name.removeprefix("mx-sandbox-")
+        if tag == name or not tag.isdigit() or os.path.exists(f"/proc/{tag}"):
+            continue
+        base = f"{parent}/{name}"
+        try:
+            for sub in os.listdir(base):
+                if os.path.isdir(f"{base}/{sub}"):
+                    try:
+                        os.rmdir(f"{base}/{sub}")
+                    except OSError:
+                        pass
+            os.rmdir(base)
+        except OSError:
+            pass  # still populated (processes leaving): a later pool sweeps it
+
+
 def _mkdir(path: str) -> str:
+    parent = os.path.dirname(path)
+    if os.path.basename(path).startswith("mx-sandbox-"):
+        _sweep_stale(parent)
     try:
         os.mkdir(path, 0o755)
     except FileExistsError:
@@ -340,16 +366,27 @@ class RunCgroup:
                     time.sleep(0.002)
 
 
-def remove_tree(layout: Layout) -> None:
-    """Remove the pool's cgroup subtree (at server exit; runs are gone by then)."""
-    for base in {layout.memory, layout.pids, layout.cpu, layout.unified} - {None}:
-        try:
-            for name in os.listdir(base):  # type: ignore[arg-type]
-                if os.path.isdir(f"{base}/{name}") and name != "server":
-                    try:
-                        os.rmdir(f"{base}/{name}")
-                    except OSError:
-                        pass
-            os.rmdir(base)  # type: ignore[arg-type]
-        except OSError:
-            pass
+def remove_tree(layout: Layout, timeout: float = 1.0) -> None:
+    """Remove the pool's cgroup subtree (at server exit; killed runs may take a moment to leave;
+    whatever is still populated then is swept by the next pool, :func:`_sweep_stale`)."""
+    deadline = time.monotonic() + timeout
+    bases = sorted({layout.memory, layout.pids, layout.cpu, layout.unified} - {None})  # type: ignore[type-var]
+    while bases:
+        left = []
+        for base in bases:
+            try:
+                for name in os.listdir(base):
+                    if os.path.isdir(f"{base}/{name}") and name != "server":
+                        try:
+                            os.rmdir(f"{base}/{name}")
+                        except OSError:
+                            pass
+                os.rmdir(base)
+            except FileNotFoundError:
+                pass
+            except OSError:
+                left.append(base)
+        bases = left
+        if not bases or time.monotonic() >= deadline:
+            return
+        time.sleep(0.01)
