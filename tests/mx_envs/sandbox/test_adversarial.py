@@ -702,23 +702,24 @@ def test_supervisor_death_kills_the_run_and_keeps_the_pool_exact():
         server = sb.server_pid
         base = _settled_children(server, 3)  # two supervisors and the init factory
         assert base == 3
-        ch = sb.start(DAEMON_AND_WAIT, Limits(wall_s=60))
-        uid = ch.recv(timeout=20)["uid"]
-        procs = uid_processes(uid)
-        assert len(procs) == 2, procs  # the program and its daemon
-        supervisor = next(_ppid(p) for p in procs if _ppid(_ppid(p)) == server)
-        os.kill(supervisor, signal.SIGKILL)
-        t0 = time.monotonic()
-        r = ch.wait(timeout=5)
-        assert time.monotonic() - t0 < 1.0, time.monotonic() - t0
-        assert r.verdict is Verdict.SANDBOX_ERROR and "supervisor" in r.message, r
-        assert uid_processes(uid) == [] or survivors(uid) == [], "the run outlived its supervisor"
-        # The dead supervisor is replaced once, and spaced runs afterwards do not grow the pool.
-        assert _settled_children(server, base) == base
+        for _ in range(3):  # three supervisors die while busy
+            ch = sb.start(DAEMON_AND_WAIT, Limits(wall_s=60))
+            uid = ch.recv(timeout=20)["uid"]
+            procs = uid_processes(uid)
+            assert len(procs) == 2, procs  # the program and its daemon
+            supervisor = next(_ppid(p) for p in procs if _ppid(_ppid(p)) == server)
+            os.kill(supervisor, signal.SIGKILL)
+            t0 = time.monotonic()
+            r = ch.wait(timeout=5)
+            assert time.monotonic() - t0 < 1.0, time.monotonic() - t0
+            assert r.verdict is Verdict.SANDBOX_ERROR and "supervisor" in r.message, r
+            assert survivors(uid) == [], "the run outlived its supervisor"
+        # Each dead supervisor was replaced once. Had their busy marks stayed counted, every later
+        # run would find "no idle supervisor" and the pool would grow by one per stale mark.
         for _ in range(4):
             assert sb.run("print(1)").stdout == "1\n"
-            time.sleep(0.3)
-        assert _settled_children(server, base) == base
+            time.sleep(1.0)
+        assert _settled_children(server, base) <= base + 1  # + 1: a slow re-preparation under load
 
 
 def test_server_death_kills_the_run():
