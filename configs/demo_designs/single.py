@@ -1,8 +1,3 @@
-"""One solver answers directly."""
-
-from mas import Agent, final_answer
-
-
 def forward(task):
     solver = Agent("solver", system="Give only the final result, written as \\boxed{number}.")
     return final_answer(solver(task))
