@@ -198,6 +198,7 @@ class Supervisor:
         self.want_view = False  # set by the first grading request: later children build the view
         self.last_limits: tuple[int, int] | None = None  # (memory_mb, max_processes) last requested
         self.graves: list[Prepared] = []  # finished runs whose init/cgroup are still going away
+        self.idle_marked = True
         self.own_pidns = -1
         self.host_netns = -1
         self.shared_netns = False
@@ -227,6 +228,7 @@ class Supervisor:
             if not msg:
                 break  # host closed the request socket
             self._notify(b"+")
+            self.idle_marked = False
             try:
                 header = json.loads(msg)
                 limits = header["limits"]
@@ -252,7 +254,8 @@ class Supervisor:
                 self._bury()
             elif nxt is not None:
                 pre = nxt
-            self._notify(b"-")  # idle again, with a prepared child
+            if not self.idle_marked:
+                self._notify(b"-")
         pre.discard()
         self._bury(block=True)
 
@@ -398,6 +401,11 @@ class Supervisor:
         except OSError:
             pass
         run.ctl.close()
+        # Idle as far as the pool is concerned: the next request waits at most for the child
+        # being prepared now, which is sooner than a new supervisor could be forked and prepared.
+        # (Busy means "running a request", so runs suspended on the host grow the pool, as meant.)
+        self._notify(b"-")
+        self.idle_marked = True
         if run.early is not None:
             os.waitpid(pre.pid, 0)  # the confirmed, SIGKILLed child: reaped off the critical path
         if not self.stopping:
