@@ -137,7 +137,7 @@ def long_responses(bench_quick):
     return out
 
 
-def _spawn_case(tmp_path, spec, transitions, config, world, threads, rounds=2):
+def _spawn_case(tmp_path, spec, transitions, config, world, threads, rounds=1):
     import torch
     from learner_bench_worker import run  # benchmarks/ is on sys.path (pytest rootdir import)
 
