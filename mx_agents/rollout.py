@@ -317,11 +317,7 @@ def run_episodes(
             if bar is not None:
                 bar.close()
             if close:
-                for env in live:
-                    try:
-                        env.close()
-                    except Exception:  # noqa: BLE001 - closing must not mask the result
-                        pass
+                _close_envs(live)
         stats.wall_s += time.perf_counter() - start
         return records
     pool = ThreadPoolExecutor(step_workers) if step_workers > 1 else None
@@ -387,13 +383,19 @@ def run_episodes(
         if bar is not None:
             bar.close()
         if close:
-            for env in live:
-                try:
-                    env.close()
-                except Exception:  # noqa: BLE001 - closing must not mask the result
-                    pass
+            _close_envs(live)
     stats.wall_s += time.perf_counter() - start
     return records
+
+
+
+def _close_envs(envs: Sequence[Any]) -> None:
+    """Close every env; a failing close must not mask the rollout's result."""
+    for env in envs:
+        try:
+            env.close()
+        except Exception:  # noqa: BLE001 - closing must not mask the result
+            pass
 
 
 SCHEDULES = ("lockstep", "continuous")

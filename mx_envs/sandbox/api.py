@@ -23,6 +23,20 @@ class Verdict(str, enum.Enum):  # noqa: UP042 - str mixin kept for JSON/str comp
     SANDBOX_ERROR = "sandbox_error"  # the sandbox itself failed; says nothing about the program
 
 
+# The environment every backend gives a run (backends add their own keys): UTF-8 I/O, no bytecode
+# writes, one BLAS/OpenMP thread so a run's CPU use is what its own code asks for.
+BASE_CHILD_ENV = {
+    "PATH": "/usr/local/bin:/usr/bin:/bin",
+    "LANG": "C.UTF-8",
+    "LC_ALL": "C.UTF-8",
+    "PYTHONIOENCODING": "utf-8",
+    "PYTHONDONTWRITEBYTECODE": "1",
+    "OMP_NUM_THREADS": "1",
+    "OPENBLAS_NUM_THREADS": "1",
+    "MKL_NUM_THREADS": "1",
+}
+
+
 @dataclass(frozen=True)
 class Limits:
     """Resource limits of one run. ``None`` means "backend default" where noted."""

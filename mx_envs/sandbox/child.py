@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mx_envs.sandbox import _linux, file_view, interpreter_paths
+from mx_envs.sandbox.api import BASE_CHILD_ENV
 
 WORKDIR = "/tmp/work"
 CHANNEL_FD = 3
@@ -34,14 +35,7 @@ PRIVATE_TMP = ("/tmp", "/var/tmp", "/dev/shm")
 PREFORK_TMP_MB = 1024  # size of each private tmpfs; a request with a smaller budget shrinks it
 SETUP_FAILED = 70  # exit status of a child whose set-up failed before the program ran
 CHILD_ENV = {
-    "PATH": "/usr/local/bin:/usr/bin:/bin",
-    "LANG": "C.UTF-8",
-    "LC_ALL": "C.UTF-8",
-    "PYTHONIOENCODING": "utf-8",
-    "PYTHONDONTWRITEBYTECODE": "1",
-    "OMP_NUM_THREADS": "1",
-    "OPENBLAS_NUM_THREADS": "1",
-    "MKL_NUM_THREADS": "1",
+    **BASE_CHILD_ENV,
     "MX_ENVS_NO_REGISTER": "1",  # `import mx_envs` in a run (or its subprocesses) skips gymnasium
 }
 

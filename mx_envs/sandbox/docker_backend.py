@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from mx_envs.sandbox import seccomp_policy
-from mx_envs.sandbox.api import Limits, RunResult, Verdict
+from mx_envs.sandbox.api import BASE_CHILD_ENV, Limits, RunResult, Verdict
 from mx_envs.sandbox.docker_image import DEFAULT_TAG, LABEL_PYTHON
 from mx_envs.sandbox.docker_pump import PumpResult, pump
 from mx_envs.sandbox.docker_runner import MAGIC
@@ -56,14 +56,7 @@ STARTUP_S = 30.0  # container start until the runner's start marker (a busy daem
 BACKSTOP_MARGIN_S = 5.0
 LABEL_OWNER = "mx.sandbox.owner"  # "<hostname>:<pid>" of the host process that made the container
 CHILD_ENV = {
-    "PATH": "/usr/local/bin:/usr/bin:/bin",
-    "LANG": "C.UTF-8",
-    "LC_ALL": "C.UTF-8",
-    "PYTHONIOENCODING": "utf-8",
-    "PYTHONDONTWRITEBYTECODE": "1",
-    "OMP_NUM_THREADS": "1",
-    "OPENBLAS_NUM_THREADS": "1",
-    "MKL_NUM_THREADS": "1",
+    **BASE_CHILD_ENV,
     "HOME": "/work",
     "TMPDIR": "/tmp",
 }
