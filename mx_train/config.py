@@ -60,6 +60,7 @@ class SamplingConfig:
     top_p: float = 1.0
     top_k: int = 0
     max_new_tokens: int = 256
+    repetition_penalty: float = 1.0  # the paper's designer: 1.1 (HF, vLLM; sent to vLLM-like servers)
 
 
 @dataclass

@@ -37,7 +37,7 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--protocol", choices=["paper"], default=None,
                    help="evaluation preset. paper: LiveCodeBench (v6 window), APPS test[:100], CodeContests "
                         "test[:100], AIME24, AIME25, OlympiadBench[:100]; 1 sample per task; temperature 1.0, "
-                        "top-p 0.9, top-k 20 for both roles; 8192 new tokens per reply. ENV_IDs, when given, "
+                        "top-p 0.9, top-k 20, repetition penalty 1.1 for both roles; 8192 new tokens per reply. ENV_IDs, when given, "
                         "pick a subset; explicit options override the preset (see mx_train/eval/protocols.py)")
     p.add_argument("--lcb-version", default="v6",
                    help="LiveCodeBench set of --protocol paper: v6 (default: the problems of the v6 release "
@@ -141,7 +141,8 @@ def _config(args: argparse.Namespace, env_ids: list[str], policy: str, executor:
         if args.limit is not None:  # a CPU slice: at most --limit tasks of each benchmark
             limits = {e: args.limit if v is None else min(v, args.limit) for e, v in limits.items()}
         extra = {"per_env_kwargs": {e: proto.envs[e] for e in env_ids}, "per_env_limit": limits,
-                 "top_p": proto.top_p, "top_k": proto.top_k, "protocol": proto.name}
+                 "top_p": proto.top_p, "top_k": proto.top_k,
+                 "repetition_penalty": proto.repetition_penalty, "protocol": proto.name}
     if not env_ids:
         raise ValueError("give ENV_ID(s) or --protocol")
     return EvalConfig(

@@ -46,7 +46,8 @@ def _sampling(cfg: Any) -> Any:
     from mx_agents.backends.base import SamplingParams
 
     return SamplingParams(
-        temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k, max_new_tokens=cfg.max_new_tokens
+        temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k, max_new_tokens=cfg.max_new_tokens,
+        repetition_penalty=cfg.repetition_penalty,
     )
 
 

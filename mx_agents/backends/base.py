@@ -14,6 +14,10 @@ class SamplingParams:
     top_p: float = 1.0
     top_k: int = 0  # 0: disabled
     max_new_tokens: int = 256
+    # > 1 discourages every token already in the prompt or the reply (CTRL/HF/vLLM rule: a positive
+    # logit is divided by it, a negative one multiplied); 1.0: off. A sampling filter like top-k/top-p:
+    # the reported logprobs are the unpenalised ones (mx_agents.backends.sampling).
+    repetition_penalty: float = 1.0
     stop: tuple[str, ...] = ()
     seed: int | None = None
 

@@ -10,7 +10,8 @@ logprobs are the ones defined in :mod:`mx_agents.backends.sampling` (temperature
 top-k/top-p). Batching: prompts are sorted by length, split into chunks of ``max_batch_size``,
 left-padded with an attention mask and explicit position ids, prefilled once, then decoded one token
 per step with the KV cache; rows that finish are dropped from the batch (and the cache) so they stop
-costing compute.
+costing compute. A prompt prefix shared by every row of a chunk (``shared_prefix_min`` tokens or
+more: a system prompt, the designer's API reference) is prefilled once and its cache repeated.
 
 Completion conventions:
 
@@ -122,7 +123,8 @@ class HFBackend:
     ``seed`` seeds the backend's own RNG, which draws a generator seed for every request whose
     ``SamplingParams.seed`` is ``None``: a backend built with the same seed replays the same calls
     identically. Requests with a seed are reproducible on their own, whatever batch they land in
-    (up to float round-off between batch shapes).
+    (up to float round-off between batch shapes). ``shared_prefix_min``: the shortest prompt prefix
+    common to a whole chunk that is prefilled once for it (0 turns the sharing off).
     """
 
     name = "hf"
@@ -136,6 +138,7 @@ class HFBackend:
         dtype: str | torch.dtype = "auto",
         max_batch_size: int = 16,
         seed: int = 0,
+        shared_prefix_min: int = 32,
         chat_template_kwargs: Mapping[str, Any] | None = None,
     ) -> None:
         if max_batch_size < 1:
@@ -165,6 +168,7 @@ class HFBackend:
         self.model.eval()
         self.chat_template_kwargs = dict(chat_template_kwargs or {})
         self.max_batch_size = max_batch_size
+        self.shared_prefix_min = shared_prefix_min
         from mx_agents.continuous import DynamicBatcher
 
         # Concurrent callers (one thread per episode) share batches: see mx_agents.continuous.
@@ -261,18 +265,31 @@ class HFBackend:
 
         if not rows:
             return
-        width = max(len(r.prompt_ids) for r in rows)
+        # Rows that share a long prompt prefix (the designer's system prompt and API reference, an
+        # agent's system prompt) prefill it once: its KV cache is computed for one row and repeated
+        # across the batch, then each row's own tail is prefilled after it. Prefill is compute-bound,
+        # so this removes (B - 1) * prefix tokens of work; the tails are left-padded *after* the
+        # shared part (masked positions may sit anywhere: the 2-D mask covers past and new keys).
+        prefix = self._shared_prefix(rows)
+        tails = [r.prompt_ids[prefix:] for r in rows]
+        width = max(len(t) for t in tails)
         input_ids = torch.full((len(rows), width), self._pad_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, r in enumerate(rows):
-            input_ids[i, width - len(r.prompt_ids) :] = torch.tensor(r.prompt_ids)
-            mask[i, width - len(r.prompt_ids) :] = 1
+        mask = torch.zeros((len(rows), prefix + width), dtype=torch.long)
+        mask[:, :prefix] = 1
+        for i, t in enumerate(tails):
+            input_ids[i, width - len(t) :] = torch.tensor(t)
+            mask[i, prefix + width - len(t) :] = 1
         input_ids, mask = input_ids.to(self.device), mask.to(self.device)
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, prefix:]
 
         live = list(range(len(rows)))  # indices into ``rows`` of the rows still in the batch
         with torch.inference_mode():
             kw = {self._keep_kw: 1} if self._keep_kw else {}
+            if prefix:
+                head = torch.tensor([rows[0].prompt_ids[:prefix]], dtype=torch.long, device=self.device)
+                shared = self._cache_of(self.model(input_ids=head, use_cache=True, **kw))
+                shared.batch_repeat_interleave(len(rows))
+                kw[self._cache_kw] = shared
             out = self.model(input_ids=input_ids, attention_mask=mask, position_ids=positions,
                              use_cache=True, **kw)
             cache = self._cache_of(out)
@@ -281,7 +298,10 @@ class HFBackend:
             can_prune = hasattr(cache, "batch_select_indices")
             while True:
                 batch = [rows[i] for i in live]
-                tokens, lps = select_tokens(logits, [r.params for r in batch], [r.generator for r in batch])
+                histories = [r.prompt_ids + r.response_ids for r in batch] \
+                    if any(r.params.repetition_penalty != 1.0 for r in batch) else None
+                tokens, lps = select_tokens(logits, [r.params for r in batch], [r.generator for r in batch],
+                                            histories)
                 for r, tok, lp in zip(batch, tokens.tolist(), lps.tolist(), strict=True):
                     if not r.finish_reason:
                         self._append(r, tok, lp)
@@ -299,6 +319,25 @@ class HFBackend:
                 cache = self._cache_of(out)
                 logits = out.logits[:, -1, :]
                 next_pos = next_pos + 1
+
+    def _shared_prefix(self, rows: list[_Row]) -> int:
+        """Tokens of prompt prefix common to every row, when worth a separate prefill (else 0).
+
+        Every row keeps at least one token of its own, whose logits start its decoding.
+        """
+        if len(rows) < 2 or self.shared_prefix_min <= 0:
+            return 0
+        first = rows[0].prompt_ids
+        n = min(len(r.prompt_ids) for r in rows) - 1
+        for r in rows[1:]:
+            ids = r.prompt_ids
+            k = 0
+            while k < n and ids[k] == first[k]:
+                k += 1
+            n = k
+            if n < self.shared_prefix_min:
+                return 0
+        return n
 
     def _append(self, row: _Row, token: int, logprob: float) -> None:
         row.response_ids.append(token)

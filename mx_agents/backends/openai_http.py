@@ -38,7 +38,7 @@ from mx_agents.backends.base import ChatRequest, Completion, SamplingParams
 from mx_agents.backends.sampling import validate_params
 
 RETRY_STATUSES = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
-EXTENSION_FIELDS = ("return_token_ids", "top_k", "chat_template_kwargs")
+EXTENSION_FIELDS = ("return_token_ids", "top_k", "repetition_penalty", "chat_template_kwargs")
 # Statuses with which servers reject fields they do not know: 400 (vLLM, OpenAI) and 422
 # (FastAPI validation, e.g. `transformers serve`). The request is retried once without extensions.
 REJECTED_FIELDS_STATUSES = frozenset({400, 422})
@@ -153,6 +153,8 @@ class OpenAIBackend:
             body["return_token_ids"] = True
             if p.top_k > 0:
                 body["top_k"] = p.top_k
+            if p.repetition_penalty != 1.0:
+                body["repetition_penalty"] = p.repetition_penalty
             if self.chat_template_kwargs:
                 body["chat_template_kwargs"] = dict(self.chat_template_kwargs)
         return body

@@ -10,7 +10,9 @@ same numbers when it re-scores the sequence (``HFBackend.score`` does exactly th
 PPO/GRPO importance ratio needs. For greedy decoding (``T == 0``) the logprob is taken at ``T = 1``
 (the untempered model). Truncation by top-k/top-p is not folded into the reported value because a
 learner cannot reproduce it from logits alone and a truncated distribution gives ``-inf`` ratios for
-tokens outside the nucleus under the updated policy.
+tokens outside the nucleus under the updated policy. The repetition penalty is a filter of the same
+kind (it depends on the row's history, which the learner's forward pass does not apply): it changes
+which token is drawn (greedy rows included), not the reported logprob.
 """
 
 from __future__ import annotations
@@ -36,6 +38,8 @@ def validate_params(params: SamplingParams) -> None:
         raise ValueError(f"top_k must be an int >= 0 (0 disables it), got {params.top_k!r}")
     if not isinstance(params.max_new_tokens, int) or params.max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be an int >= 0, got {params.max_new_tokens!r}")
+    if not params.repetition_penalty > 0.0:
+        raise ValueError(f"repetition_penalty must be > 0 (1.0 disables it), got {params.repetition_penalty!r}")
     if isinstance(params.stop, str) or any(not isinstance(s, str) or not s for s in params.stop):
         raise ValueError(f"stop must be a tuple of non-empty strings, got {params.stop!r}")
 
@@ -48,11 +52,14 @@ def select_tokens(
     logits: torch.Tensor,
     params: Sequence[SamplingParams],
     generators: Sequence[torch.Generator],
+    histories: Sequence[Sequence[int]] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Pick one token per row of ``logits`` (shape ``[B, V]``) and return ``(tokens, logprobs)``.
 
     Row ``i`` uses ``params[i]`` and draws from ``generators[i]`` only, so a request's sample does not
     depend on which other requests share its batch. ``logprobs`` follow the module docstring.
+    ``histories[i]``: the token ids row ``i`` has seen (prompt and reply so far), needed by a
+    ``repetition_penalty`` other than 1.
     """
     import torch
 
@@ -63,6 +70,18 @@ def select_tokens(
     )
     scaled = logits / temps[:, None]
     logprobs_all = torch.log_softmax(scaled, dim=-1)
+    penalised = [i for i, p in enumerate(params) if p.repetition_penalty != 1.0]
+    if penalised:
+        if histories is None:
+            raise ValueError("repetition_penalty needs the rows' token histories")
+        logits = logits.clone()
+        for i in penalised:
+            seen = torch.tensor(sorted(set(histories[i])), dtype=torch.long, device=logits.device)
+            if seen.numel():
+                vals = logits[i, seen]
+                pen = params[i].repetition_penalty
+                logits[i, seen] = torch.where(vals > 0, vals / pen, vals * pen)
+        scaled = logits / temps[:, None]
 
     tokens = torch.empty(batch, dtype=torch.long, device=logits.device)
     greedy_rows = [i for i, p in enumerate(params) if is_greedy(p)]

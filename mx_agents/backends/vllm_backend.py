@@ -244,6 +244,7 @@ class VLLMBackend:
             temperature=0.0 if is_greedy(p) else p.temperature,
             top_p=p.top_p,
             top_k=p.top_k if p.top_k > 0 else self._top_k_off,
+            repetition_penalty=p.repetition_penalty,
             max_tokens=max_tokens,
             stop=list(p.stop) or None,
             seed=p.seed,
@@ -252,7 +253,7 @@ class VLLMBackend:
         )
 
     def _meta(self, p: SamplingParams) -> dict[str, Any]:
-        truncated = p.top_k > 0 or p.top_p < 1.0
+        truncated = p.top_k > 0 or p.top_p < 1.0 or p.repetition_penalty != 1.0
         return {
             "backend": self.name,
             "weights_version": self.weights_version,

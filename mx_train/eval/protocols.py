@@ -16,7 +16,8 @@ OlympiadBench        first 100 problems (English, text-only math)
 
 Samples and sampling: one sample per task (the paper's reported figures are multiples of 1/100 on the
 100-problem slices and of 1/30 on AIME, i.e. pass@1 of one sample); temperature 1.0, top-p 0.9,
-top-k 20 for both roles (the paper's designer sampling; executors as the designer); up to 8192 new
+top-k 20, repetition penalty 1.1 for both roles (the paper's designer sampling; executors as the
+designer); up to 8192 new
 tokens per reply. The 100-problem slices and the executor's sampling are this project's reading of the
 paper's figures, not settings it states. The paper's 8192-token prompt limit is a training setting
 (configs/paper_*.yaml); evaluation does not cut prompts.
@@ -42,6 +43,7 @@ class Protocol:
     top_p: float
     top_k: int
     max_new_tokens: int
+    repetition_penalty: float = 1.0
     notes: list[str] = field(default_factory=list)
 
 
@@ -70,6 +72,7 @@ def paper_protocol(lcb_version: str = "v6") -> Protocol:
         top_p=0.9,
         top_k=20,
         max_new_tokens=8192,
+        repetition_penalty=1.1,
         notes=[f"LiveCodeBench version {lcb_version!r}"],
     )
 
@@ -83,11 +86,14 @@ def get_protocol(name: str, **options: Any) -> Protocol:
     return PROTOCOLS[name](**options)
 
 
-def apply_sampling(policy: Any, *, top_p: float | None = None, top_k: int | None = None) -> None:
-    """Set top-p/top-k on every LLM role of ``policy`` (fixed designers and rule policies have none)."""
+def apply_sampling(policy: Any, *, top_p: float | None = None, top_k: int | None = None,
+                   repetition_penalty: float | None = None) -> None:
+    """Set top-p/top-k/repetition penalty on every LLM role of ``policy`` (fixed designers and rule
+    policies have none)."""
     import dataclasses
 
-    overrides = {k: v for k, v in (("top_p", top_p), ("top_k", top_k)) if v is not None}
+    overrides = {k: v for k, v in (("top_p", top_p), ("top_k", top_k), ("repetition_penalty", repetition_penalty))
+                 if v is not None}
     if not overrides:
         return
     for role in (policy, getattr(policy, "designer", None), getattr(policy, "executor", None)):

@@ -33,7 +33,8 @@ log = logging.getLogger(__name__)
 
 # Settings that change what an episode is; a resumed run must agree on them.
 _IDENTITY_KEYS = ("policy", "executor", "seed", "max_new_tokens", "designer_max_new_tokens",
-                  "temperature", "env_kwargs", "trained_settings", "per_env_kwargs", "top_p", "top_k")
+                  "temperature", "env_kwargs", "trained_settings", "per_env_kwargs", "top_p", "top_k",
+                  "repetition_penalty")
 
 
 @dataclass
@@ -58,6 +59,7 @@ class EvalConfig:
     per_env_limit: dict[str, int | None] = field(default_factory=dict)
     top_p: float | None = None
     top_k: int | None = None
+    repetition_penalty: float | None = None
     protocol: str | None = None
 
     def env_kwargs_for(self, env_id: str) -> dict[str, Any]:
@@ -96,7 +98,8 @@ def _check_resume(out: Path, cfg: EvalConfig) -> None:
         old = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError:
         raise ValueError(f"{path} is not valid JSON; remove it or pick another --out") from None
-    for key, default in (("trained_settings", True), ("per_env_kwargs", {}), ("top_p", None), ("top_k", None)):
+    for key, default in (("trained_settings", True), ("per_env_kwargs", {}), ("top_p", None), ("top_k", None),
+                         ("repetition_penalty", None)):
         old.setdefault(key, default)  # runs written before the setting existed
     new = cfg.to_dict()
     diff = [k for k in _IDENTITY_KEYS if old.get(k) != new.get(k)]
@@ -185,10 +188,10 @@ def run_eval(
             cfg.policy, cfg.executor, max_new_tokens=cfg.max_new_tokens,
             designer_max_new_tokens=cfg.designer_max_new_tokens, temperature=cfg.temperature, seed=cfg.seed,
         )
-    if policy is not None and (cfg.top_p is not None or cfg.top_k is not None):
+    if policy is not None and (cfg.top_p is not None or cfg.top_k is not None or cfg.repetition_penalty is not None):
         from mx_train.eval.protocols import apply_sampling
 
-        apply_sampling(policy, top_p=cfg.top_p, top_k=cfg.top_k)
+        apply_sampling(policy, top_p=cfg.top_p, top_k=cfg.top_k, repetition_penalty=cfg.repetition_penalty)
     bar = None
     if progress:
         from tqdm.auto import tqdm

@@ -11,6 +11,7 @@ from mx_train.losses import LossSettings
 
 OLD_LOGPROBS = ("auto", "recompute", "sampling", "current")
 PHASE_OPTIMIZER = ("per_role", "reset")
+PHASE_KEYS = ("designer", "executor", "designer+executor", "all")
 
 
 @dataclass
@@ -61,6 +62,11 @@ class LearnerConfig:
     # Optimizer state across co-evolution phases: "per_role" keeps one AdamW state per active-role
     # set (the inactive one parked on CPU); "reset" starts fresh moments at every switch.
     phase_optimizer: str = "per_role"
+    # Base LR per co-evolution phase, keyed by the active roles ("designer", "executor"); a phase not
+    # listed uses ``lr``. The designer's action is a whole script whose sequence log-prob moves far
+    # faster than an executor turn's at the same LR: a lower designer LR keeps its M designs per task
+    # diverse for more than one update, so its group advantages do not vanish at once.
+    phase_lr: dict[str, float] | None = None
     lora: dict[str, Any] | None = None  # peft.LoraConfig kwargs; None = full fine-tuning
     gradient_checkpointing: bool = False
     pad_token_id: int | None = None  # default: tokenizer/model config pad, else eos, else 0
@@ -101,6 +107,11 @@ class LearnerConfig:
             raise ValueError(f"dtype must be 'auto', 'float32' or 'bfloat16', got {self.dtype!r}")
         if self.master_weights not in ("auto", "none"):
             raise ValueError(f"master_weights must be 'auto' or 'none', got {self.master_weights!r}")
+        for key, value in (self.phase_lr or {}).items():
+            if key not in PHASE_KEYS:
+                raise ValueError(f"phase_lr key {key!r} is not a phase; known: {list(PHASE_KEYS)}")
+            if not float(value) > 0:
+                raise ValueError(f"phase_lr[{key!r}] must be > 0, got {value!r}")
         if self.phase_optimizer not in PHASE_OPTIMIZER:
             raise ValueError(f"phase_optimizer must be one of {PHASE_OPTIMIZER}, got {self.phase_optimizer!r}")
         if self.micro_batch_tokens < 1 or self.mini_batches < 1 or self.ppo_epochs < 1:

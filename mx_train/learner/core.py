@@ -257,8 +257,11 @@ class Learner:
         """Select the optimizer state of the active-role set ``roles`` (see :mod:`.optim`)."""
         key = "+".join(sorted(roles)) if roles is not None else "all"
         changed = self.opt.switch(key)
+        if self.config.phase_lr:
+            self.opt.set_lr(float(self.config.phase_lr.get(key, self.config.lr)))
         if changed:
-            logger.info("%s: optimizer phase -> %s (%s)", self.name, key, self.config.phase_optimizer)
+            logger.info("%s: optimizer phase -> %s (%s, lr %.3g)", self.name, key, self.config.phase_optimizer,
+                        self.opt.current_lr())
         return changed
 
     # ---------------------------------------------------------------- public API

@@ -342,6 +342,26 @@ def test_phase_switch_does_not_carry_the_other_roles_momentum(tiny, mode):
     assert steps == ({4} if mode == "per_role" else {1})  # per_role resumes the executor's moments
 
 
+def test_phase_lr_sets_each_roles_learning_rate(tiny):
+    model, _ = tiny
+    learner = Learner(model, {"lr": 1e-3, "phase_lr": {"designer": 1e-4}})
+    learner.update(_role_batch("executor", 4, 0), active_roles={"executor"})
+    assert learner.optimizer.param_groups[0]["lr"] == pytest.approx(1e-3)
+    fresh = Learner(copy.deepcopy(model), {"lr": 1e-4})  # what the designer phase must equal
+    designer = _role_batch("designer", 4, 30)
+    learner.update(designer, active_roles={"designer"})
+    fresh.update(designer, active_roles={"designer"})
+    assert learner.optimizer.param_groups[0]["lr"] == pytest.approx(1e-4)
+    for n, p in fresh.model.named_parameters():
+        torch.testing.assert_close(dict(learner.model.named_parameters())[n], p, rtol=0, atol=1e-7)
+    learner.update(_role_batch("executor", 4, 1), active_roles={"executor"})
+    assert learner.optimizer.param_groups[0]["lr"] == pytest.approx(1e-3)
+    with pytest.raises(ValueError, match="not a phase"):
+        Learner(copy.deepcopy(model), {"lr": 1e-3, "phase_lr": {"critic": 1e-4}})
+    with pytest.raises(ValueError, match="must be > 0"):
+        Learner(copy.deepcopy(model), {"lr": 1e-3, "phase_lr": {"designer": 0}})
+
+
 def test_per_phase_optimizer_state_survives_a_checkpoint(tiny):
     model, _ = tiny
     a = Learner(model, {"lr": 1e-3})

@@ -242,3 +242,82 @@ def test_pretrained_model_without_tokenizer_is_a_clear_error(tiny):
     model, _ = tiny
     with pytest.raises(ValueError, match="tokenizer"):
         HFBackend(copy.deepcopy(model), None, device="cpu")
+
+
+# A long shared system prompt (the designer's API reference in real runs) and different user turns,
+# of different lengths so the tails are padded after the shared part.
+SHARED_SYSTEM = "You design a multi-agent system. Reply with one python block that defines forward. " * 4
+SHARED = [[{"role": "system", "content": SHARED_SYSTEM}, {"role": "user", "content": u}]
+          for u in ("Hi", "What is 12 + 30? Think step by step.", "def solve(x): return x", "7 * 8")]
+
+
+def test_shared_prefix_is_prefilled_once_and_changes_nothing(tiny):
+    model, tok = tiny
+    shared = HFBackend(copy.deepcopy(model), tok, device="cpu", dtype="float32", seed=0, shared_prefix_min=16)
+    plain = HFBackend(copy.deepcopy(model), tok, device="cpu", dtype="float32", seed=0, shared_prefix_min=0)
+    calls: list[tuple[int, int]] = []
+    forward = shared.model.forward
+
+    def spy(*args, **kwargs):
+        ids = kwargs["input_ids"]
+        calls.append(tuple(ids.shape))
+        return forward(*args, **kwargs)
+
+    shared.model.forward = spy
+    reqs = [_req(m, SamplingParams(temperature=t, max_new_tokens=12, seed=i))
+            for i, (m, t) in enumerate(zip(SHARED, (0.0, 0.7, 1.0, 1.3), strict=True))]
+    a, b = shared.generate(reqs), plain.generate(reqs)
+    prompts = [c.prompt_ids for c in a]
+    common = next(i for i in range(min(map(len, prompts))) if len({p[i] for p in prompts}) > 1)
+    assert common >= 16 and len({len(p) for p in prompts}) > 1
+    # One forward over the shared prefix (batch 1), one over the tails only, then decode steps.
+    assert calls[0] == (1, common) and calls[1] == (4, max(len(p) for p in prompts) - common)
+    for x, y in zip(a, b, strict=True):
+        assert x.prompt_ids == y.prompt_ids and x.response_ids == y.response_ids and x.text == y.text
+        assert max(abs(p - q) for p, q in zip(x.logprobs, y.logprobs, strict=True)) < 1e-4
+    rescored = plain.score_batch([(c.prompt_ids, c.response_ids) for c in a], [r.params.temperature for r in reqs])
+    assert max(abs(p - q) for c, r in zip(a, rescored, strict=True) for p, q in zip(c.logprobs, r, strict=True)) < 1e-4
+
+
+def test_short_or_absent_common_prefix_takes_the_plain_path(tiny):
+    model, tok = tiny
+    b = HFBackend(copy.deepcopy(model), tok, device="cpu", dtype="float32", seed=0, shared_prefix_min=10_000)
+    rows = [_req(m) for m in SHARED]
+    calls = []
+    forward = b.model.forward
+    b.model.forward = lambda *a, **k: (calls.append(tuple(k["input_ids"].shape)), forward(*a, **k))[1]
+    b.generate(rows)
+    assert calls[0][0] == 4  # the whole prompts, batched: no separate prefix pass
+    one = HFBackend(copy.deepcopy(model), tok, device="cpu", dtype="float32", seed=0, shared_prefix_min=16)
+    assert one.generate([rows[0]])[0].response_ids == b.generate([rows[0]])[0].response_ids
+
+
+def test_repetition_penalty_changes_choices_not_logprobs(tiny):
+    model, tok = tiny
+    b = HFBackend(copy.deepcopy(model), tok, device="cpu", dtype="float32", seed=0)
+    prompt = [{"role": "user", "content": "a a a a a a a a"}]
+    plain = b.generate([_req(prompt, SamplingParams(temperature=0.0, max_new_tokens=24))])[0]
+    strong = b.generate([_req(prompt, SamplingParams(temperature=0.0, max_new_tokens=24, repetition_penalty=50.0))])[0]
+    # A greedy tiny model repeats itself; a huge penalty forbids every token seen, so no token repeats.
+    assert len(set(plain.response_ids)) < len(plain.response_ids)
+    assert len(set(strong.response_ids)) == len(strong.response_ids)
+    assert not set(strong.response_ids) & set(strong.prompt_ids)
+    # Logprobs stay those of the unpenalised model (what the learner re-scores).
+    rescored = b.score(strong.prompt_ids, strong.response_ids, temperature=1.0)
+    assert max(abs(x - y) for x, y in zip(strong.logprobs, rescored, strict=True)) < 1e-4
+    with pytest.raises(ValueError, match="repetition_penalty"):
+        b.generate([_req(prompt, SamplingParams(repetition_penalty=0.0))])
+
+
+def test_select_tokens_penalty_rule_matches_hf():
+    from mx_agents.backends.sampling import select_tokens
+
+    logits = torch.tensor([[2.0, -1.0, 1.5, 0.5]])
+    p = SamplingParams(temperature=0.0, repetition_penalty=2.0)
+    gen = [torch.Generator().manual_seed(0)]
+    # Token 0 seen: 2.0 / 2 = 1.0 < 1.5, so token 2 wins; token 1 seen: -1 * 2, still last.
+    tok, lp = select_tokens(logits, [p], gen, histories=[[0, 1]])
+    assert int(tok[0]) == 2
+    assert float(lp[0]) == pytest.approx(float(torch.log_softmax(logits, -1)[0, 2]))
+    with pytest.raises(ValueError, match="histories"):
+        select_tokens(logits, [p], gen)

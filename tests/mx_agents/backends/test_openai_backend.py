@@ -29,7 +29,7 @@ def test_returns_text_token_ids_logprobs_in_order():
     with ChatServerDouble() as server:
         backend = _backend(server)
         assert isinstance(backend, Backend)
-        comps = backend.generate(_reqs("abc", "hello", "xy", stop=("zz",), top_k=5, seed=3))
+        comps = backend.generate(_reqs("abc", "hello", "xy", stop=("zz",), top_k=5, seed=3, repetition_penalty=1.1))
     assert [c.text for c in comps] == ["cba", "olleh", "yx"]
     assert comps[1].response_ids == [ord(c) for c in "olleh"]
     assert comps[1].prompt_ids == [ord(c) for c in "hello"]
@@ -41,6 +41,7 @@ def test_returns_text_token_ids_logprobs_in_order():
     body = server.requests[0]
     assert body["model"] == "double-model" and body["logprobs"] is True and body["return_token_ids"] is True
     assert body["stop"] == ["zz"] and body["top_k"] == 5 and body["seed"] == 3
+    assert body["repetition_penalty"] == 1.1
     assert server.headers[0]["Authorization"] == "Bearer sk-test"
 
 
