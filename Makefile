@@ -46,7 +46,7 @@ demo: install
 	$(VENV)/bin/mx sft-data --config configs/demo_cpu.yaml --designs configs/demo_designs/calc.py \
 		--executor rule:arith_tool --tasks 4 --out runs/demo/cold_start_data.jsonl
 	$(VENV)/bin/mx train --config configs/demo_cpu.yaml --out runs/demo
-	$(VENV)/bin/mx heldout --run runs/demo --n 20
+	$(VENV)/bin/mx heldout --run runs/demo --n 20 --conditions base,trained,trained_executor+cold_designer
 
 test: install vllm
 	$(PY) -m pytest -q -p no:cacheprovider tests

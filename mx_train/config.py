@@ -109,6 +109,10 @@ class WarmStartConfig:
     data: str | None = None
     steps: int = 0
     lr: float = 1e-4
+    # "constant" or "cosine" (to 0 over ``steps``): a decaying LR ends the cold start near the average
+    # of its last steps rather than wherever the last step threw it (which design the cold-start
+    # designer prefers is decided by a handful of tokens, and moves a lot per step at a high LR).
+    lr_schedule: str = "constant"
     tasks: int = 8  # designer prompts (training tasks) paired with each design
     batch_size: int = 4
     save: bool = False  # also save the cold-start policy under RUN/cold_start/checkpoints/

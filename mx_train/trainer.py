@@ -51,6 +51,25 @@ def _sampling(cfg: Any) -> Any:
     )
 
 
+def _warm_start_batch(per_design: dict[str, list[Any]], data: list[Any], size: int, k: int, rng: random.Random) -> list[Any]:
+    """One cold-start batch: every design once, on the same training prompt, then SFT data.
+
+    Every step pushes each design's script equally for one prompt, so the cold-start designer samples
+    them about equally often. Random batches are not balanced, and the last few steps decide which
+    design it prefers (one run's designer wrote ``single`` in 5 of its first 6 designs), which can
+    leave a run whose designs and executor never match (reward 0 everywhere: no signal to learn from).
+    """
+    designs = [ex for ex in per_design.values() if ex]
+    batch = [ex[k % len(ex)] for ex in designs][:size]
+    room = size - len(batch)
+    if data and room > 0:
+        batch += rng.sample(data, min(room, len(data)))
+    elif room > 0 and designs:  # no SFT data: more prompts of every design
+        pool = [e for ex in designs for e in ex]
+        batch += rng.sample(pool, min(room, len(pool)))
+    return batch
+
+
 def _shared_model(backend: Any, learner: Any) -> bool:
     return getattr(backend, "model", None) is learner.model
 
@@ -414,7 +433,7 @@ class Trainer:
         tok = getattr(self.backends["designer"], "tokenizer", None)
         policy = self.make_policy(-1)
         designer = getattr(policy, "designer", policy)
-        examples = []
+        per_design: dict[str, list[Any]] = {name: [] for name in ws.designs}
         env = self._probe_env
         n_prompts = min(ws.tasks, len(self.task_ids))
         # Spread over the task list, so an env mix contributes prompts of every env.
@@ -430,21 +449,20 @@ class Trainer:
                 else:
                     source = load_design(name)
                 rec = {"messages": messages, "response": fence(source)}
-                examples.append(example_from_record(rec, tok, where=f"warm start ({name})"))
-        if ws.data:
-            examples.extend(load_sft_jsonl(ws.data, tok, min_reward=None))
+                per_design[name].append(example_from_record(rec, tok, where=f"warm start ({name})"))
+        data = load_sft_jsonl(ws.data, tok, min_reward=None) if ws.data else []
         # A learner of its own (same model object, own AdamW at the warm-start lr), so the RL
         # optimizer's moments and LR schedule start fresh after the cold start.
         # derive: same model and fp32 masters (and shards, under FSDP), its own optimizer.
         sft = learner.derive(
-            {**self.config.learner, "lr": ws.lr, "kl_coef": 0.0, "warmup_steps": 0, "lr_schedule": "constant"},
+            {**self.config.learner, "lr": ws.lr, "kl_coef": 0.0, "warmup_steps": 0, "lr_schedule": ws.lr_schedule,
+             "total_steps": ws.steps, "min_lr_ratio": 0.0, "phase_lr": None},
             name="warm_start",
         )
         history = []
         rng = random.Random(self.config.seed)
         for k in range(ws.steps):
-            batch = rng.sample(examples, min(len(examples), ws.batch_size))
-            m = sft.sft_step(batch)
+            m = sft.sft_step(_warm_start_batch(per_design, data, ws.batch_size, k, rng))
             history.append(m)
             logger.info(
                 "warm start %d/%d: loss %.4f (%.0f tokens, %.1fs)",
