@@ -183,7 +183,10 @@ def role_metrics(
     * ``design/spread``: per task, the std of the M design rewards (zero spread = zero designer
       advantages: the designer's signal); ``design/tasks_with_spread``: share of tasks with any spread;
     * ``design/distinct``: distinct design structures per task over M; ``design/valid``: valid designs;
-      ``design/structure/<label>``: share of designs per structure label.
+      ``design/structure/<label>``: share of designs per structure label;
+    * ``design/tasks_with_choice_signal``: share of tasks where designs of *different* structures
+      scored differently. Spread alone can come from executor noise between copies of one script,
+      whose opposite advantages cancel in the designer's gradient; this is the part that pays a choice.
     """
     r = np.asarray(grid, dtype=np.float64)
     if r.ndim != 3 or min(r.shape) == 0:
@@ -202,6 +205,11 @@ def role_metrics(
         if len(design_labels) != t or any(len(row) != m for row in design_labels):
             raise ValueError(f"design_labels must be [T={t}][M={m}]")
         out["design/distinct"] = float(np.mean([len(set(row)) / m for row in design_labels]))
+        out["design/tasks_with_choice_signal"] = float(np.mean([
+            any(la != lb and design_mean[i, a] != design_mean[i, b]
+                for a, la in enumerate(row) for b, lb in enumerate(row) if a < b)
+            for i, row in enumerate(design_labels)
+        ]))
         flat = [lab for row in design_labels for lab in row]
         for lab in sorted(set(flat)):
             out[f"design/structure/{lab}"] = flat.count(lab) / len(flat)

@@ -71,10 +71,13 @@ def plot_run(run_dir: str | os.PathLike[str], out: str | os.PathLike[str], *, sm
             plotted += 1
     if ax_d is not None:
         structures = sorted({k for r in records for k in r if k.startswith(STRUCTURE_PREFIX)})
+        # A step logs only the structures it played: an absent one was played 0 times there, not
+        # unknown (else its line is drawn straight across the steps it was missing from).
+        filled = [{**dict.fromkeys(structures, 0.0), **r} if any(k in r for k in structures) else r for r in records]
         for key, label, style in ((DESIGN_SPREAD, "design spread (std of design rewards)", "-"),
                                   (ADV_DESIGNER_NONZERO, "designer advantages != 0", "--"),
                                   *((k, k.removeprefix(STRUCTURE_PREFIX), ":") for k in structures)):
-            xs, ys = _series(records, key, smooth)
+            xs, ys = _series(filled, key, smooth)
             if xs:
                 ax_d.plot(xs, ys, marker="o", ms=3, ls=style, label=label)
         ax_d.set_ylabel("designer")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import re
+import warnings
 
 from mx_envs.mas.protocol import TerminationReason
 
@@ -46,8 +47,12 @@ def extract_script(design_text: str) -> str | None:
 def check_script(script: str) -> tuple[TerminationReason, str] | None:
     """``None`` when ``script`` compiles and defines a usable ``forward(task)``; else why not."""
     try:
-        tree = ast.parse(script, filename="<design>")
-        compile(tree, "<design>", "exec")
+        # A policy's script is not ours to lint: its SyntaxWarnings ("is not" with a literal...) would
+        # land on the host's stderr once per episode.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", SyntaxWarning)
+            tree = ast.parse(script, filename="<design>")
+            compile(tree, "<design>", "exec")
     except SyntaxError as exc:
         where = f"line {exc.lineno}" + (f", column {exc.offset}" if exc.offset else "")
         text = f"\n    {exc.text.rstrip()}" if exc.text else ""

@@ -146,6 +146,7 @@ def ppo_update(
     set_old_and_ref(learner, seqs, mode, local_all)
     per_step: list[dict[str, float]] = []
     stepped = 0
+    lr = learner.current_lr()  # the LR of this update's first optimizer step (the scheduler moves on per step)
     for st in steps:
         learner.opt.zero_grad()
         m = accumulate(learner, st, local_share(learner, st))
@@ -162,7 +163,7 @@ def ppo_update(
     metrics["total_tokens"] = float(sum(s.length for s in seqs))
     metrics["time_s"] = elapsed
     metrics["tokens_per_s"] = metrics["total_tokens"] / max(elapsed, 1e-9)
-    metrics["lr"] = learner.current_lr()
+    metrics["lr"] = lr
     metrics["policy_version"] = float(learner.version)
     metrics["optimizer_steps"] = float(stepped)
     metrics["skipped"] = 0.0 if stepped else 1.0

@@ -39,6 +39,7 @@ def sft_step(learner: Learner, examples: Iterable[SequenceLike]) -> dict[str, fl
         learner.config.temperature = temp
     if learner.dist is not None:
         nll_total = learner.dist.all_sum([nll_total])[0]
+    lr = learner.current_lr()  # the LR this step applies (the scheduler moves on inside the step)
     grad_norm, stepped = learner.clip_and_step()
     if stepped:
         learner.push_weights()
@@ -47,7 +48,7 @@ def sft_step(learner: Learner, examples: Iterable[SequenceLike]) -> dict[str, fl
     return {
         "loss": nll_total,
         "grad_norm": grad_norm,
-        "lr": learner.current_lr(),
+        "lr": lr,
         "tokens": float(counts.tokens),
         "total_tokens": total,
         "time_s": elapsed,

@@ -211,12 +211,22 @@ def test_config_errors(tiny):
 def test_warmup_cosine_schedule(tiny):
     model, _ = tiny
     learner = Learner(model, {"lr": 1.0, "warmup_steps": 2, "lr_schedule": "cosine", "total_steps": 6})
-    lrs = []
+    lrs, logged = [], []
     for _ in range(6):
         lrs.append(learner.current_lr())
-        learner.update(batch(n=2))
+        logged.append(learner.update(batch(n=2))["lr"])
     assert lrs[0] == pytest.approx(0.5) and lrs[1] == pytest.approx(1.0)
     assert lrs[2] > lrs[3] > lrs[4] > lrs[5] > 0
+    assert logged == pytest.approx(lrs)  # metrics report the LR each step applied, not the next one's
+
+
+def test_sft_step_reports_the_lr_it_applied(tiny):
+    from mx_train.sft import SFTExample
+
+    model, _ = tiny
+    learner = Learner(model, {"lr": 1.0, "lr_schedule": "cosine", "total_steps": 4})
+    logged = [learner.sft_step([SFTExample([5, 6, 7], [8, 9])])["lr"] for _ in range(4)]
+    assert logged[0] == pytest.approx(1.0) and logged[-1] > 0
 
 
 @pytest.mark.slow

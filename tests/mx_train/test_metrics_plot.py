@@ -58,3 +58,24 @@ def test_mx_plot_writes_png(tmp_path):
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "metrics.jsonl").write_text(json.dumps({"step": 0, "loss": 1.0}) + "\n")
     assert main(["plot", str(tmp_path / "empty")]) == 1  # nothing plottable: a clear error, no crash
+
+
+def test_structure_share_is_zero_in_steps_that_did_not_play_it(tmp_path, monkeypatch):
+    import matplotlib.axes
+
+    from mx_train.plot import plot_run
+
+    with MetricsLogger(tmp_path) as log:
+        for s, shares in enumerate(({"vote": 0.5, "single": 0.5}, {"single": 1.0}, {"vote": 1.0})):
+            log.log(s, {"reward/designer": 0.5, "accuracy": 0.5, "phase": "designer", "design/spread": 0.1,
+                        **{f"design/structure/{k}": v for k, v in shares.items()}})
+    lines = {}
+    real_plot = matplotlib.axes.Axes.plot
+
+    def spy(self, xs, ys, *args, **kwargs):
+        lines[kwargs.get("label")] = list(ys)
+        return real_plot(self, xs, ys, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "plot", spy)
+    plot_run(tmp_path, tmp_path / "c.png")
+    assert lines["vote"] == [0.5, 0.0, 1.0] and lines["single"] == [0.5, 1.0, 0.0]

@@ -22,6 +22,15 @@ def test_designer_and_executor_rewards_differ_and_mean_what_they_say():
     assert m["design/distinct"] == pytest.approx((2 / 2 + 1 / 2) / 2)
     assert m["design/structure/single"] == pytest.approx(3 / 4)
     assert m["design/valid"] == pytest.approx(3 / 4)
+    assert m["design/tasks_with_choice_signal"] == pytest.approx(0.5)
+
+
+def test_spread_between_copies_of_one_structure_is_not_a_choice_signal():
+    # Both tasks have spread, but task 1's comes from executor noise between two `single` designs.
+    grid = [[[1, 1], [0, 0]], [[1, 0], [1, 1]]]
+    m = role_metrics(grid, [["calc", "single"], ["single", "single"]])
+    assert m["design/tasks_with_spread"] == pytest.approx(1.0)
+    assert m["design/tasks_with_choice_signal"] == pytest.approx(0.5)
 
 
 def test_role_metrics_checks_shapes():
