@@ -61,6 +61,17 @@ class SamplingConfig:
     top_k: int = 0
     max_new_tokens: int = 256
     repetition_penalty: float = 1.0  # the paper's designer: 1.1 (HF, vLLM; sent to vLLM-like servers)
+    # Longer prompts get no reply (empty, finish "length"; SamplingParams.max_prompt_tokens). The paper: 8192.
+    max_prompt_tokens: int | None = None
+
+    def params(self) -> Any:
+        """These settings as the backends' ``SamplingParams``."""
+        from mx_agents.backends.base import SamplingParams
+
+        return SamplingParams(
+            temperature=self.temperature, top_p=self.top_p, top_k=self.top_k, max_new_tokens=self.max_new_tokens,
+            repetition_penalty=self.repetition_penalty, max_prompt_tokens=self.max_prompt_tokens,
+        )
 
 
 @dataclass
@@ -239,6 +250,13 @@ class TrainConfig:
                 raise ConfigError(f"must be >= 1, got {getattr(r, name)}", key=f"rollout.{name}")
         if r.schedule not in ("continuous", "lockstep"):
             raise ConfigError(f"must be 'continuous' or 'lockstep', got {r.schedule!r}", key="rollout.schedule")
+        from mx_agents.backends.sampling import validate_params
+
+        for role in ("designer", "executor"):
+            try:  # at load time, with the key path, rather than at the first generation
+                validate_params(getattr(r, role).params())
+            except ValueError as exc:
+                raise ConfigError(str(exc), key=f"rollout.{role}") from None
         if self.max_steps < 0:
             raise ConfigError(f"must be >= 0, got {self.max_steps}", key="max_steps")
         if self.save_every < 1:

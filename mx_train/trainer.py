@@ -42,15 +42,6 @@ logger = logging.getLogger(__name__)
 EnvFactory = Callable[[], Any]
 
 
-def _sampling(cfg: Any) -> Any:
-    from mx_agents.backends.base import SamplingParams
-
-    return SamplingParams(
-        temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k, max_new_tokens=cfg.max_new_tokens,
-        repetition_penalty=cfg.repetition_penalty,
-    )
-
-
 def _warm_start_batch(per_design: dict[str, list[Any]], data: list[Any], size: int, k: int, rng: random.Random) -> list[Any]:
     """One cold-start batch: every design once, on the same training prompt, then SFT data.
 
@@ -622,7 +613,7 @@ def build_rollout_policy(backends: dict[str, Any], config: TrainConfig, step: in
 
     r = config.rollout
     seed = (config.seed * 1_000_003 + step) % (2**31)
-    d_params, e_params = _sampling(r.designer), _sampling(r.executor)
+    d_params, e_params = r.designer.params(), r.executor.params()
     prompt = DesignerPrompt(**r.designer_prompt) if r.designer_prompt else None
     if backends["designer"] is backends["executor"]:
         policy: Any = SharedPolicy(backends["designer"], d_params, e_params, prompt=prompt, seed=seed)

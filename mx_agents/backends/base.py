@@ -20,6 +20,11 @@ class SamplingParams:
     repetition_penalty: float = 1.0
     stop: tuple[str, ...] = ()
     seed: int | None = None
+    # A prompt longer than this many tokens is not sent to the model: its completion is empty with
+    # finish_reason "length" and ``metadata["prompt_tokens"]`` (a training limit like verl's
+    # max_prompt_length; the paper: 8192). The turn ends without a reply instead of the whole rollout
+    # failing, and nothing is trained on it. None: only the model's context limits the prompt.
+    max_prompt_tokens: int | None = None
 
 
 @dataclass

@@ -179,7 +179,7 @@ class OpenAIBackend:
                 if not extensions and self.send_extensions:
                     self.send_extensions = False  # the plain retry worked: stop sending extensions
                 try:
-                    return self._parse(resp.json(), attempts)
+                    return self._limit_prompt(self._parse(resp.json(), attempts), req.params)
                 except (ValueError, KeyError, IndexError, TypeError) as exc:
                     return self._error(f"malformed response: {exc}", attempts)
             if resp.status_code in REJECTED_FIELDS_STATUSES and extensions:
@@ -194,6 +194,21 @@ class OpenAIBackend:
                 continue
             return self._error(f"HTTP {resp.status_code}: {resp.text[:500]}", attempts)
         return self._error(f"gave up after {attempts} attempts; last error: {last_error}", attempts)
+
+    @staticmethod
+    def _limit_prompt(comp: Completion, p: SamplingParams) -> Completion:
+        """``max_prompt_tokens`` for a server that tokenises itself: its count is only known from the
+        reply (prompt ids or usage), so an over-long prompt's reply is dropped after the fact, which
+        gives the same empty ``"length"`` completion as the local backends."""
+        if p.max_prompt_tokens is None:
+            return comp
+        usage = comp.metadata.get("usage") or {}
+        n = len(comp.prompt_ids) or int(usage.get("prompt_tokens") or 0)
+        if n <= p.max_prompt_tokens:
+            return comp
+        meta = {**comp.metadata, "prompt_tokens": n, "max_prompt_tokens": p.max_prompt_tokens}
+        return Completion(text="", prompt_ids=comp.prompt_ids, response_ids=[], logprobs=[] if comp.logprobs is not None
+                          else None, finish_reason="length", metadata=meta)
 
     def _backoff(self, attempt: int, retry_after: str | None) -> float:
         if retry_after is not None:

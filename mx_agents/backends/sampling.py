@@ -40,8 +40,16 @@ def validate_params(params: SamplingParams) -> None:
         raise ValueError(f"max_new_tokens must be an int >= 0, got {params.max_new_tokens!r}")
     if not params.repetition_penalty > 0.0:
         raise ValueError(f"repetition_penalty must be > 0 (1.0 disables it), got {params.repetition_penalty!r}")
+    if params.max_prompt_tokens is not None and (
+        not isinstance(params.max_prompt_tokens, int) or params.max_prompt_tokens < 1
+    ):
+        raise ValueError(f"max_prompt_tokens must be an int >= 1 or None, got {params.max_prompt_tokens!r}")
     if isinstance(params.stop, str) or any(not isinstance(s, str) or not s for s in params.stop):
         raise ValueError(f"stop must be a tuple of non-empty strings, got {params.stop!r}")
+
+
+def prompt_too_long(ids: Sequence[int], params: SamplingParams) -> bool:
+    return params.max_prompt_tokens is not None and len(ids) > params.max_prompt_tokens
 
 
 def is_greedy(params: SamplingParams) -> bool:

@@ -96,6 +96,12 @@ def test_set_overrides_parse_yaml_values() -> None:
         TrainConfig.from_dict({}, overrides=["max_steps=three"])
     with pytest.raises(ConfigError, match="KEY.PATH=VALUE"):
         apply_overrides({}, ["max_steps"])
+    # Sampling ranges are checked at load, with the key path, not at the first generation.
+    cfg = TrainConfig.from_dict({}, overrides=["rollout.designer.max_prompt_tokens=8192"])
+    assert cfg.rollout.designer.params().max_prompt_tokens == 8192
+    for bad in ("rollout.executor.max_prompt_tokens=0", "rollout.designer.top_p=0"):
+        with pytest.raises(ConfigError, match=r"^rollout\.(executor|designer): (max_prompt_tokens|top_p) must"):
+            TrainConfig.from_dict({}, overrides=[bad]).validate()
     with pytest.raises(ConfigError, match="^max_steps: is int, not a mapping"):
         apply_overrides({"max_steps": 3}, ["max_steps.x=1"])
 

@@ -36,6 +36,16 @@ def test_ids_and_tempered_logprobs_match_the_learner_numerics(engine, hf_referen
     assert _mean_abs(sampled, at_1) > 2 * _mean_abs(sampled, at_t)
 
 
+def test_prompt_over_max_prompt_tokens_gets_an_empty_length_reply(engine, hf_reference):
+    n = [len(hf_reference.encode_chat(m)) for m in PROMPTS]
+    params = SamplingParams(temperature=0.0, max_new_tokens=4, max_prompt_tokens=min(n))
+    long_first = sorted(PROMPTS, key=lambda m: -len(hf_reference.encode_chat(m)))
+    over, fits = engine.generate([ChatRequest(m, params, metadata={"i": i}) for i, m in enumerate(long_first)])
+    assert over.text == "" and over.response_ids == [] and over.finish_reason == "length"
+    assert over.metadata["prompt_tokens"] == max(n) and over.metadata["i"] == 0
+    assert len(fits.response_ids) > 0 and fits.metadata["i"] == 1
+
+
 def test_concurrent_callers_share_running_batches(engine):
     """Four threads submit at once with uneven lengths: they share engine steps (continuous batching)
     and the short requests return before the long one finishes."""

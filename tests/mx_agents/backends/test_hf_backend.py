@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import pytest
 
@@ -196,7 +197,7 @@ def test_request_metadata_passes_through(backend):
     "params, match",
     [(SamplingParams(temperature=-1.0), "temperature"), (SamplingParams(top_p=0.0), "top_p"),
      (SamplingParams(top_k=-2), "top_k"), (SamplingParams(max_new_tokens=-1), "max_new_tokens"),
-     (SamplingParams(stop=("",)), "stop")],
+     (SamplingParams(stop=("",)), "stop"), (SamplingParams(max_prompt_tokens=0), "max_prompt_tokens")],
 )
 def test_bad_params_raise_clear_errors(backend, params, match):
     with pytest.raises(ValueError, match=match):
@@ -210,6 +211,20 @@ def test_bad_messages_and_oversized_prompts_raise(backend):
         backend.generate([ChatRequest(messages=[{"text": "hi"}])])
     with pytest.raises(ValueError, match="context"):
         backend.generate_from_ids([[5] * 5000], [GREEDY])
+
+
+def test_prompt_over_max_prompt_tokens_gets_an_empty_length_reply(backend):
+    short, long_ = PROMPTS[0], PROMPTS[3]
+    n_short, n_long = (len(backend.encode_chat(m)) for m in (short, long_))
+    limit = dataclasses.replace(GREEDY, max_prompt_tokens=(n_short + n_long) // 2)
+    out = backend.generate([_req(long_, limit, i=0), _req(short, limit, i=1), _req(long_, GREEDY, i=2)])
+    assert out[0].text == "" and out[0].response_ids == [] and out[0].finish_reason == "length"
+    assert out[0].metadata["prompt_tokens"] == n_long and out[0].prompt_ids == backend.encode_chat(long_)
+    assert [c.metadata["i"] for c in out] == [0, 1, 2]  # order and metadata kept around the skipped row
+    plain = backend.generate([_req(short), _req(long_)])
+    assert out[1].response_ids == plain[0].response_ids and out[2].response_ids == plain[1].response_ids
+    # Over the context too: the limit answers first (a length reply, not an error).
+    assert backend.generate_from_ids([[5] * 5000], [limit])[0].finish_reason == "length"
 
 
 def test_load_weights_replaces_the_served_model(tiny):

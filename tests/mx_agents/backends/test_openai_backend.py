@@ -137,3 +137,13 @@ def test_bad_arguments():
         OpenAIBackend("http://x/v1", "m", max_concurrency=0)
     with pytest.raises(NotImplementedError, match="server"):
         OpenAIBackend("http://x/v1", "m").load_weights({})
+
+
+def test_max_prompt_tokens_drops_the_reply_to_an_over_long_prompt():
+    # The server tokenises, so the limit is applied to what it reports: the double's prompt ids are
+    # the characters of the prompt.
+    with ChatServerDouble() as server:
+        comps = _backend(server).generate(_reqs("abcdef", "xy", max_prompt_tokens=4))
+    assert comps[0].text == "" and comps[0].response_ids == [] and comps[0].finish_reason == "length"
+    assert comps[0].metadata["prompt_tokens"] == 6 and comps[0].metadata["max_prompt_tokens"] == 4
+    assert comps[1].text == "yx" and comps[1].finish_reason == "stop"
