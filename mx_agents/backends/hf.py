@@ -35,7 +35,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mx_agents.backends.base import ChatRequest, Completion, Message, SamplingParams
-from mx_agents.backends.sampling import is_greedy, prompt_too_long, select_tokens, validate_params
+from mx_agents.backends.sampling import (
+    is_greedy,
+    over_prompt_limit,
+    prompt_too_long,
+    select_tokens,
+    validate_params,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -217,30 +223,24 @@ class HFBackend:
         """
         if len(prompts) != len(params):
             raise ValueError(f"{len(prompts)} prompts but {len(params)} sampling params")
-        for ids, p in zip(prompts, params, strict=True):
+        results: list[Completion | None] = [None] * len(prompts)
+        todo: list[int] = []
+        for i, (ids, p) in enumerate(zip(prompts, params, strict=True)):
             validate_params(p)
             # Checked before batching, so one bad request fails its caller only, not a shared batch.
             if not len(ids):
                 raise ValueError("empty prompt")
-            if self._context is not None and len(ids) >= self._context and not prompt_too_long(ids, p):
-                raise ValueError(f"prompt of {len(ids)} tokens does not fit the model's context of {self._context}")
-        results: list[Completion | None] = [None] * len(prompts)
-        todo = []
-        for i, (ids, p) in enumerate(zip(prompts, params, strict=True)):
             if prompt_too_long(ids, p):
-                results[i] = self._over_limit(ids, p)
-            else:
-                todo.append(i)
+                results[i] = over_prompt_limit(ids, p, {"backend": self.name, "weights_version": self.weights_version})
+                continue
+            if self._context is not None and len(ids) >= self._context:
+                raise ValueError(f"prompt of {len(ids)} tokens does not fit the model's context of {self._context}")
+            todo.append(i)
         if todo:
             done = self._batcher.submit([(prompts[i], params[i]) for i in todo])
             for i, c in zip(todo, done, strict=True):
                 results[i] = c
         return [c for c in results if c is not None]
-
-    def _over_limit(self, ids: Sequence[int], p: SamplingParams) -> Completion:
-        return Completion(text="", prompt_ids=[int(t) for t in ids], response_ids=[], logprobs=[], finish_reason="length",
-                          metadata={"backend": self.name, "weights_version": self.weights_version,
-                                    "prompt_tokens": len(ids), "max_prompt_tokens": p.max_prompt_tokens})
 
     @property
     def batch_stats(self) -> Any:

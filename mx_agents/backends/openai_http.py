@@ -35,7 +35,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from mx_agents.backends.base import ChatRequest, Completion, SamplingParams
-from mx_agents.backends.sampling import validate_params
+from mx_agents.backends.sampling import over_prompt_limit, validate_params
 
 RETRY_STATUSES = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
 EXTENSION_FIELDS = ("return_token_ids", "top_k", "repetition_penalty", "chat_template_kwargs")
@@ -206,9 +206,8 @@ class OpenAIBackend:
         n = len(comp.prompt_ids) or int(usage.get("prompt_tokens") or 0)
         if n <= p.max_prompt_tokens:
             return comp
-        meta = {**comp.metadata, "prompt_tokens": n, "max_prompt_tokens": p.max_prompt_tokens}
-        return Completion(text="", prompt_ids=comp.prompt_ids, response_ids=[], logprobs=[] if comp.logprobs is not None
-                          else None, finish_reason="length", metadata=meta)
+        return over_prompt_limit(comp.prompt_ids, p, comp.metadata, n_tokens=n,
+                                 logprobs=[] if comp.logprobs is not None else None)
 
     def _backoff(self, attempt: int, retry_after: str | None) -> float:
         if retry_after is not None:

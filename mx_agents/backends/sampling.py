@@ -18,9 +18,9 @@ which token is drawn (greedy rows included), not the reported logprob.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from mx_agents.backends.base import SamplingParams
+from mx_agents.backends.base import Completion, SamplingParams
 
 if TYPE_CHECKING:
     import torch
@@ -50,6 +50,16 @@ def validate_params(params: SamplingParams) -> None:
 
 def prompt_too_long(ids: Sequence[int], params: SamplingParams) -> bool:
     return params.max_prompt_tokens is not None and len(ids) > params.max_prompt_tokens
+
+
+def over_prompt_limit(prompt_ids: Sequence[int], params: SamplingParams, metadata: dict[str, Any],
+                      n_tokens: int | None = None, logprobs: list[float] | None = None) -> Completion:
+    """The reply every backend gives a prompt over ``params.max_prompt_tokens``: empty, ``"length"``,
+    with the prompt's token count in the metadata (``n_tokens`` when the ids are not known here)."""
+    meta = {**metadata, "prompt_tokens": len(prompt_ids) if n_tokens is None else n_tokens,
+            "max_prompt_tokens": params.max_prompt_tokens}
+    return Completion(text="", prompt_ids=[int(t) for t in prompt_ids], response_ids=[],
+                      logprobs=[] if logprobs is None else logprobs, finish_reason="length", metadata=meta)
 
 
 def is_greedy(params: SamplingParams) -> bool:

@@ -44,7 +44,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from mx_agents.backends.base import ChatRequest, Completion, Message, SamplingParams
-from mx_agents.backends.sampling import is_greedy, prompt_too_long, validate_params
+from mx_agents.backends.sampling import is_greedy, over_prompt_limit, prompt_too_long, validate_params
 from mx_agents.backends.weight_buckets import DEFAULT_BUCKET_BYTES, iter_weight_buckets, stream_buckets
 
 #: KV cache reserved on CPU (vLLM's CPU build otherwise reserves a fraction of *all* host memory).
@@ -225,8 +225,7 @@ class VLLMBackend:
             if not ids:
                 raise ValueError("empty prompt")
             if prompt_too_long(ids, p):
-                results[i] = Completion("", ids, [], [], "length", {**self._meta(p), "prompt_tokens": len(ids),
-                                                                     "max_prompt_tokens": p.max_prompt_tokens})
+                results[i] = over_prompt_limit(ids, p, self._meta(p))
                 continue
             if len(ids) >= self.max_model_len:
                 raise ValueError(f"prompt of {len(ids)} tokens does not fit the engine's context of "
