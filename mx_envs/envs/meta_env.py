@@ -21,6 +21,7 @@ from typing import Any
 import gymnasium as gym
 from gymnasium.error import ResetNeeded
 
+from mx_envs.envs.integrity import episode_integrity
 from mx_envs.envs.observation import (
     DESIGNER,
     DESIGNER_AGENT,
@@ -375,7 +376,8 @@ class MetaAgentXEnv(gym.Env[dict[str, Any], str]):
                 tool_calls=list(self.session.tool_calls),
             )
             return self._final_step(finished)
-        self._trace.open_turn(req.call_index, req.agent, req.messages, req.options)
+        self._trace.open_turn(req.call_index, req.agent, req.messages, req.options,
+                              tool_runs_before=len(self.session.tool_calls))
         self._phase = "execute"
         self._obs = obs
         info = self._task_info()
@@ -424,6 +426,12 @@ class MetaAgentXEnv(gym.Env[dict[str, Any], str]):
                 "reward_terms": {"outcome": outcome, "invalid_design_penalty": -penalty},
                 "designer_outcome": {"valid_design": valid, "outcome": outcome, "reward": reward},
                 "executor_outcome": {"turns": n_turns, "outcome": outcome, "correct": correct},
+                "integrity": episode_integrity(
+                    task, answer_text=answer, extracted=None if grade is None else grade.extracted,
+                    correct=correct, outcome=outcome, reason=finished.reason.value, error=finished.error,
+                    llm_calls=finished.llm_calls, turns=self._trace.turns, tool_calls=finished.tool_calls,
+                    run_verdict=getattr(self.session, "script_run_verdict", None),
+                ),
             }
         )
         self.outcome = info

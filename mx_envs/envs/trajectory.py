@@ -12,7 +12,9 @@ class Turn:
     """One LLM call of a sub-agent: the chat the executor saw and the reply it gave.
 
     ``reply`` is ``None`` while the turn is pending (the episode ended before the executor answered,
-    e.g. on reset or close).
+    e.g. on reset or close). ``tool_runs_before`` is how many tool runs the episode had made when the
+    script asked for this turn: it places tool runs between LLM turns (their output is ordered against
+    the replies by :mod:`mx_envs.envs.integrity`); it is not part of :meth:`to_dict`.
     """
 
     call_index: int
@@ -20,6 +22,7 @@ class Turn:
     messages: list[dict[str, str]]
     options: dict[str, Any] = field(default_factory=dict)
     reply: str | None = None
+    tool_runs_before: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -53,8 +56,21 @@ class EpisodeTrace:
         self.turns: list[Turn] = []
         self.by_agent: dict[str, SubAgentTrajectory] = {}
 
-    def open_turn(self, call_index: int, agent: str, messages: list[dict[str, str]], options: dict[str, Any]) -> Turn:
-        turn = Turn(call_index=call_index, agent=agent, messages=copy.deepcopy(messages), options=dict(options))
+    def open_turn(
+        self,
+        call_index: int,
+        agent: str,
+        messages: list[dict[str, str]],
+        options: dict[str, Any],
+        tool_runs_before: int = 0,
+    ) -> Turn:
+        turn = Turn(
+            call_index=call_index,
+            agent=agent,
+            messages=copy.deepcopy(messages),
+            options=dict(options),
+            tool_runs_before=tool_runs_before,
+        )
         self.turns.append(turn)
         self.by_agent.setdefault(agent, SubAgentTrajectory(agent)).turns.append(turn)
         return turn

@@ -223,6 +223,7 @@ class MASSession:
         self.agents: list[str] = []
         self.tool_calls: list[ToolCall] = []
         self._script_output: str = ""  # the script's stdout/stderr, for debugging designs
+        self.script_run_verdict: str | None = None  # the sandbox's verdict when the process ended on its own
         self.script_time_s = 0.0  # the script's own time so far (LLM and tool time excluded)
         self._llm_calls = 0
         self._pending: LLMRequest | None = None
@@ -359,6 +360,7 @@ class MASSession:
         why = f"{run.message}; " if run.message else ""
         stderr = f"\n{_tail(run.stderr)}" if run.stderr.strip() else ""
         v = run.verdict
+        self.script_run_verdict = v.value
         if v is Verdict.TIMEOUT:
             reason = TerminationReason.TIMEOUT
             error = f"script process hit its time limit ({why}{detail})"
