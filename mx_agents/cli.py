@@ -58,7 +58,6 @@ def _env_kwargs(items: list[str]) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    import json
     import sys
 
     import gymnasium as gym
@@ -67,6 +66,7 @@ def run(args: argparse.Namespace) -> int:
     from mx_agents.backends.base import BackendError
     from mx_agents.policies.spec import parse_policy_spec
     from mx_agents.rollout import RolloutStats, run_episodes
+    from mx_envs.cli_output import emit_json
 
     try:
         from mx_envs.envs.registration import check_env_id
@@ -112,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
         ]
         summary["design"] = record.design
     if args.json:
-        print(json.dumps(summary, ensure_ascii=False, default=str))
+        emit_json(summary, ensure_ascii=False, default=str)
     else:
         for key in ("env_id", "task_id", "policy", "reward", "correct", "termination_reason", "design_valid",
                     "llm_calls", "turns", "answer", "extracted", "wall_s"):

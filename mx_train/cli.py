@@ -65,10 +65,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     # A user mistake (ConfigError, unknown env id, missing file or data...) is one line and exit 2;
     # -vv shows the traceback instead. Anything else is a bug and keeps its traceback.
+    from mx_envs.cli_output import json_only_stdout
     from mx_envs.errors import run_cli
 
     prog = f"mx {args.command}" if getattr(args, "command", None) else "mx"
-    return run_cli(prog, lambda: args.func(args), traceback=args.verbose >= 2)
+    # `--json`: the JSON document alone on stdout, everything else (vLLM's logs...) on stderr.
+    with json_only_stdout(getattr(args, "json", None) is True):
+        return run_cli(prog, lambda: args.func(args), traceback=args.verbose >= 2)
 
 
 if __name__ == "__main__":

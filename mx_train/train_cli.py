@@ -80,8 +80,10 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _dry_run(cfg: Any, args: argparse.Namespace) -> int:
+    import json
     import sys
 
+    from mx_envs.cli_output import emit_json
     from mx_train.memory_plan import plan_memory
 
     try:
@@ -89,7 +91,10 @@ def _dry_run(cfg: Any, args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"mx train: {exc}", file=sys.stderr)
         return 2
-    print(plan.to_json() if args.json else plan.render())
+    if args.json:
+        emit_json(json.loads(plan.to_json()))
+    else:
+        print(plan.render())
     return 0 if plan.fits else 3
 
 

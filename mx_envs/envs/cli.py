@@ -56,11 +56,11 @@ def env_rows(split: str | None = None) -> list[dict[str, object]]:
 
 
 def _run(args: argparse.Namespace) -> int:
-    import json
+    from mx_envs.cli_output import emit_json
 
     rows = env_rows(args.split)
     if args.json:
-        print(json.dumps({"envs": rows}, indent=2))
+        emit_json({"envs": rows}, indent=2)
         return 0
     print(f"{'env id':<30} {'kind':<5} {'tasks':>6} {'fixture':>7}  note")
     for r in rows:

@@ -61,10 +61,10 @@ def _build_image(args: argparse.Namespace) -> int:
 
 
 def _exec(args: argparse.Namespace) -> int:
-    import json
     import sys
     from pathlib import Path
 
+    from mx_envs.cli_output import emit_json
     from mx_envs.sandbox.api import Limits, Verdict
 
     try:
@@ -94,7 +94,7 @@ def _exec(args: argparse.Namespace) -> int:
     finally:
         sandbox.close()
     if args.json:
-        print(json.dumps(result.to_dict(), ensure_ascii=False))
+        emit_json(result.to_dict(), ensure_ascii=False)
     else:
         sys.stdout.write(result.stdout)
         sys.stderr.write(result.stderr)

@@ -28,23 +28,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _math(args: argparse.Namespace) -> int:
-    import json
-
+    from mx_envs.cli_output import emit_json
     from mx_envs.tasks.math_grader import grade_math
 
     g = grade_math(args.answer, args.reference, timeout_s=args.timeout)
     if args.json:
-        print(json.dumps({"correct": g.correct, "extracted": g.extracted, "method": g.method}))
+        emit_json({"correct": g.correct, "extracted": g.extracted, "method": g.method})
     else:
         print(f"{'correct' if g.correct else 'incorrect'} (extracted {g.extracted!r}, by {g.method})")
     return 0
 
 
 def _code(args: argparse.Namespace) -> int:
-    import json
     import sys
     from pathlib import Path
 
+    from mx_envs.cli_output import emit_json
     from mx_envs.tasks.code_grader import grade_code
     from mx_envs.tasks.registry import load_tasks
 
@@ -62,7 +61,7 @@ def _code(args: argparse.Namespace) -> int:
     if args.json:
         out = {"task_id": task.id, "passed": g.passed, "total": g.total, "pass_all": g.pass_all,
                "fraction": g.fraction, "verdicts": g.verdicts}
-        print(json.dumps(out))
+        emit_json(out)
     else:
         print(f"{task.id}: {g.passed}/{g.total} passed ({'PASS' if g.pass_all else 'FAIL'})")
         for d in g.details:

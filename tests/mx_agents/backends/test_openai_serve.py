@@ -8,12 +8,12 @@ the CLI output. A server that is down must end ``mx episode`` with a message and
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 
 import pytest
@@ -44,14 +44,17 @@ def served():
         pytest.skip("the `transformers` CLI is not installed")
     port = _free_port()
     env = {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
+    # The server's log goes to a file: an unread pipe would block the server once its buffer fills.
+    log = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 - closed after the server stops
     proc = subprocess.Popen([exe, "serve", "--host", "127.0.0.1", "--port", str(port), "--device", "cpu", model],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                            env=env, stdout=subprocess.DEVNULL, stderr=log, text=True)
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 240
         while True:
             if proc.poll() is not None:
-                pytest.fail(f"transformers serve exited: {proc.stderr.read()[-2000:]}")
+                log.seek(0)
+                pytest.fail(f"transformers serve exited: {log.read()[-2000:]}")
             try:
                 if httpx.get(f"{base}/health", timeout=2).status_code == 200:
                     break
@@ -68,6 +71,7 @@ def served():
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+        log.close()
 
 
 @pytest.mark.slow
@@ -85,14 +89,14 @@ def test_transformers_serve_answers_after_the_422_fallback(served):
 
 
 @pytest.mark.slow
-def test_mx_episode_on_the_served_model_shows_missing_token_data(served, capsys):
-    from mx_train.cli import main
+def test_mx_episode_on_the_served_model_shows_missing_token_data(served):
+    """As a user runs it (a child process): JSON alone on stdout, the missing token data said in it."""
+    from tests.cli_subprocess import mx_json
 
     url, model = served
-    rc = main(["episode", "MetaAgentX-Arithmetic-v0", "--policy", "design:single", "--executor", f"{url}#{model}",
-               "--json", "--trace", "--max-new-tokens", "24"])
-    out = json.loads(capsys.readouterr().out)
-    assert rc == 0 and out["llm_calls"] >= 1
+    out, _ = mx_json("episode", "MetaAgentX-Arithmetic-v0", "--policy", "design:single", "--executor",
+                     f"{url}#{model}", "--json", "--trace", "--max-new-tokens", "24")
+    assert out["llm_calls"] >= 1
     assert out["warnings"] and all("did not return" in w for w in out["warnings"])
     llm_turns = [t for t in out["trace"] if t["source"] == "llm"]
     assert llm_turns and all(t["token_ids"] is False and t["logprobs"] is False for t in llm_turns)

@@ -1,8 +1,5 @@
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import pytest
 
 
@@ -14,11 +11,3 @@ def grading_sandbox():
     sb = make()
     sb.warm_up()
     return sb
-
-
-@pytest.fixture(scope="session")
-def data_dir() -> Path:
-    value = os.environ.get("MX_DATA_DIR")
-    if not value or not Path(value).is_dir():
-        pytest.skip("MX_DATA_DIR is not set to the benchmark data directory (see /work/shared/data/README.md)")
-    return Path(value)
