@@ -10,6 +10,7 @@ a missing data set is a failure, so a run that is meant to exercise real data ca
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -37,3 +38,38 @@ def data_dir() -> Path:
     if not value or not Path(value).is_dir():
         missing_data("MX_DATA_DIR is not set to a benchmark data directory (see the README's Data paragraph)")
     return Path(value)
+
+
+# Security tests: the sandbox, the graders' red-team suites and the env-level red team. On Linux as
+# root (what CI is) every kernel feature they rely on exists, so a skip or an xfail there hides a
+# missing protection: it is reported as a failure naming the reason. Not counted: a missing data set
+# (the `data` marker: the newcomer's run has none) and the Docker backend (optional: no daemon).
+SECURITY_PATHS = ("tests/mx_envs/sandbox/", "tests/mx_envs/tasks/test_reward_integrity_",
+                  "tests/mx_envs/envs/test_redteam", "tests/mx_envs/mas/")
+OPTIONAL_BACKEND_FILES = ("test_docker_backend.py",)
+
+
+def is_security_test(item: pytest.Item) -> bool:
+    path = Path(str(item.fspath)).resolve().as_posix()
+    root = Path(__file__).resolve().parents[1].as_posix() + "/"
+    rel = path[len(root):] if path.startswith(root) else path
+    return (rel.startswith(SECURITY_PATHS) and not rel.endswith(OPTIONAL_BACKEND_FILES)
+            and item.get_closest_marker("data") is None)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> object:
+    outcome = yield
+    report = outcome.get_result()
+    if not report.skipped or not is_security_test(item):
+        return
+    if not (sys.platform.startswith("linux") and os.geteuid() == 0):
+        return
+    kind = "xfailed" if hasattr(report, "wasxfail") else "skipped"
+    reason = getattr(report, "wasxfail", "") or (report.longrepr[2] if isinstance(report.longrepr, tuple)
+                                                else str(report.longrepr))
+    report.outcome = "failed"
+    report.longrepr = (f"security test {kind} on Linux as root, where it must run: {reason}. A missing kernel "
+                       f"feature or package here is a failure, not a skip (tests/conftest.py).")
+    if hasattr(report, "wasxfail"):
+        del report.wasxfail
