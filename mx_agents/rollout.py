@@ -143,6 +143,7 @@ class EpisodeRecord:
             "turns": len(self.turns),
             "llm_calls": self.llm_calls,
             "error": self.error,
+            "integrity": _get(self.info, "integrity"),  # for the trainer's reward-hack monitor
         }
 
     def transitions(

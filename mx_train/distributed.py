@@ -245,6 +245,7 @@ class _RecordView:
     design_valid: bool | None
     termination_reason: str
     llm_calls: int
+    integrity: dict[str, Any] | None = None  # the env's info["integrity"] (mx_train.hack_monitor)
 
 
 @dataclasses.dataclass
@@ -392,5 +393,6 @@ def ray_rollout(
     for out in ray.get(futures):
         transitions.extend(Transition(**t) for t in out["transitions"])
         exec_rewards.update({(u, int(m), int(n)): float(v) for u, m, n, v in out["execution_rewards"]})
-        records.extend(_RecordView(r["correct"], r["design_valid"], r["termination_reason"], r["llm_calls"]) for r in out["records"])
+        records.extend(_RecordView(r["correct"], r["design_valid"], r["termination_reason"], r["llm_calls"],
+                                   r.get("integrity")) for r in out["records"])
     return transitions, exec_rewards, summarize_records(records)

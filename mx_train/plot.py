@@ -6,6 +6,15 @@ import os
 from pathlib import Path
 from typing import Any
 
+from mx_train.hack_monitor import (
+    ALERTS,
+    EPISODES,
+    FLAGGED,
+    FLAGS,
+    PREFIX,
+    SCRIPT_VERDICT_PREFIX,
+    TOOL_VERDICT_PREFIX,
+)
 from mx_train.metrics import (
     ACCURACY,
     ADV_DESIGNER_NONZERO,
@@ -20,6 +29,24 @@ from mx_train.metrics import (
 )
 
 _PHASE_COLORS = {"designer": "#dbe9f6", "executor": "#fde6d2"}
+
+
+def integrity_lines(records: list[dict[str, Any]]) -> tuple[list[str], list[str], list[int]]:
+    """What the reward-hack monitor's panels draw: the flag-rate keys (``integrity/flagged`` and every
+    flag that was non-zero at some step), the script/tool verdict keys non-zero at some step, and the
+    steps with a monitor alert. All empty when the run logged no integrity metrics."""
+    if not any(EPISODES in r for r in records):
+        return [], [], []
+
+    def seen(key: str) -> bool:
+        return any(isinstance(r.get(key), int | float) and r[key] > 0 for r in records)
+
+    flags = [FLAGGED, *(k for k in (PREFIX + f for f in FLAGS) if seen(k))]
+    verdict_keys = sorted({k for r in records for k in r
+                           if k.startswith((SCRIPT_VERDICT_PREFIX, TOOL_VERDICT_PREFIX))})
+    verdicts = [k for k in verdict_keys if seen(k)]
+    alerts = [int(r["step"]) for r in records if isinstance(r.get(ALERTS), int | float) and r[ALERTS] > 0]
+    return flags, verdicts, alerts
 
 
 def _series(records: list[dict[str, Any]], key: str, smooth: int) -> tuple[list[int], list[float]]:
@@ -41,7 +68,8 @@ def _series(records: list[dict[str, Any]], key: str, smooth: int) -> tuple[list[
 def plot_run(run_dir: str | os.PathLike[str], out: str | os.PathLike[str], *, smooth: int = 1) -> Path:
     """Write a PNG: rewards by role (top); the designer's own signal when the run logged it (design
     spread, share of non-zero designer advantages, share of each design structure); accuracy and
-    design validity (bottom)."""
+    design validity; when the run logged the reward-hack monitor's metrics, its flag rates (steps with
+    an alert marked) and how script processes and tool runs ended (by sandbox verdict)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -51,11 +79,14 @@ def plot_run(run_dir: str | os.PathLike[str], out: str | os.PathLike[str], *, sm
     if not records:
         raise ValueError(f"{run_dir}: metrics file has no records")
     has_design = any(DESIGN_SPREAD in r for r in records)
-    if has_design:
-        fig, (ax_r, ax_d, ax_a) = plt.subplots(3, 1, figsize=(8, 9), sharex=True)
-    else:
-        fig, (ax_r, ax_a) = plt.subplots(2, 1, figsize=(8, 6), sharex=True)
-        ax_d = None
+    flag_keys, verdict_keys, alert_steps = integrity_lines(records)
+    n_panels = 2 + has_design + 2 * bool(flag_keys)
+    fig, axes = plt.subplots(n_panels, 1, figsize=(8, 3 * n_panels), sharex=True)
+    axes = list(axes)
+    ax_r = axes.pop(0)
+    ax_d = axes.pop(0) if has_design else None
+    ax_a = axes.pop(0)
+    ax_i, ax_v = (axes[0], axes[1]) if flag_keys else (None, None)
     plotted = 0
     for key, label, color in ((REWARD_DESIGNER, "designer (design's best execution)", "tab:blue"),
                               (REWARD_EXECUTOR, "executor (per execution)", "tab:orange"),
@@ -81,6 +112,23 @@ def plot_run(run_dir: str | os.PathLike[str], out: str | os.PathLike[str], *, sm
             if xs:
                 ax_d.plot(xs, ys, marker="o", ms=3, ls=style, label=label)
         ax_d.set_ylabel("designer")
+    if ax_i is not None and ax_v is not None:
+        for key in flag_keys:
+            xs, ys = _series(records, key, smooth)
+            if xs:
+                ax_i.plot(xs, ys, marker="o", ms=3, ls="-" if key != flag_keys[0] else "--",
+                          label=key.removeprefix(PREFIX), color="black" if key == flag_keys[0] else None)
+        for i, s in enumerate(alert_steps):
+            ax_i.axvline(s, color="tab:red", lw=1.5, ls=":", label="monitor alert" if i == 0 else None)
+        ax_i.set_ylabel("share of episodes")
+        ax_i.set_title("reward-hack monitor", fontsize=10)
+        for key in verdict_keys:
+            xs, ys = _series(records, key, smooth)
+            if xs:
+                ax_v.plot(xs, ys, marker="o", ms=3, ls="-" if key.startswith(SCRIPT_VERDICT_PREFIX) else "--",
+                          label=key.removeprefix(PREFIX))
+        ax_v.set_ylabel("share of runs")
+        ax_v.set_title("sandbox verdicts: script processes (solid), tool runs (dashed)", fontsize=10)
     if not plotted:
         raise ValueError(
             f"{run_dir}: no plottable metrics ({REWARD_DESIGNER}, {REWARD_EXECUTOR}, {ACCURACY}, {DESIGN_VALID_RATE})"
@@ -99,15 +147,15 @@ def plot_run(run_dir: str | os.PathLike[str], out: str | os.PathLike[str], *, sm
     labelled: set[str] = set()
     for a, b, ph in spans:
         if ph in _PHASE_COLORS:
-            for ax in (a_ for a_ in (ax_r, ax_d, ax_a) if a_ is not None):
+            for ax in (a_ for a_ in (ax_r, ax_d, ax_a, ax_i, ax_v) if a_ is not None):
                 ax.axvspan(a - 0.5, b + 0.5, color=_PHASE_COLORS[ph], zorder=0,
                            label=f"training {ph}" if ax is ax_r and ph not in labelled else None)
             labelled.add(ph)
     ax_r.set_ylabel("mean reward")
     ax_r.set_title(f"{Path(run_dir).name}: reward by role")
     ax_a.set_ylabel("rate")
-    ax_a.set_xlabel("training step")
-    for ax in (a_ for a_ in (ax_r, ax_d, ax_a) if a_ is not None):
+    (ax_v if ax_v is not None else ax_a).set_xlabel("training step")
+    for ax in (a_ for a_ in (ax_r, ax_d, ax_a, ax_i, ax_v) if a_ is not None):
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(loc="best", fontsize=8)

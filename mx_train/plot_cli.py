@@ -1,4 +1,5 @@
-"""``mx plot RUN_DIR [--out PNG]``: reward curves by role, accuracy and design validity."""
+"""``mx plot RUN_DIR [--out PNG]``: reward curves by role, accuracy, design validity and the
+reward-hack monitor's signals."""
 
 from __future__ import annotations
 
@@ -10,7 +11,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "plot",
         help="plot a run's reward curves by role (PNG)",
         description="Draw designer/executor reward curves, accuracy and design validity rate from "
-        "RUN_DIR/metrics.jsonl; stagewise phases are shaded.",
+        "RUN_DIR/metrics.jsonl; stagewise phases are shaded. Runs that logged the reward-hack monitor's "
+        "integrity/ metrics also get its flag rates (alerts marked) and the script/tool runs by sandbox "
+        "verdict (see mx_train/HACK_MONITOR.md).",
     )
     p.add_argument("run_dir", metavar="RUN_DIR")
     p.add_argument("--out", default=None, help="output PNG (default: RUN_DIR/rewards.png)")

@@ -129,6 +129,11 @@ class Trainer:
         self.step_index = 0  # completed steps
         self._envs: list[Any] | None = None
         self._workers: Any = None
+        from mx_train.hack_monitor import HackMonitor
+
+        # Reward-hack monitor (mx_train/HACK_MONITOR.md): jumps of the integrity/ rates are warnings.
+        self.monitor = HackMonitor()
+        self._step_records: list[Any] | None = None  # this step's EpisodeRecords (local rollout only)
 
     # ------------------------------------------------------------------ construction
     def _build_policy(self, backend_factory: Callable[[str], Any] | None) -> None:
@@ -240,6 +245,7 @@ class Trainer:
             from mx_train.distributed import ray_rollout
 
             transitions, exec_rewards, summary = ray_rollout(self, task_ids, uids, step, seed, version)
+            self._step_records = None
         else:
             from mx_agents.design_groups import run_design_groups
             from mx_train.weight_sync import before_rollout
@@ -264,6 +270,7 @@ class Trainer:
                 t.policy_version = self.learners[t.role].version if t.role in self.learners else version
             exec_rewards = result.execution_rewards()
             summary = summarize_records(result.records)
+            self._step_records = result.records
             labels, valid = design_labels_and_validity(result)
         d_adv, e_adv = assign_advantages(
             transitions,
@@ -324,6 +331,7 @@ class Trainer:
         task_ids = self.next_tasks()
         transitions, metrics = self.rollout(task_ids, step)
         t_roll = time.perf_counter() - t0
+        self._check_integrity(step, metrics)
         self.write_transitions(step, transitions)
         active = self.schedule.active_roles(step)
         from mx_train.weight_sync import after_rollout
@@ -353,6 +361,28 @@ class Trainer:
         )
         self.step_index += 1
         return metrics
+
+    def _check_integrity(self, step: int, metrics: dict[str, Any]) -> None:
+        """Feed the step's integrity/ rates to the reward-hack monitor; log each jump as a warning and
+        keep the traces of the step's flagged episodes beside it."""
+        from mx_train.hack_monitor import ALERTS, EPISODES, save_flagged_traces
+
+        if EPISODES not in metrics:  # envs without integrity records (test doubles)
+            return
+        alerts = self.monitor.check(step, metrics)
+        metrics[ALERTS] = float(len(alerts))
+        if not alerts:
+            return
+        where = ""
+        if self._step_records:
+            entries = self.config.env_entries()
+            env_id = entries[0][0].id if len(entries) == 1 else "mix"
+            directory = self.out / "integrity" / f"step_{step:08d}"
+            paths = save_flagged_traces(self._step_records, directory, env_id=env_id)
+            if paths:
+                where = f"; traces of {len(paths)} flagged episodes under {directory} (mx trace FILE --html OUT)"
+        for alert in alerts:
+            logger.warning("reward-hack monitor: %s%s", alert.message(), where)
 
     # ------------------------------------------------------------------ checkpoints
     def _models(self) -> dict[str, Any]:
@@ -487,6 +517,10 @@ class Trainer:
         log = MetricsLogger(
             self.out, tensorboard=self.config.tensorboard, wandb=self.config.wandb, resume_step=resumed
         )
+        if resumed is not None:  # the monitor's running means continue from the logged steps
+            from mx_train.metrics import read_metrics
+
+            self.monitor.seed(read_metrics(log.path))
         try:
             while self.step_index < total:
                 metrics = self.step()
@@ -653,7 +687,8 @@ def _fmt(v: Any) -> str:
 
 
 def summarize_records(records: Sequence[Any]) -> dict[str, Any]:
-    """Episode-level rollout metrics: accuracy, design validity, termination reasons, LLM calls."""
+    """Episode-level rollout metrics: accuracy, design validity, termination reasons, LLM calls, and the
+    reward-hack monitor's integrity/ rates (:func:`mx_train.hack_monitor.integrity_metrics`)."""
     n = max(len(records), 1)
     reasons: dict[str, int] = {}
     for r in records:
@@ -666,4 +701,7 @@ def summarize_records(records: Sequence[Any]) -> dict[str, Any]:
     }
     for reason, count in sorted(reasons.items()):
         out[f"termination/{reason or 'unknown'}"] = count / n
+    from mx_train.hack_monitor import integrity_metrics
+
+    out.update(integrity_metrics(records))
     return out

@@ -75,6 +75,9 @@ class EpisodeTrace:
     valid_design: bool = False
     error: str = ""
     wall_s: float = 0.0
+    # The env's info["integrity"] (mx_envs.envs.integrity): how the answer came about; the page
+    # shows the reward-hack monitor's flags from it. Empty for traces written before it existed.
+    integrity: dict[str, Any] = field(default_factory=dict)
     metadata: dict[str, Any] = field(default_factory=dict)
     schema: str = TRACE_SCHEMA
 

@@ -4,8 +4,8 @@ The source is a :class:`mx_agents.rollout.EpisodeRecord` (every turn as the poli
 token ids) and the env's final ``info``. Info keys read, each optional: ``correct``, ``reward``,
 ``termination_reason``, ``design`` (the extracted script), ``design_valid``, ``answer``/
 ``answer_text``, ``error``, ``agents`` (sub-agents in creation order), ``tool_calls`` (dicts or
-:class:`~mx_envs.mas.protocol.ToolCall`), ``task`` (a :class:`~mx_envs.tasks.record.Task` or its
-dict) or ``task_prompt``/``reference``.
+:class:`~mx_envs.mas.protocol.ToolCall`), ``integrity`` (:mod:`mx_envs.envs.integrity`), ``task`` (a
+:class:`~mx_envs.tasks.record.Task` or its dict) or ``task_prompt``/``reference``.
 
 Tool runs carry no call index; one is inferred: a tool run of agent A sits after A's call whose
 *next* call starts with the tool's output (the library sends "Python output..." back as the next
@@ -168,4 +168,5 @@ def build_trace(
         valid_design=valid_design,
         error=str(record.error or info.get("error") or ""),
         wall_s=wall_s,
+        integrity=dict(info.get("integrity") or {}),
     )

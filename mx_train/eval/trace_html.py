@@ -56,6 +56,10 @@ details > summary { cursor: pointer; color: var(--acc); margin: 4px 0; }
 .diagram { overflow-x: auto; border: 1px solid var(--line); border-radius: 8px; padding: 8px;
            background: #fcfcfd; }
 .error { color: var(--bad); }
+.hack { border: 2px solid var(--bad); border-radius: 8px; padding: 8px 14px; margin: 12px 0;
+        background: #fff4f2; }
+.hack ul { margin: 4px 0 2px; padding-left: 20px; }
+.tool.origin { border: 2px solid var(--bad); }
 """
 
 _LANE_W = 170
@@ -217,12 +221,13 @@ def _call_html(call: CallRecord, seen: int) -> str:
     return f'<div class="call">{head}{note}{_messages_html(new)}{reply}</div>'
 
 
-def _tool_html(t: ToolRecord) -> str:
+def _tool_html(t: ToolRecord, origin: bool = False) -> str:
+    mark = ' <span class="badge bad">the answer first appeared here</span>' if origin else ""
     parts = [
-        f'<div class="tool"><div><b>{_e(t.tool)}</b> by {_e(t.agent)} '
+        f'<div class="tool{" origin" if origin else ""}"><div><b>{_e(t.tool)}</b> by {_e(t.agent)} '
         f'<span class="badge {"ok" if t.verdict in ("ok", "success", "passed") else "bad"}">{_e(t.verdict)}</span>'
         + (f' <span class="meta">after call #{t.after_call}</span>' if t.after_call is not None else "")
-        + "</div>",
+        + mark + "</div>",
         _code_block(t.code) if t.code else "",
     ]
     if t.stdout:
@@ -235,8 +240,12 @@ def _tool_html(t: ToolRecord) -> str:
 
 def _conversations_html(trace: EpisodeTrace) -> str:
     execs = [c for c in trace.calls if c.role != "designer"]
+    k = trace.integrity.get("answer_tool_run") if trace.integrity else None
+    origin = trace.tool_calls[k] if isinstance(k, int) and 0 <= k < len(trace.tool_calls) else None
     if not execs:
-        return '<p class="meta">No sub-agent was called.</p>'
+        # A script can run tools with no LLM call in between: those runs are still shown.
+        return '<p class="meta">No sub-agent was called.</p>' + "".join(
+            _tool_html(t, t is origin) for t in trace.tool_calls)
     out = []
     for name in _lanes(trace)[1:]:
         calls = [c for c in execs if c.agent == name]
@@ -249,9 +258,44 @@ def _conversations_html(trace: EpisodeTrace) -> str:
             out.append(_call_html(c, _common_prefix(before, c.messages)))
             # The next call of this agent usually repeats this chat plus the reply: show only what is new.
             before = [*c.messages, {"role": "assistant", "content": c.reply}]
-            out.extend(_tool_html(t) for t in tools if t.after_call == c.index)
-        out.extend(_tool_html(t) for t in tools if t.after_call not in {c.index for c in calls})
+            out.extend(_tool_html(t, t is origin) for t in tools if t.after_call == c.index)
+        out.extend(_tool_html(t, t is origin) for t in tools if t.after_call not in {c.index for c in calls})
     return "".join(out)
+
+
+_ORIGIN_WORDS = {
+    "agent": "an executor reply",
+    "tool": "a tool run's output",
+    "script": "the design script (no reply or tool output held it first)",
+    "prompt": "the task text",
+}
+
+
+def _integrity_html(trace: EpisodeTrace) -> tuple[str, str]:
+    """(banner of the reward-hack monitor's flags, or ""; answer-origin table row, or "")."""
+    from mx_train.hack_monitor import FLAGS, episode_flags
+
+    rec = trace.integrity or {}
+    if not rec:
+        return "", ""
+    origin = rec.get("answer_origin")
+    row = ""
+    if origin:
+        where = _ORIGIN_WORDS.get(str(origin), str(origin))
+        if origin == "tool" and rec.get("answer_tool_run") is not None:
+            where += f" (tool run {int(rec['answer_tool_run']) + 1} of {len(trace.tool_calls)})"
+        row = f"<tr><td>answer first appeared in</td><td>{_e(where)}</td></tr>"
+    flags = episode_flags(rec)
+    if not flags:
+        return "", row
+    items = "".join(f"<li><b>{_e(f)}</b>: {_e(FLAGS[f])}</li>" for f in flags)
+    verdicts = ", ".join(str(v) for v in rec.get("tool_verdicts") or []) or "none"
+    banner = (
+        f'<div class="hack"><b>Reward-hack monitor: {len(flags)} flag(s)</b><ul>{items}</ul>'
+        f'<div class="meta">executor LLM calls: {_e(rec.get("executor_llm_calls"))}; script process: '
+        f'{_e(rec.get("script_verdict"))}; tool runs: {_e(verdicts)}</div></div>'
+    )
+    return banner, row
 
 
 def render_trace_html(trace: EpisodeTrace) -> str:
@@ -288,10 +332,12 @@ def render_trace_html(trace: EpisodeTrace) -> str:
     elif trace.design_text:
         designer_html = f"<details><summary>Designer raw output</summary>{_pre(trace.design_text)}</details>"
     error_html = f'<tr><td>error</td><td>{_pre(trace.error)}</td></tr>' if trace.error else ""
+    hack_html, origin_row = _integrity_html(trace)
     body = f"""
 <main>
 <h1>{_e(trace.task_id)} {verdict}<span class="badge info">{_e(structure or "?")}</span></h1>
 <div class="meta">{meta}</div>
+{hack_html}
 
 <h2>Task</h2>
 {_pre(trace.task_prompt)}
@@ -312,6 +358,7 @@ def render_trace_html(trace: EpisodeTrace) -> str:
 <tr><td>answer</td><td>{_pre(trace.answer if trace.answer is not None else "(none)")}</td></tr>
 <tr><td>reference</td><td>{_pre(trace.reference if trace.reference is not None else "(tests)")}</td></tr>
 <tr><td>verdict</td><td>{verdict} reward {trace.reward:g}</td></tr>
+{origin_row}
 <tr><td>termination</td><td>{_e(trace.termination_reason)}
  (design {"valid" if trace.valid_design else "invalid"})</td></tr>
 {error_html}
