@@ -220,7 +220,7 @@ def run_episodes(
     *,
     groups: Sequence[GroupIds] | None = None,
     designs: Sequence[Action | str | None] | None = None,
-    progress: bool = True,
+    progress: bool | Any = True,
     batch: bool = True,
     max_turns: int = 256,
     step_workers: int = 1,
@@ -491,9 +491,27 @@ def _task_id(info: Mapping[str, Any], options: Mapping[str, Any] | None) -> str 
     return None if value is None else str(value)
 
 
-def _progress(total: int, enabled: bool) -> Any:
+class _OuterBar:
+    """A caller's progress bar that spans several calls: counted into, never closed here."""
+
+    def __init__(self, bar: Any) -> None:
+        self._bar = bar
+
+    def update(self, n: int = 1) -> None:
+        self._bar.update(n)
+
+    def set_postfix(self, *args: Any, **kwargs: Any) -> None:
+        pass  # concurrent callers would overwrite each other's postfix
+
+    def close(self) -> None:
+        pass
+
+
+def _progress(total: int, enabled: bool | Any) -> Any:
     if not enabled:
         return None
+    if hasattr(enabled, "update"):  # a bar of the caller (e.g. one per held-out condition)
+        return _OuterBar(enabled)
     from tqdm.auto import tqdm
 
     return tqdm(total=total, desc="episodes", unit="ep", dynamic_ncols=True)

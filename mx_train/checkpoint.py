@@ -172,12 +172,14 @@ def save_checkpoint(
     keep_last: int = 3,
     tokenizer: Any = None,
     full: bool = True,
+    keep_full: bool = True,
 ) -> Path:
     """Write checkpoint ``step`` atomically under ``root`` and prune old ones; returns its path.
 
     ``data_position`` and ``extra`` must be JSON-serialisable. ``keep_last`` <= 0 keeps all; the
-    newest full checkpoint is never pruned. ``full=False`` writes the weights only (``learners``,
-    ``schedule`` and ``rngs`` are then not saved).
+    newest full checkpoint is never pruned unless ``keep_full=False`` (a completed run that keeps only
+    its final weights). ``full=False`` writes the weights only (``learners``, ``schedule`` and ``rngs``
+    are then not saved).
     """
     import torch
 
@@ -243,7 +245,7 @@ def save_checkpoint(
     if keep_last > 0:
         ckpts = list_checkpoints(root)
         fulls = [p for p in ckpts if _is_full(p)]
-        keep = set(ckpts[-keep_last:]) | set(fulls[-1:])
+        keep = set(ckpts[-keep_last:]) | (set(fulls[-1:]) if keep_full else set())
         for old_ckpt in ckpts:
             if old_ckpt not in keep:
                 shutil.rmtree(old_ckpt, ignore_errors=True)

@@ -149,6 +149,11 @@ class TrainConfig:
     # end; 0 = only at the end. Weights-only saves in between keep a small model's run light on disk.
     full_save_every: int = 10
     keep_last: int = 3  # newest checkpoints kept (the newest full one is always kept as well)
+    # The checkpoint of the last step when the run completes: "full" (resumable: `--resume --max-steps`
+    # can extend the run) or "weights" (enough to evaluate; the run's other checkpoints, full ones
+    # included, are then removed). A run killed before its end resumes either way from its newest full
+    # checkpoint. "weights" keeps a small run's directory at its models' size (the CPU demo).
+    final_checkpoint: str = "full"
     # Modules (dotted names or .py files) imported before the config's names are checked: they may
     # register advantage estimators, policy losses or datasets (also `mx train --plugin`).
     plugins: list[str] = field(default_factory=list)
@@ -263,6 +268,8 @@ class TrainConfig:
             raise ConfigError(f"must be >= 1, got {self.save_every}", key="save_every")
         if self.full_save_every < 0:
             raise ConfigError(f"must be >= 0 (0: only at the end), got {self.full_save_every}", key="full_save_every")
+        if self.final_checkpoint not in ("full", "weights"):
+            raise ConfigError(f"must be 'full' or 'weights', got {self.final_checkpoint!r}", key="final_checkpoint")
         self.check_names()
         from mx_train.learner import LearnerConfig
         from mx_train.schedule import CoEvolutionSchedule

@@ -156,6 +156,11 @@ def generate_sft_data(cfg: SftDataConfig, out: str | Path, *, progress: bool = F
     seen: set[str] = set()
     counts = {"episodes": 0, "correct": 0, "designer": 0, "executor": 0, "duplicates": 0}
     by_design: dict[str, list[int]] = {}
+    bar = None
+    if progress:  # one bar over every episode of every chunk: rate and ETA
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(plays), desc="teacher episodes", unit="ep", dynamic_ncols=True)
     with open(out, "w", encoding="utf-8") as f:
         for start in range(0, len(plays), cfg.batch_size):
             chunk = plays[start : start + cfg.batch_size]
@@ -170,7 +175,7 @@ def generate_sft_data(cfg: SftDataConfig, out: str | Path, *, progress: bool = F
                     envs, policy, seeds=[cfg.seed + start + i for i in range(len(sub))],
                     options=[{"task_id": p[2].id} for p in sub],
                     designs=[fence(p[4]) if p[4] is not None else None for p in sub],
-                    progress=progress, close=True,
+                    progress=bar or False, close=True,
                 )
                 for (env_id, _, task, design, _), rec in zip(sub, records, strict=True):
                     counts["episodes"] += 1
@@ -193,6 +198,8 @@ def generate_sft_data(cfg: SftDataConfig, out: str | Path, *, progress: bool = F
                         seen.add(key)
                         counts[turn.role] = counts.get(turn.role, 0) + 1
                         f.write(json.dumps(line) + "\n")
+    if bar is not None:
+        bar.close()
     counts["by_design"] = {k: {"episodes": v[0], "correct": v[1]} for k, v in by_design.items()}  # type: ignore[assignment]
     return counts
 
@@ -249,7 +256,7 @@ def _main(args: Any) -> int:
             seed=args.seed, batch_size=args.batch_size, designer_prompt=prompt,
             max_new_tokens=args.max_new_tokens, temperature=args.temperature,
         )
-        counts = generate_sft_data(cfg, args.out)
+        counts = generate_sft_data(cfg, args.out, progress=True)
     except (ValueError, KeyError, FileNotFoundError) as exc:
         print(f"mx sft-data: {exc}", file=sys.stderr)
         return 2

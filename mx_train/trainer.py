@@ -398,8 +398,10 @@ class Trainer:
             "executor": dataclasses.asdict(r.executor),
         }
 
-    def save(self, root: Path | None = None, keep_last: int | None = None, full: bool = True) -> Path:
-        """Checkpoint the current step; ``full=False`` writes the weights only (no optimizer/RNG state)."""
+    def save(self, root: Path | None = None, keep_last: int | None = None, full: bool = True,
+             keep_full: bool = True) -> Path:
+        """Checkpoint the current step; ``full=False`` writes the weights only (no optimizer/RNG state);
+        ``keep_full=False`` lets pruning remove the newest full checkpoint too."""
         from mx_train.checkpoint import save_checkpoint
 
         tok = getattr(self.backends["designer"], "tokenizer", None)
@@ -415,6 +417,7 @@ class Trainer:
             keep_last=self.config.keep_last if keep_last is None else keep_last,
             tokenizer=tok,
             full=full,
+            keep_full=keep_full,
         )
 
     def resume(self) -> int | None:
@@ -482,13 +485,19 @@ class Trainer:
         )
         history = []
         rng = random.Random(self.config.seed)
+        bar = _bar(ws.steps, "cold start (SFT)", "step") if self.progress else None
         for k in range(ws.steps):
             m = sft.sft_step(_warm_start_batch(per_design, data, ws.batch_size, k, rng))
             history.append(m)
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{m.get('loss', float('nan')):.3f}")
             logger.info(
                 "warm start %d/%d: loss %.4f (%.0f tokens, %.1fs)",
                 k + 1, ws.steps, m.get("loss", float("nan")), m.get("total_tokens", 0), m.get("time_s", 0),
             )
+        if bar is not None:
+            bar.close()
         sft.release()  # its optimizer state, on every learner rank
         del sft
         for role, lr in self.learners.items():
@@ -512,7 +521,9 @@ class Trainer:
                 if self.config.warm_start.save:
                     # The cold-start policy, kept apart from the RL checkpoints (which rotate): the
                     # "before" of before-vs-after comparisons (e.g. the demo's designer ablation).
-                    self.save(self.out / "cold_start" / "checkpoints", keep_last=1)
+                    # Weights only: evaluations need no optimizer state, and a resumed run restarts
+                    # from its RL checkpoints, never from here.
+                    self.save(self.out / "cold_start" / "checkpoints", keep_last=1, full=False)
         history: list[dict[str, Any]] = []
         log = MetricsLogger(
             self.out, tensorboard=self.config.tensorboard, wandb=self.config.wandb, resume_step=resumed
@@ -521,11 +532,16 @@ class Trainer:
             from mx_train.metrics import read_metrics
 
             self.monitor.seed(read_metrics(log.path))
+        # Steps of this invocation, with rate and ETA (each step also shows its rollout's episode bar).
+        bar = _bar(total, "RL steps", "step", initial=self.step_index) if self.progress else None
         try:
             while self.step_index < total:
                 metrics = self.step()
                 log.log(self.step_index - 1, metrics)
                 history.append(metrics)
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(phase=metrics["phase"], reward=f"{metrics['reward/executor']:.2f}")
                 # Counted from 0 like metrics.jsonl, TensorBoard and the plots ("step 0 (1/20)").
                 logger.info(
                     "step %d (%d/%d) [%s] reward designer %.3f executor %.3f valid %.2f loss %s (%.1fs)",
@@ -536,10 +552,16 @@ class Trainer:
                 # Full checkpoints (resumable) every full_save_every steps and at the end; weights-only
                 # ones every save_every steps in between (a third of the size: no AdamW moments).
                 fse = self.config.full_save_every
-                full = self.step_index == total or (fse > 0 and self.step_index % fse == 0)
+                last = self.step_index == total
+                if last and total == self.config.max_steps and self.config.final_checkpoint == "weights":
+                    self.save(full=False, keep_last=1, keep_full=False)  # the completed run: its weights
+                    continue
+                full = last or (fse > 0 and self.step_index % fse == 0)
                 if full or self.step_index % self.config.save_every == 0:
                     self.save(full=full)
         finally:
+            if bar is not None:
+                bar.close()
             log.close()
             self.close()
         return history
@@ -555,6 +577,12 @@ class Trainer:
 
             shutdown_workers(self._workers)
             self._workers = None
+
+
+def _bar(total: int, desc: str, unit: str, initial: int = 0) -> Any:
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, desc=desc, unit=unit, dynamic_ncols=True)
 
 
 def make_env_factory(config: TrainConfig) -> EnvFactory:

@@ -111,17 +111,19 @@ def run_heldout(
         "settings": {k: v for k, v in settings.items() if k != "source"}, "checkpoint": settings["source"],
         "conditions": {},
     }
-    for name, designer, executor in plan:
+    for index, (name, designer, executor) in enumerate(plan, 1):
         policy = _policy(designer, executor, settings, backends, seed, batch_size)
+        # One bar per condition, advanced per finished episode of any level: rate and ETA.
+        bar = _condition_bar(f"heldout {index}/{len(plan)} {name}", len(levels) * n) if progress else None
 
         def one_level(level: int, name: str = name, designer: str = designer, executor: str = executor,
-                      policy: Any = policy) -> tuple[dict[str, Any], Counter[str]]:
+                      policy: Any = policy, bar: Any = bar) -> tuple[dict[str, Any], Counter[str]]:
             cfg = EvalConfig(env_ids=[ENV_ID], policy=f"{name}:{designer}", executor=executor, seed=seed, limit=n,
                              batch_size=batch_size, trained_settings=False,
                              # a fixed test stream; `limit` takes its first n (so a later, larger n reuses these)
                              env_kwargs={"split": "test", "loader_kwargs": {"level": level, "n": TEST_STREAM}})
             out_dir = run / "heldout" / name / f"L{level}"
-            res = run_eval(cfg, out_dir, policy=policy, progress=progress)
+            res = run_eval(cfg, out_dir, policy=policy, progress=False, bar=bar)
             acc = res["envs"][ENV_ID]["accuracy"]
             fam = _families(out_dir)
             return {"accuracy": acc["mean"], "low": acc["low"], "high": acc["high"],
@@ -130,8 +132,12 @@ def run_heldout(
         # The levels run at once: their episodes' LLM turns share the backend's batches (a decoding
         # step costs little more for 60 rows than for 20 on a CPU). Sampling seeds derive from
         # (policy seed, episode, turn), not from call order, so the result is the sequential one.
-        with ThreadPoolExecutor(max_workers=len(levels), thread_name_prefix="heldout") as pool:
-            results = list(pool.map(one_level, levels))
+        try:
+            with ThreadPoolExecutor(max_workers=len(levels), thread_name_prefix="heldout") as pool:
+                results = list(pool.map(one_level, levels))
+        finally:
+            if bar is not None:
+                bar.close()
         per_level: dict[str, Any] = {}
         families: Counter[str] = Counter()
         for level, (row, fam) in zip(levels, results, strict=True):
@@ -152,6 +158,12 @@ def run_heldout(
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
     return doc
+
+
+def _condition_bar(desc: str, total: int) -> Any:
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="ep", dynamic_ncols=True)
 
 
 def _settings_from_config(run: Path) -> dict[str, Any] | None:
@@ -204,7 +216,7 @@ def _main(args: Any) -> int:
     levels = tuple(int(x) for x in args.levels.split(",") if x.strip())
     conds = [c.strip() for c in args.conditions.split(",") if c.strip()] if args.conditions else None
     doc = run_heldout(args.run, levels=levels, n=args.n, seed=args.seed, batch_size=args.batch_size, out=args.out,
-                      conditions=conds)
+                      conditions=conds, progress=True)
     print(render(doc))
     print(f"wrote {args.out or Path(args.run) / 'heldout.json'}")
     return 0

@@ -145,11 +145,13 @@ def run_eval(
     policy: Any = None,
     env_factory: Callable[..., Any] = default_env_factory,
     progress: bool = True,
+    bar: Any = None,
 ) -> dict[str, Any]:
     """Run (or resume) the evaluation ``cfg`` into ``out``; returns the ``results.json`` document.
 
     ``policy`` overrides building one from ``cfg.policy``/``cfg.executor`` (tests pass a scripted
-    policy); ``env_factory(env_id, **kwargs)`` makes an env.
+    policy); ``env_factory(env_id, **kwargs)`` makes an env. ``bar``: a progress bar of the caller,
+    advanced by one per finished episode (instead of this function's own bar, advanced per chunk).
     """
     cfg.validate()
     out = Path(out)
@@ -192,8 +194,10 @@ def run_eval(
         from mx_train.eval.protocols import apply_sampling
 
         apply_sampling(policy, top_p=cfg.top_p, top_k=cfg.top_k, repetition_penalty=cfg.repetition_penalty)
-    bar = None
-    if progress:
+    outer_bar, bar = bar, None
+    if outer_bar is not None:
+        outer_bar.update(total - len(todo))  # resumed episodes
+    elif progress:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=total, initial=total - len(todo), desc="eval", unit="ep", dynamic_ncols=True)
@@ -207,7 +211,7 @@ def run_eval(
             try:
                 for start in range(0, len(batch_items), cfg.batch_size):
                     chunk = batch_items[start : start + cfg.batch_size]
-                    new = _run_chunk(cfg, env_id, chunk, envs[: len(chunk)], policy, traces_dir, out)
+                    new = _run_chunk(cfg, env_id, chunk, envs[: len(chunk)], policy, traces_dir, out, outer_bar)
                     _append(episodes_path, new)
                     for r in new:
                         records[r.key] = r
@@ -228,14 +232,15 @@ def run_eval(
 
 
 def _run_chunk(cfg: EvalConfig, env_id: str, chunk: list[tuple[str, Any, int]], envs: list[Any],
-               policy: Any, traces_dir: Path, out: Path) -> list[EpisodeRecord]:
+               policy: Any, traces_dir: Path, out: Path, bar: Any = None) -> list[EpisodeRecord]:
     from mx_agents.rollout import GroupIds, run_episodes
 
     seeds = [episode_seed(cfg.seed, env_id, task.id, s) for _, task, s in chunk]
     options = [{"task_id": task.id} for _, task, _ in chunk]
     groups = [GroupIds(task_uid=f"{env_id}/{task.id}", design_id=s) for _, task, s in chunk]
     t0 = time.perf_counter()
-    played = run_episodes(envs, policy, seeds=seeds, options=options, groups=groups, progress=False, close=False)
+    played = run_episodes(envs, policy, seeds=seeds, options=options, groups=groups, progress=bar or False,
+                          close=False)
     chunk_wall = time.perf_counter() - t0
     new: list[EpisodeRecord] = []
     for (_, task, s), ep, env in zip(chunk, played, envs, strict=True):

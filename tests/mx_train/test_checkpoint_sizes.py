@@ -56,3 +56,21 @@ def test_trainer_saves_full_every_n_and_at_the_end(tmp_path) -> None:
     kinds = {p.name: load_latest(p.parent, full=False) is not None and (p / "rng.pt").exists()
              for p in list_checkpoints(tmp_path / "run" / "checkpoints")}
     assert kinds == {"step_00000001": False, "step_00000002": True, "step_00000003": True}
+
+
+def test_completed_run_keeps_only_its_final_weights_when_asked(tmp_path) -> None:
+    """`final_checkpoint: weights`: full checkpoints while running (a killed run resumes), then only the
+    last step's weights once the run completes."""
+    from tests.mx_train.test_trainer import _config, _trainer
+
+    run = tmp_path / "run" / "checkpoints"
+    trainer = _trainer(_config(tmp_path, max_steps=3, save_every=1, full_save_every=1, keep_last=2,
+                               final_checkpoint="weights"))
+    trainer.run(max_steps=2)  # stopped early (as if killed after step 2): resumable
+    assert load_latest(run) is not None and load_latest(run).step == 2
+    trainer = _trainer(_config(tmp_path, max_steps=3, save_every=1, full_save_every=1, keep_last=2,
+                               final_checkpoint="weights"))
+    trainer.run(resume=True)
+    assert [p.name for p in list_checkpoints(run)] == ["step_00000003"]
+    assert load_latest(run) is None and load_latest(run, full=False).step == 3
+    assert not (run / "step_00000003" / "learners").exists()

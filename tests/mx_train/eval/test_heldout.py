@@ -9,7 +9,7 @@ import pytest
 
 
 @pytest.mark.slow
-def test_heldout_runs_every_condition_on_test_tasks(tmp_path: Path):
+def test_heldout_runs_every_condition_on_test_tasks(tmp_path: Path, capsys):
     pytest.importorskip("torch")
     from mx_agents.backends.hf import HFBackend
     from mx_agents.testing import tiny_llama
@@ -36,7 +36,11 @@ def test_heldout_runs_every_condition_on_test_tasks(tmp_path: Path):
     Trainer(cfg, env_factory=ScriptedTwoLevelEnv, backend_factory=make, progress=False).run()
     assert (run / "cold_start" / "checkpoints").is_dir()
     ckpt = sorted((run / "checkpoints").iterdir())[-1] / "models" / "policy"
-    doc = run_heldout(run, levels=(1, 3), n=2, batch_size=4, base_model=str(ckpt))
+    capsys.readouterr()
+    doc = run_heldout(run, levels=(1, 3), n=2, batch_size=4, base_model=str(ckpt), progress=True)
+    err = capsys.readouterr().err
+    for i, name in enumerate(("base", "cold_start", "trained", "trained_executor+cold_designer"), 1):
+        assert f"heldout {i}/4 {name}" in err and "4/4" in err, err  # a bar per condition, every episode counted
     assert set(doc["conditions"]) == {"base", "cold_start", "trained", "trained_executor+cold_designer"}
     assert doc["settings"]["designer_prompt"] == {"system_prompt": "TINY"}
     for c in doc["conditions"].values():
