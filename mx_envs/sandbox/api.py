@@ -37,6 +37,28 @@ BASE_CHILD_ENV = {
 }
 
 
+FILE_VIEW_ALLOWLIST = "allowlist"
+FILE_VIEW_HOST = "host"
+# Names a caller may pass as ``Limits.file_view``, and the view each one means.
+FILE_VIEWS: dict[str, str] = {
+    FILE_VIEW_ALLOWLIST: FILE_VIEW_ALLOWLIST,
+    "default": FILE_VIEW_ALLOWLIST,
+    "grading": FILE_VIEW_ALLOWLIST,
+    FILE_VIEW_HOST: FILE_VIEW_HOST,
+}
+
+
+def canonical_file_view(name: object) -> str:
+    """``"allowlist"`` or ``"host"`` for a name of :data:`FILE_VIEWS`; ``ValueError`` otherwise.
+
+    An unknown name is refused rather than read as either view: a typo must not widen a run.
+    """
+    view = FILE_VIEWS.get(name) if isinstance(name, str) else None
+    if view is None:
+        raise ValueError(f"unknown file_view {name!r}; expected one of {sorted(FILE_VIEWS)}")
+    return view
+
+
 @dataclass(frozen=True)
 class Limits:
     """Resource limits of one run. ``None`` means "backend default" where noted."""
@@ -49,11 +71,16 @@ class Limits:
     file_size_mb: int = 16  # largest file the program may write (RLIMIT_FSIZE)
     open_files: int = 256  # RLIMIT_NOFILE
     network: bool = False  # True leaves networking as the host has it (never the default)
-    # What of the host filesystem the run sees. "default": the read-only host minus masked secrets
-    # (scripts, tool code). "grading": an allow-list for judged candidate programs: the interpreter,
-    # the stdlib and the packages a solution may import; no checkout, no dataset directories
-    # (MX_DATA_DIR, shared/data), no other installed package's data.
-    file_view: str = "default"
+    # What of the file system the run sees (see ``file_view.py``). "allowlist" (the default; the
+    # old names "default" and "grading" mean the same): a read-only world holding only the
+    # interpreter, the stdlib, the packages of ``file_view.ALLOWED_PACKAGES`` and a private work
+    # dir and tmp; no checkout, no data directory, no cache, no home, no other package. Every run of
+    # policy-written code (MAS scripts, tool programs, judged candidates) gets it. "host": the host's
+    # root, read-only, secrets masked: an explicit widening that no env asks for.
+    file_view: str = FILE_VIEW_ALLOWLIST
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "file_view", canonical_file_view(self.file_view))
 
     def effective_cpu_s(self) -> float:
         return float(self.cpu_s if self.cpu_s is not None else self.wall_s)
@@ -71,7 +98,8 @@ class RunResult:
     stderr_truncated: bool = False
     wall_s: float = 0.0
     cpu_s: float = 0.0
-    peak_memory_mb: float = 0.0
+    peak_memory_mb: float = 0.0  # peak resident memory the run added (its cgroup's record)
+    oom_kills: int = 0  # processes of the run the kernel OOM-killed at its memory limit
     signal: int | None = None
     message: str = ""  # human-readable reason for the verdict (e.g. which limit)
     isolation: dict[str, Any] = field(default_factory=dict)  # what was enforced (namespaces, uid, ...)

@@ -1,16 +1,19 @@
 """The sandboxed child: isolation prepared before a request (prefork), then the run itself.
 
 :func:`prepare` runs right after the supervisor forked the child (into the run's PID namespace
-and cgroup): mount/IPC namespaces, masks, read-only root, private tmpfs, its own ``/proc``, and the
-grading file view when wanted. Still privileged, it then waits for the request. :func:`run` applies
-what depends on the request (tmpfs sizes, rlimits, the file view), drops every privilege (fresh
-uid, no groups, ``no_new_privs``, seccomp filter), closes the status socket, and only then runs
-the program: nothing the program can reach speaks for the sandbox.
+and cgroup): mount/IPC namespaces and the run's file view, either the allow-list world
+(:mod:`mx_envs.sandbox.file_view`, entered with ``chroot`` right here) or, when a request asked
+for it explicitly, the host view (masks, read-only root, private tmpfs, its own ``/proc``). Still
+privileged, it then waits for the request. :func:`run` applies what depends on the request (tmpfs
+sizes, rlimits), drops every privilege (fresh uid, no groups, ``no_new_privs``, seccomp filter),
+closes the status socket, and only then runs the program: nothing the program can reach speaks
+for the sandbox.
 """
 
 from __future__ import annotations
 
 import atexit
+import importlib
 import json
 import math
 import os
@@ -27,11 +30,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mx_envs.sandbox import _linux, file_view, interpreter_paths
-from mx_envs.sandbox.api import BASE_CHILD_ENV
+from mx_envs.sandbox.api import BASE_CHILD_ENV, FILE_VIEW_ALLOWLIST, FILE_VIEW_HOST
 
 WORKDIR = "/tmp/work"
 CHANNEL_FD = 3
-PRIVATE_TMP = ("/tmp", "/var/tmp", "/dev/shm")
+PRIVATE_TMP = ("/tmp", "/var/tmp", "/dev/shm")  # host view: private tmpfs over the host's
+PRIVATE_WORLD_TMP = ("/tmp", "/dev/shm")  # the world's own (paths inside it)
 PREFORK_TMP_MB = 1024  # size of each private tmpfs; a request with a smaller budget shrinks it
 SETUP_FAILED = 70  # exit status of a child whose set-up failed before the program ran
 CHILD_ENV = {
@@ -50,6 +54,7 @@ class PoolPlan:
     seccomp_bpf: bytes = b""
     seccomp: _linux.SeccompProgram | None = None
     seccomp_error: str = ""
+    view_error: str = ""
 
 
 PLAN = PoolPlan()
@@ -64,7 +69,7 @@ class ChildSpec:
     pid_ns: bool  # forked into a fresh PID namespace (mount its /proc)
     host_netns_fd: int  # -1, or the host network namespace (for Limits(network=True))
     cgroup_fds: list[int]  # cgroup.procs descriptors to join
-    want_view: bool  # build the grading file view too
+    view: str  # FILE_VIEW_ALLOWLIST (the world, entered at once) or FILE_VIEW_HOST
     shared_netns: bool  # the supervisor already sits in an empty network namespace of its own
 
 
@@ -116,20 +121,23 @@ def prepare(spec: ChildSpec, status: socket.socket) -> dict[str, Any]:
         except OSError as exc:
             iso["errors"].append(f"private mount propagation: {exc}")
             iso["mount_ns"] = False  # never mount anything that could propagate to the host
-    if iso["mount_ns"]:
-        _prepare_mounts(spec, iso)
+    if spec.view == FILE_VIEW_ALLOWLIST:
+        if iso["mount_ns"]:
+            _prepare_world(spec, iso)
+        else:
+            iso["errors"].append("allow-list world: needs a private mount namespace")
+    else:
+        if iso["mount_ns"]:
+            _prepare_host_view(spec, iso)
+        iso["file_view"] = FILE_VIEW_HOST  # the explicit wide view: as much isolation as held
     workdir = WORKDIR if iso["private_tmp"] else _host_tempdir()
     if iso["private_tmp"]:
         os.mkdir(workdir, 0o700)
     iso["workdir"] = workdir
     iso["uid"] = spec.uid
-    if iso["file_view"]:
-        os.mkdir(file_view.VIEW_ROOT + WORKDIR, 0o700)
     if spec.uid is not None:
         os.chown(workdir, spec.uid, spec.uid)
-        if iso["file_view"]:
-            os.chown(file_view.VIEW_ROOT + WORKDIR, spec.uid, spec.uid)
-    _python_state(workdir)  # nothing of it depends on the request: off the critical path
+    _python_state(workdir, world=iso["file_view"] == FILE_VIEW_ALLOWLIST)
     return iso
 
 
@@ -139,7 +147,28 @@ def _host_tempdir() -> str:
     return tempfile.mkdtemp(prefix="mx-sbx-")
 
 
-def _prepare_mounts(spec: ChildSpec, iso: dict[str, Any]) -> None:
+def _prepare_world(spec: ChildSpec, iso: dict[str, Any]) -> None:
+    """Build the allow-list world and enter it (``chroot``): from here on nothing else exists."""
+    if PLAN.view is None:
+        iso["errors"].append(f"allow-list world unavailable: {PLAN.view_error or 'not planned'}")
+        return
+    try:
+        file_view.build(PLAN.view, tmp_size=f"{PREFORK_TMP_MB}m", proc=spec.pid_ns)
+        os.chroot(file_view.VIEW_ROOT)
+        os.chdir("/")
+    except OSError as exc:
+        iso["errors"].append(f"allow-list world: {exc}")
+        return
+    iso.update(
+        file_view=FILE_VIEW_ALLOWLIST,
+        readonly_root=True,
+        private_tmp=list(PRIVATE_WORLD_TMP),
+        proc="own (PID namespace)" if spec.pid_ns else "host (bound: no PID namespace)",
+    )
+
+
+def _prepare_host_view(spec: ChildSpec, iso: dict[str, Any]) -> None:
+    """The explicit wide view: the host's root read-only, secrets masked, private tmpfs."""
     try:
         iso["masked"] = interpreter_paths.apply_masks(PLAN.masks)
     except OSError as exc:
@@ -163,12 +192,6 @@ def _prepare_mounts(spec: ChildSpec, iso: dict[str, Any]) -> None:
             iso["proc"] = "own (PID namespace)"
         except OSError as exc:
             iso["errors"].append(f"/proc of the PID namespace: {exc}")
-    if spec.want_view and PLAN.view is not None and iso["private_tmp"]:
-        try:
-            file_view.build(PLAN.view, tmp_size=f"{PREFORK_TMP_MB}m")
-            iso["file_view"] = "grading"
-        except OSError as exc:
-            iso["errors"].append(f"grading file view: {exc}")
 
 
 def _close_inherited(status: socket.socket, also: list[int]) -> None:
@@ -184,8 +207,14 @@ def _close_inherited(status: socket.socket, also: list[int]) -> None:
     os.closerange(lo, 1 << 20)
 
 
-def _python_state(workdir: str) -> None:
-    """Interpreter state for a run: environment, signals, standard streams, fresh RNGs."""
+def _python_state(workdir: str, world: bool) -> None:
+    """Interpreter state for a run: environment, signals, standard streams, fresh RNGs, and (in
+    the world) import caches that forget the host's directory listings."""
+    if world:
+        # The warm server's path finders cached the host's listings (site-packages, the checkout's
+        # packages); forgotten here, an import in the world looks only at what the world holds.
+        importlib.invalidate_caches()
+        sys.path_importer_cache.clear()
     os.environ.clear()
     os.environ.update(CHILD_ENV)
     os.environ.update(HOME=workdir, TMPDIR=workdir)
@@ -222,8 +251,6 @@ def _apply_request_limits(limits: dict[str, Any], iso: dict[str, Any], cgroup: b
         # a full disk an ENOSPC for the program rather than an OOM kill.
         size = max(1, int(limits["memory_mb"]))
         roots = list(iso["private_tmp"])
-        if iso.get("file_view") == "grading" and limits.get("file_view") == "grading":
-            roots = [file_view.VIEW_ROOT + "/tmp", file_view.VIEW_ROOT + "/dev/shm"]
         if size < PREFORK_TMP_MB:
             for root in roots:
                 try:
@@ -281,14 +308,10 @@ def run(header: dict[str, Any], fds: list[int], iso: dict[str, Any], status_fd: 
         _apply_request_limits(limits, iso, bool(header.get("cgroup")), status_fd)
         t1 = time.perf_counter()
         workdir: str = iso["workdir"]
-        grading = limits.get("file_view") == "grading"
-        if grading:
-            if iso.get("file_view") != "grading":
-                _fail(status_fd, "grading file view unavailable: " + "; ".join(iso.get("errors", [])))
-            os.chroot(file_view.VIEW_ROOT)
-        elif iso.get("file_view"):
-            _linux.umount2(file_view.VIEW_ROOT, _linux.MNT_DETACH)
-            os.rmdir(file_view.VIEW_ROOT)
+        if iso.get("file_view") != limits.get("file_view"):
+            # Never run a program in another view than it asked for (a wider one least of all).
+            why = "; ".join(iso.get("errors", [])) or f"child prepared for {iso.get('file_view')}"
+            _fail(status_fd, f"file view {limits.get('file_view')!r} unavailable: {why}")
         os.chdir(workdir)
         t2 = time.perf_counter()
         _drop_privileges(iso.get("uid"), iso)

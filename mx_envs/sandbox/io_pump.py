@@ -153,6 +153,7 @@ class RunIO:
             wall_s=float(r.get("wall_s") or 0.0),
             cpu_s=float(r.get("cpu_s") or 0.0),
             peak_memory_mb=float(r.get("peak_memory_mb") or 0.0),
+            oom_kills=int(r.get("oom_kills") or 0),
             signal=r.get("signal"),
             message=message,
             isolation=dict(r.get("isolation") or {}),

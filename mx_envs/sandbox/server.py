@@ -9,7 +9,7 @@ Process tree (all standard library; started by :class:`mx_envs.sandbox.process.P
                               ├── supervisor 2 ...                   PID ns, in its run cgroup)
 
 The server decides once what every run needs (cgroup layout, seccomp program, interpreter masks,
-grading file view), then forks ``pool_size`` supervisors (:mod:`mx_envs.sandbox.supervisor`) and
+the allow-list world), then forks ``pool_size`` supervisors (:mod:`mx_envs.sandbox.supervisor`) and
 keeps exactly one idle: supervisors report busy/idle with their pid, and a dead supervisor's busy
 mark is dropped with it, so the count never drifts.
 """
@@ -28,7 +28,10 @@ import time
 import traceback
 from typing import Any
 
+# ``channel``: the in-run half of ``Sandbox.start``. Runs live in the allow-list world, which holds
+# no source of mx_envs, so the sandbox's own in-run API must be in memory when a run is forked.
 from mx_envs.sandbox import _linux, cgroups, child, file_view, interpreter_paths, pidns
+from mx_envs.sandbox import channel as _channel  # noqa: F401
 from mx_envs.sandbox.supervisor import PoolContext, Supervisor
 
 # ----------------------------------------------------------------------------- server
@@ -44,9 +47,10 @@ def _plan_isolation(info: dict[str, Any]) -> None:
     plan = child.PoolPlan(needed_dirs=needed, masks=masks)
     try:
         plan.view = file_view.plan()
-        info["grading_packages"] = plan.view.packages
-    except Exception as exc:  # noqa: BLE001 - grading runs then fail with the reason
-        info["grading_view_error"] = f"{type(exc).__name__}: {exc}"
+        info["allowed_packages"] = plan.view.packages
+    except Exception as exc:  # noqa: BLE001 - runs in the world then fail with the reason
+        plan.view_error = f"{type(exc).__name__}: {exc}"
+        info["world_error"] = plan.view_error
     try:
         from mx_envs.sandbox import seccomp_policy
 

