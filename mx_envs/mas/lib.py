@@ -1,8 +1,14 @@
 """The library a designer's MAS script is written against (imported in scripts as ``mas``).
 
 Standard library only and cheap to import, so the sandbox's warm server can preload it. Inside a
-running script every LLM call and every tool run is a message to the host (see
-:mod:`mx_envs.mas.runner`); nothing here talks to a model or runs agent-written code itself.
+running script every LLM call and every tool run is a message to the host, one of the typed messages
+of :mod:`mx_envs.mas.protocol` (see :mod:`mx_envs.mas.runner`); nothing here talks to a model or runs
+agent-written code itself. What a script hands the library is checked with the protocol's own checks
+here, so a script mistake is an exception in the script, never a message the host rejects.
+
+Answers are read by the grader's extractor (:mod:`mx_envs.tasks.math_extract`, standard library
+only): ``extract_boxed``, ``extract_answer`` and ``majority_vote`` see in a reply exactly the answer
+the grader will read in it.
 
 Public names: :class:`Agent`, :func:`pipeline`, :func:`ensemble`, :func:`majority_vote`,
 :func:`reflect`, :func:`debate`, :func:`route`, :func:`extract_boxed`, :func:`extract_code`,
@@ -14,6 +20,24 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Protocol
+
+from mx_envs.mas.protocol import (
+    MAX_NAME_CHARS,
+    MAX_WIRE_NAME_CHARS,
+    ROLES,
+    TOOLS,
+    AgentNotice,
+    ChatMessage,
+    LLMCall,
+    ProtocolViolation,
+    Reply,
+    ToolRequest,
+    ToolResult,
+    check_options,
+)
+from mx_envs.tasks.math_extract import extract_all as _extract_all
+from mx_envs.tasks.math_extract import last_boxed as _last_boxed
+from mx_envs.tasks.math_extract import vote_key as _vote_key
 
 __all__ = [
     "Agent",
@@ -30,9 +54,6 @@ __all__ = [
     "MASError",
 ]
 
-TOOLS = ("python",)
-OPTION_KEYS = ("max_tokens", "temperature", "top_p", "stop")
-MAX_NAME_CHARS = 64
 TOOL_OUTPUT_CHARS = 2000
 FINAL_MARK = "FINAL ANSWER"
 
@@ -95,29 +116,35 @@ def _unique_name(name: str) -> str:
     while name in _runtime.names:
         n += 1
         name = f"{base}#{n}"
+    if len(name) > MAX_WIRE_NAME_CHARS:
+        raise MASError(f"too many agents named {base[:80]!r}")
     _runtime.names.add(name)
     return name
 
 
 def _check_options(options: dict[str, Any]) -> dict[str, Any]:
+    """Options as the protocol sends them (``None`` dropped, one stop string as a list), or MASError."""
     out: dict[str, Any] = {}
     for key, value in options.items():
         if value is None:
             continue
-        if key not in OPTION_KEYS:
-            raise MASError(f"unknown LLM option {key!r}; known: {', '.join(OPTION_KEYS)}")
-        if key == "max_tokens" and (not isinstance(value, int) or isinstance(value, bool) or value <= 0):
-            raise MASError(f"max_tokens must be a positive int, got {value!r}")
-        if key in ("temperature", "top_p") and (
-            not isinstance(value, int | float) or isinstance(value, bool) or value < 0
-        ):
-            raise MASError(f"{key} must be a non-negative number, got {value!r}")
-        if key == "stop":
-            value = [value] if isinstance(value, str) else list(value)
-            if not all(isinstance(s, str) for s in value):
-                raise MASError("stop must be a string or a list of strings")
+        if key == "stop" and isinstance(value, str):
+            value = [value]
+        elif key == "stop" and isinstance(value, tuple):
+            value = list(value)
         out[key] = value
-    return out
+    try:
+        return dict(check_options(out))
+    except ProtocolViolation as exc:
+        raise MASError(str(exc)) from None
+
+
+def _chat_message(m: Any, i: int) -> ChatMessage:
+    if not (isinstance(m, dict) and m.get("role") in ROLES and isinstance(m.get("content"), str)):
+        raise MASError(
+            f"agent history item {i} must be a dict with a role in {ROLES} and a string content, got {m!r:.100}"
+        )
+    return {"role": m["role"], "content": m["content"]}
 
 
 class Agent:
@@ -142,7 +169,7 @@ class Agent:
     ) -> None:
         if not isinstance(name, str) or not name.strip():
             raise MASError(f"Agent name must be a non-empty string, got {name!r}")
-        if len(name) > MAX_NAME_CHARS:
+        if len(name.strip()) > MAX_NAME_CHARS:
             raise MASError(f"Agent name longer than {MAX_NAME_CHARS} characters: {name[:80]!r}")
         if not isinstance(system, str):
             raise MASError(f"system must be a string, got {type(system).__name__}")
@@ -164,7 +191,7 @@ class Agent:
         # An agent created at module level is announced to the host at its first call.
         self._announced = False
         if _runtime.transport is not None:
-            _runtime.transport.notify({"type": "agent", "name": self.name, "tools": list(self.tools)})
+            _runtime.transport.notify(AgentNotice(self.name, self.tools).to_wire())
             self._announced = True
 
     def __repr__(self) -> str:
@@ -175,9 +202,14 @@ class Agent:
         self.history = []
 
     def messages(self) -> list[dict[str, str]]:
-        """The chat as the LLM sees it: system message (if any) then the history."""
-        head = [{"role": "system", "content": self.system}] if self.system else []
-        return head + [dict(m) for m in self.history]
+        """The chat as the LLM sees it: system message (if any) then the history.
+
+        Raises :class:`MASError` when the script put something other than a chat message (a dict with
+        a role in :data:`~mx_envs.mas.protocol.ROLES` and a string content) into ``history``; keys other
+        than ``role`` and ``content`` are not sent.
+        """
+        head: list[ChatMessage] = [{"role": "system", "content": self.system}] if self.system else []
+        return head + [_chat_message(m, i) for i, m in enumerate(self.history)]  # type: ignore[return-value]
 
     def __call__(self, prompt: str, **options: Any) -> str:
         return self.ask(prompt, **options)
@@ -188,7 +220,7 @@ class Agent:
             raise MASError(f"an agent prompt must be a string, got {type(prompt).__name__}")
         transport = _transport()
         if not self._announced:
-            transport.notify({"type": "agent", "name": self.name, "tools": list(self.tools)})
+            transport.notify(AgentNotice(self.name, self.tools).to_wire())
             self._announced = True
         opts = {**self.options, **_check_options(options)}
         self.history.append({"role": "user", "content": prompt})
@@ -196,19 +228,25 @@ class Agent:
         rounds = 0
         while "python" in self.tools and rounds < self.max_tool_rounds and _wants_tool(reply):
             code = extract_code(reply, "python") or ""
-            out = transport.request({"type": "tool", "agent": self.name, "tool": "python", "code": code})
+            out = _host_answer(transport.request(ToolRequest(self.name, "python", code).to_wire()), ToolResult)
             self.history.append({"role": "user", "content": _format_tool_output(out)})
             reply = self._llm(transport, opts)
             rounds += 1
         return reply
 
     def _llm(self, transport: Transport, opts: dict[str, Any]) -> str:
-        answer = transport.request(
-            {"type": "llm", "agent": self.name, "messages": self.messages(), "options": opts}
-        )
-        text = str(answer.get("text", ""))
+        call = LLMCall(self.name, self.messages(), opts)  # type: ignore[arg-type]
+        text = _host_answer(transport.request(call.to_wire()), Reply).text
         self.history.append({"role": "assistant", "content": text})
         return text
+
+
+def _host_answer(raw: Any, cls: type[Any]) -> Any:
+    """The host's answer to a request as ``cls`` (:class:`Reply` or :class:`ToolResult`)."""
+    try:
+        return cls.from_wire(raw)
+    except ProtocolViolation as exc:
+        raise MASError(f"host sent a malformed answer: {exc}") from None
 
 
 def _wants_tool(reply: str) -> bool:
@@ -219,50 +257,30 @@ def _wants_tool(reply: str) -> bool:
     )
 
 
-def _format_tool_output(out: dict[str, Any]) -> str:
-    text = str(out.get("stdout", ""))
-    err = str(out.get("stderr", ""))
+def _format_tool_output(out: ToolResult) -> str:
+    text, err = out.stdout, out.stderr
     if err:
         text += ("\n" if text else "") + err
     if len(text) > TOOL_OUTPUT_CHARS:
         half = TOOL_OUTPUT_CHARS // 2
         text = text[:half] + "\n...[output truncated]...\n" + text[-half:]
-    verdict = str(out.get("verdict", "ok"))
-    status = "" if verdict == "ok" else f" ({verdict})"
+    status = "" if out.verdict == "ok" else f" ({out.verdict})"
     return f"Python output{status}:\n```output\n{text.rstrip()}\n```"
 
 
 # ---------------------------------------------------------------- answer extraction
 
 
-_BOX_RE = re.compile(r"\\(?:boxed|fbox)\s*")
-
-
 def extract_boxed(text: str) -> str | None:
-    """Content of the LAST complete ``\\boxed{...}`` (or ``\\fbox{...}``), nested braces kept.
+    """Content of the LAST top-level ``\\boxed{...}`` / ``\\fbox{...}`` (nested braces kept), as the grader reads it.
 
-    ``\\boxed 5`` (no braces) yields ``"5"``. Returns ``None`` when there is none.
+    A box inside a box is part of the outer one; ``\\{``/``\\}`` are content, not grouping;
+    ``\\boxed 5`` (a space, then a token) is a box of ``5``. ``None`` when there is no box, or when the
+    last one never closes (a truncated reply has no answer; an earlier box is not taken instead).
     """
     if not isinstance(text, str):
         return None
-    for m in reversed(list(_BOX_RE.finditer(text))):
-        i = m.end()
-        if i < len(text) and text[i] == "{":
-            depth = 0
-            for j in range(i, len(text)):
-                c = text[j]
-                if c == "{":
-                    depth += 1
-                elif c == "}":
-                    depth -= 1
-                    if depth == 0:
-                        return text[i + 1 : j].strip()
-            continue  # unbalanced (truncated): try an earlier box
-        if m.group(0).startswith("\\boxed") and i > m.start() + len("\\boxed"):
-            tail = re.match(r"[^\s$]+", text[i:])
-            if tail:
-                return tail.group(0)
-    return None
+    return _last_boxed(text)
 
 
 _FENCE_RE = re.compile(r"^[ \t]*```[ \t]*([A-Za-z0-9_+.-]*)[^\n]*\n(.*?)(?:^[ \t]*```[ \t]*$|\Z)", re.S | re.M)
@@ -292,21 +310,33 @@ def extract_code(text: str, lang: str | None = "python") -> str | None:
     return None
 
 
-def extract_answer(text: str) -> str | None:
-    """The comparable answer of a reply: last ``\\boxed{}`` content, else last python block."""
+def extract_answer(text: str, kind: str | None = None) -> str | None:
+    """The comparable answer of a reply.
+
+    ``kind="math"``: exactly what the grader reads (:func:`mx_envs.tasks.math_extract.extract_answer`):
+    the last box (``None`` when the last box never closes), else the last "final answer" phrase
+    ("The final answer is 7", "Answer: 7", "#### 7"). ``kind="code"``: the last python block.
+    ``kind=None``: a box as for math; without a box, the last python block; else the phrase.
+    """
+    if kind not in (None, "math", "code"):
+        raise MASError(f"extract_answer kind must be 'math', 'code' or None, got {kind!r}")
     if not isinstance(text, str):
         return None
-    boxed = extract_boxed(text)
-    if boxed is not None:
-        return boxed
+    if kind != "code":
+        ex = _extract_all(text)
+        if kind == "math" or ex.source == "boxed":
+            return None if ex.unclosed or not ex.answers else ex.answers[-1]
     code = extract_code(text, "python")
-    return code.strip() if code is not None else None
+    if code is not None or kind == "code":
+        return code.strip() if code is not None else None
+    return ex.answers[-1] if ex.answers else None
 
 
 def final_answer(text: Any, kind: str | None = None) -> str:
     """Format an answer for the grader.
 
-    ``kind="math"``: ``\\boxed{X}`` (X: the last boxed content if any, else the whole text);
+    ``kind="math"``: ``\\boxed{X}`` (X: the answer the grader reads, :func:`extract_answer` with
+    ``kind="math"``, else the whole text);
     ``kind="code"``: the last python block (or the whole text) as one ```python block;
     ``kind=None``: math if the text has a box, code if it has a python block, else the text.
     """
@@ -318,7 +348,8 @@ def final_answer(text: Any, kind: str | None = None) -> str:
     if kind is None:
         kind = "math" if boxed is not None else "code" if code is not None else None
     if kind == "math":
-        return "\\boxed{" + (boxed if boxed is not None else s.strip()) + "}"
+        answer = extract_answer(s, "math")
+        return "\\boxed{" + (answer if answer is not None else s.strip()) + "}"
     if kind == "code":
         body = code if code is not None else s.strip()
         return "```python\n" + body.strip("\n") + "\n```"
@@ -329,13 +360,17 @@ def final_answer(text: Any, kind: str | None = None) -> str:
 
 
 def _norm(answer: Any) -> str:
-    s = str(answer).strip().strip("$").strip()
-    s = re.sub(r"\s+", "", s)
-    return s.rstrip(".")
+    """The vote's key: the form the grader compares (:func:`~mx_envs.tasks.math_extract.vote_key`) for
+    a one-line answer; a program (several lines) with trailing spaces and blank edges dropped."""
+    s = str(answer)
+    if "\n" in s.strip():
+        return "\n".join(line.rstrip() for line in s.strip("\n").splitlines())
+    return _vote_key(s)
 
 
 def majority_vote(answers: Iterable[Any], key: Callable[[Any], Any] | None = None) -> Any:
-    """Most common answer (compared after ``key``, default: whitespace/``$`` stripped).
+    """Most common answer (compared after ``key``; default: the form the grader compares, so answers
+    merged here get one grade, e.g. ``$\\dfrac{1}{2}$`` and ``\\frac{1}{2}``).
 
     Ties go to the answer seen first; ``None`` and empty answers do not vote. Returns ``None``
     when nothing votes.

@@ -1,18 +1,13 @@
 """Script side of a MAS session: runs inside the sandboxed child, never in the host.
 
-The host starts :data:`BOOTSTRAP` with ``sandbox.start``; the child then speaks JSON messages
-over the sandbox channel (never stdout):
+The host starts :data:`BOOTSTRAP` with ``sandbox.start``; the child then speaks the typed messages
+of :mod:`mx_envs.mas.protocol` over the sandbox channel (never stdout): it reads one
+:class:`~mx_envs.mas.protocol.Init`, runs the design (the library sends the agent, LLM and tool
+messages) and ends with one :class:`~mx_envs.mas.protocol.ScriptResult` or
+:class:`~mx_envs.mas.protocol.ScriptError`.
 
-host -> child: ``{"type": "init", "script", "task"}`` once, then one answer per request:
-``{"type": "reply", "text"}`` for ``llm``, ``{"type": "tool_result", "verdict", "stdout",
-"stderr"}`` for ``tool``.
-
-child -> host: ``{"type": "agent", "name", "tools"}`` (notice, no answer),
-``{"type": "llm", "agent", "messages", "options"}``, ``{"type": "tool", "agent", "tool",
-"code"}``, and finally one of ``{"type": "result", "answer"}`` or ``{"type": "error", "kind",
-"error"}``.
-
-Standard library only (plus :mod:`mx_envs.mas.lib`), so a warm sandbox server can preload it.
+Standard library only (plus :mod:`mx_envs.mas.lib` and :mod:`mx_envs.mas.protocol`), so a warm
+sandbox server can preload it.
 """
 
 from __future__ import annotations
@@ -26,6 +21,7 @@ import traceback
 from typing import Any, Protocol
 
 from mx_envs.mas import lib
+from mx_envs.mas.protocol import Init, ProtocolViolation, ScriptError, ScriptResult, json_depth_ok
 
 SCRIPT_FILENAME = "<design>"
 MAX_TRACE_FRAMES = 8
@@ -77,13 +73,16 @@ def script_traceback(exc: BaseException) -> str:
 
 
 def jsonable(answer: Any) -> Any:
-    """``answer`` itself when JSON can carry it unchanged, else its ``str``."""
-    if isinstance(answer, str | int | float | bool) or answer is None:
+    """``answer`` as a :class:`~mx_envs.mas.protocol.ScriptResult` carries it: itself when it is plain
+    JSON data (finite numbers, at most :data:`~mx_envs.mas.protocol.MAX_ANSWER_DEPTH` deep), its JSON
+    round trip when JSON can write it (tuples as lists), else its ``str``."""
+    if isinstance(answer, str | bool) or answer is None:
         return answer
     try:
-        return json.loads(json.dumps(answer))
+        answer = json.loads(json.dumps(answer, allow_nan=False))
     except (TypeError, ValueError, RecursionError):
         return str(answer)
+    return answer if json_depth_ok(answer) else str(answer)
 
 
 def script_namespace() -> dict[str, Any]:
@@ -103,16 +102,16 @@ def run_design(channel: ChildChannel, script: str, task: str) -> None:
         exec(compile(script, SCRIPT_FILENAME, "exec"), ns)
         forward = ns.get("forward")
         if not callable(forward):
-            channel.send({"type": "error", "kind": "missing_entry", "error": "no callable forward(task)"})
+            channel.send(ScriptError("missing_entry", "no callable forward(task)").to_wire())
             return
         lib._install(ChannelTransport(channel))
         try:
             answer = forward(task)
         finally:
             lib._install(None)
-        message = {"type": "result", "answer": jsonable(answer)}
+        message = ScriptResult(jsonable(answer)).to_wire()
     except BaseException as exc:  # noqa: BLE001 - everything the script does is reported, never raised
-        message = {"type": "error", "kind": "exception", "error": script_traceback(exc)}
+        message = ScriptError("exception", script_traceback(exc)).to_wire()
     channel.send(message)
 
 
@@ -122,8 +121,10 @@ def main(channel: ChildChannel | None = None) -> None:
         from mx_envs.sandbox import channel as sandbox_channel
 
         channel = sandbox_channel
-    init = channel.recv()
-    if not isinstance(init, dict) or init.get("type") != "init":
-        channel.send({"type": "error", "kind": "protocol", "error": f"expected init, got {init!r:.200}"})
+    raw = channel.recv()
+    try:
+        init = Init.from_wire(raw)
+    except ProtocolViolation as exc:
+        channel.send(ScriptError("protocol", f"expected init: {exc}").to_wire())
         return
-    run_design(channel, str(init.get("script", "")), str(init.get("task", "")))
+    run_design(channel, init.script, init.task)

@@ -5,6 +5,11 @@ runs it until its first LLM request; ``reply(text)`` hands the reply back and ru
 request. Both return :class:`~mx_envs.mas.protocol.LLMRequest` or
 :class:`~mx_envs.mas.protocol.Finished`; whatever the script does, nothing is raised to the
 caller. Tool calls are separate ``sandbox.run`` calls made here, on the host.
+
+Every message from the script is parsed into its type of :mod:`mx_envs.mas.protocol` and checked
+against the state of the run (a request sent as a request, an agent announced before it calls, the
+python tool only for an agent that has it, an agent announced once); any other message ends the
+episode as ``protocol_violation``. Budgets (calls, agents, sizes) end it as ``budget_exceeded``.
 """
 
 from __future__ import annotations
@@ -13,16 +18,40 @@ import json
 import time
 from typing import Any
 
-from mx_envs.mas.protocol import AgentTurn, Budgets, Finished, LLMRequest, TerminationReason, ToolCall
+from mx_envs.mas.protocol import (
+    REQUESTS,
+    AgentNotice,
+    AgentTurn,
+    Budgets,
+    Finished,
+    Init,
+    LLMCall,
+    LLMRequest,
+    ProtocolViolation,
+    Reply,
+    ScriptError,
+    ScriptMessage,
+    ScriptResult,
+    TerminationReason,
+    ToolCall,
+    ToolRequest,
+    ToolResult,
+    parse_script_message,
+)
 from mx_envs.mas.runner import BOOTSTRAP
 from mx_envs.mas.script import check_script, extract_script
 from mx_envs.sandbox.api import Channel, Limits, RunResult, Sandbox, Verdict
+from mx_envs.sandbox.process import ChannelClosed
 
 # Modules the warm sandbox server should hold, so that a script starts without imports from disk.
 PRELOAD = ("mx_envs.sandbox.channel", "mx_envs.mas.lib", "mx_envs.mas.runner")
 TOOL_OUTPUT_CHARS = 8000  # per stream, what the script gets back from a tool run
 ERROR_TAIL_CHARS = 2000
-MAX_AGENT_NAME_CHARS = 64
+_ERROR_REASONS = {
+    "missing_entry": TerminationReason.MISSING_ENTRY,
+    "exception": TerminationReason.EXCEPTION,
+    "protocol": TerminationReason.PROTOCOL_VIOLATION,
+}
 
 
 def default_mas_sandbox() -> Sandbox:
@@ -135,7 +164,7 @@ class MASSession:
             return self._finish(problem[0], error=problem[1])
         try:
             self._channel = self._take_spare() or self.sandbox.start(BOOTSTRAP, limits=self.script_limits)
-            self._channel.send({"type": "init", "script": script, "task": task_text})
+            self._channel.send(Init(script, task_text).to_wire())
         except Exception as exc:  # noqa: BLE001 - any sandbox failure is a result, not a crash
             return self._finish(TerminationReason.SANDBOX_ERROR, error=f"could not start the script: {exc!r}")
         self._start_spare()
@@ -180,7 +209,7 @@ class MASSession:
             AgentTurn(req.call_index, req.agent, req.messages, text, dict(req.options))
         )
         try:
-            self._send({"type": "reply", "text": text})
+            self._send(Reply(text).to_wire())
         except _End as end:
             return self._finish(end.reason, error=end.error)
         return self._advance()
@@ -221,6 +250,7 @@ class MASSession:
         self.finished: Finished | None = None
         self.trajectories: dict[str, list[AgentTurn]] = {}
         self.agents: list[str] = []
+        self._agent_tools: dict[str, tuple[str, ...]] = {}  # announced agents and their tools
         self.tool_calls: list[ToolCall] = []
         self._script_output: str = ""  # the script's stdout/stderr, for debugging designs
         self.script_run_verdict: str | None = None  # the sandbox's verdict when the process ended on its own
@@ -337,9 +367,9 @@ class MASSession:
         except TimeoutError:
             self.script_time_s += time.perf_counter() - t0
             raise _End(TerminationReason.TIMEOUT, self._timeout_error()) from None
+        except ChannelClosed as exc:  # the channel kills a script whose frame is not JSON or too large
+            raise _End(TerminationReason.PROTOCOL_VIOLATION, f"protocol violation: {exc}") from None
         self.script_time_s += time.perf_counter() - t0
-        if message is not None and not isinstance(message, dict):
-            raise _End(TerminationReason.EXCEPTION, f"protocol error: message is not an object: {message!r:.200}")
         return message
 
     def _timeout_error(self) -> str:
@@ -379,76 +409,88 @@ class MASSession:
         self._channel = None
         return self._finish(reason, error=error, run=run)
 
-    def _handle(self, message: dict[str, Any]) -> LLMRequest | Finished | None:
-        kind = message.get("type")
-        if kind == "agent":
-            self._register(message.get("name"))
+    def _handle(self, raw: Any) -> LLMRequest | Finished | None:
+        message = self._parse(raw)
+        if isinstance(message, AgentNotice):
+            self._register(message)
             return None
-        if kind == "llm":
+        if isinstance(message, LLMCall):
             return self._llm_request(message)
-        if kind == "tool":
+        if isinstance(message, ToolRequest):
             self._tool(message)
             return None
-        if kind == "result":
-            answer = message.get("answer")
-            size = len(answer_text(answer))
+        if isinstance(message, ScriptResult):
+            size = len(answer_text(message.answer))
             if size > self.budgets.max_message_chars:
                 raise _End(
                     TerminationReason.BUDGET_EXCEEDED,
                     f"answer of {size} characters exceeds max_message_chars={self.budgets.max_message_chars}",
                 )
-            return self._finish(TerminationReason.COMPLETED, answer=answer)
-        if kind == "error":
-            sub = message.get("kind")
-            reason = TerminationReason.MISSING_ENTRY if sub == "missing_entry" else TerminationReason.EXCEPTION
-            return self._finish(reason, error=_tail(str(message.get("error", ""))))
-        raise _End(TerminationReason.EXCEPTION, f"protocol error: unknown message type {kind!r:.80}")
+            return self._finish(TerminationReason.COMPLETED, answer=message.answer)
+        assert isinstance(message, ScriptError)
+        return self._finish(_ERROR_REASONS[message.kind], error=_tail(message.error))
 
-    def _register(self, name: Any) -> str:
-        if not isinstance(name, str) or not name or len(name) > MAX_AGENT_NAME_CHARS:
-            raise _End(TerminationReason.EXCEPTION, f"protocol error: bad agent name {name!r:.100}")
-        if name not in self.agents:
-            if len(self.agents) >= self.budgets.max_agents:
-                raise _End(
-                    TerminationReason.BUDGET_EXCEEDED,
-                    f"sub-agent budget exceeded: agent {name!r} would be number {len(self.agents) + 1} "
-                    f"(max_agents={self.budgets.max_agents})",
-                )
-            self.agents.append(name)
-        return name
+    def _parse(self, raw: Any) -> ScriptMessage:
+        """``raw`` as its protocol type, sent the way the runtime sends it (a request or a notice)."""
+        try:
+            message = parse_script_message(raw)
+        except ProtocolViolation as exc:
+            raise _End(TerminationReason.PROTOCOL_VIOLATION, f"protocol violation: {exc}") from None
+        awaiting = getattr(self._channel, "awaiting_reply", None)  # None: a channel that cannot tell
+        is_request = isinstance(message, REQUESTS)
+        if awaiting is not None and awaiting != is_request:
+            how = "without awaiting an answer" if is_request else "as a request awaiting an answer"
+            raise _End(TerminationReason.PROTOCOL_VIOLATION, f"protocol violation: {message.TYPE!r} message sent {how}")
+        return message
 
-    def _llm_request(self, message: dict[str, Any]) -> LLMRequest:
-        name = self._register(message.get("agent"))
-        messages = message.get("messages")
-        options = message.get("options") or {}
-        if not isinstance(messages, list) or not isinstance(options, dict):
-            raise _End(TerminationReason.EXCEPTION, "protocol error: llm request without a message list")
-        clean: list[dict[str, str]] = []
-        for i, m in enumerate(messages):
-            if not (isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)):
-                raise _End(TerminationReason.EXCEPTION, f"protocol error: message {i} of {name!r} is malformed")
+    def _violation(self, error: str) -> _End:
+        return _End(TerminationReason.PROTOCOL_VIOLATION, f"protocol violation: {error}")
+
+    def _register(self, notice: AgentNotice) -> None:
+        name = notice.name
+        if name in self._agent_tools:
+            raise self._violation(f"agent {name!r} announced twice")
+        if len(self.agents) >= self.budgets.max_agents:
+            raise _End(
+                TerminationReason.BUDGET_EXCEEDED,
+                f"sub-agent budget exceeded: agent {name!r} would be number {len(self.agents) + 1} "
+                f"(max_agents={self.budgets.max_agents})",
+            )
+        self.agents.append(name)
+        self._agent_tools[name] = notice.tools
+
+    def _announced(self, name: str, what: str) -> tuple[str, ...]:
+        tools = self._agent_tools.get(name)
+        if tools is None:
+            raise self._violation(f"{what} by agent {name!r}, which was never announced")
+        return tools
+
+    def _llm_request(self, call: LLMCall) -> LLMRequest:
+        name = call.agent
+        self._announced(name, "an LLM call")
+        for m in call.messages:
             if len(m["content"]) > self.budgets.max_message_chars:
                 raise _End(
                     TerminationReason.BUDGET_EXCEEDED,
                     f"message size budget exceeded: a {m['role']} message to {name!r} has "
                     f"{len(m['content'])} characters (max_message_chars={self.budgets.max_message_chars})",
                 )
-            clean.append({"role": m["role"], "content": m["content"]})
         if self._llm_calls >= self.budgets.max_llm_calls:
             raise _End(
                 TerminationReason.BUDGET_EXCEEDED,
                 f"LLM call budget exceeded: call {self._llm_calls + 1} by {name!r} "
                 f"(max_llm_calls={self.budgets.max_llm_calls})",
             )
-        self._pending = LLMRequest(call_index=self._llm_calls, agent=name, messages=clean, options=dict(options))
+        self._pending = LLMRequest(
+            call_index=self._llm_calls, agent=name, messages=list(call.messages), options=dict(call.options)
+        )
         self._llm_calls += 1
         return self._pending
 
-    def _tool(self, message: dict[str, Any]) -> None:
-        name = self._register(message.get("agent"))
-        tool, code = message.get("tool"), message.get("code")
-        if tool != "python" or not isinstance(code, str):
-            raise _End(TerminationReason.EXCEPTION, f"protocol error: unknown tool call {tool!r:.40}")
+    def _tool(self, request: ToolRequest) -> None:
+        name, code = request.agent, request.code
+        if request.tool not in self._announced(name, f"a {request.tool} tool call"):
+            raise self._violation(f"{request.tool} tool call by agent {name!r}, which was announced without it")
         if len(self.tool_calls) >= self.budgets.max_tool_calls:
             raise _End(
                 TerminationReason.BUDGET_EXCEEDED,
@@ -468,5 +510,5 @@ class MASSession:
             verdict, stdout, stderr = Verdict.SANDBOX_ERROR.value, "", f"sandbox failure: {exc!r}"
         stdout, stderr = _clip(stdout, TOOL_OUTPUT_CHARS), _clip(stderr, TOOL_OUTPUT_CHARS)
         self.tool_calls.append(ToolCall(name, "python", code, verdict, stdout, stderr))
-        self._send({"type": "tool_result", "verdict": verdict, "stdout": stdout, "stderr": stderr})
+        self._send(ToolResult(verdict, stdout, stderr).to_wire())
 

@@ -244,11 +244,14 @@ class ProcessChannel:
         if not isinstance(frame, dict):
             self.kill()
             raise ChannelClosed("malformed message from the sandboxed program")
+        message = frame.get("req", frame.get("msg"))
+        if message is None:  # None means "the program exited" to recv's caller: never a message
+            self.kill()
+            raise ChannelClosed("malformed message from the sandboxed program: a frame without a message")
         if "req" in frame:
             self._pending_reply = True
             self._io.send_ctl({"op": "pause"})
-            return frame["req"]
-        return frame.get("msg")
+        return message
 
     def wait(self, timeout: float | None = None) -> RunResult:
         if self._final is not None:

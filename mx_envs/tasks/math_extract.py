@@ -12,6 +12,13 @@ A response has **one** final answer:
 * nothing found -> no answer.
 
 :func:`extract_answer` keeps the old single-string API (the last complete box, or the phrase).
+
+This is the one extractor of the project: the grader (:mod:`~mx_envs.tasks.math_grader`) and the
+library that MAS scripts are written against (:mod:`mx_envs.mas.lib`: ``extract_boxed``,
+``extract_answer``, ``majority_vote``) both call it, so a vote inside a design counts exactly the
+answer the grader will read. The library runs in the sandboxed script process and is preloaded in the
+sandbox's warm server, so this module and :mod:`~mx_envs.tasks.cleanup` import nothing but the
+standard library (a test holds them to it).
 """
 
 from __future__ import annotations
@@ -19,7 +26,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from mx_envs.tasks.cleanup import brace_group
+from mx_envs.tasks.cleanup import brace_group, normalize_math
 
 _BOX_RE = re.compile(r"\\(?:boxed|fbox)(?![A-Za-z])\s*")
 _FINAL_RES: tuple[re.Pattern[str], ...] = (
@@ -125,3 +132,17 @@ def extract_answer(text: str) -> str | None:
     if ex.unclosed or not ex.answers:
         return None
     return ex.answers[-1]
+
+
+def vote_key(answer: str) -> str:
+    """What two answers must share to count as one vote: the form the grader compares.
+
+    :func:`~mx_envs.tasks.math_grader.grade_math` compares the surface normalisation of an answer
+    (:func:`~mx_envs.tasks.cleanup.normalize_math`: delimiters, sizing, spacing commands, cosmetic
+    wrappers and nested boxes dropped, runs of spaces made one) and de-duplicates boxes by it, so
+    answers with one key get one verdict against any reference. Not complete: ``0.5`` and
+    ``\\frac{1}{2}`` (sympy-equal), or ``x+1`` and ``x + 1``, count apart; merging spacing variants would not be
+    sound, since the grader's exact path tells them apart where sympy cannot parse the answer (measured
+    on Minerva's ``\\lambda_{\\text {red}} / \\sqrt{2}``).
+    """
+    return normalize_math(answer)

@@ -23,6 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from mx_envs.mas import protocol
 from mx_envs.mas.protocol import Finished, LLMRequest
 from mx_envs.mas.session import MASSession
 from mx_envs.sandbox.api import Limits, RunResult, Verdict
@@ -173,7 +174,7 @@ class LoopbackTransport:
     """TEST DOUBLE of the script's host transport, in-process: LLM calls go to ``llm``.
 
     Tool calls are answered by ``tool`` (a function of the code) without running anything.
-    Every message is recorded in ``sent``.
+    Every message is recorded in ``sent``, after the host's parser accepted it.
     """
 
     def __init__(self, llm: Callable[[LLMRequest], str], tool: Callable[[str], str] | None = None):
@@ -183,12 +184,15 @@ class LoopbackTransport:
         self.calls = 0
 
     def notify(self, message: dict[str, Any]) -> None:
+        assert not isinstance(protocol.parse_script_message(message), protocol.REQUESTS), message
         self.sent.append(message)
 
     def request(self, message: dict[str, Any]) -> dict[str, Any]:
+        parsed = protocol.parse_script_message(message)  # raises ProtocolViolation as the host would
         self.sent.append(message)
-        if message["type"] == "tool":
-            return {"verdict": "ok", "stdout": self.tool(message["code"]), "stderr": ""}
-        req = LLMRequest(self.calls, message["agent"], message["messages"], message["options"])
+        if isinstance(parsed, protocol.ToolRequest):
+            return protocol.ToolResult("ok", self.tool(parsed.code), "").to_wire()
+        assert isinstance(parsed, protocol.LLMCall), message
+        req = LLMRequest(self.calls, parsed.agent, list(parsed.messages), dict(parsed.options))
         self.calls += 1
-        return {"type": "reply", "text": self.llm(req)}
+        return protocol.Reply(self.llm(req)).to_wire()
