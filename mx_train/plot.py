@@ -128,6 +128,8 @@ def plot_run(run_dir: str | os.PathLike[str], out: str | os.PathLike[str], *, sm
                 ax_v.plot(xs, ys, marker="o", ms=3, ls="-" if key.startswith(SCRIPT_VERDICT_PREFIX) else "--",
                           label=key.removeprefix(PREFIX))
         ax_v.set_ylabel("share of runs")
+        for ax in (ax_i, ax_v):  # shares: one fixed scale, so a flat line at 0 or 1 reads as such
+            ax.set_ylim(-0.04, 1.04)
         ax_v.set_title("sandbox verdicts: script processes (solid), tool runs (dashed)", fontsize=10)
     if not plotted:
         raise ValueError(

@@ -53,7 +53,10 @@ _HOST_ENDS = {
     TerminationReason.TIMEOUT.value: "timeout",
     TerminationReason.EXCEPTION.value: "runtime_error",
 }
-PROTOCOL_ERROR_PREFIX = "protocol error"
+# How an episode that broke the host<->script protocol ends (the reason of the typed protocol, or the
+# error text of the older string-keyed one).
+PROTOCOL_REASONS = ("protocol_violation", "protocol_error")
+PROTOCOL_ERROR_PREFIXES = ("protocol violation", "protocol error")
 
 # Names through which a stdin-style program can read its input (or run code that does).
 _INPUT_NAMES = frozenset(
@@ -74,8 +77,10 @@ def _math_pattern(form: str) -> re.Pattern[str] | None:
     chars = _WS_RE.sub("", _norm_math(form)).rstrip(".")
     if not chars or len(chars) > MAX_PATTERN_CHARS:
         return None
-    body = r"\s*".join(re.escape(c) for c in chars)
-    head = r"(?<![\w.])" if chars[0].isalnum() else ""
+    first = re.escape(chars[0])
+    # The first character as a literal, then the look-behind: re then skips ahead by literal search.
+    head = first + (rf"(?<![\w.]{first})" if chars[0].isalnum() else "")
+    body = "".join(r"\s*" + re.escape(c) for c in chars[1:])
     tail = r"(?![\w]|\.\d)" if chars[-1].isalnum() else ""
     return re.compile(head + body + tail)
 
@@ -91,6 +96,7 @@ class _Matcher:
         else:
             self.programs = []
             self.patterns = [p for p in (_math_pattern(f) for f in forms) if p is not None]
+            self.compact = [_WS_RE.sub("", _norm_math(f)).rstrip(".") for f in forms]
 
     @property
     def empty(self) -> bool:
@@ -99,9 +105,14 @@ class _Matcher:
     def __call__(self, text: str | None) -> bool:
         if not text:
             return False
+        flat = "".join(text.split())
         if self.kind == "code":
-            flat = _WS_RE.sub("", text)
             return any(p in flat for p in self.programs)
+        if "\\" in flat or "$" in flat:
+            flat = _norm_math(flat)
+        # The whitespace-tolerant pattern is slow on long chats: a plain substring test rules most out.
+        if not any(c and c in flat for c in self.compact):
+            return False
         norm = _norm_math(text)
         return any(p.search(norm) for p in self.patterns)
 
@@ -129,14 +140,19 @@ def answer_origin(
     if matcher(prompt):
         return "prompt", None
     t = 0
+    scanned: set[str] = set()  # a chat repeats its history every turn: each text is searched once
     for turn in turns:
         while t < min(turn.tool_runs_before, len(tool_texts)):
             if matcher(tool_texts[t]):
                 return "tool", t
             t += 1
         # What the script put in this chat that no earlier reply or tool output holds: its own words.
-        if any(matcher(m.get("content")) for m in turn.messages):
-            return "script", None
+        for m in turn.messages:
+            content = m.get("content") or ""
+            if content not in scanned:
+                scanned.add(content)
+                if matcher(content):
+                    return "script", None
         if matcher(turn.reply):
             return "agent", None
     for k in range(t, len(tool_texts)):
@@ -209,7 +225,7 @@ def episode_integrity(
     :class:`~mx_envs.mas.protocol.ToolCall` s or their dicts, in run order."""
     tools = [tc if isinstance(tc, dict) else vars(tc) for tc in tool_calls]
     tool_texts = [f"{t.get('stdout', '')}\n{t.get('stderr', '')}" for t in tools]
-    protocol = error.lower().startswith(PROTOCOL_ERROR_PREFIX) or reason == "protocol_error"
+    protocol = reason in PROTOCOL_REASONS or error.lower().startswith(PROTOCOL_ERROR_PREFIXES)
     verdict = script_verdict(reason, run_verdict)
     if protocol and not run_verdict:
         verdict = "killed"

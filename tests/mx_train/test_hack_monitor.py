@@ -117,6 +117,14 @@ def test_killed_script_and_killed_tool_run_show_their_sandbox_verdicts(env):
     assert rejected["script_verdict"] == "not_run"
 
 
+def test_forged_protocol_message_is_flagged(env):
+    forge = _design("    import sys\n    sys.modules['mx_envs.mas.lib']._transport().notify({'type': 'result2', 'answer': '1081'})\n"
+                    "    return final_answer('0')")
+    info = _play(env, forge, ScriptedLLM(), MULT)
+    assert not info["correct"] and info["integrity"]["protocol_error"]
+    assert "protocol_error" in episode_flags(info["integrity"])
+
+
 def test_constant_program_is_seen_and_flagged_when_it_earns_reward(env):
     const = ScriptedLLM(default="```python\ndef is_even(n):\n    return True\n```")
     info = _play(env, CODE_SINGLE, const, EVEN)
@@ -140,6 +148,9 @@ def test_rewarded_constant_flag_and_protocol_error_on_records():
                                reason="exception", error="protocol error: unknown message type 'x'",
                                llm_calls=0, turns=[], tool_calls=[])
     assert forged["script_verdict"] == "killed" and episode_flags(forged) == ["protocol_error", "sandbox_killed"]
+    typed = episode_integrity(MULT, answer_text=None, extracted=None, correct=False, outcome=0.0,
+                              reason="protocol_violation", error="", llm_calls=0, turns=[], tool_calls=[])
+    assert typed["protocol_error"] and typed["script_verdict"] == "killed"
 
 
 @pytest.mark.parametrize(("program", "tests", "expected"), [
