@@ -52,8 +52,17 @@ def _rng_state(obj: Any) -> tuple[str, Any]:
     raise TypeError(f"cannot checkpoint RNG of type {type(obj).__name__} (use random.Random, numpy Generator or torch.Generator)")
 
 
-def _save_model(model: Any, out: Path) -> None:
+def _save_model(model: Any, out: Path, dtype: Any = None) -> None:
     out.mkdir(parents=True, exist_ok=True)
+    if dtype is not None:  # a copy in another dtype; tied tensors (lm_head = embed_tokens) once
+        seen: set[int] = set()
+        state = {}
+        for k, v in model.state_dict().items():
+            if v.data_ptr() not in seen:
+                seen.add(v.data_ptr())
+                state[k] = v.detach().to(dtype)
+        model.save_pretrained(out, state_dict=state, safe_serialization=True)
+        return
     try:
         model.save_pretrained(out, safe_serialization=True)
     except Exception:  # e.g. a model transformers loaded from GGUF refuses save_pretrained
@@ -173,13 +182,14 @@ def save_checkpoint(
     tokenizer: Any = None,
     full: bool = True,
     keep_full: bool = True,
+    weights_dtype: Any = None,
 ) -> Path:
     """Write checkpoint ``step`` atomically under ``root`` and prune old ones; returns its path.
 
     ``data_position`` and ``extra`` must be JSON-serialisable. ``keep_last`` <= 0 keeps all; the
     newest full checkpoint is never pruned unless ``keep_full=False`` (a completed run that keeps only
     its final weights). ``full=False`` writes the weights only (``learners``, ``schedule`` and ``rngs``
-    are then not saved).
+    are then not saved). ``weights_dtype`` (a torch dtype) saves the weights converted to it.
     """
     import torch
 
@@ -192,7 +202,7 @@ def save_checkpoint(
     tmp.mkdir()
     try:
         for name, model in (models or {}).items():
-            _save_model(model, tmp / "models" / name)
+            _save_model(model, tmp / "models" / name, weights_dtype)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp / "tokenizer")
             # Next to each model too, so a model folder loads on its own (`mx eval --policy RUN_DIR`).

@@ -127,6 +127,10 @@ class WarmStartConfig:
     tasks: int = 8  # designer prompts (training tasks) paired with each design
     batch_size: int = 4
     save: bool = False  # also save the cold-start policy under RUN/cold_start/checkpoints/
+    # "bfloat16": round the cold-start weights to bf16 before RL starts and save them so: the saved
+    # copy is then exactly the RL starting point at half the size (the CPU demo's run directory
+    # holds it next to the trained weights). "float32": as trained.
+    save_dtype: str = "float32"
 
 
 @dataclass
@@ -268,6 +272,9 @@ class TrainConfig:
             raise ConfigError(f"must be >= 1, got {self.save_every}", key="save_every")
         if self.full_save_every < 0:
             raise ConfigError(f"must be >= 0 (0: only at the end), got {self.full_save_every}", key="full_save_every")
+        if self.warm_start.save_dtype not in ("float32", "bfloat16"):
+            raise ConfigError(f"must be 'float32' or 'bfloat16', got {self.warm_start.save_dtype!r}",
+                              key="warm_start.save_dtype")
         if self.final_checkpoint not in ("full", "weights"):
             raise ConfigError(f"must be 'full' or 'weights', got {self.final_checkpoint!r}", key="final_checkpoint")
         self.check_names()

@@ -399,7 +399,7 @@ class Trainer:
         }
 
     def save(self, root: Path | None = None, keep_last: int | None = None, full: bool = True,
-             keep_full: bool = True) -> Path:
+             keep_full: bool = True, weights_dtype: Any = None) -> Path:
         """Checkpoint the current step; ``full=False`` writes the weights only (no optimizer/RNG state);
         ``keep_full=False`` lets pruning remove the newest full checkpoint too."""
         from mx_train.checkpoint import save_checkpoint
@@ -418,6 +418,7 @@ class Trainer:
             tokenizer=tok,
             full=full,
             keep_full=keep_full,
+            weights_dtype=weights_dtype,
         )
 
     def resume(self) -> int | None:
@@ -499,6 +500,8 @@ class Trainer:
         if bar is not None:
             bar.close()
         sft.release()  # its optimizer state, on every learner rank
+        if ws.save and ws.save_dtype == "bfloat16":
+            _round_trained_weights(self.policy_group.learners().values())
         del sft
         for role, lr in self.learners.items():
             if not _shared_model(self.backends[role], lr):
@@ -523,7 +526,10 @@ class Trainer:
                     # "before" of before-vs-after comparisons (e.g. the demo's designer ablation).
                     # Weights only: evaluations need no optimizer state, and a resumed run restarts
                     # from its RL checkpoints, never from here.
-                    self.save(self.out / "cold_start" / "checkpoints", keep_last=1, full=False)
+                    import torch
+
+                    dtype = torch.bfloat16 if self.config.warm_start.save_dtype == "bfloat16" else None
+                    self.save(self.out / "cold_start" / "checkpoints", keep_last=1, full=False, weights_dtype=dtype)
         history: list[dict[str, Any]] = []
         log = MetricsLogger(
             self.out, tensorboard=self.config.tensorboard, wandb=self.config.wandb, resume_step=resumed
@@ -577,6 +583,20 @@ class Trainer:
 
             shutdown_workers(self._workers)
             self._workers = None
+
+
+def _round_trained_weights(learners: Any) -> None:
+    """Round every trained weight (the fp32 masters where a learner keeps them) to bf16 in place."""
+    import torch
+
+    with torch.no_grad():
+        for learner in learners:
+            master = getattr(learner, "master", None)
+            params = master.masters if master is not None else list(learner.model.parameters())
+            for p in params:
+                p.copy_(p.to(torch.bfloat16).to(p.dtype))
+            if master is not None:
+                master.master_to_model()
 
 
 def _bar(total: int, desc: str, unit: str, initial: int = 0) -> Any:

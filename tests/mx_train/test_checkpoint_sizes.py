@@ -74,3 +74,26 @@ def test_completed_run_keeps_only_its_final_weights_when_asked(tmp_path) -> None
     assert [p.name for p in list_checkpoints(run)] == ["step_00000003"]
     assert load_latest(run) is None and load_latest(run, full=False).step == 3
     assert not (run / "step_00000003" / "learners").exists()
+
+
+def test_bf16_cold_start_is_exactly_the_rl_starting_point_at_half_the_size(tmp_path) -> None:
+    import torch
+    from safetensors.torch import load_file
+
+    from tests.mx_train.test_trainer import _config, _trainer
+
+    ws = {"designs": ["single"], "steps": 1, "tasks": 1, "batch_size": 1, "save": True, "lr": 1e-2}
+    trainer = _trainer(_config(tmp_path, max_steps=0, warm_start={**ws, "save_dtype": "bfloat16"}))
+    trainer.run()
+    model = trainer.learners["designer"].model
+    (ckpt,) = list_checkpoints(tmp_path / "run" / "cold_start" / "checkpoints")
+    saved = load_file(str(ckpt / "models" / "policy" / "model.safetensors"))
+    assert saved and all(t.dtype == torch.bfloat16 for t in saved.values())
+    params = dict(model.named_parameters())
+    for name, t in saved.items():  # what RL starts from is what was saved, bit for bit
+        assert torch.equal(params[name].detach(), t.to(params[name].dtype)), name
+    fp32 = _trainer(_config(tmp_path / "b", max_steps=0, warm_start=ws))
+    fp32.run()
+    (ckpt32,) = list_checkpoints(tmp_path / "b" / "run" / "cold_start" / "checkpoints")
+    half = _size(ckpt / "models" / "policy") / _size(ckpt32 / "models" / "policy")
+    assert 0.4 < half < 0.7, half
