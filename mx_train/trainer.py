@@ -12,8 +12,10 @@ One step (``Trainer.step``):
    across the task (or the design);
 5. the co-evolution schedule names the active roles; the inactive role's transitions are left out of
    the loss; the learner(s) update and push the new weights to the generation backend;
-6. metrics (reward by role, accuracy, validity, advantage stats, loss, KL, tokens/s, phase, timings) go
-   to ``metrics.jsonl`` and TensorBoard; a checkpoint is written atomically every ``save_every`` steps.
+6. metrics (reward by role, accuracy, validity, advantage stats, loss, KL, tokens/s, phase, timings, the
+   reward-hack monitor's ``integrity/`` rates: :mod:`mx_train.hack_monitor`, whose jumps are logged as
+   warnings) go to ``metrics.jsonl`` and TensorBoard; a checkpoint is written atomically every
+   ``save_every`` steps.
 
 ``Trainer.run`` resumes from the newest checkpoint in ``RUN/checkpoints`` when asked: a run killed
 with SIGKILL mid-step restarts at its last completed step with the same model, optimizer, schedule,
