@@ -177,6 +177,8 @@ FAILURES = {
     "budget_exceeded": (load_design("vote"), {"budgets": {"max_llm_calls": 2}}),
     "timeout": ("```python\ndef forward(task):\n    while True:\n        pass\n```", {"budgets": {"wall_s": 0.5}}),
     "sandbox_error": (load_design("single"), {"sandbox": BrokenSandbox()}),
+    "protocol_violation": ("```python\nfrom mx_envs.sandbox import channel\n\ndef forward(task):\n"
+                           "    channel.send({'type': 'done', 'answer': '42'})\n    return '42'\n```", {}),
 }
 
 
