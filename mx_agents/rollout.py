@@ -361,7 +361,7 @@ def run_episodes(
             for i, out, exc in results:
                 rec = records[i]
                 if exc is not None:
-                    rec.error, rec.truncated = f"step failed: {type(exc).__name__}: {exc}", True
+                    _rollout_error(rec, live[i], f"step failed: {type(exc).__name__}: {exc}")
                 else:
                     obs, reward, terminated, truncated, info = out
                     rec.reward += float(reward)
@@ -370,7 +370,7 @@ def run_episodes(
                         rec.info = dict(info)
                         rec.task_id = rec.task_id or _task_id(info, None)
                     elif len(rec.turns) >= max_turns:
-                        rec.error, rec.truncated = f"cut after max_turns={max_turns} turns", True
+                        _rollout_error(rec, live[i], f"cut after max_turns={max_turns} turns")
                     else:
                         pending_obs[i] = obs
                         continue
@@ -388,6 +388,14 @@ def run_episodes(
     stats.wall_s += time.perf_counter() - start
     return records
 
+
+
+def _rollout_error(rec: EpisodeRecord, env: Any, message: str) -> None:
+    """End ``rec`` as a rollout error, charged what an invalid design costs: an episode the rollout
+    had to stop must not earn more than a design that failed on its own."""
+    config = getattr(getattr(env, "unwrapped", env), "reward_config", None)
+    rec.error, rec.truncated = message, True
+    rec.reward -= float(getattr(config, "invalid_design_penalty", 0.0) or 0.0)
 
 
 def _close_envs(envs: Sequence[Any]) -> None:
@@ -442,7 +450,7 @@ def _run_continuous(
                     bar.set_postfix(turns=stats.turns)
             _, result, exc = _step(live, i, action)  # type: ignore[arg-type]
             if exc is not None:
-                rec.error, rec.truncated = f"step failed: {type(exc).__name__}: {exc}", True
+                _rollout_error(rec, live[i], f"step failed: {type(exc).__name__}: {exc}")
                 break
             obs, reward, terminated, truncated, info = result
             rec.reward += float(reward)
@@ -452,7 +460,7 @@ def _run_continuous(
                 rec.task_id = rec.task_id or _task_id(info, None)
                 break
             if len(rec.turns) >= max_turns:
-                rec.error, rec.truncated = f"cut after max_turns={max_turns} turns", True
+                _rollout_error(rec, live[i], f"cut after max_turns={max_turns} turns")
                 break
         if bar is not None:
             with lock:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import logging
 import numbers
 import time
 from collections.abc import Sequence
@@ -38,6 +39,8 @@ from mx_envs.tasks.record import Task
 
 DEFAULT_MAX_OBSERVATION_CHARS = 1_000_000
 DEFAULT_MAX_ACTION_CHARS = 200_000
+
+logger = logging.getLogger(__name__)
 
 
 def _check_dataset_options(dataset: str | None, options: dict[str, Any]) -> None:
@@ -242,7 +245,17 @@ class MetaAgentXEnv(gym.Env[dict[str, Any], str]):
         if not isinstance(action, str):
             raise TypeError(f"the action must be the actor's text (str), got {type(action).__name__}")
         if not self.action_space.contains(action):
-            raise ValueError(f"action of {len(action)} characters exceeds max_action_chars={self.action_space.max_length}")
+            return self._end_now(TerminationReason.BUDGET_EXCEEDED,
+                                 f"action of {len(action)} characters exceeds max_action_chars="
+                                 f"{self.action_space.max_length}")
+        try:
+            return self._advance(action)
+        except Exception as exc:  # noqa: BLE001 - no action may make step raise (DESIGN.md): the episode ends
+            logger.warning("episode of %s ended by a host error", getattr(self.task, "id", "?"), exc_info=True)
+            return self._end_now(TerminationReason.SANDBOX_ERROR,
+                                 f"the host failed while running this episode: {type(exc).__name__}: {str(exc)[:300]}")
+
+    def _advance(self, action: str) -> tuple[dict[str, Any], float, bool, bool, dict[str, Any]]:
         assert self.task is not None
         t0 = time.perf_counter()
         if self._phase == "design":
@@ -257,6 +270,25 @@ class MetaAgentXEnv(gym.Env[dict[str, Any], str]):
         if isinstance(result, LLMRequest):
             return self._executor_step(result)
         return self._final_step(result)
+
+    def _end_now(self, reason: TerminationReason, error: str) -> tuple[dict[str, Any], float, bool, bool, dict[str, Any]]:
+        """End the episode here with ``reason`` (an invalid design's reward), whatever state it is in."""
+        session = self.session
+        if session is not None and self._phase == "execute":
+            try:
+                session.close()
+            except Exception:  # noqa: BLE001 - the episode ends either way
+                logger.warning("closing the session failed", exc_info=True)
+        finished = Finished(
+            reason=reason, error=error, llm_calls=len(self._trace.turns),
+            agents=list(getattr(session, "agents", []) or []), tool_calls=list(getattr(session, "tool_calls", []) or []),
+        )
+        try:
+            return self._final_step(finished)
+        except Exception:  # noqa: BLE001 - the trace itself may be what broke (a structure too deep to copy)
+            logger.warning("final step failed; ending without the trace", exc_info=True)
+            self._trace = EpisodeTrace()
+            return self._final_step(dataclasses.replace(finished, agents=[], tool_calls=[]))
 
     def render(self) -> str | None:
         if self.render_mode != "ansi" or self._obs is None:
@@ -417,7 +449,7 @@ class MetaAgentXEnv(gym.Env[dict[str, Any], str]):
                 "termination_reason": finished.reason.value,
                 "error": finished.error,
                 "valid_design": valid,
-                "design": self.session.script if self.session is not None else None,
+                "design": self.session.script if self.session is not None and self.design_text is not None else None,
                 "llm_calls": finished.llm_calls,
                 "agents": list(finished.agents),
                 "tool_calls": [dataclasses.asdict(tc) for tc in finished.tool_calls],

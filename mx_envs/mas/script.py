@@ -37,7 +37,7 @@ def extract_script(design_text: str) -> str | None:
         return (with_entry or candidates)[-1]
     try:
         tree = ast.parse(design_text)
-    except (SyntaxError, ValueError):
+    except (SyntaxError, ValueError, RecursionError, MemoryError, OverflowError):
         return None
     if any(isinstance(n, ast.FunctionDef) and n.name == ENTRY for n in tree.body):
         return design_text
@@ -59,6 +59,10 @@ def check_script(script: str) -> tuple[TerminationReason, str] | None:
         return TerminationReason.SYNTAX_ERROR, f"{type(exc).__name__}: {exc.msg} ({where}){text}"
     except ValueError as exc:  # e.g. null bytes in the source
         return TerminationReason.SYNTAX_ERROR, f"invalid source: {exc}"
+    except (RecursionError, MemoryError, OverflowError) as exc:
+        # Nesting the parser or compiler cannot hold ("-" * 1000 + "1", 200 nested brackets) is a
+        # script that cannot run, the same verdict as a syntax error.
+        return TerminationReason.SYNTAX_ERROR, f"{type(exc).__name__}: the script is nested too deeply to compile"
     entries = [n for n in tree.body if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef) and n.name == ENTRY]
     if not entries:
         return TerminationReason.MISSING_ENTRY, f"the script defines no top-level `def {ENTRY}(task):`"

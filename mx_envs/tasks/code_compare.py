@@ -121,8 +121,10 @@ def results_match(result: Any, expected: Any) -> bool:
 # ---------------------------------------------------------------- assert-style datasets (EvalPlus)
 
 # EvalPlus special oracles for MBPP+ (evalplus/eval/_special_oracle.py), applied by entry point.
-# Mbpp/164 ``are_equivalent`` (EvalPlus accepts any output) is deliberately not copied: a reward
-# that every output gets teaches nothing, so it is compared with the reference like any other.
+# Two are deliberately not copied, because each accepts a constant and a reward that a constant
+# gets teaches nothing: Mbpp/164 ``are_equivalent`` (EvalPlus accepts any output) and Mbpp/295
+# ``sum_div`` (EvalPlus accepts ``0`` on every input, so ``return 0`` passed). Both are compared
+# with the reference like any other task.
 MBPP_SET_EQ = frozenset({"similar_elements", "find_char_long", "common_in_nested_lists", "extract_singly",
                          "larg_nnum", "intersection_array", "find_dissimilar", "Diff"})
 MBPP_NOT_NONE = frozenset({"check_str", "text_match_three", "text_starta_endb"})
@@ -164,8 +166,9 @@ def evalplus_match(out: Any, exp: Any, inputs: list[Any], entry_point: str, atol
     Exact ``==``; floats (or lists of floats) within ``atol`` (1e-6 when the dataset gives 0) and
     rtol 1e-7 with matching types and lengths; EvalPlus' special oracles: HumanEval/32
     ``find_zero`` (a root: ``|poly(xs, out)| <= 1e-4``, the original test's bound), MBPP+ set
-    comparisons and "output is not None" tasks, Mbpp/295 ``sum_div`` and Mbpp/581
-    ``surface_Area``/Mbpp/558 ``digit_distance_nums`` (EvalPlus' alternative formulas).
+    comparisons and "output is not None" tasks, Mbpp/581 ``surface_Area``/Mbpp/558
+    ``digit_distance_nums`` (EvalPlus' alternative formulas). No rule accepts an output that does
+    not depend on the input (EvalPlus' ``sum_div``: ``out == 0``).
     """
     try:
         if entry_point == "find_zero" and len(inputs) == 1 and type(inputs[0]) is list:
@@ -179,8 +182,6 @@ def evalplus_match(out: Any, exp: Any, inputs: list[Any], entry_point: str, atol
         elif entry_point in MBPP_NOT_NONE:
             flag = exp if type(exp) is bool else exp is not None  # EvalPlus stores "is not None"
             exact = out == flag if type(out) is bool else flag == (out is not None)
-        elif entry_point == "sum_div":
-            exact = exact or (type(out) is int and out == 0)
         elif entry_point == "surface_Area" and len(inputs) == 2:
             b, h = inputs
             alt = round(b ** 2 + 2 * b * math.sqrt((b / 2) ** 2 + h ** 2))

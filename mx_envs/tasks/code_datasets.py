@@ -12,10 +12,17 @@
 * HumanEval (``prompt``, ``canonical_solution``, ``test``, ``entry_point``), MBPP (``text``/``prompt``,
   ``code``, ``test_list``, ``test_setup_code``/``test_imports``), MBPP+ (EvalPlus: the hub's ``test``
   source, or the flat ``base_input``/``plus_input``/``assertion``/``atol`` form).
+
+Every code task records what its prompt shows (``CodeTests.shown_text``, and ``CodeTests.shown``
+for the public tests of LiveCodeBench and CodeContests' hub rows): shown tests never pay reward
+(:mod:`mx_envs.tasks.code_reward`). MBPP's prompt shows one of its asserts, chosen so that the
+hidden ones still separate a solution from a constant, or only the signature where no single
+example leaves that (``mx_envs/tasks/README.md``, "What the policy sees").
 """
 
 from __future__ import annotations
 
+import ast
 import base64
 import json
 import pickle
@@ -24,6 +31,7 @@ import zlib
 from datetime import datetime
 from typing import Any
 
+from mx_envs.tasks.code_reward import canonical
 from mx_envs.tasks.record import CodeTests, Task
 
 STDIO_NOTE = "Read the input from standard input and write the answer to standard output."
@@ -75,23 +83,37 @@ def _code_prompt(statement: str, starter: str, fn_name: str | None) -> str:
     return f"{statement.rstrip()}\n\n{STDIO_NOTE}"
 
 
+def _shown(task: Task) -> Task:
+    """Record the prompt as what the policy sees of the task's tests."""
+    if task.tests is not None:
+        task.tests.shown_text = task.prompt
+    return task
+
+
 def livecodebench_task(row: dict[str, Any], index: int, dataset: str, split: str) -> Task:
     meta = _json_field(row.get("metadata"), {})
     fn_name = meta.get("func_name") if isinstance(meta, dict) else None
     tests = CodeTests(fn_name=fn_name, starter_code=row.get("starter_code") or "")
-    for case in decode_lcb_tests(row.get("public_test_cases")) + decode_lcb_tests(row.get("private_test_cases")):
+    public = decode_lcb_tests(row.get("public_test_cases"))
+    shown_stdin, shown_calls = [], []
+    for k, case in enumerate(public + decode_lcb_tests(row.get("private_test_cases"))):
         if case.get("testtype") == "functional":
+            if k < len(public):
+                shown_calls.append(len(tests.call_tests))
             tests.call_tests.append((_lines_to_args(case["input"]), case["output"]))
         else:
+            if k < len(public):
+                shown_stdin.append(len(tests.stdin_tests))
             tests.stdin_tests.append((case["input"], case["output"]))
+    tests.shown = shown_stdin + [len(tests.stdin_tests) + j for j in shown_calls]
     qid = row.get("question_id", index)
-    return Task(
+    return _shown(Task(
         id=f"{dataset}/{split}/{qid}", dataset=dataset, split=split, kind="code",
         prompt=_code_prompt(row.get("question_content", ""), tests.starter_code, None),
         tests=tests,
         metadata={k: row.get(k) for k in ("question_title", "platform", "contest_id", "contest_date", "difficulty")
                   if row.get(k) is not None} | {"row": index},
-    )
+    ))
 
 
 def lcb_date(task: Task) -> datetime | None:
@@ -125,9 +147,9 @@ def apps_task(row: dict[str, Any], index: int, dataset: str, split: str) -> Task
         else:
             tests.stdin_tests.append((_as_text(inp), _as_text(out)))
     pid = row.get("problem_id", index)
-    return Task(id=f"{dataset}/{split}/{pid}", dataset=dataset, split=split, kind="code",
-                prompt=_code_prompt(row.get("question", ""), tests.starter_code, fn_name), tests=tests,
-                metadata={"difficulty": row.get("difficulty"), "url": row.get("url"), "row": index})
+    return _shown(Task(id=f"{dataset}/{split}/{pid}", dataset=dataset, split=split, kind="code",
+                       prompt=_code_prompt(row.get("question", ""), tests.starter_code, fn_name), tests=tests,
+                       metadata={"difficulty": row.get("difficulty"), "url": row.get("url"), "row": index}))
 
 
 _TOLERANCE_RE = re.compile(
@@ -141,17 +163,22 @@ def codecontests_task(row: dict[str, Any], index: int, dataset: str, split: str,
                       test_sets: tuple[str, ...] = ("public", "private", "generated"),
                       max_tests: int | None = None) -> Task:
     tests = CodeTests()
-    if "tests" in row:  # flat format
+    public = 0  # leading pairs the dataset publishes with the statement
+    if "tests" in row:  # flat format: which tests are the statement's examples is read off the text
         pairs = [(t["input"], t["output"]) for t in row["tests"]]
         sols = [s for s in row.get("solutions", []) if isinstance(s, str)]
     else:
         pairs = []
         for name in test_sets:
             block = row.get(f"{name}_tests") or {}
-            pairs += list(zip(block.get("input", []), block.get("output", []), strict=False))
+            got = list(zip(block.get("input", []), block.get("output", []), strict=False))
+            if name == "public" and not pairs:
+                public = len(got)
+            pairs += got
         sol = row.get("solutions") or {}
         sols = [s for lang, s in zip(sol.get("language", []), sol.get("solution", []), strict=False) if lang == PYTHON3]
     tests.stdin_tests = pairs[:max_tests] if max_tests else pairs
+    tests.shown = list(range(min(public, len(tests.stdin_tests))))
     tests.solutions = sols
     tests.output_compare = "tokens"  # Codeforces-style judges compare tokens, not line layout
     tl = row.get("time_limit")
@@ -164,10 +191,10 @@ def codecontests_task(row: dict[str, Any], index: int, dataset: str, split: str,
         bound = _EXPONENT_RE.search(description, m.start(), m.end() + 200)
         tests.float_tolerance = 10.0 ** -int(bound.group(1) or bound.group(2)) if bound else 1e-6
     rid = row.get("id") or row.get("name", index)
-    return Task(id=f"{dataset}/{split}/{rid}", dataset=dataset, split=split, kind="code",
-                prompt=_code_prompt(description, "", None), tests=tests,
-                metadata={"name": row.get("name"), "difficulty": row.get("difficulty"),
-                          "tags": row.get("tags", row.get("cf_tags")), "row": index})
+    return _shown(Task(id=f"{dataset}/{split}/{rid}", dataset=dataset, split=split, kind="code",
+                       prompt=_code_prompt(description, "", None), tests=tests,
+                       metadata={"name": row.get("name"), "difficulty": row.get("difficulty"),
+                                 "tags": row.get("tags", row.get("cf_tags")), "row": index}))
 
 
 def humaneval_task(row: dict[str, Any], index: int, dataset: str, split: str) -> Task:
@@ -175,9 +202,10 @@ def humaneval_task(row: dict[str, Any], index: int, dataset: str, split: str) ->
     tests = CodeTests(fn_name=entry, starter_code=row["prompt"],
                       solutions=[row["prompt"] + row.get("canonical_solution", "")],
                       assert_source=f"{row['test']}\n\ncheck({entry})\n")
-    return Task(id=f"{dataset}/{split}/{row['task_id']}", dataset=dataset, split=split, kind="code",
-                prompt=("Complete the following Python function:\n```python\n" + row["prompt"].rstrip() + "\n```"),
-                tests=tests, metadata={"task_id": row["task_id"], "row": index})
+    return _shown(Task(id=f"{dataset}/{split}/{row['task_id']}", dataset=dataset, split=split, kind="code",
+                       prompt=("Complete the following Python function:\n```python\n" + row["prompt"].rstrip()
+                               + "\n```"),
+                       tests=tests, metadata={"task_id": row["task_id"], "row": index}))
 
 
 _FN_RE = re.compile(r"assert\s+(?:not\s+)?\(?\s*(?:set\(|math\.isclose\(|abs\()?\s*([A-Za-z_]\w*)\s*\(")
@@ -192,7 +220,66 @@ def _fn_from_asserts(asserts: list[str], code: str) -> str | None:
     return m.group(1) if m else None
 
 
+def _assert_value(assertion: str, fn_name: str | None) -> tuple[bool, Any]:
+    """``(True, value)`` for ``assert fn(...) == <literal>`` (canonical form), else ``(False, None)``."""
+    try:
+        tree = ast.parse(assertion.strip())
+        node = tree.body[0]
+        if not (isinstance(node, ast.Assert) and isinstance(node.test, ast.Compare)):
+            return False, None
+        cmp = node.test
+        call = cmp.left
+        if not (len(cmp.ops) == 1 and isinstance(cmp.ops[0], ast.Eq) and isinstance(call, ast.Call)
+                and isinstance(call.func, ast.Name) and call.func.id == fn_name):
+            return False, None
+        return True, canonical(ast.literal_eval(cmp.comparators[0]))
+    except (SyntaxError, ValueError, TypeError, IndexError, MemoryError, RecursionError):
+        return False, None
+
+
+def _separating(values: list[tuple[bool, Any]]) -> int:
+    """How many of these tests a solution passes beyond the best constant (unreadable values count
+    as distinct)."""
+    counts: dict[str, int] = {}
+    for known, value in values:
+        if known:
+            key = json.dumps(value, sort_keys=True, default=repr)
+            counts[key] = counts.get(key, 0) + 1
+    top = max(counts.values(), default=0)
+    return len(values) - max(top, 1) if values else 0
+
+
+def mbpp_example(asserts: list[str], fn_name: str | None) -> int | None:
+    """Which assert an MBPP prompt shows: the first one whose removal leaves hidden asserts that a
+    constant cannot all pass; ``None`` (signature only) when no single example leaves that but
+    hiding all does; the first one when nothing separates (a task no program can earn reward on)."""
+    values = [_assert_value(a, fn_name) for a in asserts]
+    best, choice = 0, None
+    for i in range(len(asserts)):
+        gain = _separating(values[:i] + values[i + 1:])
+        if gain > best:
+            best, choice = gain, i
+    if choice is not None:
+        return choice
+    if _separating(values) > 0:
+        return None
+    return 0 if asserts else None
+
+
+def _signature(code: str, fn_name: str | None) -> str:
+    try:
+        for node in ast.walk(ast.parse(code)):
+            if isinstance(node, ast.FunctionDef) and node.name == fn_name:
+                return f"def {fn_name}({ast.unparse(node.args)}):"
+    except (SyntaxError, ValueError, MemoryError, RecursionError):
+        pass
+    return f"def {fn_name}(...):"
+
+
 def mbpp_task(row: dict[str, Any], index: int, dataset: str, split: str) -> Task:
+    """MBPP: graded on all of ``test_list``; the prompt shows one assert (:func:`mbpp_example`), not
+    the three of the original prompt format, which were the whole test set (a lookup table of
+    them passed every task)."""
     asserts = list(row.get("test_list") or [])
     setup = (row.get("test_setup_code") or "") + "\n" + "\n".join(row.get("test_imports") or [])
     code = row.get("code", "")
@@ -200,9 +287,16 @@ def mbpp_task(row: dict[str, Any], index: int, dataset: str, split: str) -> Task
     text = row.get("text") or row.get("prompt") or ""
     tests = CodeTests(fn_name=fn_name, solutions=[code] if code else [],
                       assert_source=setup.strip() + "\n" + "\n".join(asserts) + "\n")
-    prompt = f"{text.strip()}\nYour code should pass these tests:\n" + "\n".join(asserts[:3])
-    return Task(id=f"{dataset}/{split}/{row.get('task_id', index)}", dataset=dataset, split=split, kind="code",
-                prompt=prompt, tests=tests, metadata={"row": index})
+    shown = mbpp_example(asserts, fn_name)
+    if shown is not None:
+        prompt = (f"{text.strip()}\nYour code should pass this test (and others that are not shown):\n"
+                  f"{asserts[shown].strip()}")
+    else:
+        prompt = (f"{text.strip()}\nWrite a Python function `{_signature(code, fn_name)}` "
+                  "(it is tested on inputs that are not shown).")
+    return _shown(Task(id=f"{dataset}/{split}/{row.get('task_id', index)}", dataset=dataset, split=split,
+                       kind="code", prompt=prompt, tests=tests,
+                       metadata={"row": index, "shown_assert": shown}))
 
 
 def _input_loop(entry: str, inputs: list[Any]) -> str:
@@ -308,5 +402,5 @@ def mbppplus_task(row: dict[str, Any], index: int, dataset: str, split: str, plu
     tests = CodeTests(fn_name=entry, solutions=[solution] if solution else [], assert_source=source,
                       float_tolerance=atol)
     prompt = f"{text}\n\nWrite a Python function named `{entry}`."
-    return Task(id=f"{dataset}/{split}/{row.get('task_id', index)}", dataset=dataset, split=split, kind="code",
-                prompt=prompt, tests=tests, metadata={"row": index, "atol": row.get("atol")})
+    return _shown(Task(id=f"{dataset}/{split}/{row.get('task_id', index)}", dataset=dataset, split=split,
+                       kind="code", prompt=prompt, tests=tests, metadata={"row": index, "atol": row.get("atol")}))

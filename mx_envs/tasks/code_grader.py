@@ -16,8 +16,12 @@ and is compared here with the expected outputs, which never leave this process.
   call-based tests with EvalPlus' comparison (:func:`mx_envs.tasks.code_compare.evalplus_match`).
 
 Verdicts: ``passed``, ``wrong_answer``, ``timeout``, ``runtime_error``, ``memory_exceeded``,
-``syntax_error`` (and ``not_run`` after a failure with ``stop_on_failure``). The benchmark metric is
-:attr:`CodeGrade.pass_all`; :attr:`CodeGrade.fraction` is the optional shaping signal.
+``syntax_error`` (and ``not_run`` after a failure with ``stop_on_failure``). The dataset's own
+metric is :attr:`CodeGrade.pass_all`. What pays reward is :attr:`CodeGrade.solved` (every test
+passes and some hidden test separates the program from a constant) and the shaping signal
+:attr:`CodeGrade.fraction` (hidden tests passed beyond the best constant's share): tests shown in
+the prompt never count there, so a constant output or a replay of the prompt's examples earns 0
+(:mod:`mx_envs.tasks.code_reward`).
 
 Problems with several correct outputs: set ``CodeTests.checker`` to Python source defining
 ``check(input: str, expected: str, output: str) -> bool``. It is dataset code, so it runs here on
@@ -43,6 +47,16 @@ from typing import Any
 from mx_envs.tasks import code_harness as H
 from mx_envs.tasks.code_compare import evalplus_match, outputs_match, results_match
 from mx_envs.tasks.code_extract import extract_code
+from mx_envs.tasks.code_reward import (
+    RewardBasis,
+    best_constant_passes,
+    call_args_in_text,
+    call_shown,
+    compact,
+    output_bucket,
+    spaced,
+    stdio_shown,
+)
 from mx_envs.tasks.record import CodeTests
 
 NOT_RUN = "not_run"  # only with stop_on_failure: after the first failing test
@@ -79,7 +93,11 @@ def harness_source() -> str:
 
 @dataclass
 class CodeGrade:
-    """Outcome of grading one candidate program."""
+    """Outcome of grading one candidate program.
+
+    ``shown[i]`` says whether test ``i`` was shown to the policy (its input is in the prompt or the
+    dataset publishes it); ``constant_passes`` is the most hidden tests one constant output passes.
+    """
 
     passed: int
     total: int
@@ -87,20 +105,56 @@ class CodeGrade:
     details: list[dict[str, Any]] = field(default_factory=list)  # per test: time_s, message, output
     program: str = ""  # the program that ran (after code-block extraction / completion)
     sandbox: dict[str, Any] = field(default_factory=dict)  # verdict/message of the sandbox run
+    shown: list[bool] = field(default_factory=list)
+    constant_passes: int = 0
+
+    def _shown(self, i: int) -> bool:
+        return i < len(self.shown) and self.shown[i]
 
     @property
     def pass_all(self) -> bool:
-        """Every test passed (and there was at least one): the benchmark metric."""
+        """Every test passed (and there was at least one): the dataset's own metric."""
         return self.total > 0 and self.passed == self.total
 
     @property
+    def hidden_total(self) -> int:
+        return self.total - sum(self._shown(i) for i in range(self.total))
+
+    @property
+    def hidden_passed(self) -> int:
+        return sum(v == H.PASSED and not self._shown(i) for i, v in enumerate(self.verdicts))
+
+    @property
+    def discriminating(self) -> int:
+        """Hidden tests beyond the best constant's share: 0 means no program can earn reward here."""
+        return max(0, self.hidden_total - self.constant_passes)
+
+    @property
+    def solved(self) -> bool:
+        """Every test passed and some hidden test separates this from a constant or a replay: the
+        verdict that pays reward."""
+        return self.pass_all and self.discriminating > 0
+
+    @property
     def fraction(self) -> float:
+        """Reward shaping signal in [0, 1]: hidden tests passed beyond the best constant's share, over
+        the hidden tests beyond it. A constant output and a replay of the prompt's examples get 0."""
+        if self.discriminating == 0:
+            return 0.0
+        return min(1.0, max(0, self.hidden_passed - self.constant_passes) / self.discriminating)
+
+    @property
+    def raw_fraction(self) -> float:
+        """Share of all tests passed (shown ones and the constant's included): a diagnostic, never a reward."""
         return self.passed / self.total if self.total else 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "passed": self.passed, "total": self.total, "pass_all": self.pass_all, "fraction": self.fraction,
-            "verdicts": self.verdicts, "details": self.details, "sandbox": self.sandbox,
+            "passed": self.passed, "total": self.total, "pass_all": self.pass_all, "solved": self.solved,
+            "fraction": self.fraction, "raw_fraction": self.raw_fraction, "hidden_total": self.hidden_total,
+            "hidden_passed": self.hidden_passed, "constant_passes": self.constant_passes,
+            "discriminating": self.discriminating, "verdicts": self.verdicts, "details": self.details,
+            "sandbox": self.sandbox,
         }
 
 
@@ -195,8 +249,9 @@ def _oracle_judge(oracle: Any, i: int, entry: str, atol: float) -> Callable[[dic
 
 
 def _items(tests: CodeTests, sandbox: Any, per_test: float, time_limit_s: float | None,
-           ) -> tuple[list[_Item], list[_Item], str, float | None]:
-    """(stdio items, call items, error that makes every call item fail, overall limit of the calls)."""
+           ) -> tuple[list[_Item], list[_Item], str, float | None, Any]:
+    """(stdio items, call items, error that makes every call item fail, overall limit of the calls,
+    the assert-style oracle or None)."""
     stdio = [_Item("stdio", per_test, i, _stdio_judge(i, o, tests)) for i, o in tests.stdin_tests]
     calls: list[_Item] = []
     bad: list[str] = []
@@ -209,6 +264,7 @@ def _items(tests: CodeTests, sandbox: Any, per_test: float, time_limit_s: float 
         calls.append(_Item("call", per_test, payload, _lcb_judge(exp)))
     overall: float | None = None
     error = ""
+    oracle = None
     if tests.assert_source:
         from mx_envs.tasks.code_reference import OracleError, reference_oracle
 
@@ -216,6 +272,7 @@ def _items(tests: CodeTests, sandbox: Any, per_test: float, time_limit_s: float 
             oracle = reference_oracle(tests, sandbox)
         except (OracleError, H.DecodeError, KeyError, TypeError, ValueError) as exc:
             error = f"tests unavailable: {type(exc).__name__}: {H._snip(str(exc))}"
+            oracle = None
             calls.append(_Item("call", per_test, "[]", lambda r: (False, "tests unavailable")))
         else:
             limits = oracle.time_limits(time_limit_s)
@@ -223,7 +280,116 @@ def _items(tests: CodeTests, sandbox: Any, per_test: float, time_limit_s: float 
             atol = float(tests.float_tolerance or 0.0)
             for i, payload in enumerate(oracle.inputs):
                 calls.append(_Item("call", limits[i], payload, _oracle_judge(oracle, i, tests.fn_name or "", atol)))
-    return stdio, calls, error or (bad[0] if bad else ""), overall
+    return stdio, calls, error or (bad[0] if bad else ""), overall, oracle
+
+
+# ---------------------------------------------------------------- what pays reward
+
+
+_BASES: dict[Any, RewardBasis] = {}
+_BASES_MAX = 4096
+
+
+def _fingerprint(tests: CodeTests, oracle: Any) -> Any:
+    from mx_envs.tasks.code_reference import oracle_key
+
+    try:
+        content = (hash(tuple(map(tuple, tests.stdin_tests))), hash(tuple(map(tuple, tests.call_tests))))
+    except TypeError:  # tests built by hand with unhashable parts
+        content = (hash(json.dumps([tests.stdin_tests, tests.call_tests], default=repr)), 0)
+    return (len(tests.stdin_tests), len(tests.call_tests), content, hash(tests.shown_text), tuple(tests.shown), tests.output_compare, tests.float_tolerance,
+            hash(tests.checker), tests.fn_name, oracle_key(tests) if oracle is not None else None,
+            len(oracle.inputs) if oracle is not None else 0)
+
+
+def reward_basis(tests: CodeTests, oracle: Any = None) -> RewardBasis:
+    """Which tests were shown and the best constant's share of the hidden ones (grader order:
+    stdin tests, call tests, then the oracle's pairs); cached per test content. Never raises."""
+    fp = _fingerprint(tests, oracle)
+    hit = _BASES.get(fp)
+    if hit is not None:
+        return hit
+    text = tests.shown_text or ""
+    prompt_sp, prompt_c = spaced(text), compact(text)
+    in_text = call_args_in_text(text, tests.fn_name or "") if tests.fn_name else []
+    explicit = set(tests.shown)
+    shown: list[bool] = []
+    keys: list[Any] = []
+    for i, (inp, out) in enumerate(tests.stdin_tests):
+        shown.append(i in explicit or stdio_shown(prompt_sp, inp, out))
+        keys.append(("stdio", spaced(inp)))
+    lcb_expected: list[Any] = []
+    for j, (args_json, exp_json) in enumerate(tests.call_tests):
+        try:
+            args, exp = H.strict_loads(args_json), H.strict_loads(exp_json)
+        except H.DecodeError:
+            args, exp = None, None
+        lcb_expected.append(exp)
+        idx = len(tests.stdin_tests) + j
+        shown.append(idx in explicit or (isinstance(args, list) and call_shown(in_text, prompt_c, args, exp)))
+        keys.append(("call", compact(args_json)))
+    pairs: list[tuple[Any, Any]] = []
+    if oracle is not None:
+        for i, payload in enumerate(oracle.inputs):
+            try:
+                args, exp = oracle.decoded(i)
+            except (H.DecodeError, KeyError, TypeError, ValueError, RecursionError):
+                args, exp = [], None
+            pairs.append((args, exp))
+            shown.append(isinstance(args, list | tuple) and call_shown(in_text, prompt_c, args, exp))
+            keys.append(("call", payload))
+    # a hidden test with a shown test's input is answered by the replay too
+    shown_keys = {k for k, s in zip(keys, shown, strict=True) if s}
+    shown = [s or k in shown_keys for k, s in zip(keys, shown, strict=True)]
+
+    n_stdio, n_calls = len(tests.stdin_tests), len(tests.call_tests)
+    k = 0
+    hidden = [i for i in range(n_stdio) if not shown[i]]
+    if hidden:
+        k += _stdio_constant(tests, hidden)
+    hidden = [j for j in range(n_calls) if not shown[n_stdio + j]]
+    if hidden:
+        exp = [lcb_expected[j] for j in hidden]
+        k += best_constant_passes(exp, lambda c, i: results_match(c, exp[i]), key=_json_key)
+    hidden = [i for i in range(len(pairs)) if not shown[n_stdio + n_calls + i]]
+    if hidden:
+        entry = tests.fn_name or ""
+        atol = 2 * float(tests.float_tolerance) if tests.float_tolerance else 2e-6
+        exp = [pairs[i][1] for i in hidden]
+        args_of = [pairs[i][0] for i in hidden]
+        k += best_constant_passes(exp, lambda c, i: evalplus_match(c, exp[i], args_of[i], entry, atol), key=_json_key)
+    basis = RewardBasis(tuple(shown), k)
+    if len(_BASES) >= _BASES_MAX:
+        _BASES.pop(next(iter(_BASES)))
+    _BASES[fp] = basis
+    return basis
+
+
+def _json_key(value: Any) -> Any:
+    try:
+        return json.dumps(value, sort_keys=True)
+    except (TypeError, ValueError, RecursionError):
+        return repr(value)
+
+
+def _stdio_constant(tests: CodeTests, hidden: list[int]) -> int:
+    """The best constant output's share of the hidden stdin/stdout tests, under the judge's rule
+    (tolerance doubled: a number between two expected ones passes both)."""
+    mode = tests.output_compare
+    pairs = [tests.stdin_tests[i] for i in hidden]
+    exp = [o for _, o in pairs]
+    if tests.checker:
+        checker = tests.checker
+
+        def passes(c: Any, i: int) -> bool:
+            return check_output(checker, pairs[i][0], exp[i], c)[0]
+        return best_constant_passes(exp, passes, key=spaced, limit=MAX_CHECKER_CONSTANTS)
+    tol = 2 * tests.float_tolerance if tests.float_tolerance else None
+    return best_constant_passes(exp, lambda c, i: outputs_match(c, exp[i], tol, mode), key=spaced,
+                                bucket=lambda e: output_bucket(e, mode))
+
+
+MAX_CHECKER_CONSTANTS = 16  # constants tried through a dataset checker (host code, each call timed)
 
 
 # ---------------------------------------------------------------- host-side checker
@@ -435,13 +601,16 @@ def grade_code(
     if sandbox is None:
         sandbox = grading_sandbox()
     per_test = float(time_limit_s if time_limit_s is not None else tests.time_limit_s)
-    stdio, calls, call_error, calls_overall = _items(tests, sandbox, per_test, time_limit_s)
+    stdio, calls, call_error, calls_overall, oracle = _items(tests, sandbox, per_test, time_limit_s)
     n = len(stdio) + len(calls)
     if n == 0:
         return CodeGrade(0, 0, [], program=program)
+    basis = reward_basis(tests, oracle)
+    shown = list(basis.shown[:n]) + [False] * max(0, n - len(basis.shown))
     if not program.strip():
         return CodeGrade(0, n, [H.SYNTAX_ERROR] * n, [{"index": i, "verdict": H.SYNTAX_ERROR, "message": "no code found"}
-                                                      for i in range(n)], program=program)
+                                                      for i in range(n)], program=program, shown=shown,
+                         constant_passes=basis.constant_passes)
     details: list[dict[str, Any]] = []
     info: dict[str, Any] = {}
     if stdio:
@@ -472,4 +641,8 @@ def grade_code(
             elif d["verdict"] != H.PASSED:
                 failed = True
     verdicts = [d["verdict"] for d in details]
-    return CodeGrade(sum(v == H.PASSED for v in verdicts), n, verdicts, details, program=program, sandbox=info)
+    for d, s in zip(details, shown, strict=False):
+        if s:
+            d["shown"] = True
+    return CodeGrade(sum(v == H.PASSED for v in verdicts), n, verdicts, details, program=program, sandbox=info,
+                     shown=shown, constant_passes=basis.constant_passes)

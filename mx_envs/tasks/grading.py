@@ -12,8 +12,11 @@ from mx_envs.tasks.record import Task
 class Grade:
     """Outcome of grading an answer to a task.
 
-    ``score`` is 1.0/0.0 for math and the pass fraction for code; ``correct`` is exact-match for
-    math and pass-all for code.
+    ``score`` is 1.0/0.0 for math and, for code, the share of hidden tests passed beyond the best
+    constant's (:attr:`~mx_envs.tasks.code_grader.CodeGrade.fraction`); ``correct`` is exact-match
+    for math and, for code, :attr:`~mx_envs.tasks.code_grader.CodeGrade.solved` (every test passes
+    and a hidden test separates the program from a constant or a replay of the prompt's examples;
+    the dataset's plain pass-all is ``details["pass_all"]``).
     """
 
     correct: bool
@@ -42,5 +45,5 @@ def grade(task: Task, answer_text: str, **opts: Any) -> Grade:
         from mx_envs.tasks.code_grader import grade_code
 
         c = grade_code(answer_text, task.tests, **opts)
-        return Grade(c.pass_all, c.fraction, c.program, c.to_dict())
+        return Grade(c.solved, c.fraction, c.program, c.to_dict())
     raise ValueError(f"task {task.id}: unknown kind {task.kind!r}")

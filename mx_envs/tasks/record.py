@@ -35,6 +35,12 @@ class CodeTests:
     # stdin/stdout comparison: "lines" (LiveCodeBench: line by line) or "tokens" (the
     # whitespace-separated token sequence, line breaks included, as Codeforces' default checker).
     output_compare: str = "lines"
+    # What the policy is shown (the task's prompt): tests whose input (and output) it writes are
+    # *shown* and never pay reward (see mx_envs.tasks.code_reward).
+    shown_text: str = ""
+    # Indices (stdin tests, then call tests) of the tests the dataset publishes with the statement
+    # (LiveCodeBench and CodeContests public tests): shown whether or not the text writes them.
+    shown: list[int] = field(default_factory=list)
 
     @property
     def total(self) -> int:

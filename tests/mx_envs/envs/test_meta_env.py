@@ -65,9 +65,12 @@ def test_code_pass_fraction_reward() -> None:
     frac = MetaAgentXEnv(tasks=[code_task()], code_pass_fraction=True)
     try:
         r_strict, info, _ = run_episode(strict, design, llm)
-        assert r_strict == 0.0 and not info["correct"] and info["score"] == pytest.approx(2 / 3)
+        # 2 of 3 tests pass; one constant output passes 1 of them (the outputs 3, 6, 0 differ), so
+        # the program earns (2 - 1) / (3 - 1) of the reward range, not 2/3.
+        assert r_strict == 0.0 and not info["correct"] and info["score"] == pytest.approx(1 / 2)
+        assert info["grade_details"]["raw_fraction"] == pytest.approx(2 / 3)
         r_frac, info, _ = run_episode(frac, design, llm)
-        assert r_frac == pytest.approx(2 / 3)
+        assert r_frac == pytest.approx(1 / 2)
     finally:
         strict.close()
         frac.close()

@@ -122,7 +122,8 @@ def test_stdio_program_passes_and_wrong_one_fails(grading_sandbox, mode: str) ->
     bad = grade_code("a, b = map(int, input().split())\nprint(a - b if a != b else a + b)", SUM_TESTS, grading_sandbox,
                      mode=mode)
     assert bad.verdicts == ["wrong_answer", "passed", "passed"] and not bad.pass_all
-    assert bad.fraction == pytest.approx(2 / 3)
+    assert bad.raw_fraction == pytest.approx(2 / 3)
+    assert bad.fraction == pytest.approx(1 / 2)  # one constant passes one of the three (3, 10, 0 differ)
 
 
 @pytest.mark.parametrize("mode", ["harness", "per_run"])
