@@ -17,6 +17,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     ex.add_argument("--backend", choices=("process", "docker"), default="process")
     ex.add_argument("--image", default=None, help="container image (docker backend)")
     ex.add_argument("--no-preload", action="store_true", help="do not preload numpy/sympy in the pool")
+    ex.add_argument(
+        "--file-view",
+        choices=("allowlist", "host"),
+        default="allowlist",
+        help="allowlist (default): the interpreter, stdlib and allowed packages only; host: the host's "
+        "root read-only (an explicit widening: it shows the checkout and any data on the machine)",
+    )
     ex.add_argument("--json", action="store_true", help="print one JSON object with the full result")
     ex.set_defaults(func=_exec)
     bi = sub.add_parser(
@@ -76,7 +83,7 @@ def _exec(args: argparse.Namespace) -> int:
     if args.timeout <= 0 or args.memory_mb <= 0:
         print("mx sandbox exec: --timeout and --memory-mb must be positive", file=sys.stderr)
         return 2
-    limits = Limits(wall_s=args.timeout, cpu_s=args.cpu, memory_mb=args.memory_mb)
+    limits = Limits(wall_s=args.timeout, cpu_s=args.cpu, memory_mb=args.memory_mb, file_view=args.file_view)
     if args.backend == "docker":
         from mx_envs.sandbox.docker_backend import DockerSandbox, DockerUnavailable
 
