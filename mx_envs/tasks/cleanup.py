@@ -14,6 +14,7 @@ degree marks) and never deletes a character inside a number or between the rows 
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 
 # Sentences appended by public copies; matched case-insensitively at the end of the problem text.
 _INSTRUCTION_PATTERNS: tuple[str, ...] = (
@@ -82,9 +83,14 @@ def brace_group(text: str, open_idx: int) -> int | None:
     return None
 
 
+@lru_cache(maxsize=16)
+def _wrapper_re(commands: tuple[str, ...]) -> re.Pattern[str]:
+    return re.compile(r"\\(?:" + "|".join(commands) + r")\s*(?=\{)")
+
+
 def unwrap_commands(s: str, commands: tuple[str, ...]) -> str:
     """Replace every ``\\cmd{X}`` (for ``cmd`` in ``commands``) by ``X``; unbalanced ones stay."""
-    pattern = re.compile(r"\\(?:" + "|".join(commands) + r")\s*(?=\{)")
+    pattern = _wrapper_re(tuple(commands))
     pos = 0
     for _ in range(10_000):  # bounded: each round removes one wrapper
         m = pattern.search(s, pos)
@@ -100,6 +106,12 @@ def unwrap_commands(s: str, commands: tuple[str, ...]) -> str:
 
 # Wrappers that change how a value looks, never what it is.
 _COSMETIC = ("mathbf", "textbf", "boldsymbol", "bm", "boxed", "fbox", "emph", "textit", "mathit", "underline")
+# Compiled at import, not at first use: the MAS library's answer votes run normalize_math in sandboxed
+# processes forked from a server that imported this module, where a first-use compile costs every episode.
+_wrapper_re(_COSMETIC)
+_STYLE_RE = re.compile(r"\\(?:displaystyle|textstyle|scriptstyle)(?![A-Za-z])")
+_WHITESPACE_RE = re.compile(r"\s+")
+_FULL_STOP_RE = re.compile(r"(?<![\d])\.$")
 _TEXTLIKE_RE = re.compile(r"\\(?:mathrm|mbox|textrm|textnormal|textup|textsf|mathsf)\s*(?=\{)")
 _SPACING_RE = re.compile(r"(?<!\\)\\(?:[!,;:>\s]|(?:quad|qquad|enspace|thinspace|medspace)(?![A-Za-z]))|~")
 _THOUSANDS_SPACING_RE = re.compile(r"(?<=\d)(?:\\,|\{,\}|\\;|\\!|\\ )(?=\d{3}(?!\d))")
@@ -138,12 +150,12 @@ def normalize_math(s: str) -> str:
     s = s.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac").replace("\\cfrac", "\\frac")
     for old, new in _RELATION_ALIASES:
         s = s.replace(old, new)
-    s = re.sub(r"\\(?:displaystyle|textstyle|scriptstyle)(?![A-Za-z])", " ", s)
+    s = _STYLE_RE.sub(" ", s)
     s = unwrap_commands(s, _COSMETIC)
     s = _TEXTLIKE_RE.sub(r"\\text", s)
     s = _FRAC_SHORT_RE.sub(r"\\frac{\1}{\2}", s)
     s = _FRAC_HALF_RE.sub(r"\\frac\1{\2}", s)
     s = _SQRT_SHORT_RE.sub(r"\\sqrt{\1}", s)
-    s = re.sub(r"\s+", " ", s).strip()
-    s = re.sub(r"(?<![\d])\.$", "", s).strip()  # a sentence's full stop, never a decimal point
+    s = _WHITESPACE_RE.sub(" ", s).strip()
+    s = _FULL_STOP_RE.sub("", s).strip()  # a sentence's full stop, never a decimal point
     return s

@@ -29,6 +29,8 @@ from dataclasses import dataclass, field
 from mx_envs.tasks.cleanup import brace_group, normalize_math
 
 _BOX_RE = re.compile(r"\\(?:boxed|fbox)(?![A-Za-z])\s*")
+_TOKEN_RE = re.compile(r"([^\s$]+)")  # compiled here: see cleanup's note on first-use compiles
+_SENTENCE_END_RE = re.compile(r"[.。]\s*$")
 _FINAL_RES: tuple[re.Pattern[str], ...] = (
     re.compile(r"final answer[ \t]*(?:is|:|=)[ \t]*:?\s*(.+)", re.IGNORECASE),
     re.compile(r"(?:^|\n)[ \t]*\**answer\**[ \t]*[:=]\s*(.+)", re.IGNORECASE),
@@ -74,10 +76,10 @@ def boxes(text: str) -> tuple[list[str], bool]:
             unclosed = False
             pos = close
             continue
-        tok = re.match(r"([^\s$]+)", text[end:])
+        tok = _TOKEN_RE.match(text, end)
         if tok and m.group(0)[-1:].isspace():
             found.append(tok.group(1).strip())
-            pos = end + tok.end()
+            pos = tok.end()
         else:
             pos = end
     return found, unclosed
@@ -97,7 +99,7 @@ def _clean_phrase(ans: str) -> str:
     found, unclosed = boxes(ans)
     if found and not unclosed:
         return found[-1]
-    ans = re.sub(r"[.。]\s*$", "", ans).strip()
+    ans = _SENTENCE_END_RE.sub("", ans).strip()
     if len(ans) >= 2 and ans[0] == "$" and ans[-1] == "$":
         ans = ans.strip("$").strip()
     return ans
