@@ -62,6 +62,11 @@ class LearnerConfig:
     # Optimizer state across co-evolution phases: "per_role" keeps one AdamW state per active-role
     # set (the inactive one parked on CPU); "reset" starts fresh moments at every switch.
     phase_optimizer: str = "per_role"
+    # Where "per_role" keeps the inactive phase's AdamW state: "memory", "disk" (a temporary file,
+    # read back at the next switch: exact), or "auto" = disk when training on the CPU (there host
+    # memory *is* the training memory: parked moments would keep two model-sized tensors resident
+    # for nothing), memory on a GPU (host memory is the cheap place to park).
+    park_optimizer: str = "auto"
     # Base LR per co-evolution phase, keyed by the active roles ("designer", "executor"); a phase not
     # listed uses ``lr``. The designer's action is a whole script whose sequence log-prob moves far
     # faster than an executor turn's at the same LR: a lower designer LR keeps its M designs per task
@@ -112,6 +117,8 @@ class LearnerConfig:
                 raise ValueError(f"phase_lr key {key!r} is not a phase; known: {list(PHASE_KEYS)}")
             if not float(value) > 0:
                 raise ValueError(f"phase_lr[{key!r}] must be > 0, got {value!r}")
+        if self.park_optimizer not in ("auto", "memory", "disk"):
+            raise ValueError(f"park_optimizer must be 'auto', 'memory' or 'disk', got {self.park_optimizer!r}")
         if self.phase_optimizer not in PHASE_OPTIMIZER:
             raise ValueError(f"phase_optimizer must be one of {PHASE_OPTIMIZER}, got {self.phase_optimizer!r}")
         if self.micro_batch_tokens < 1 or self.mini_batches < 1 or self.ppo_epochs < 1:

@@ -335,7 +335,7 @@ class Learner:
         """Free this learner's optimizer state (a finished warm start); the model stays."""
         self.opt.zero_grad()
         self.opt.optimizer.state.clear()
-        self.opt.parked.clear()
+        self.opt.clear_parked()
 
     def weights_for_sync(self) -> dict[str, Any]:
         """The full weights as the generation backend needs them (LoRA merged, base names).

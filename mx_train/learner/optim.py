@@ -13,7 +13,8 @@ executor's objective for dozens of steps, even on a designer batch whose gradien
   sub-agent turns): a role's second-moment estimate stays calibrated to its own gradients, and no
   phase restarts Adam's bias-corrected warm-up, in which every weight moves by about ``lr`` whatever
   its gradient's size. Cost: one extra fp32 AdamW state (8 bytes per trained parameter) in host
-  memory.
+  memory, or on disk (``park_optimizer``: a temporary file written at the switch and read back
+  at the next one; the default when training on the CPU, where host memory is the training memory).
 * ``reset``: fresh moments at every switch (no extra memory; each phase re-warms Adam).
 
 The LR schedule counts optimizer steps of the learner across phases (one schedule per learner).
@@ -22,6 +23,10 @@ The LR schedule counts optimizer steps of the learner across phases (one schedul
 from __future__ import annotations
 
 import math
+import os
+import shutil
+import tempfile
+import weakref
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
@@ -69,6 +74,24 @@ def _unpark(value: Any) -> Any:
     return t.to(device)
 
 
+class _Spilled:
+    """A parked phase's optimizer state in a file: per-parameter states keyed by parameter index."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def load(self, params: list[Any]) -> dict[Any, dict[str, Any]]:
+        import torch
+
+        by_index = torch.load(self.path, weights_only=True)
+        return {params[i]: s for i, s in by_index.items()}
+
+
+def _is_dtensor_state(state: Mapping[Any, Mapping[str, Any]]) -> bool:
+    return any(getattr(v, "_local_tensor", None) is not None or isinstance(v, tuple)
+               for s in state.values() for v in s.values())
+
+
 class PhaseOptimizer:
     """AdamW + LambdaLR whose moments are kept per phase (see module doc)."""
 
@@ -81,8 +104,12 @@ class PhaseOptimizer:
         self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(cfg))
         self.mode = cfg.phase_optimizer
         self.phase: str | None = None
-        self.parked: dict[str, dict[Any, dict[str, Any]]] = {}
+        self.parked: dict[str, Any] = {}  # phase -> {param: state} in memory, or a _Spilled file
         self.switches = 0
+        on_cpu = all(p.device.type == "cpu" for p in self.params)
+        park = getattr(cfg, "park_optimizer", "auto")
+        self.park_to_disk = park == "disk" or (park == "auto" and on_cpu)
+        self._spill_dir: str | None = None
 
     @property
     def params(self) -> list[torch.Tensor]:
@@ -93,8 +120,10 @@ class PhaseOptimizer:
         if phase == self.phase:
             return False
         if self.phase is not None and self.mode == "per_role":
-            self.parked[self.phase] = {p: {k: _park(v) for k, v in s.items()} for p, s in self.optimizer.state.items()}
-        arriving = self.parked.pop(phase, None) if self.mode == "per_role" else None
+            leaving = {p: {k: _park(v) for k, v in s.items()} for p, s in self.optimizer.state.items()}
+            self.optimizer.state = defaultdict(dict)  # drop our references before the spill frees them
+            self.parked[self.phase] = self._spill(self.phase, leaving)
+        arriving = self._unspill(self.parked.pop(phase, None)) if self.mode == "per_role" else None
         fresh: defaultdict[Any, dict[str, Any]] = defaultdict(dict)
         for p, s in (arriving or {}).items():
             fresh[p] = {k: _unpark(v) for k, v in s.items()}
@@ -103,6 +132,34 @@ class PhaseOptimizer:
         self.phase = phase
         self.switches += int(changed)
         return changed
+
+    # -- parking on disk -------------------------------------------------------------------------
+    def _spill(self, phase: str, state: dict[Any, dict[str, Any]]) -> Any:
+        """``state`` written to a file when parking on disk (plain CPU tensors only), else itself."""
+        import torch
+
+        if not self.park_to_disk or not state or _is_dtensor_state(state):
+            return state
+        if self._spill_dir is None:
+            self._spill_dir = tempfile.mkdtemp(prefix="mx-parked-optimizer-")
+            weakref.finalize(self, shutil.rmtree, self._spill_dir, True)
+        index = {id(p): i for i, p in enumerate(self.params)}
+        path = os.path.join(self._spill_dir, f"{phase}.pt")
+        torch.save({index[id(p)]: s for p, s in state.items()}, path)
+        return _Spilled(path)
+
+    def _unspill(self, parked: Any) -> Any:
+        if isinstance(parked, _Spilled):
+            state = parked.load(self.params)
+            os.unlink(parked.path)
+            return state
+        return parked
+
+    def clear_parked(self) -> None:
+        for parked in self.parked.values():
+            if isinstance(parked, _Spilled) and os.path.exists(parked.path):
+                os.unlink(parked.path)
+        self.parked.clear()
 
     def step(self) -> None:
         self.optimizer.step()
@@ -136,15 +193,19 @@ class PhaseOptimizer:
             "optimizer": self.optimizer.state_dict(),
             "lr_scheduler": self.lr_scheduler.state_dict(),
             "phase": self.phase,
-            "parked": {k: self._serialise(v) for k, v in self.parked.items()},
+            # A spilled phase is read back for the checkpoint only (no activations live then).
+            "parked": {k: self._serialise(v.load(self.params) if isinstance(v, _Spilled) else v)
+                       for k, v in self.parked.items()},
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         groups = self.optimizer.state_dict()["param_groups"]
-        self.parked = {}
+        self.clear_parked()
         for phase, st in (state.get("parked") or {}).items():
             self.optimizer.load_state_dict({"state": st, "param_groups": groups})
-            self.parked[phase] = {p: {k: _park(v) for k, v in s.items()} for p, s in self.optimizer.state.items()}
+            parked = {p: {k: _park(v) for k, v in s.items()} for p, s in self.optimizer.state.items()}
+            self.optimizer.state = defaultdict(dict)
+            self.parked[phase] = self._spill(phase, parked)
         self.optimizer.load_state_dict(state["optimizer"])
         self.lr_scheduler.load_state_dict(state["lr_scheduler"])
         self.phase = state.get("phase")
