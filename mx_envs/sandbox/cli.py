@@ -36,7 +36,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         nargs="*",
         default=None,
         metavar="PKG",
-        help="installed packages to include with their requirements (default: numpy sympy)",
+        help="installed packages to include with their requirements (default: the allow-list world's "
+        "packages that are installed: numpy scipy sympy mpmath networkx sortedcontainers)",
     )
     bi.add_argument("--force", action="store_true", help="rebuild even if the content hash is unchanged")
     bi.set_defaults(func=_build_image)

@@ -43,7 +43,7 @@ from typing import Any
 
 from mx_envs.sandbox import seccomp_policy
 from mx_envs.sandbox.api import BASE_CHILD_ENV, Limits, RunResult, Verdict
-from mx_envs.sandbox.docker_image import DEFAULT_TAG, LABEL_PYTHON
+from mx_envs.sandbox.docker_image import DEFAULT_TAG, FORMAT_VERSION, LABEL_FORMAT, LABEL_PYTHON
 from mx_envs.sandbox.docker_pump import PumpResult, pump
 from mx_envs.sandbox.docker_runner import MAGIC
 
@@ -55,6 +55,7 @@ STARTUP_S = 30.0  # container start until the runner's start marker (a busy daem
 # (then the verdict is a timeout either way), and bounds how long a run outlives a dead host.
 BACKSTOP_MARGIN_S = 5.0
 LABEL_OWNER = "mx.sandbox.owner"  # "<hostname>:<pid>" of the host process that made the container
+LABEL_INSTANCE = "mx.sandbox.instance"  # which DockerSandbox of that process (several may share a pid)
 CHILD_ENV = {
     **BASE_CHILD_ENV,
     "HOME": "/work",
@@ -151,6 +152,8 @@ class DockerSandbox:
         self.image = image or DEFAULT_IMAGE
         self.api = getattr(self.client, "api", self.client)
         self.owner = f"{socket.gethostname()}:{os.getpid()}"
+        self.instance = os.urandom(6).hex()
+        self._live: set[str] = set()  # containers of ours not yet removed (a sweep leaves them alone)
         self.python = FALLBACK_PYTHON
         self._info: dict[str, Any] = {}
         self._removals = ThreadPoolExecutor(max_workers=2, thread_name_prefix="mx-docker-bg")
@@ -179,6 +182,13 @@ class DockerSandbox:
             build_image(self.client, tag=self.image)
             meta = self.api.inspect_image(self.image)
         labels = (meta.get("Config") or {}).get("Labels") or {}
+        if build and self.image == DEFAULT_IMAGE and labels.get(LABEL_FORMAT) != FORMAT_VERSION:
+            # An image of an older layout (other packages than the world's): rebuild, never reuse.
+            from mx_envs.sandbox.docker_image import build_image
+
+            build_image(self.client, tag=self.image)
+            meta = self.api.inspect_image(self.image)
+            labels = (meta.get("Config") or {}).get("Labels") or {}
         self.python = labels.get(LABEL_PYTHON) or FALLBACK_PYTHON
         try:
             self._info = self.api.info()
@@ -224,7 +234,7 @@ class DockerSandbox:
             "stdin_open": True,  # with detach=False the SDK also sets StdinOnce: our EOF closes fd 0
             "detach": False,
             "tty": False,
-            "labels": {LABEL_OWNER: self.owner},
+            "labels": {LABEL_OWNER: self.owner, LABEL_INSTANCE: self.instance},
         }
 
     def _host_config(self, limits: Limits) -> Any:
@@ -331,6 +341,8 @@ class DockerSandbox:
         cid = self.api.create_container(host_config=self._host_config(limits), **self.create_kwargs(limits))[
             "Id"
         ]
+        with self._lock:
+            self._live.add(cid)
         try:
             sock = self.api.attach_socket(cid, params={"stdin": 1, "stdout": 1, "stderr": 1, "stream": 1})
             try:
@@ -445,9 +457,12 @@ class DockerSandbox:
             self.api.remove_container(cid, force=True)
         except Exception:  # noqa: BLE001 - a removal already in progress, or the daemon went away
             pass
+        with self._lock:
+            self._live.discard(cid)
 
     def sweep(self) -> int:
-        """Remove containers left by sandbox hosts of this machine that no longer exist (or by us)."""
+        """Remove containers left by sandbox hosts of this machine that no longer exist, and our own
+        leftovers; never a container another live sandbox (of this process too) or we still use."""
         removed = 0
         host = socket.gethostname()
         try:
@@ -461,6 +476,11 @@ class DockerSandbox:
                 continue
             if owner != self.owner and _alive(int(pid)):
                 continue
+            if owner == self.owner:
+                with self._lock:
+                    ours_in_use = c["Id"] in self._live
+                if (c.get("Labels") or {}).get(LABEL_INSTANCE) != self.instance or ours_in_use:
+                    continue
             self._remove(c["Id"])
             removed += 1
         return removed

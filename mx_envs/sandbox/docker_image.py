@@ -25,6 +25,7 @@ default). The interpreter path is stored as the image label ``mx.python``.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import io
 import json
 import os
@@ -39,13 +40,19 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from mx_envs.sandbox.file_view import ALLOWED_PACKAGES
+
 REPOSITORY = "mx-sandbox"
 DEFAULT_TAG = f"{REPOSITORY}:latest"
-DEFAULT_PACKAGES: tuple[str, ...] = ("numpy", "sympy")
+# The same world as the process backend's: its allowed packages (those installed here).
+DEFAULT_PACKAGES: tuple[str, ...] = tuple(p for p in ALLOWED_PACKAGES if importlib.util.find_spec(p) is not None)
 PYTHON_LINK = "/usr/local/bin/python3"
 LABEL_PYTHON = "mx.python"
 LABEL_HASH = "mx.content-hash"
-FORMAT_VERSION = "1"  # bump when the tree layout changes, so old images are not reused
+LABEL_FORMAT = "mx.format"
+# Bump when the tree layout or the default packages change: DockerSandbox then rebuilds the default
+# image (an image of an older format is never reused silently).
+FORMAT_VERSION = "3"
 _STDLIB_SKIP = {
     "test",
     "tests",
@@ -62,6 +69,9 @@ _PACKAGE_SKIP_DIRS = {"tests"}
 _SKIP_FILE = re.compile(
     r"(\.opt-[12]\.pyc$)|(^_tkinter\.)|(^_test)|(^xxlimited)|(^_xxtestfuzz)|(^_ctypes_test)"
 )
+# In packages only the optimised byte code: their own ``_test*`` modules are imported (scipy's
+# ``_lib/_testutils.py`` on ``import scipy``).
+_PACKAGE_SKIP_FILE = re.compile(r"\.opt-[12]\.pyc$")
 _ETC_PASSWD = b"root:x:0:0:root:/root:/bin/false\nnobody:x:65534:65534:nobody:/work:/bin/false\n"
 _ETC_GROUP = b"root:x:0:\nnogroup:x:65534:\n"
 
@@ -115,8 +125,10 @@ class RootTree:
                 cur = f"{cur}/{part}"
                 self.dirs.setdefault(cur, 0o755)
 
-    def add_tree(self, src: str, dst: str, skip_dirs: Iterable[str] = ()) -> None:
-        """Add every regular file and symlink below host ``src`` at image ``dst``."""
+    def add_tree(
+        self, src: str, dst: str, skip_dirs: Iterable[str] = (), skip_file: re.Pattern[str] = _SKIP_FILE
+    ) -> None:
+        """Add every regular file and symlink below host ``src`` at image ``dst`` (but ``skip_file``)."""
         skip = set(skip_dirs)
         for root, dirnames, filenames in os.walk(src):
             dirnames[:] = sorted(d for d in dirnames if d not in skip)
@@ -128,7 +140,7 @@ class RootTree:
                 if os.path.islink(host):
                     self.links[os.path.join(target_dir, name)] = os.readlink(host)
             for name in sorted(filenames):
-                if _SKIP_FILE.search(name):
+                if skip_file.search(name):
                     continue
                 host = os.path.join(root, name)
                 image = os.path.join(target_dir, name)
@@ -241,7 +253,7 @@ def plan_tree(packages: Iterable[str] = DEFAULT_PACKAGES) -> RootTree:
         for root in _dist_roots(dist):
             image = os.path.join(site, os.path.basename(root))
             if os.path.isdir(root):
-                tree.add_tree(root, image, skip_dirs=_PACKAGE_SKIP_DIRS)
+                tree.add_tree(root, image, skip_dirs=_PACKAGE_SKIP_DIRS, skip_file=_PACKAGE_SKIP_FILE)
             else:
                 tree.files[image] = root
     binaries = [exe] + [h for i, h in tree.files.items() if ".so" in os.path.basename(i)]
@@ -354,7 +366,7 @@ def build_image(
                 "ENV PATH=/usr/local/bin:/usr/bin:/bin",
                 "ENV LANG=C.UTF-8",
                 "WORKDIR /work",
-                f"LABEL {LABEL_PYTHON}={tree.python} {LABEL_HASH}={digest}",
+                f"LABEL {LABEL_PYTHON}={tree.python} {LABEL_HASH}={digest} {LABEL_FORMAT}={FORMAT_VERSION}",
                 f'CMD ["{PYTHON_LINK}"]',
             ]
             client.api.import_image(src=tar_path, repository=repo, tag=name, changes=changes)

