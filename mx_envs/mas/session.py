@@ -119,13 +119,15 @@ class MASSession:
         self._retired: list[Any] = []  # completed runs being killed; their output collected lazily
         self._stale = 0  # how many of ``_retired`` (the oldest) belong to earlier episodes
         self._sandbox = sandbox
+        # Scripts and tools are policy-written code: the allow-list world, never a wider view.
         self.tool_limits = tool_limits or Limits(
-            wall_s=self.budgets.tool_wall_s, memory_mb=self.budgets.tool_memory_mb
+            wall_s=self.budgets.tool_wall_s, memory_mb=self.budgets.tool_memory_mb, file_view="allowlist"
         )
         # The sandbox pauses the script's wall clock while it waits for an answer (LLM or tool), so
         # its wall limit is a backstop just above the host's own script-time budget.
         self.script_limits = script_limits or Limits(
-            wall_s=self.budgets.wall_s + 10.0, cpu_s=self.budgets.wall_s + 5.0, memory_mb=1024, max_processes=32
+            wall_s=self.budgets.wall_s + 10.0, cpu_s=self.budgets.wall_s + 5.0, memory_mb=1024, max_processes=32,
+            file_view="allowlist",
         )
         self._channel: Channel | None = None
         self._reset()
