@@ -292,6 +292,91 @@ def test_no_state_between_runs(sandbox):
     assert r1.verdict is Verdict.OK and r2.stdout == "False False ['main.py']\n", r2
 
 
+CHANNEL_CODE = r"""
+import builtins, ctypes, json, os, socket, sys
+
+LEAK = "MXLEAK="
+ABSTRACT = "\0mx-sandbox-leak"
+FILES = ["/tmp/mx-leak", "/dev/shm/mx-leak", os.path.expanduser("~/mx-leak"), "mx-leak"]
+libc = ctypes.CDLL(None, use_errno=True)
+libc.shmat.restype = ctypes.c_void_p
+SHM_KEY = 0x4D584C4B
+
+
+def leave(value):
+    value = LEAK + value
+    for path in FILES:
+        with open(path, "w") as fh:
+            fh.write(value)
+    os.environ["MX_LEAK"] = value
+    builtins.MX_LEAK = value
+    shm = libc.shmget(SHM_KEY, 4096, 0o1666)  # IPC_CREAT | 0666: System V shared memory
+    addr = libc.shmat(shm, None, 0)
+    ctypes.memmove(addr, value.encode() + b"\0", len(value) + 1)
+    r, w = os.pipe()
+    if os.fork() == 0:  # a daemon serving the value on an abstract unix socket
+        os.setsid()
+        srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        srv.bind(ABSTRACT)
+        srv.listen(4)
+        os.write(w, b"1")
+        while True:
+            conn, _ = srv.accept()
+            conn.sendall(value.encode())
+            conn.close()
+    os.read(r, 1)
+
+
+def look():
+    found = {}
+    for path in FILES:
+        try:
+            with open(path) as fh:
+                found[path] = fh.read()
+        except OSError:
+            pass
+    if "MX_LEAK" in os.environ:
+        found["environ"] = os.environ["MX_LEAK"]
+    if hasattr(builtins, "MX_LEAK"):
+        found["builtins"] = builtins.MX_LEAK
+    shm = libc.shmget(SHM_KEY, 0, 0)
+    if shm >= 0:
+        found["sysv_shm"] = ctypes.string_at(libc.shmat(shm, None, 0)).decode()
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(2)
+            s.connect(ABSTRACT)
+            found["daemon"] = s.recv(100).decode()
+    except OSError:
+        pass
+    found["pids"] = sorted(int(p) for p in os.listdir("/proc") if p.isdigit())
+    return found
+"""
+
+
+def test_no_channel_between_runs_concurrent_or_later(sandbox):
+    """A run leaves a value in its tmp, /dev/shm, home and work dir, its environment and module state,
+    System V shared memory and a daemon on an abstract socket, and stays alive; concurrent runs and
+    later runs on the same pool (every supervisor) see none of it. Positive control: the writer's own
+    look finds each channel."""
+    writer = CHANNEL_CODE + "\nleave('42')\nfrom mx_envs.sandbox import channel\nchannel.request(look())\n"
+    reader = CHANNEL_CODE + "\nprint(json.dumps(look()))\n"
+    ch = sandbox.start(writer, Limits(wall_s=60))
+    try:
+        mine = ch.recv(timeout=30)
+        want = {"/tmp/mx-leak", "/dev/shm/mx-leak", "/tmp/work/mx-leak", "mx-leak", "environ", "builtins",
+                "sysv_shm", "daemon"}
+        assert want <= set(mine) and all(mine[k] == "MXLEAK=42" for k in want), mine
+        concurrent = [run_checked(sandbox, reader) for _ in range(3)]
+    finally:
+        ch.send({"stop": True})
+        ch.wait(timeout=30)
+    later = [run_checked(sandbox, reader) for _ in range(sandbox.pool_size + 2)]
+    for r in concurrent + later:
+        assert r.verdict is Verdict.OK, r
+        assert json.loads(r.stdout) == {"pids": [1, 2]}, r.stdout
+
+
 def test_files_are_written(sandbox):
     files = {"data/input.txt": "hello", "blob.bin": b"\x00\x01"}
     r = run_checked(sandbox, "print(open('data/input.txt').read(), open('blob.bin','rb').read())", files=files)
