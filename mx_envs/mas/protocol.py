@@ -134,12 +134,15 @@ def check_chat(messages: Any) -> list[ChatMessage]:
     if not isinstance(messages, list):
         raise ProtocolViolation(f"messages must be a list, got {type(messages).__name__}")
     out: list[ChatMessage] = []
-    for i, m in enumerate(messages):
-        if not isinstance(m, dict) or set(m) != {"role", "content"}:
+    for i, m in enumerate(messages):  # the common case first: no string is formatted unless it fails
+        if not (isinstance(m, dict) and len(m) == 2 and "role" in m and "content" in m):
             raise ProtocolViolation(f"message {i} must be an object with exactly 'role' and 'content'")
-        if m["role"] not in ROLES:
-            raise ProtocolViolation(f"message {i} has role {m['role']!r:.40}; roles: {', '.join(ROLES)}")
-        out.append({"role": m["role"], "content": _str(m["content"], f"content of message {i}")})
+        role, content = m["role"], m["content"]
+        if role not in ROLES:
+            raise ProtocolViolation(f"message {i} has role {role!r:.40}; roles: {', '.join(ROLES)}")
+        if not isinstance(content, str):
+            _str(content, f"content of message {i}")
+        out.append({"role": role, "content": content})
     return out
 
 
