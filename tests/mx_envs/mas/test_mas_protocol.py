@@ -178,28 +178,26 @@ FORGERIES = {
 
 
 @pytest.fixture
-def control_finishes(sandbox):
+def control_finishes(real_sandbox):
     """The positive control: without its forgery, every forging design earns the right answer."""
-    fin = MASSession(sandbox=sandbox).start(forging("pass"), "T")
+    fin = MASSession(sandbox=real_sandbox).start(forging("pass"), "T")
     assert isinstance(fin, Finished) and fin.reason is R.COMPLETED and fin.answer == "\\boxed{42}", fin.error
     return True
 
 
 @pytest.mark.parametrize("name", list(FORGERIES))
-def test_forged_frame_ends_the_episode_as_protocol_violation(sandbox, control_finishes, name: str) -> None:
+def test_forged_frame_ends_the_episode_as_protocol_violation(real_sandbox, control_finishes, name: str) -> None:
     body, setup, words = FORGERIES[name]
-    session = MASSession(sandbox=sandbox)
+    session = MASSession(sandbox=real_sandbox)
     fin = drive(session, forging(body, setup), "T", ScriptedLLM([], default="\\boxed{42}"))
     assert fin.reason is R.PROTOCOL_VIOLATION, (fin.reason, fin.error)
     assert words in fin.error, fin.error
     assert fin.answer is None and fin.answer_text is None and not fin.valid_design
 
 
-def test_oversized_frame_is_a_violation(sandbox, monkeypatch) -> None:
-    if not hasattr(sandbox, "max_message_bytes"):
-        pytest.skip("needs the real sandbox (the pipe double has no frame limit)")
-    monkeypatch.setattr(sandbox, "max_message_bytes", 1 << 16)  # channels started from now on
-    session = MASSession(sandbox=sandbox, prestart=False)
+def test_oversized_frame_is_a_violation(real_sandbox, monkeypatch) -> None:
+    monkeypatch.setattr(real_sandbox, "max_message_bytes", 1 << 16)  # channels started from now on
+    session = MASSession(sandbox=real_sandbox, prestart=False)
     fin = drive(session, forging("channel.send({'type': 'agent', 'name': 'x' * 2_000_000, 'tools': []})"), "T",
                 ScriptedLLM([]))
     assert fin.reason is R.PROTOCOL_VIOLATION and "over 65536 bytes" in fin.error, fin.error
