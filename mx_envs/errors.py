@@ -10,7 +10,8 @@ misspelt name, the closest known names::
 
 Subclasses keep the exception types older code caught (``KeyError`` for unknown names, ``TypeError``
 for unknown options, ``FileNotFoundError`` for missing data), so ``except KeyError`` still works.
-The ``mx`` command turns any of them into one line on stderr and exit status 2 (:func:`cli_errors`).
+The ``mx`` command turns any of them into one line on stderr and exit status 2 (:func:`cli_errors`),
+and so an optional package that is not installed, naming the extra that installs it.
 
 This module lives in ``mx_envs`` (the bottom of the import chain) so every package can raise and
 catch the same types; it imports nothing but the standard library.
@@ -25,7 +26,7 @@ from contextlib import contextmanager
 from typing import Any
 
 __all__ = ["ConfigError", "UnknownName", "UnknownOption", "did_you_mean", "unknown_name", "cli_errors",
-           "user_errors"]
+           "user_errors", "register_user_error", "missing_extra"]
 
 
 class ConfigError(ValueError):
@@ -81,36 +82,89 @@ def unknown_name(kind: str, name: Any, known: Iterable[str], *, key: str | None 
     return cls(msg, key=key, suggestions=close)
 
 
+# Exception types of higher packages that mean a user mistake (a model server down or failing...),
+# added by those packages with :func:`register_user_error`: this package does not know them.
+_REGISTERED_USER_ERRORS: list[type[BaseException]] = []
+
+
+def register_user_error(*types: type[BaseException]) -> None:
+    """Count ``types`` as user mistakes in :func:`user_errors` (one line from ``mx``, not a traceback).
+
+    Packages above ``mx_envs`` call this where they define such a type (``mx_agents`` registers
+    ``BackendError``), so the ``mx`` command reports it without ``mx_envs`` importing them.
+    """
+    for exc_type in types:
+        if not (isinstance(exc_type, type) and issubclass(exc_type, BaseException)):
+            raise TypeError(f"register_user_error takes exception types, got {exc_type!r}")
+        if exc_type not in _REGISTERED_USER_ERRORS:
+            _REGISTERED_USER_ERRORS.append(exc_type)
+
+
 def user_errors() -> tuple[type[BaseException], ...]:
     """Exception types that mean a user mistake (reported in one line by the ``mx`` command).
 
-    Besides :class:`ConfigError`: a missing file the user named, gymnasium's errors for an unknown or
-    misused env id, and the embedded model or an optional extra being absent.
+    Besides :class:`ConfigError`: a missing file the user named (the embedded model file too),
+    gymnasium's errors for an unknown or misused env id, and the types registered with
+    :func:`register_user_error`.
     """
     types: list[type[BaseException]] = [ConfigError, FileNotFoundError, NotADirectoryError, IsADirectoryError]
-    gym = sys.modules.get("gymnasium")
+    gym = sys.modules.get("gymnasium")  # not imported: none of its errors can have been raised
     if gym is not None:
         types.append(gym.error.Error)
-    embedded = sys.modules.get("mx_agents.backends.embedded")
-    if embedded is not None and hasattr(embedded, "EmbeddedModelUnavailable"):
-        types.append(embedded.EmbeddedModelUnavailable)
-    backends = sys.modules.get("mx_agents.backends.base")  # a model server down or failing (mx eval, ...)
-    if backends is not None and hasattr(backends, "BackendError"):
-        types.append(backends.BackendError)
+    types += _REGISTERED_USER_ERRORS
     return tuple(types)
 
 
+# Top-level modules of the packages the base install leaves out, and the extra of setup.cfg that
+# installs each (tests/test_base_install.py checks them against setup.cfg). Every extra with torch
+# includes `hf`.
+OPTIONAL_PACKAGES: dict[str, str] = {
+    "torch": "hf", "transformers": "hf", "accelerate": "hf", "gguf": "hf", "filelock": "hf",
+    "matplotlib": "train", "tensorboard": "train",
+    "vllm": "vllm", "ray": "dist", "docker": "docker", "peft": "peft",
+    "stable_baselines3": "sb3", "sentence_transformers": "embeddings",
+    "datasets": "hub", "huggingface_hub": "hub",
+}
+
+
+def missing_extra(exc: BaseException, prefer: str | None = None) -> str | None:
+    """The one-line message for an import of an optional package that is not installed, else ``None``.
+
+    ``prefer``: the extra a command needs as a whole (``mx train``: ``train``); it is named instead
+    of the package's own extra when that one is ``hf`` or ``prefer`` itself (installing it then
+    brings the rest of what the command needs, not one package per try).
+    """
+    if not isinstance(exc, ModuleNotFoundError) or not exc.name:
+        return None
+    package = exc.name.partition(".")[0]
+    extra = OPTIONAL_PACKAGES.get(package)
+    if extra is None:
+        return None
+    if prefer and extra in ("hf", prefer):
+        extra = prefer
+    return (f"this needs the '{package}' package, which the base install leaves out; "
+            f"install the extra: pip install 'metaagentx[{extra}]'")
+
+
 @contextmanager
-def cli_errors(prog: str, *, traceback: bool = False) -> Iterator[Callable[[], int]]:
+def cli_errors(prog: str, *, traceback: bool = False, extra: str | None = None) -> Iterator[Callable[[], int]]:
     """Turn a user mistake raised inside the block into ``PROG: message`` on stderr and exit status 2.
 
     Use as ``with cli_errors("mx train") as status: ...; return status()``: ``status()`` is 0 unless
-    an error was reported (then 2). ``traceback=True`` (``mx -vv``) re-raises instead, for debugging.
+    an error was reported (then 2). An optional package that is not installed is reported the same
+    way, naming the extra to install (``extra``: the one the command needs, see :func:`missing_extra`).
+    ``traceback=True`` (``mx -vv``) re-raises instead, for debugging.
     Anything that is not a user mistake propagates with its traceback: that is a bug to report.
     """
     failed = [False]
     try:
         yield lambda: 2 if failed[0] else 0
+    except ModuleNotFoundError as exc:
+        text = missing_extra(exc, prefer=extra)
+        if traceback or text is None:
+            raise
+        failed[0] = True
+        print(f"{prog}: {text}", file=sys.stderr)
     except user_errors() as exc:
         if traceback:
             raise
@@ -121,9 +175,10 @@ def cli_errors(prog: str, *, traceback: bool = False) -> Iterator[Callable[[], i
         print(f"{prog}: {text}", file=sys.stderr)
 
 
-def run_cli(prog: str, func: Callable[[], int | None], *, traceback: bool = False) -> int:
+def run_cli(prog: str, func: Callable[[], int | None], *, traceback: bool = False,
+            extra: str | None = None) -> int:
     """``func()`` under :func:`cli_errors`: its return code, or 2 after reporting a user mistake."""
     rc: int | None = None
-    with cli_errors(prog, traceback=traceback) as status:
+    with cli_errors(prog, traceback=traceback, extra=extra) as status:
         rc = func()
     return status() or int(rc or 0)

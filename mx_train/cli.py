@@ -28,6 +28,10 @@ COMMAND_MODULES: list[str] = [
 ]
 
 
+# The extra a command needs as a whole: a base install (no torch) names it when a package is missing.
+COMMAND_EXTRAS: dict[str, str] = {"train": "train", "sft": "train"}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mx",
@@ -71,7 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     prog = f"mx {args.command}" if getattr(args, "command", None) else "mx"
     # `--json`: the JSON document alone on stdout, everything else (vLLM's logs...) on stderr.
     with json_only_stdout(getattr(args, "json", None) is True):
-        return run_cli(prog, lambda: args.func(args), traceback=args.verbose >= 2)
+        return run_cli(prog, lambda: args.func(args), traceback=args.verbose >= 2,
+                       extra=COMMAND_EXTRAS.get(getattr(args, "command", None) or ""))
 
 
 if __name__ == "__main__":

