@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
 from mx_train.learner.collation import MicroBatch, Seq, SequenceLike, as_seq, collate, micro_batches
@@ -118,7 +118,10 @@ class Learner:
             scorer = ResponseScorer(model)
         self.model = model
         self.scorer = scorer
-        self.model.train(cfg.gradient_checkpointing)
+        # Eval mode between updates: the rollout backend may generate with this very model, and HF
+        # drops the KV cache (use_cache=False) of a checkpointing model in train mode. Updates switch
+        # train mode on around their passes (:meth:`training_mode`).
+        self.model.train(False)
         self.pad_token_id = self._pad_id(tokenizer)
         self.ref_model = None
         if cfg.kl_coef != 0.0 and not self.is_peft:
@@ -288,8 +291,21 @@ class Learner:
         if not seqs:
             return {"tokens": 0.0}
         local = local_share(self, seqs)
-        set_old_and_ref(self, seqs, self.config.resolved_old_logprobs(1), local)
-        return accumulate(self, seqs, local)
+        with self.training_mode():
+            set_old_and_ref(self, seqs, self.config.resolved_old_logprobs(1), local)
+            return accumulate(self, seqs, local)
+
+    @contextlib.contextmanager
+    def training_mode(self) -> Iterator[None]:
+        """Train mode for the passes of an update when checkpointing activations (HF checkpoints
+        only in train mode), restored afterwards; without checkpointing the model stays in eval
+        mode (no dropout), as before."""
+        was = self.model.training
+        self.model.train(self.config.gradient_checkpointing)
+        try:
+            yield
+        finally:
+            self.model.train(was)
 
     def update(
         self, transitions: Iterable[SequenceLike], active_roles: Iterable[str] | None = None
@@ -297,13 +313,15 @@ class Learner:
         """One policy update (:func:`mx_train.learner.ppo.ppo_update`)."""
         from mx_train.learner.ppo import ppo_update
 
-        return ppo_update(self, transitions, active_roles)
+        with self.training_mode():
+            return ppo_update(self, transitions, active_roles)
 
     def sft_step(self, examples: Iterable[SequenceLike]) -> dict[str, float]:
         """One supervised step (:func:`mx_train.learner.sft_step.sft_step`)."""
         from mx_train.learner.sft_step import sft_step
 
-        return sft_step(self, examples)
+        with self.training_mode():
+            return sft_step(self, examples)
 
     def logprobs(self, transitions: Iterable[SequenceLike]) -> list[list[float]]:
         """Current per-token log-probs of each transition's response (no grad), in input order."""

@@ -438,3 +438,23 @@ def test_on_policy_update_skips_the_recompute_pass_with_the_same_result(tiny):
     wa, wr = _weights(auto.model), _weights(recompute.model)
     for n in wa:
         torch.testing.assert_close(wa[n], wr[n], rtol=0, atol=1e-7)
+
+
+def test_gradient_checkpointing_same_update_and_eval_mode_between_updates(tiny):
+    """Checkpointed activations change memory, not the update; between updates the (possibly
+    shared, generating) model is in eval mode, where HF keeps its KV cache."""
+    model, _ = tiny
+    runs = {}
+    for gc in (False, True):
+        learner = Learner(copy.deepcopy(model), {"lr": 1e-3, "gradient_checkpointing": gc})
+        assert learner.model.training is False
+        seen: list[bool] = []
+        layer = dict(learner.model.named_modules())["model.layers.0"]
+        hook = layer.register_forward_pre_hook(lambda mod, args, seen=seen: seen.append(mod.training))
+        learner.update(batch(n=6))
+        hook.remove()
+        assert learner.model.training is False  # back to eval for generation
+        assert seen and all(t is gc for t in seen)  # train mode (checkpointing) only inside the update
+        runs[gc] = _weights(learner.model)
+    for n, w in runs[False].items():
+        torch.testing.assert_close(runs[True][n], w, rtol=1e-5, atol=1e-6)
