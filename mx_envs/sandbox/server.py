@@ -103,6 +103,10 @@ def main(config_json: str) -> None:
     info: dict[str, Any] = {"preloaded": preloaded, "huge_page_mb": huge >> 20, **layout.describe()}
     info["pid_namespace"] = pid_ns_note
     _plan_isolation(info)
+    # The path finders cached the host's directory listings (site-packages, the checkout): drop
+    # them before any run is forked, so that an import in the allow-list world lists what the world
+    # holds (once here: freeing them in every child would copy pages, 3 ms of CPU per run).
+    sys.path_importer_cache.clear()
     ctx = PoolContext(info=info, layout=layout, factory_sock=factory.sock if factory is not None else None)
     wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
     signal.set_wakeup_fd(wake_w)
