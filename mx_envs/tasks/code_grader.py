@@ -41,12 +41,12 @@ import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from mx_envs.tasks import code_harness as H
 from mx_envs.tasks.code_compare import evalplus_match, outputs_match, results_match
 from mx_envs.tasks.code_extract import extract_code
+from mx_envs.tasks.code_reference import harness_source
 from mx_envs.tasks.code_reward import (
     RewardBasis,
     best_constant_passes,
@@ -62,7 +62,6 @@ from mx_envs.tasks.record import CodeTests
 NOT_RUN = "not_run"  # only with stop_on_failure: after the first failing test
 VERDICTS = (H.PASSED, H.WRONG_ANSWER, H.TIMEOUT, H.RUNTIME_ERROR, H.MEMORY_EXCEEDED, H.SYNTAX_ERROR)
 CHECKER_TIMEOUT_S = 10.0
-_HARNESS_SOURCE: str | None = None
 
 # Standard-library modules candidate programs commonly import, preloaded in the grading sandbox's
 # pool server: the LiveCodeBench prelude then costs nothing per run, and the modules are importable
@@ -81,14 +80,6 @@ def grading_sandbox() -> Any:
     from mx_envs.sandbox import get_sandbox
 
     return get_sandbox("process", extra_preload=CANDIDATE_PRELOAD)
-
-
-def harness_source() -> str:
-    """Source of the in-sandbox harness (read once)."""
-    global _HARNESS_SOURCE
-    if _HARNESS_SOURCE is None:
-        _HARNESS_SOURCE = Path(H.__file__).read_text(encoding="utf-8")
-    return _HARNESS_SOURCE
 
 
 @dataclass

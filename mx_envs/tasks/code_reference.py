@@ -36,6 +36,18 @@ TASK_TIME_CAP_S = 60.0
 REFERENCE_WALL_S = 600.0
 
 
+_HARNESS_SOURCE: str | None = None
+
+
+def harness_source() -> str:
+    """Source of the in-sandbox harness (:mod:`mx_envs.tasks.code_harness`), read once: the trusted
+    reference runs here and the candidates' runs (:mod:`mx_envs.tasks.code_grader`) both send it."""
+    global _HARNESS_SOURCE
+    if _HARNESS_SOURCE is None:
+        _HARNESS_SOURCE = Path(H.__file__).read_text(encoding="utf-8")
+    return _HARNESS_SOURCE
+
+
 class OracleError(RuntimeError):
     """The dataset's tests could not be turned into input -> expected pairs (a dataset problem)."""
 
@@ -107,7 +119,6 @@ def _write_cache(path: Path, oracle: Oracle) -> None:
 def record_pairs(tests: CodeTests, sandbox: Any) -> Oracle:
     """Run the trusted recording (no cache); raises :class:`OracleError` when it cannot."""
     from mx_envs.sandbox.api import Limits
-    from mx_envs.tasks.code_grader import harness_source
 
     if not tests.solutions or not tests.fn_name or not tests.assert_source:
         raise OracleError("assert-style tests need a reference solution, fn_name and the test source")
