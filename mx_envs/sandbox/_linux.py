@@ -1,6 +1,6 @@
 """Thin ctypes wrappers for the Linux calls the process sandbox needs and Python 3.11 lacks.
 
-``unshare``, ``setns``, ``mount``, ``umount2``, ``mount_setattr`` (read-only recursive remount),
+``unshare``, ``setns``, ``mount``, ``umount2``, ``pivot_root``, ``mount_setattr`` (read-only recursive remount),
 ``prctl``, ``capset`` and loading a seccomp BPF program. Each raises ``OSError`` with the kernel's
 errno on failure. x86_64 / aarch64 syscall numbers.
 """
@@ -64,6 +64,17 @@ def setns(fd: int, nstype: int) -> None:
 
 def umount2(target: str, flags: int = 0) -> None:
     _check(_libc.umount2(target.encode(), ctypes.c_int(flags)), f"umount {target}")
+
+
+_SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41}.get(platform.machine())
+
+
+def pivot_root(new_root: str, put_old: str) -> None:
+    """Make ``new_root`` (a mount point) this mount namespace's root; the old one goes to ``put_old``."""
+    if _SYS_PIVOT_ROOT is None:
+        raise OSError(38, f"pivot_root: unknown syscall number on {platform.machine()}")
+    rc = _libc.syscall(ctypes.c_long(_SYS_PIVOT_ROOT), new_root.encode(), put_old.encode())
+    _check(0 if rc == 0 else -1, "pivot_root")
 
 
 class _SockFprog(ctypes.Structure):

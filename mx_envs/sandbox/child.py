@@ -54,6 +54,7 @@ class PoolPlan:
     seccomp: _linux.SeccompProgram | None = None
     seccomp_error: str = ""
     view_error: str = ""
+    world_ns_fd: int = -1  # the world's template mount namespace (file_view.make_template), or -1
 
 
 PLAN = PoolPlan()
@@ -77,7 +78,7 @@ def prepare(spec: ChildSpec, status: socket.socket) -> dict[str, Any]:
     t0, c0 = time.perf_counter(), time.process_time()
     # First of all, drop every descriptor inherited from the supervisor (it may be running another
     # run meanwhile: its control socket and its namespace init's lifeline must not stay open here).
-    _close_inherited(status, [*spec.cgroup_fds, spec.host_netns_fd])
+    _close_inherited(status, [*spec.cgroup_fds, spec.host_netns_fd, PLAN.world_ns_fd])
     for fd in spec.cgroup_fds:
         os.write(fd, b"0")  # join the run's cgroup before touching any memory of our own
         os.close(fd)
@@ -88,7 +89,9 @@ def prepare(spec: ChildSpec, status: socket.socket) -> dict[str, Any]:
         _linux.setns(spec.host_netns_fd, _linux.CLONE_NEWNET)
     if spec.host_netns_fd >= 0:
         os.close(spec.host_netns_fd)
-    flags = _linux.CLONE_NEWNS | _linux.CLONE_NEWIPC
+    # The world's template namespace replaces a copy of the host's mounts (see file_view.make_template).
+    template = spec.view == FILE_VIEW_ALLOWLIST and PLAN.world_ns_fd >= 0 and spec.pid_ns and os.geteuid() == 0
+    flags = _linux.CLONE_NEWIPC if template else _linux.CLONE_NEWNS | _linux.CLONE_NEWIPC
     if not spec.network and not spec.shared_netns:
         flags |= _linux.CLONE_NEWNET | _linux.CLONE_NEWUTS
     if os.geteuid() != 0:
@@ -97,12 +100,13 @@ def prepare(spec: ChildSpec, status: socket.socket) -> dict[str, Any]:
     try:
         _linux.unshare(flags)
         iso["user_ns"] = bool(flags & _linux.CLONE_NEWUSER)
-        iso["mount_ns"] = True
+        iso["mount_ns"] = not template  # with the template: once it is entered, below
         # With shared_netns the supervisor's own empty network namespace is inherited.
         iso["net_ns"] = not spec.network
     except OSError as exc:
         iso["errors"].append(f"namespaces refused by the kernel: {exc}")
         iso.update(user_ns=False, net_ns=False, mount_ns=False)
+        template = False
     if iso["user_ns"]:
         try:
             with open("/proc/self/setgroups", "w") as fh:
@@ -122,7 +126,9 @@ def prepare(spec: ChildSpec, status: socket.socket) -> dict[str, Any]:
             iso["errors"].append(f"private mount propagation: {exc}")
             iso["mount_ns"] = False  # never mount anything that could propagate to the host
     if spec.view == FILE_VIEW_ALLOWLIST:
-        if iso["mount_ns"]:
+        if template:
+            _enter_world(iso)
+        elif iso["mount_ns"]:
             _prepare_world(spec, iso)
         else:
             iso["errors"].append("allow-list world: needs a private mount namespace")
@@ -130,6 +136,8 @@ def prepare(spec: ChildSpec, status: socket.socket) -> dict[str, Any]:
         if iso["mount_ns"]:
             _prepare_host_view(spec, iso)
         iso["file_view"] = FILE_VIEW_HOST  # the explicit wide view: as much isolation as held
+    if PLAN.world_ns_fd >= 0:
+        os.close(PLAN.world_ns_fd)  # never reaches the program
     workdir = WORKDIR if iso["private_tmp"] else _host_tempdir()
     if iso["private_tmp"]:
         os.mkdir(workdir, 0o700)
@@ -150,6 +158,17 @@ def _host_tempdir() -> str:
     return tempfile.mkdtemp(prefix="mx-sbx-")
 
 
+def _enter_world(iso: dict[str, Any]) -> None:
+    """Enter a private copy of the pool's world namespace and mount this run's own tmpfs and /proc."""
+    try:
+        file_view.enter_template(PLAN.world_ns_fd, tmp_size=f"{PREFORK_TMP_MB}m")
+    except OSError as exc:
+        iso["errors"].append(f"allow-list world (template): {exc}")
+        return
+    iso.update(mount_ns=True, file_view=FILE_VIEW_ALLOWLIST, readonly_root=True,
+               private_tmp=list(PRIVATE_WORLD_TMP), proc="own (PID namespace)", world="template namespace")
+
+
 def _prepare_world(spec: ChildSpec, iso: dict[str, Any]) -> None:
     """Build the allow-list world and enter it (``chroot``): from here on nothing else exists."""
     if PLAN.view is None:
@@ -167,6 +186,7 @@ def _prepare_world(spec: ChildSpec, iso: dict[str, Any]) -> None:
         readonly_root=True,
         private_tmp=list(PRIVATE_WORLD_TMP),
         proc="own (PID namespace)" if spec.pid_ns else "host (bound: no PID namespace)",
+        world="built in the child",
     )
 
 

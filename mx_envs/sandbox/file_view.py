@@ -188,12 +188,13 @@ def plan(packages: tuple[str, ...] = ALLOWED_PACKAGES) -> ViewPlan:
     return p
 
 
-def build(p: ViewPlan, root: str = VIEW_ROOT, tmp_size: str = "512m", proc: bool = True) -> None:
+def build(p: ViewPlan, root: str = VIEW_ROOT, tmp_size: str = "512m", proc: bool = True, own: bool = True) -> None:
     """Build the world at ``root`` in the calling (private, privileged) mount namespace.
 
     ``proc``: mount a fresh ``/proc`` (the caller is in the run's PID namespace); otherwise bind the
-    host's (the fallback without PID namespaces). Raises ``OSError`` on any failure; the caller then refuses runs
-    (``sandbox_error``): there is no fallback to a wider view.
+    host's (the fallback without PID namespaces). ``own=False`` leaves out what belongs to one run
+    (its ``/tmp``, ``/dev/shm`` and ``/proc``: see :func:`make_template`). Raises ``OSError`` on any
+    failure; the caller then refuses runs (``sandbox_error``): there is no fallback to a wider view.
     """
     held: dict[str, int] = {}
     nosuid_nodev = _linux.MS_NOSUID | _linux.MS_NODEV
@@ -217,10 +218,75 @@ def build(p: ViewPlan, root: str = VIEW_ROOT, tmp_size: str = "512m", proc: bool
         for path in p.empty:
             _linux.mount("tmpfs", root + path, "tmpfs", nosuid_nodev, "size=4k,mode=555")
         _linux.make_tree_readonly(root)
-        for d in _WRITABLE:
-            _linux.mount("tmpfs", root + d, "tmpfs", nosuid_nodev, f"size={tmp_size},mode=1777")
-        if proc:
-            _linux.mount("proc", root + "/proc", "proc", nosuid_nodev | _linux.MS_NOEXEC)
+        if own:
+            mount_own(root, tmp_size, proc)
     finally:
         for fd in held.values():
             os.close(fd)
+
+
+def mount_own(root: str, tmp_size: str, proc: bool) -> None:
+    """One run's own part of the world: fresh tmpfs ``/tmp`` and ``/dev/shm``, and its ``/proc``.
+
+    Fresh mounts (new superblocks) every time: a tmpfs copied with a mount namespace would be the
+    same file system in every copy, a channel between runs.
+    """
+    nosuid_nodev = _linux.MS_NOSUID | _linux.MS_NODEV
+    for d in _WRITABLE:
+        _linux.mount("tmpfs", root + d, "tmpfs", nosuid_nodev, f"size={tmp_size},mode=1777")
+    if proc:
+        _linux.mount("proc", root + "/proc", "proc", nosuid_nodev | _linux.MS_NOEXEC)
+
+
+def make_template(p: ViewPlan) -> int:
+    """A mount namespace whose root is the read-only world without any run's own part; its descriptor.
+
+    Built once per pool (in a short-lived helper that pivots into the world and drops the host's
+    mounts), so that preparing a child is ``setns`` into it, ``unshare`` (a private copy of a few
+    dozen mounts, none of the host's) and :func:`mount_own`, instead of building the world again.
+    Needs root (``setns`` into a namespace of the initial user namespace). Raises ``OSError``.
+    """
+    ready_r, ready_w = os.pipe()
+    hold_r, hold_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - runs in the helper
+        code = 1
+        try:
+            os.close(ready_r)
+            os.close(hold_w)
+            _linux.unshare(_linux.CLONE_NEWNS)
+            _linux.mount(None, "/", None, _linux.MS_REC | _linux.MS_PRIVATE)
+            build(p, own=False)
+            os.chdir(VIEW_ROOT)
+            _linux.pivot_root(".", ".")  # the world on top of the old root, which is then dropped
+            _linux.umount2(".", _linux.MNT_DETACH)
+            os.chdir("/")
+            os.write(ready_w, b"1")
+            os.read(hold_r, 1)  # stay until the pool holds the namespace
+            code = 0
+        except BaseException as exc:  # noqa: BLE001 - reported to the pool, which falls back
+            try:
+                os.write(ready_w, b"0" + f"{type(exc).__name__}: {exc}".encode()[:300])
+            except OSError:
+                pass
+        finally:
+            os._exit(code)
+    os.close(ready_w)
+    os.close(hold_r)
+    try:
+        msg = os.read(ready_r, 400)
+        if msg[:1] != b"1":
+            raise OSError(0, f"world template: {msg[1:].decode(errors='replace') or 'helper died'}")
+        return os.open(f"/proc/{pid}/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
+    finally:
+        os.close(hold_w)
+        os.close(ready_r)
+        os.waitpid(pid, 0)
+
+
+def enter_template(ns_fd: int, tmp_size: str, proc: bool = True) -> None:
+    """Join a copy of the template namespace of :func:`make_template` and mount this run's own part."""
+    _linux.setns(ns_fd, _linux.CLONE_NEWNS)
+    _linux.unshare(_linux.CLONE_NEWNS)  # our own copy: the mounts below never reach the template
+    os.chdir("/")
+    mount_own("", tmp_size, proc)

@@ -51,6 +51,12 @@ def _plan_isolation(info: dict[str, Any]) -> None:
     except Exception as exc:  # noqa: BLE001 - runs in the world then fail with the reason
         plan.view_error = f"{type(exc).__name__}: {exc}"
         info["world_error"] = plan.view_error
+    if plan.view is not None and os.geteuid() == 0:
+        try:
+            plan.world_ns_fd = file_view.make_template(plan.view)
+            info["world_template"] = "a mount namespace holding the world; each child joins a private copy"
+        except OSError as exc:  # each child then builds the world itself
+            info["world_template"] = f"none, the world is built in each child ({exc})"
     try:
         from mx_envs.sandbox import seccomp_policy
 

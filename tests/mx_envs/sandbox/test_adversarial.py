@@ -835,16 +835,22 @@ print(json.dumps({'seen': seen, 'site': listing, 'mods': mods, 'fx': str(sympy.f
 """
 
 
-def test_allowlist_world_contents(answer_key, host_unharmed):
+@pytest.mark.parametrize("kernel_controls", [True, False], ids=["template-namespace", "built-per-child"])
+def test_allowlist_world_contents(answer_key, host_unharmed, kernel_controls):
     """What the world holds: the allowed packages import; the checkout, home, /usr/share, other
     packages (dataset packages included) and every non-preloaded mx_envs module are absent, and an
-    import of one fails with ModuleNotFoundError (never a read of the checkout)."""
+    import of one fails with ModuleNotFoundError (never a read of the checkout). Both ways of
+    preparing it: joining the pool's template namespace, and (without PID namespaces) a build in
+    each child."""
     from mx_envs.sandbox import ProcessSandbox
     from mx_envs.sandbox.file_view import ALLOWED_PACKAGES
 
-    with ProcessSandbox(preload=(), pool_size=1) as sb:  # nothing preloaded: only the world's files
-        r = run_checked(sb, WORLD_PROBE.replace("CHECKOUT", repr(answer_key["checkout"])), Limits(wall_s=60))
+    # Nothing preloaded: only the world's files.
+    with ProcessSandbox(preload=(), pool_size=1, kernel_controls=kernel_controls) as sb:
+        r = sb.run(WORLD_PROBE.replace("CHECKOUT", repr(answer_key["checkout"])), limits=Limits(wall_s=60))
     assert r.verdict is Verdict.OK, r
+    want = "template namespace" if kernel_controls else "built in the child"
+    assert r.isolation["world"] == want and r.isolation["file_view"] == "allowlist", r.isolation
     out = json.loads(r.stdout)
     assert out["fx"] == "(x - 1)*(x + 1)" and out["np"] == 6.0
     assert out["seen"][answer_key["checkout"]] in ([".venv"], []), out["seen"]  # at most the venv path's skeleton
