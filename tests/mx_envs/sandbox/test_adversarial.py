@@ -831,7 +831,9 @@ from mx_envs.sandbox import channel  # the sandbox's own in-run API is in the wa
 print(json.dumps({'seen': seen, 'site': listing, 'mods': mods, 'fx': str(sympy.factor('x**2-1')),
                   'np': float(numpy.arange(4).sum()), 'root': sorted(os.listdir('/')),
                   'cwd': os.getcwd(), 'home': os.environ.get('HOME'),
-                  'root_skeleton': sorted({p.split('/')[1] for p in sys.path if p.startswith('/')})}))
+                  'root_skeleton': sorted({p.split('/')[1] for p in sys.path if p.startswith('/')}),
+                  'writable': sorted(l.split()[4] for l in open('/proc/self/mountinfo')
+                                     if 'rw' in l.split()[5].split(','))}))
 """
 
 
@@ -865,6 +867,8 @@ def test_allowlist_world_contents(answer_key, host_unharmed, kernel_controls):
         "torch": "ModuleNotFoundError", "gymnasium": "ModuleNotFoundError",
     }, out["mods"]
     assert out["cwd"] == out["home"] == "/tmp/work"
+    # The run's own mounts only (without a PID namespace /proc is the host's, bound read-only).
+    assert out["writable"] == (["/dev/shm", "/proc", "/tmp"] if kernel_controls else ["/dev/shm", "/tmp"]), out
 
 
 def test_file_view_names():
