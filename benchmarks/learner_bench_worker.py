@@ -54,7 +54,7 @@ def run(rank: int, world: int, init_method: str, spec: str, transitions: list[di
     model = load_hf_model(spec, "cpu", torch.float32)
     ctx = None
     if world > 1:
-        from mx_train.fsdp import build_sharded_learner, init_group
+        from mx_train.learner.fsdp import build_sharded_learner, init_group
 
         ctx = init_group(rank, world, init_method, "cpu")
         learner = build_sharded_learner(model, config, ctx)
@@ -71,7 +71,7 @@ def run(rank: int, world: int, init_method: str, spec: str, transitions: list[di
             m = learner.update(trs)
         tps.append(m["tokens_per_s"])
         growth.append((mem.peak - mem.start) / 2**20)
-    from mx_train.fsdp import shard_bytes
+    from mx_train.learner.fsdp import shard_bytes
 
     sb = shard_bytes(learner)
     result = {
@@ -82,6 +82,6 @@ def run(rank: int, world: int, init_method: str, spec: str, transitions: list[di
     }
     Path(out, f"rank{rank}.json").write_text(json.dumps(result))
     if ctx is not None:
-        from mx_train.fsdp import destroy_group
+        from mx_train.learner.fsdp import destroy_group
 
         destroy_group()

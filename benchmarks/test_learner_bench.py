@@ -141,7 +141,7 @@ def _spawn_case(tmp_path, spec, transitions, config, world, threads, rounds=1):
     import torch
     from learner_bench_worker import run  # benchmarks/ is on sys.path (pytest rootdir import)
 
-    from mx_train.fsdp import free_port
+    from mx_train.learner.fsdp import free_port
 
     out = tmp_path / f"w{world}"
     out.mkdir()

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from mx_train.losses import POLICY_LOSSES
+from mx_train.learner.losses import POLICY_LOSSES
 
 
 def gspo(logprobs: Any, old_logprobs: Any, advantages: Any, *, mask: Any, settings: Any, **_: Any) -> tuple[Any, dict]:

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from mx_envs.errors import ConfigError, UnknownOption, unknown_name
+from mx_train.learner.config import LearnerConfig
 
 T = TypeVar("T")
 
@@ -170,7 +171,7 @@ class TrainConfig:
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
-    learner: dict[str, Any] = field(default_factory=dict)  # mx_train.learner.LearnerConfig fields
+    learner: LearnerConfig = field(default_factory=LearnerConfig)  # built once here, passed to the learners
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     warm_start: WarmStartConfig = field(default_factory=WarmStartConfig)
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
@@ -211,8 +212,7 @@ class TrainConfig:
 
         load_plugins(self.plugins, key="plugins")
         from mx_train.advantages import ADVANTAGE_ESTIMATORS
-        from mx_train.learner import LearnerConfig
-        from mx_train.losses import AGGREGATIONS, KL_ESTIMATORS, POLICY_LOSSES
+        from mx_train.learner.losses import AGGREGATIONS, KL_ESTIMATORS, POLICY_LOSSES
         from mx_train.schedule import MODES, ROLES
 
         ADVANTAGE_ESTIMATORS.get(self.algorithm.estimator, key="algorithm.estimator")
@@ -220,8 +220,7 @@ class TrainConfig:
         _choice("schedule.mode", self.schedule.mode, MODES, "co-evolution mode")
         _choice("schedule.first", self.schedule.first, ROLES, "role")
         _choice("distributed.backend", self.distributed.backend, ("local", "ray"), "backend")
-        lc = _build(LearnerConfig, self.learner, "learner")
-        self.learner = {k: getattr(lc, k) for k in self.learner}  # the checked values ("1e-5" -> 1e-05)
+        lc = self.learner
         POLICY_LOSSES.get(lc.policy_loss, key="learner.policy_loss")
         KL_ESTIMATORS.get(lc.kl_estimator, key="learner.kl_estimator")
         _choice("learner.loss_agg", lc.loss_agg, AGGREGATIONS, "loss aggregation")
@@ -278,10 +277,9 @@ class TrainConfig:
         if self.final_checkpoint not in ("full", "weights"):
             raise ConfigError(f"must be 'full' or 'weights', got {self.final_checkpoint!r}", key="final_checkpoint")
         self.check_names()
-        from mx_train.learner import LearnerConfig
         from mx_train.schedule import CoEvolutionSchedule
 
-        lc = _build(LearnerConfig, self.learner, "learner")
+        lc = self.learner
         try:
             lc.validate()
         except ConfigError:

@@ -10,7 +10,7 @@
   model onto ``cuda:0``.
 * **Learner ranks**: with ``--learner-procs N`` the driver is learner rank 0 and ranks 1..N-1 are
   :class:`LearnerRank` actors (``learner_gpus`` each) running the FSDP worker loop of
-  :mod:`mx_train.fsdp`; they join the driver's process group over TCP, so they may sit on other
+  :mod:`mx_train.learner.fsdp`; they join the driver's process group over TCP, so they may sit on other
   nodes.
 * **Weights**: after an update the driver (learner rank 0, holding the gathered full weights)
   broadcasts them to every worker over a collective channel of its own (:class:`WeightChannel`:
@@ -149,8 +149,8 @@ class RolloutWorker:
     """One rollout worker: envs + a generation backend, driven by the trainer (a Ray actor body)."""
 
     def __init__(self, config_dict: dict[str, Any], worker_index: int) -> None:
+        from mx_train.assembly import build_backends, default_backend_factory, make_env_factory
         from mx_train.config import TrainConfig
-        from mx_train.trainer import build_backends, default_backend_factory, make_env_factory
 
         self.config = TrainConfig.from_dict(config_dict)
         self.index = worker_index
@@ -190,7 +190,7 @@ class RolloutWorker:
 
     def rollout(self, task_ids: Sequence[str], task_uids: Sequence[str], step: int, seed: int) -> dict[str, Any]:
         from mx_agents.design_groups import run_design_groups
-        from mx_train.trainer import build_rollout_policy
+        from mx_train.assembly import build_rollout_policy
 
         r = self.config.rollout
         need = len(task_ids) * r.designs * r.executions
@@ -223,10 +223,10 @@ class RolloutWorker:
 
 class LearnerRank:
     """Learner rank ``r`` >= 1 as a Ray actor: joins the driver's process group and runs the FSDP
-    worker loop until the driver stops it (see :mod:`mx_train.fsdp`)."""
+    worker loop until the driver stops it (see :mod:`mx_train.learner.fsdp`)."""
 
     def run(self, rank: int, world_size: int, init_method: str, device: str) -> int:
-        from mx_train.fsdp import destroy_group, init_group, worker_loop
+        from mx_train.learner.fsdp import destroy_group, init_group, worker_loop
 
         os.environ.setdefault("LOCAL_RANK", "0")  # Ray pins one GPU per actor: it is cuda:0 here
         ctx = init_group(rank, world_size, init_method, device)
@@ -239,7 +239,7 @@ class LearnerRank:
 
 @dataclasses.dataclass
 class _RecordView:
-    """The fields :func:`mx_train.trainer.summarize_records` reads, from a worker's plain dict."""
+    """The fields :func:`mx_train.metrics.summarize_records` reads, from a worker's plain dict."""
 
     correct: bool | None
     design_valid: bool | None
@@ -305,7 +305,7 @@ def start_workers(config: Any, channel: bool = True) -> WorkerGroup:
     ]
     group = WorkerGroup(actors, placement_group=pg)
     if channel:
-        from mx_train.fsdp import free_port
+        from mx_train.learner.fsdp import free_port
 
         host, port = node_ip(), free_port()
         backend = "nccl" if d.worker_gpus > 0 and str(config.policy.device).startswith("cuda") else "gloo"
@@ -368,18 +368,15 @@ def sync_weights(learners: Mapping[str, Any], group: WorkerGroup) -> list[str]:
 
 
 def ray_rollout(
-    trainer: Any, task_ids: Sequence[str], task_uids: Sequence[str], step: int, seed: int, version: int
+    group: WorkerGroup, learners: Mapping[str, Any], task_ids: Sequence[str], task_uids: Sequence[str],
+    step: int, seed: int,
 ) -> tuple[list[Transition], dict[tuple[str, int, int], float], dict[str, Any]]:
-    """The trainer's rollout, spread over Ray workers (see module doc). ``version`` is unused: each
-    role's version is read from its own learner."""
-    from mx_train.trainer import summarize_records
+    """One step's rollout spread over ``group``'s workers (see module doc), after sending them the
+    weights of every role whose learner stepped since the last push."""
+    from mx_train.metrics import summarize_records
 
     ray = _require_ray()
-    del version
-    if trainer._workers is None:
-        trainer._workers = start_workers(trainer.config)
-    group: WorkerGroup = trainer._workers
-    sync_weights(trainer.learners, group)
+    sync_weights(learners, group)
     k = len(group.actors)
     shards = [(list(task_ids[i::k]), list(task_uids[i::k])) for i in range(k)]
     futures = [

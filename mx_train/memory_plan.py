@@ -187,9 +187,7 @@ class MemoryPlan:
 def plan_memory(config: Any, *, gpus: int | None = None, gpu_mem_gb: float | None = None,
                 learner_procs: int | None = None) -> MemoryPlan:
     """The per-GPU plan of a :class:`~mx_train.config.TrainConfig` (see module doc)."""
-    from mx_train.learner import LearnerConfig
-
-    lc = LearnerConfig.from_dict(config.learner)
+    lc = config.learner
     d = config.distributed
     n = int(learner_procs or getattr(d, "learner_procs", 1) or 1)
     gpus = int(gpus or n)

@@ -1,4 +1,6 @@
-"""Per-step training metrics: JSONL (always), TensorBoard (optional), Weights & Biases (optional).
+"""Per-step training metrics: what a step's episodes add up to (:func:`summarize_records`,
+:func:`design_labels_and_validity`) and where metrics go: JSONL (always), TensorBoard (optional),
+Weights & Biases (optional).
 
 Each ``log(step, metrics)`` appends one JSON line ``{"step": ..., "time": ..., **metrics}`` to
 ``RUN_DIR/metrics.jsonl``. Numeric values also go to TensorBoard (``RUN_DIR/tb``) and, when a W&B
@@ -12,7 +14,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -143,3 +145,43 @@ def read_metrics(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
             if isinstance(rec, dict) and "step" in rec:
                 by_step[int(rec["step"])] = rec
     return [by_step[s] for s in sorted(by_step)]
+
+
+def summarize_records(records: Sequence[Any]) -> dict[str, Any]:
+    """Episode-level rollout metrics: accuracy, design validity, termination reasons, LLM calls, and the
+    reward-hack monitor's integrity/ rates (:func:`mx_train.hack_monitor.integrity_metrics`)."""
+    n = max(len(records), 1)
+    reasons: dict[str, int] = {}
+    for r in records:
+        reasons[r.termination_reason] = reasons.get(r.termination_reason, 0) + 1
+    out: dict[str, Any] = {
+        "episodes": float(len(records)),
+        ACCURACY: sum(bool(r.correct) for r in records) / n,
+        DESIGN_VALID_RATE: sum(bool(r.design_valid) for r in records) / n,
+        "llm_calls_per_episode": sum(r.llm_calls for r in records) / n,
+    }
+    for reason, count in sorted(reasons.items()):
+        out[f"termination/{reason or 'unknown'}"] = count / n
+    from mx_train.hack_monitor import integrity_metrics
+
+    out.update(integrity_metrics(records))
+    return out
+
+
+def design_labels_and_validity(result: Any) -> tuple[list[list[str]], list[list[bool]]]:
+    """Per task and design of a rollout result: the structure family (with ``+tools``) and whether its
+    first execution found the design valid."""
+    from mx_train.eval.design_structure import INVALID, design_family
+
+    labels, valid = [], []
+    for t, per_task in enumerate(result.designs):
+        lab_row, val_row = [], []
+        for m, action in enumerate(per_task):
+            runs = result.executions(t, m)
+            ok = bool(runs and runs[0].design_valid)
+            script = getattr(action, "script", None)
+            lab_row.append(design_family(script) if ok else INVALID)
+            val_row.append(ok)
+        labels.append(lab_row)
+        valid.append(val_row)
+    return labels, valid

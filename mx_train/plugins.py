@@ -1,8 +1,8 @@
 """User plugins: modules imported before a run so that they can register algorithms and data.
 
 A plugin is any Python module that, when imported, registers something in one of the registries
-(``mx_train.advantages.ADVANTAGE_ESTIMATORS``, ``mx_train.losses.POLICY_LOSSES``,
-``mx_train.losses.KL_ESTIMATORS``, ``mx_envs.tasks.registry.DATASETS``). ``mx train --plugin X``
+(``mx_train.advantages.ADVANTAGE_ESTIMATORS``, ``mx_train.learner.losses.POLICY_LOSSES``,
+``mx_train.learner.losses.KL_ESTIMATORS``, ``mx_envs.tasks.registry.DATASETS``). ``mx train --plugin X``
 (repeatable) and the config key ``plugins: [X, ...]`` name them; ``X`` is a dotted module name on
 ``sys.path`` or the path of a ``.py`` file (imported under a name derived from its path, so the same
 file is imported once). Plugins are imported before the config's registry names are checked, so a

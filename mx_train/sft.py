@@ -13,6 +13,10 @@ generation prompt; the response is followed by the EOS token so the model learns
 
 Training reuses :class:`mx_train.learner.Learner` (its token-budget micro-batching, gradient
 accumulation, clipping, AdamW and schedule) through ``Learner.sft_step``.
+
+The trainer's cold start (``warm_start:`` of a training config) pairs designer prompts of training
+tasks with the fenced source of library designs (:func:`design_examples`) and mixes them with SFT
+data in balanced batches (:func:`warm_start_batch`).
 """
 
 from __future__ import annotations
@@ -140,3 +144,43 @@ def train_sft(
                 on_step(step, m)
             step += 1
     return history
+
+
+def design_examples(
+    designs: Sequence[str], prompts: Sequence[list[dict[str, Any]]], tokenizer: Any
+) -> dict[str, list[SFTExample]]:
+    """Design -> one example per designer prompt (chat messages) whose response is the design's fenced
+    source. A design is inline script text (defining ``forward``), a script file or a library name."""
+    from mx_agents.policies.fixed import fence
+    from mx_envs.mas.designs import load_design
+
+    out: dict[str, list[SFTExample]] = {}
+    for name in designs:
+        if "def forward" in name:
+            source = name
+        elif Path(name).is_file():
+            source = Path(name).read_text(encoding="utf-8")
+        else:
+            source = load_design(name)
+        out[name] = [example_from_record({"messages": messages, "response": fence(source)}, tokenizer,
+                                         where=f"warm start ({name})") for messages in prompts]
+    return out
+
+
+def warm_start_batch(per_design: dict[str, list[Any]], data: list[Any], size: int, k: int, rng: random.Random) -> list[Any]:
+    """Cold-start batch ``k``: every design once, on the same training prompt, then SFT data.
+
+    Every step pushes each design's script equally for one prompt, so the cold-start designer samples
+    them about equally often. Random batches are not balanced, and the last few steps decide which
+    design it prefers (one run's designer wrote ``single`` in 5 of its first 6 designs), which can
+    leave a run whose designs and executor never match (reward 0 everywhere: no signal to learn from).
+    """
+    designs = [ex for ex in per_design.values() if ex]
+    batch = [ex[k % len(ex)] for ex in designs][:size]
+    room = size - len(batch)
+    if data and room > 0:
+        batch += rng.sample(data, min(room, len(data)))
+    elif room > 0 and designs:  # no SFT data: more prompts of every design
+        pool = [e for ex in designs for e in ex]
+        batch += rng.sample(pool, min(room, len(pool)))
+    return batch

@@ -37,34 +37,21 @@ from typing import Any
 import numpy as np
 
 from mx_agents.transition import Transition
+from mx_train.assembly import (
+    BackendFactory,
+    EnvFactory,
+    build_backends,
+    build_learners,
+    build_rollout_policy,
+    default_backend_factory,
+    make_env_factory,
+    make_env_mix,
+    mixed_env_factory,
+    shares_model,
+)
 from mx_train.config import TrainConfig
 
 logger = logging.getLogger(__name__)
-
-EnvFactory = Callable[[], Any]
-
-
-def _warm_start_batch(per_design: dict[str, list[Any]], data: list[Any], size: int, k: int, rng: random.Random) -> list[Any]:
-    """One cold-start batch: every design once, on the same training prompt, then SFT data.
-
-    Every step pushes each design's script equally for one prompt, so the cold-start designer samples
-    them about equally often. Random batches are not balanced, and the last few steps decide which
-    design it prefers (one run's designer wrote ``single`` in 5 of its first 6 designs), which can
-    leave a run whose designs and executor never match (reward 0 everywhere: no signal to learn from).
-    """
-    designs = [ex for ex in per_design.values() if ex]
-    batch = [ex[k % len(ex)] for ex in designs][:size]
-    room = size - len(batch)
-    if data and room > 0:
-        batch += rng.sample(data, min(room, len(data)))
-    elif room > 0 and designs:  # no SFT data: more prompts of every design
-        pool = [e for ex in designs for e in ex]
-        batch += rng.sample(pool, min(room, len(pool)))
-    return batch
-
-
-def _shared_model(backend: Any, learner: Any) -> bool:
-    return getattr(backend, "model", None) is learner.model
 
 
 class Trainer:
@@ -87,7 +74,7 @@ class Trainer:
         *,
         out: str | os.PathLike[str] | None = None,
         env_factory: EnvFactory | None = None,
-        backend_factory: Callable[[str], Any] | None = None,
+        backend_factory: BackendFactory | None = None,
         tasks: Sequence[str] | None = None,
         progress: bool = True,
     ) -> None:
@@ -101,10 +88,7 @@ class Trainer:
         # Several envs (config.envs): each step's tasks are drawn by env weight; see mx_train.env_mix.
         self.mix = make_env_mix(config) if env_factory is None and len(config.env_entries()) > 1 else None
         if self.mix is not None:
-            from mx_train.env_mix import MixedEnv
-
-            factories = [e.factory for e in self.mix]
-            self.env_factory = lambda: MixedEnv(factories)
+            self.env_factory = mixed_env_factory(self.mix)
         else:
             self.env_factory = env_factory or make_env_factory(config)
         self._probe_env = self.env_factory()
@@ -138,38 +122,13 @@ class Trainer:
         self._step_records: list[Any] | None = None  # this step's EpisodeRecords (local rollout only)
 
     # ------------------------------------------------------------------ construction
-    def _build_policy(self, backend_factory: Callable[[str], Any] | None) -> None:
-        from mx_train.fsdp import make_learner
-        from mx_train.learner import Learner, PolicyGroup
+    def _build_policy(self, backend_factory: BackendFactory | None) -> None:
+        """Backends, learners (``mx_train.assembly``) and the policy group that routes updates."""
+        from mx_train.learner import PolicyGroup
 
-        pc = self.config.policy
-        if backend_factory is None:
-            backend_factory = default_backend_factory(self.config)
-        self.backends = build_backends(self.config, backend_factory)
-        self.learners: dict[str, Learner] = {}
-        self.syncs: dict[str, Any] = {}  # role -> mx_train.weight_sync.EngineSync (engines that get pushed weights)
-        for role in ("designer", "executor"):
-            backend = self.backends[role]
-            existing = next((lr for r, lr in self.learners.items() if self.backends[r] is backend), None)
-            if existing is not None:
-                self.learners[role] = existing
-                continue
-            model = getattr(backend, "model", None)
-            tokenizer = getattr(backend, "tokenizer", None)
-            if model is None or not hasattr(model, "parameters"):
-                # An engine that serves weights (vLLM): the learner trains its own copy and pushes it.
-                model, tokenizer = _learner_copy(backend, role, pc.device)
-            name = "policy" if not pc.executor_model else role
-            # A LearnerGroup (FSDP over `--learner-procs` processes) when this process leads one.
-            learner = make_learner(model, self.config.learner, tokenizer=tokenizer, name=name)
-            if not _shared_model(backend, learner):
-                from mx_train.weight_sync import EngineSync
-
-                sync = EngineSync(learner, backend, probe=self.config.rollout.logprob_probe,
-                                  pad_id=getattr(learner, "pad_token_id", 0) or 0)
-                learner.on_weights_updated = sync.push
-                self.syncs[role] = sync
-            self.learners[role] = learner
+        self.backends = build_backends(self.config, backend_factory or default_backend_factory(self.config))
+        # role -> learner; role -> mx_train.weight_sync.EngineSync (engines that get pushed weights)
+        self.learners, self.syncs = build_learners(self.config, self.backends)
         self.policy_group = PolicyGroup(self.learners)
 
     def make_policy(self, step: int) -> Any:
@@ -236,6 +195,7 @@ class Trainer:
     def rollout(self, task_ids: Sequence[str], step: int) -> tuple[list[Transition], dict[str, Any]]:
         """Run the M x N hierarchical rollout of ``task_ids``; transitions carry advantages."""
         from mx_train.credit import assign_advantages, role_metrics
+        from mx_train.metrics import design_labels_and_validity, summarize_records
 
         r, a = self.config.rollout, self.config.algorithm
         version = self.learners["designer"].version
@@ -244,9 +204,11 @@ class Trainer:
         valid: list[list[bool]] | None = None
         seed = (self.config.seed + step * 7919) % (2**31)
         if self.config.distributed.backend == "ray":
-            from mx_train.distributed import ray_rollout
+            from mx_train.distributed import ray_rollout, start_workers
 
-            transitions, exec_rewards, summary = ray_rollout(self, task_ids, uids, step, seed, version)
+            if self._workers is None:
+                self._workers = start_workers(self.config)
+            transitions, exec_rewards, summary = ray_rollout(self._workers, self.learners, task_ids, uids, step, seed)
             self._step_records = None
         else:
             from mx_agents.design_groups import run_design_groups
@@ -439,7 +401,7 @@ class Trainer:
         self._set_data_position(ckpt.data_position)
         self.step_index = ckpt.step
         for role, learner in self.learners.items():
-            if not _shared_model(self.backends[role], learner):
+            if not shares_model(self.backends[role], learner):
                 self.backends[role].load_weights(learner.weights_for_sync())
         logger.info("resumed from %s (step %d)", ckpt.path, ckpt.step)
         return ckpt.step
@@ -452,37 +414,26 @@ class Trainer:
         if not (ws.designs or ws.data) or ws.steps <= 0:
             return []
         from mx_agents.observation import parse_observation
-        from mx_agents.policies.fixed import fence
-        from mx_envs.mas.designs import load_design
-        from mx_train.sft import example_from_record, load_sft_jsonl
+        from mx_train.sft import design_examples, load_sft_jsonl, warm_start_batch
 
         learner = self.learners["designer"]
         tok = getattr(self.backends["designer"], "tokenizer", None)
         policy = self.make_policy(-1)
         designer = getattr(policy, "designer", policy)
-        per_design: dict[str, list[Any]] = {name: [] for name in ws.designs}
-        env = self._probe_env
         n_prompts = min(ws.tasks, len(self.task_ids))
         # Spread over the task list, so an env mix contributes prompts of every env.
         picks = [self.task_ids[(i * len(self.task_ids)) // n_prompts] for i in range(n_prompts)]
+        prompts = []
         for i, task_id in enumerate(picks):
-            obs, _ = env.reset(seed=self.config.seed + i, options={"task_id": task_id})
-            messages = designer.build_request(parse_observation(obs)).messages
-            for name in ws.designs:
-                if "def forward" in name:
-                    source = name
-                elif Path(name).is_file():
-                    source = Path(name).read_text(encoding="utf-8")
-                else:
-                    source = load_design(name)
-                rec = {"messages": messages, "response": fence(source)}
-                per_design[name].append(example_from_record(rec, tok, where=f"warm start ({name})"))
+            obs, _ = self._probe_env.reset(seed=self.config.seed + i, options={"task_id": task_id})
+            prompts.append(designer.build_request(parse_observation(obs)).messages)
+        per_design = design_examples(ws.designs, prompts, tok)
         data = load_sft_jsonl(ws.data, tok, min_reward=None) if ws.data else []
         # A learner of its own (same model object, own AdamW at the warm-start lr), so the RL
         # optimizer's moments and LR schedule start fresh after the cold start.
         # derive: same model and fp32 masters (and shards, under FSDP), its own optimizer.
         sft = learner.derive(
-            {**self.config.learner, "lr": ws.lr, "kl_coef": 0.0, "warmup_steps": 0, "lr_schedule": ws.lr_schedule,
+            {"lr": ws.lr, "kl_coef": 0.0, "warmup_steps": 0, "lr_schedule": ws.lr_schedule,
              "total_steps": ws.steps, "min_lr_ratio": 0.0, "phase_lr": None},
             name="warm_start",
         )
@@ -490,7 +441,7 @@ class Trainer:
         rng = random.Random(self.config.seed)
         bar = _bar(ws.steps, "cold start (SFT)", "step") if self.progress else None
         for k in range(ws.steps):
-            m = sft.sft_step(_warm_start_batch(per_design, data, ws.batch_size, k, rng))
+            m = sft.sft_step(warm_start_batch(per_design, data, ws.batch_size, k, rng))
             history.append(m)
             if bar is not None:
                 bar.update(1)
@@ -506,7 +457,7 @@ class Trainer:
             _round_trained_weights(self.policy_group.learners().values())
         del sft
         for role, lr in self.learners.items():
-            if not _shared_model(self.backends[role], lr):
+            if not shares_model(self.backends[role], lr):
                 self.backends[role].load_weights(lr.weights_for_sync())
         return history
 
@@ -587,6 +538,37 @@ class Trainer:
             self._workers = None
 
 
+def train(
+    config: TrainConfig, *, resume: bool = False, progress: bool = True,
+    on_done: Callable[[Trainer, list[dict[str, Any]]], None] | None = None,
+) -> int:
+    """Run ``config`` to ``max_steps`` in this process, as rank 0 of a learner group of
+    ``distributed.learner_procs`` processes (spawned here, Ray actors with ``distributed.backend: ray``,
+    or the ranks of ``torchrun``); ``on_done(trainer, history)`` runs on rank 0 after the run."""
+    from mx_train.learner.fsdp import run_with_learner_group
+
+    procs = config.distributed.learner_procs
+    start_ranks: Callable[[str], Any] | None = None
+    host = "127.0.0.1"
+    if config.distributed.backend == "ray" and procs > 1 and "WORLD_SIZE" not in os.environ:
+        # Learner ranks 1..N-1 as Ray actors (possibly on other nodes) instead of local processes.
+        from mx_train.distributed import node_ip, start_learner_ranks
+
+        host = node_ip()
+
+        def start_ranks(init_method: str) -> Any:
+            return start_learner_ranks(config, procs, init_method)
+
+    def main() -> int:
+        trainer = Trainer(config, progress=progress)
+        history = trainer.run(resume=resume)
+        if on_done is not None:
+            on_done(trainer, history)
+        return 0
+
+    return run_with_learner_group(procs, main, device=config.policy.device, start_ranks=start_ranks, host=host)
+
+
 def _round_trained_weights(learners: Any) -> None:
     """Round every trained weight (the fp32 masters where a learner keeps them) to bf16 in place."""
     import torch
@@ -607,151 +589,5 @@ def _bar(total: int, desc: str, unit: str, initial: int = 0) -> Any:
     return tqdm(total=total, initial=initial, desc=desc, unit=unit, dynamic_ncols=True)
 
 
-def make_env_factory(config: TrainConfig) -> EnvFactory:
-    """Envs of the training split, all sharing one task list (loaded once, not per env). With an env
-    mix (``config.envs``), each env made is a :class:`~mx_train.env_mix.MixedEnv` over all of them."""
-    entries = config.env_entries()
-    if len(entries) > 1:
-        from mx_train.env_mix import MixedEnv
-
-        factories = [e.factory for e in make_env_mix(config)]
-        return lambda: MixedEnv(factories)
-    return _single_env_factory(entries[0][0])[0]
-
-
-def make_env_mix(config: TrainConfig) -> list[Any]:
-    """The :class:`~mx_train.env_mix.EnvEntry` list of ``config.envs`` (names unique, tasks loaded once)."""
-    from mx_train.env_mix import EnvEntry, env_label, unique_names
-
-    entries = config.env_entries()
-    names = unique_names([name or env_label(cfg.id) for cfg, _, name in entries])
-    out = []
-    for (cfg, weight, _), name in zip(entries, names, strict=True):
-        factory, tasks = _single_env_factory(cfg)
-        if not tasks:
-            raise ValueError(f"env {cfg.id!r} ({name}) has no training tasks")
-        out.append(EnvEntry(name=name, env_id=cfg.id, weight=weight, factory=factory, task_ids=[t.id for t in tasks]))
-    return out
-
-
-def _single_env_factory(env_cfg: Any) -> tuple[EnvFactory, list[Any]]:
-    import gymnasium as gym
-
-    import mx_envs  # noqa: F401 - registers the ids
-    from mx_envs.tasks.registry import TRAIN_SPLITS
-
-    kwargs = dict(env_cfg.kwargs)
-    kwargs.setdefault("split", env_cfg.split)
-    if kwargs["split"] not in TRAIN_SPLITS and not env_cfg.allow_eval_split:
-        raise ValueError(
-            f"env split {kwargs['split']!r} is an evaluation split; training on it needs "
-            "env.allow_eval_split: true (checkpoints are never selected on test data by default)"
-        )
-    probe = gym.make(env_cfg.id, disable_env_checker=True, **kwargs)
-    tasks = list(probe.unwrapped.tasks)
-    probe.close()
-    kwargs["tasks"] = tasks
-    return (lambda: gym.make(env_cfg.id, disable_env_checker=True, **kwargs)), tasks
-
-
-def default_backend_factory(config: TrainConfig) -> Callable[[str], Any]:
-    pc = config.policy
-
-    def factory(spec: str) -> Any:
-        from mx_agents.backends import get_backend
-
-        return get_backend(spec, device=pc.device, dtype=pc.dtype, max_batch_size=pc.max_batch_size,
-                           chat_template_kwargs={"enable_thinking": bool(pc.thinking)})
-
-    return factory
-
-
-def _learner_copy(backend: Any, role: str, device: str) -> tuple[Any, Any]:
-    """The learner's own fp32 copy of a serving engine's model (read from the engine's model path)."""
-    path = getattr(backend, "model_path", None)
-    if path is None or not hasattr(backend, "load_weights"):
-        raise ValueError(
-            f"the {role} backend {getattr(backend, 'name', backend)!r} neither exposes a torch model nor "
-            "a model_path and load_weights; train with an HF or vLLM backend (HTTP backends cannot be updated)"
-        )
-    import torch
-
-    from mx_agents.backends.hf import load_hf_model, load_hf_tokenizer, resolve_device
-
-    return load_hf_model(path, resolve_device(device), torch.float32), load_hf_tokenizer(path)
-
-
-def build_backends(config: TrainConfig, backend_factory: Callable[[str], Any]) -> dict[str, Any]:
-    """Role -> generation backend: one object for both roles (shared policy) unless
-    ``policy.executor_model`` names a second model (split policy)."""
-    pc = config.policy
-    designer = backend_factory(pc.model)
-    return {"designer": designer, "executor": backend_factory(pc.executor_model) if pc.executor_model else designer}
-
-
-def build_rollout_policy(backends: dict[str, Any], config: TrainConfig, step: int) -> Any:
-    """The rollout policy of ``step``. Sampling seeds derive from (run seed, step), so a resumed run
-    samples what the uninterrupted one would have, and Ray workers get distinct seeds per worker."""
-    from mx_agents.policies.design_prompt import DesignerPrompt
-    from mx_agents.policies.llm import SharedPolicy, SplitPolicy
-
-    r = config.rollout
-    seed = (config.seed * 1_000_003 + step) % (2**31)
-    d_params, e_params = r.designer.params(), r.executor.params()
-    prompt = DesignerPrompt(**r.designer_prompt) if r.designer_prompt else None
-    if backends["designer"] is backends["executor"]:
-        policy: Any = SharedPolicy(backends["designer"], d_params, e_params, prompt=prompt, seed=seed)
-    else:
-        policy = SplitPolicy(backends["designer"], backends["executor"], d_params, e_params, prompt=prompt, seed=seed)
-    if r.fixed_design:
-        from mx_agents.policies.fixed import FixedDesignPolicy
-        from mx_train.sft_data import design_source
-
-        name, source = design_source(r.fixed_design)
-        # Fixed designs make no designer transitions: only the executor is trained.
-        return FixedDesignPolicy(None, policy.executor, source=source)
-    return policy
-
-
-def design_labels_and_validity(result: Any) -> tuple[list[list[str]], list[list[bool]]]:
-    """Per task and design: the structure family (with ``+tools``) and whether its first execution
-    found the design valid."""
-    from mx_train.eval.design_structure import INVALID, design_family
-
-    labels, valid = [], []
-    for t, per_task in enumerate(result.designs):
-        lab_row, val_row = [], []
-        for m, action in enumerate(per_task):
-            runs = result.executions(t, m)
-            ok = bool(runs and runs[0].design_valid)
-            script = getattr(action, "script", None)
-            lab_row.append(design_family(script) if ok else INVALID)
-            val_row.append(ok)
-        labels.append(lab_row)
-        valid.append(val_row)
-    return labels, valid
-
-
 def _fmt(v: Any) -> str:
     return "n/a" if v is None else f"{float(v):.4f}"
-
-
-def summarize_records(records: Sequence[Any]) -> dict[str, Any]:
-    """Episode-level rollout metrics: accuracy, design validity, termination reasons, LLM calls, and the
-    reward-hack monitor's integrity/ rates (:func:`mx_train.hack_monitor.integrity_metrics`)."""
-    n = max(len(records), 1)
-    reasons: dict[str, int] = {}
-    for r in records:
-        reasons[r.termination_reason] = reasons.get(r.termination_reason, 0) + 1
-    out: dict[str, Any] = {
-        "episodes": float(len(records)),
-        "accuracy": sum(bool(r.correct) for r in records) / n,
-        "design_valid_rate": sum(bool(r.design_valid) for r in records) / n,
-        "llm_calls_per_episode": sum(r.llm_calls for r in records) / n,
-    }
-    for reason, count in sorted(reasons.items()):
-        out[f"termination/{reason or 'unknown'}"] = count / n
-    from mx_train.hack_monitor import integrity_metrics
-
-    out.update(integrity_metrics(records))
-    return out

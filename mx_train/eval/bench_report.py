@@ -1,4 +1,5 @@
-"""Read a pytest-benchmark JSON report and tabulate each benchmark against its naive baseline.
+"""Run the benchmark suites (:func:`run_benchmarks`), read a pytest-benchmark JSON report and tabulate
+each benchmark against its naive baseline.
 
 The pairing convention (documented in ``benchmarks/README.md``), in order of precedence:
 
@@ -139,3 +140,39 @@ def load_report(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict) or "benchmarks" not in data:
         raise ValueError(f"{path} is not a pytest-benchmark JSON report (no 'benchmarks' key)")
     return data
+
+
+def run_benchmarks(
+    bench_dir: Path, *, quick: bool = False, keyword: str | None = None, pytest_args: list[str] | None = None,
+    json_out: Path | None = None,
+) -> tuple[int, dict[str, Any] | None]:
+    """``pytest BENCH_DIR --benchmark-only`` in a child process with a JSON report; returns pytest's exit
+    code (1: a benchmark failed, 5: nothing collected) and the report (``None`` when none was written).
+    ``quick``: few rounds, short max time, no warmup, and ``MX_BENCH_QUICK=1`` so suites shrink inputs;
+    ``json_out``: also keep the report there."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="mx-bench-") as tmp:
+        json_path = Path(tmp) / "bench.json"
+        cmd = [sys.executable, "-m", "pytest", str(bench_dir), "--benchmark-only",
+               f"--benchmark-json={json_path}", "-q", "-p", "no:cacheprovider", "--benchmark-disable-gc",
+               "--benchmark-columns=mean,stddev,rounds"]
+        env = dict(os.environ)
+        if quick:
+            cmd += ["--benchmark-min-rounds=2", "--benchmark-max-time=0.2", "--benchmark-warmup=off"]
+            env["MX_BENCH_QUICK"] = "1"
+        if keyword:
+            cmd += ["-k", keyword]
+        cmd += list(pytest_args or [])
+        print("$ " + " ".join(cmd), flush=True)
+        rc = subprocess.call(cmd, env=env)
+        if not json_path.is_file():
+            return rc, None
+        if json_out is not None:
+            json_out.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(json_path, json_out)
+        return rc, load_report(json_path)

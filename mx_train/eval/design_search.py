@@ -10,6 +10,7 @@
   the test tasks. ``archive.json`` records every proposal, its score and the round.
 
 Both use one executor for every design's agents, so the rows compare designs, not executors.
+:func:`search_rows` runs them for ``mx table`` and returns their table rows.
 """
 
 from __future__ import annotations
@@ -112,3 +113,53 @@ def evaluate_design(source: str, executor: Any, test_cfg: Any, out: Path, progre
     from mx_train.eval.runner import run_eval
 
     return run_eval(test_cfg, out, policy=_fixed_policy(executor, source), progress=progress)
+
+
+def search_rows(
+    test_cfg: Any, designs: Sequence[str], out: Path, *, executor: str, select_design: bool, adas_rounds: int,
+    meta: str | None, val_split: str, val_limit: int, seed: int, run: bool = True, progress: bool = False,
+) -> list[Any]:
+    """The table rows chosen on the validation slice (``val_limit`` tasks of ``val_split`` per env):
+    the best of ``designs`` (``select_design``) and the best design of an ADAS-style search of
+    ``adas_rounds`` rounds by the ``meta`` model (default: the executor's). ``test_cfg`` is the test
+    runs' :class:`~mx_train.eval.runner.EvalConfig`; ``run=False`` reads earlier results only."""
+    import dataclasses
+
+    from mx_train.eval.baselines_table import DESIGN_LABELS, TableRow
+    from mx_train.eval.trace import slug
+
+    rows = []
+    search_dir = out / "search"
+    val_cfg = dataclasses.replace(test_cfg, limit=val_limit, env_kwargs={**test_cfg.env_kwargs, "split": val_split})
+    executor_policy = None
+    if run:
+        from mx_agents.policies.spec import parse_policy_spec
+
+        executor_policy = parse_policy_spec("design:single", executor, max_new_tokens=test_cfg.max_new_tokens,
+                                            temperature=test_cfg.temperature, seed=seed).executor
+    if select_design:
+        if not run:
+            sel = json.loads((search_dir / "select" / "selection.json").read_text(encoding="utf-8"))
+        else:
+            (search_dir / "select").mkdir(parents=True, exist_ok=True)
+            sel = select_library_design(designs, executor_policy, val_cfg, search_dir / "select", progress=progress)
+        best = sel["best"]
+        label = f"Best library design (val: {DESIGN_LABELS.get(best, best)})"
+        rows.append(TableRow(label, f"design:{best}", executor, out / "runs" / slug(f"design_{best}")))
+        print(f"== {label}: validation accuracy {sel['scores']}")
+    if adas_rounds > 0:
+        adas_dir = search_dir / "adas"
+        if run:
+            from mx_agents.backends import get_backend
+            from mx_agents.policies.spec import resolve_model_path
+
+            meta_backend = get_backend(resolve_model_path(meta or executor))
+            doc = adas_search(meta_backend, executor_policy, val_cfg, adas_dir, rounds=adas_rounds, seed=seed,
+                              progress=progress)
+            best_entry = next(a for a in doc["archive"] if a["name"] == doc["best"]["name"])
+            evaluate_design(best_entry["source"], executor_policy,
+                            dataclasses.replace(test_cfg, policy=f"adas:{best_entry['name']}"),
+                            out / "runs" / "adas_best", progress=progress)
+            print(f"== ADAS-style search: archive {[(a['name'], round(a['score'], 3)) for a in doc['archive']]}")
+        rows.append(TableRow("ADAS-style search (best of archive)", "adas", executor, out / "runs" / "adas_best"))
+    return rows

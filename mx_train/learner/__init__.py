@@ -1,18 +1,20 @@
 """The policy learner: PPO/GRPO-style updates of a Hugging Face causal LM from transitions.
 
-One :class:`Learner` owns one model, its AdamW optimizer (state per co-evolution phase) and LR
-schedule. Modules, one concern each:
+One class owns state, :class:`Learner` (:mod:`.core`: the model, its AdamW optimizer with state per
+co-evolution phase, LR schedule, fp32 masters, the policy update and the SFT step); the rest are
+pure functions and small value types, one concern per module:
 
-* :mod:`.config` -- :class:`LearnerConfig` (a YAML ``learner:`` block);
+* :mod:`.config` -- :class:`LearnerConfig` (a YAML ``learner:`` block; extends the loss settings);
+* :mod:`.losses` -- policy losses and KL estimators (registries), aggregation, the objective;
 * :mod:`.collation` -- transitions to token-budget micro-batches in the aligned layout
-  ``[left pad | prompt | response | right pad]`` (the shared :func:`mx_agents.batching.left_pad`);
+  ``[left pad | prompt | response | right pad]`` (the shared :func:`mx_agents.batching.left_pad`),
+  the plan of an update's optimizer steps and its normalising counts;
 * :mod:`.logprobs` -- per-token log-probs and entropy in LM-head chunks (no full fp32 logits);
 * :mod:`.precision` -- fp32 master weights for bf16 models;
 * :mod:`.optim` -- AdamW, LR schedule, per-phase optimizer state;
-* :mod:`.ppo` -- the policy update (mini-batches, epochs, old/ref log-probs, skip rules);
-* :mod:`.sft_step` -- one supervised step; :mod:`.lora` -- peft wrapping and merged weights;
+* :mod:`.lora` -- peft wrapping and merged weights;
 * :mod:`.policy_group` -- which learner trains which role;
-* :mod:`mx_train.fsdp` -- the same learner sharded over processes (FSDP2).
+* :mod:`.fsdp` -- the same learner sharded over processes (FSDP2), the learner group and its launch.
 
 Log-probs are computed from ``logits / temperature``, the same distribution a backend samples from
 at that temperature. Dropout is not used during updates (the model stays in eval mode unless

@@ -1,10 +1,14 @@
-"""From transitions to padded micro-batches: the learner's view of a sequence and token budgets."""
+"""From transitions to padded micro-batches: the learner's view of a sequence, the plan of an
+update's optimizer steps, the batch counts its loss is normalised by, and token budgets."""
 
 from __future__ import annotations
 
+import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
+
+from mx_train.learner.losses import BatchCounts
 
 if TYPE_CHECKING:
     import torch
@@ -85,6 +89,34 @@ def recorded_temperature(t: SequenceLike) -> float | None:
     if value is None:
         return None
     return 1.0 if float(value) <= 1e-5 else float(value)
+
+
+def batch_counts(seqs: Sequence[Seq], norm_length: int | None = None) -> BatchCounts:
+    """The global counts a batch's loss is normalised by (``norm_length`` default: the longest response)."""
+    return BatchCounts(
+        tokens=int(sum(s.trained_tokens for s in seqs)),
+        sequences=len(seqs),
+        norm_length=int(norm_length or max(len(s.response) for s in seqs)),
+    )
+
+
+def plan_mini_batches(
+    seqs: Sequence[Seq], *, mini_batch_size: int | None, mini_batches: int, epochs: int, seed: int
+) -> list[list[Seq]]:
+    """Every optimizer step's sequences, all epochs: ``mini_batch_size`` sequences per step (or
+    ``mini_batches`` equal parts), strided; reshuffled after the first epoch by ``seed`` and the
+    epoch, so every data-parallel rank plans the same steps."""
+    if mini_batch_size is not None:
+        n_mini = max(1, -(-len(seqs) // mini_batch_size))
+    else:
+        n_mini = min(mini_batches, len(seqs))
+    steps: list[list[Seq]] = []
+    order = list(range(len(seqs)))
+    for epoch in range(epochs):
+        if epoch:
+            random.Random(seed * 1_000_003 + epoch).shuffle(order)
+        steps.extend([[seqs[i] for i in order[k::n_mini]] for k in range(n_mini)])
+    return steps
 
 
 def pack_by_tokens(costs: Sequence[tuple[int, int]], budget: int) -> list[list[int]]:

@@ -1,4 +1,9 @@
-"""Settings of one learner (:class:`LearnerConfig`): flat, so a YAML ``learner:`` block maps onto it."""
+"""Settings of one learner (:class:`LearnerConfig`): flat, so a YAML ``learner:`` block maps onto it.
+
+Built once (by :class:`mx_train.config.TrainConfig` from the YAML block, or by the caller) and
+passed as is: the learner, its optimizer and a derived learner (:meth:`Learner.derive`) read the
+same frozen object or a :func:`dataclasses.replace` of it.
+"""
 
 from __future__ import annotations
 
@@ -7,16 +12,18 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from mx_train.losses import LossSettings
+from mx_train.learner.losses import LossSettings
 
 OLD_LOGPROBS = ("auto", "recompute", "sampling", "current")
 PHASE_OPTIMIZER = ("per_role", "reset")
 PHASE_KEYS = ("designer", "executor", "designer+executor", "all")
 
 
-@dataclass
-class LearnerConfig:
-    """Optimisation, loss, precision and memory settings of one learner.
+@dataclass(frozen=True)
+class LearnerConfig(LossSettings):
+    """Optimisation, loss, precision and memory settings of one learner. The loss fields
+    (``policy_loss``, ``loss_agg``, ``clip_low``, ``clip_high``, ``kl_coef``, ``kl_estimator``,
+    ``entropy_coef``) are those of :class:`~mx_train.learner.losses.LossSettings`, which this extends.
 
     Precision: ``dtype`` is the *compute* dtype. ``"auto"`` computes in the model's own dtype and
     never changes the model it was given (the rollout engine's, when shared); ``"float32"`` /
@@ -40,13 +47,6 @@ class LearnerConfig:
     mini_batches: int = 1  # optimizer steps per epoch over the update batch (PPO-style)
     mini_batch_size: int | None = None  # sequences per optimizer step; overrides mini_batches
     ppo_epochs: int = 1  # passes over the update batch (reshuffled after the first)
-    policy_loss: str = "ppo_clip"
-    loss_agg: str = "token_mean"
-    clip_low: float = 0.2
-    clip_high: float = 0.2
-    kl_coef: float = 0.0
-    kl_estimator: str = "k3"
-    entropy_coef: float = 0.0
     log_entropy: bool = True  # entropy as a metric (no graph unless entropy_coef != 0)
     norm_length: int | None = None  # seq_mean_token_sum_norm constant; default: longest response
     temperature: float = 1.0
@@ -89,19 +89,17 @@ class LearnerConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
-    def loss_settings(self) -> LossSettings:
-        return LossSettings(
-            policy_loss=self.policy_loss,
-            loss_agg=self.loss_agg,
-            clip_low=self.clip_low,
-            clip_high=self.clip_high,
-            kl_coef=self.kl_coef,
-            kl_estimator=self.kl_estimator,
-            entropy_coef=self.entropy_coef,
-        )
+    def replace(self, **changes: Any) -> LearnerConfig:
+        """A checked copy with ``changes`` (unknown names are an error, as in :meth:`from_dict`)."""
+        known = {f.name for f in dataclasses.fields(self)}
+        if unknown := sorted(set(changes) - known):
+            raise ValueError(f"unknown learner setting(s) {unknown}; known: {sorted(known)}")
+        out = dataclasses.replace(self, **changes)
+        out.validate()
+        return out
 
     def validate(self) -> None:
-        self.loss_settings().validate()
+        super().validate()
         if self.lr_schedule not in ("constant", "cosine"):
             raise ValueError(f"lr_schedule must be 'constant' or 'cosine', got {self.lr_schedule!r}")
         if self.lr_schedule == "cosine" and not self.total_steps:

@@ -1,9 +1,36 @@
-"""The :class:`Learner`: one model, its optimizer(s), precision handling and weight sync.
+"""The :class:`Learner`: the one object of the learner package that owns state (the model and its
+scorer, the device and compute dtype, fp32 master weights, the phase-aware optimizer, the
+data-parallel rank, the weight version) and the two updates that change it.
 
-The update algorithms live beside it (:mod:`mx_train.learner.ppo`, :mod:`mx_train.learner.sft_step`);
-this module holds what they share: the model and its scorer (chunked log-probs), the device and
-compute dtype, fp32 master weights, the phase-aware optimizer, the data-parallel rank (FSDP), and
-pushing weights to the generation engine.
+The pure parts live beside it: the losses (:mod:`.losses`), collation and the plan of an update
+(:mod:`.collation`), chunked log-probs (:mod:`.logprobs`); :mod:`.fsdp` shards this same class.
+
+**The policy update** (:meth:`Learner.update`):
+
+1. drops transitions of inactive roles (the co-evolution freeze: they never enter the loss or its
+   normaliser) and those with nothing to train, and selects the optimizer state of the active-role
+   set (:mod:`.optim`);
+2. returns without touching the weights when the batch has no gradient signal (every advantage is
+   zero and there is no KL or entropy term): no forward, no optimizer step, no version bump;
+3. plans ``ppo_epochs`` passes of mini-batches (``mini_batch_size`` sequences, or ``mini_batches``
+   equal parts; reshuffled after the first epoch);
+4. old log-probs: ``current`` (one optimizer step: the detached log-probs of the training forward,
+   no extra pass), ``sampling`` (the sampler's) or ``recompute`` (one no-grad pass before any
+   parameter changes); reference log-probs when a KL penalty is on;
+5. per mini-batch: micro-batches by a **token budget**, gradients accumulate across them, the loss
+   is normalised by the mini-batch's token/sequence counts (so the gradient equals one big batch's),
+   then clip and step (skipped on an all-zero gradient);
+6. pushes the new weights to the engine if any step was taken.
+
+:meth:`Learner.sft_step` is one supervised step with the same micro-batching, accumulation,
+data-parallel split and skip rules: the token-mean NLL of the masked response tokens, scored at
+temperature 1 unless a turn records its own.
+
+Data parallel (FSDP): every rank receives the whole batch and computes the same plan and counts;
+rank ``r`` trains the sequences ``r, r + W, ...`` of each mini-batch with the loss normalised by the
+*global* counts, and FSDP sums the ranks' gradients (:func:`mx_train.learner.fsdp.shard_scorer`
+sets the divide factor to 1), so the gradient equals the single-process one. Ranks with fewer
+micro-batches run padding batches so the collectives line up.
 """
 
 from __future__ import annotations
@@ -11,11 +38,22 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
-from mx_train.learner.collation import MicroBatch, Seq, SequenceLike, as_seq, collate, micro_batches
+from mx_train.learner.collation import (
+    MicroBatch,
+    Seq,
+    SequenceLike,
+    as_seq,
+    batch_counts,
+    collate,
+    micro_batches,
+    plan_mini_batches,
+)
 from mx_train.learner.config import LearnerConfig
+from mx_train.learner.losses import aggregate, policy_objective
 
 if TYPE_CHECKING:
     import torch
@@ -26,7 +64,7 @@ WeightSync = Callable[[dict[str, Any]], None]
 
 
 class DataParallel(Protocol):
-    """What the learner needs from a process group (see :class:`mx_train.fsdp.DistContext`)."""
+    """What the learner needs from a process group (see :class:`mx_train.learner.fsdp.DistContext`)."""
 
     rank: int
     world_size: int
@@ -55,7 +93,7 @@ class Learner:
         on_weights_updated: called after every update that changed the weights, with the served
             weights (a state dict under the base model's names; copy tensors you keep).
         name: for logs and metrics.
-        scorer, dist: set by :func:`mx_train.fsdp.build_sharded_learner` (an FSDP-sharded scorer
+        scorer, dist: set by :class:`mx_train.learner.fsdp.ShardedLearner` (an FSDP-sharded scorer
             and the data-parallel group); single-process learners leave them ``None``.
     """
 
@@ -170,20 +208,23 @@ class Learner:
 
     # ---------------------------------------------------------------- forward
     def forward(
-        self, mb: MicroBatch, *, with_entropy: bool, entropy_grad: bool = False, scorer: Any = None
+        self, mb: MicroBatch, *, with_entropy: bool, entropy_grad: bool = False, scorer: Any = None,
+        temperature: float | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Per-token log-probs ``[B, R]`` of the responses (and entropies) at ``config.temperature``."""
+        """Per-token log-probs ``[B, R]`` of the responses (and entropies): each turn at the temperature
+        it records, the others at ``temperature`` (default ``config.temperature``)."""
         import torch
 
+        default = self.config.temperature if temperature is None else temperature
         # Each turn is scored at the temperature it was sampled at (one global temperature would bias
         # the ratio of every turn a design sampled at its own); a plain float when they all agree.
-        temps = [self.config.temperature if s.temperature is None else s.temperature for s in mb.seqs]
-        temperature: Any = temps[0] if len(set(temps)) <= 1 else torch.tensor(
+        temps = [default if s.temperature is None else s.temperature for s in mb.seqs]
+        per_turn: Any = temps[0] if len(set(temps)) <= 1 else torch.tensor(
             temps, dtype=torch.float32, device=mb.input_ids.device)
         with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=self.autocast):
             return (scorer or self.scorer)(
                 mb.input_ids, mb.attention_mask, mb.position_ids, mb.response_ids,
-                temperature=temperature, chunk=self.config.logits_chunk_tokens,
+                temperature=per_turn, chunk=self.config.logits_chunk_tokens,
                 with_entropy=with_entropy, entropy_grad=entropy_grad,
             )
 
@@ -196,6 +237,10 @@ class Learner:
         seq = Seq(prompt=[self.pad_token_id], response=[self.pad_token_id], mask=[0.0], advantage=0.0,
                   sampling_logprobs=None)
         return collate([seq], self.pad_token_id, self.device)
+
+    def local_share(self, seqs: list[Seq]) -> list[Seq]:
+        """This rank's part of ``seqs`` (every ``world_size``-th, from ``rank``)."""
+        return seqs[self.rank :: self.world_size]
 
     def aligned(self, batches: list[MicroBatch]) -> list[MicroBatch | None]:
         """``batches`` padded with ``None`` to the largest count across ranks."""
@@ -283,17 +328,15 @@ class Learner:
         self, transitions: Iterable[SequenceLike], active_roles: Iterable[str] | None = None
     ) -> dict[str, float]:
         """Zero the gradients and accumulate those of the whole batch (no step): for tests/diagnostics."""
-        from mx_train.learner.ppo import accumulate, local_share, set_old_and_ref
-
         self.opt.zero_grad()
         self.model.zero_grad(set_to_none=True)
         seqs = self.prepare(transitions, active_roles)
         if not seqs:
             return {"tokens": 0.0}
-        local = local_share(self, seqs)
+        local = self.local_share(seqs)
         with self.training_mode():
-            set_old_and_ref(self, seqs, self.config.resolved_old_logprobs(1), local)
-            return accumulate(self, seqs, local)
+            self._set_old_and_ref(seqs, self.config.resolved_old_logprobs(1), local)
+            return self._accumulate(seqs, local)
 
     @contextlib.contextmanager
     def training_mode(self) -> Iterator[None]:
@@ -310,18 +353,138 @@ class Learner:
     def update(
         self, transitions: Iterable[SequenceLike], active_roles: Iterable[str] | None = None
     ) -> dict[str, float]:
-        """One policy update (:func:`mx_train.learner.ppo.ppo_update`)."""
-        from mx_train.learner.ppo import ppo_update
-
+        """One policy update (see module doc). Returns averaged metrics: loss, pg_loss, clip_frac,
+        approx_kl, kl, entropy, grad_norm, lr, tokens, sequences, total_tokens, tokens_per_s, time_s,
+        optimizer_steps, skipped (1.0 when no step was taken) and skip_reason codes."""
+        t0 = time.perf_counter()
         with self.training_mode():
-            return ppo_update(self, transitions, active_roles)
+            seqs = self.prepare(transitions, active_roles)
+            if not seqs:
+                return {"skipped": 1.0, "skipped_no_tokens": 1.0, "tokens": 0.0, "sequences": 0.0,
+                        "optimizer_steps": 0.0}
+            self.switch_phase(active_roles)
+            if not _has_signal(self.config, seqs):
+                # All advantages zero and no KL/entropy term: the gradient is exactly zero. AdamW would
+                # still move the weights (momentum, weight decay), so no step at all.
+                return {"skipped": 1.0, "skipped_zero_advantage": 1.0,
+                        "tokens": float(sum(s.trained_tokens for s in seqs)), "sequences": float(len(seqs)),
+                        "optimizer_steps": 0.0, "policy_version": float(self.version)}
+            cfg = self.config
+            steps = plan_mini_batches(seqs, mini_batch_size=cfg.mini_batch_size, mini_batches=cfg.mini_batches,
+                                      epochs=cfg.ppo_epochs, seed=self.version)
+            mode = cfg.resolved_old_logprobs(len(steps))
+            local_all = self.local_share(seqs)
+            if mode == "recompute" or cfg.kl_coef != 0.0:
+                # This rank's sequences across all steps, in a stable order (whole batch per rank is
+                # fine: the same for every rank, so micro-batch counts line up).
+                owned = {id(s) for st in steps for s in self.local_share(st)}
+                local_all = [s for s in seqs if id(s) in owned]
+            self._set_old_and_ref(seqs, mode, local_all)
+            per_step: list[dict[str, float]] = []
+            stepped = 0
+            lr = self.current_lr()  # the LR of this update's first optimizer step (the scheduler moves on per step)
+            for st in steps:
+                self.opt.zero_grad()
+                m = self._accumulate(st, self.local_share(st))
+                m["grad_norm"], ok = self.clip_and_step()
+                stepped += int(ok)
+                per_step.append(m)
+            if stepped:
+                self.push_weights()
+        elapsed = time.perf_counter() - t0
+        keys = {k for m in per_step for k in m}
+        metrics = {k: sum(m.get(k, 0.0) for m in per_step) / len(per_step) for k in keys}
+        metrics["tokens"] = float(sum(s.trained_tokens for s in seqs))
+        metrics["sequences"] = float(len(seqs))
+        metrics["total_tokens"] = float(sum(s.length for s in seqs))
+        metrics["time_s"] = elapsed
+        metrics["tokens_per_s"] = metrics["total_tokens"] / max(elapsed, 1e-9)
+        metrics["lr"] = lr
+        metrics["policy_version"] = float(self.version)
+        metrics["optimizer_steps"] = float(stepped)
+        metrics["skipped"] = 0.0 if stepped else 1.0
+        return metrics
+
+    def _set_old_and_ref(self, seqs: list[Seq], mode: str, local: list[Seq]) -> None:
+        import torch
+
+        if mode == "sampling":
+            for s in seqs:
+                if s.sampling_logprobs is None:
+                    raise ValueError("old_logprobs='sampling' but a transition has no sampling logprobs")
+                s.old = torch.tensor(s.sampling_logprobs, dtype=torch.float32)
+        elif mode == "recompute":
+            self.fill_logprobs(local, "old")
+        if self.config.kl_coef != 0.0:
+            self.fill_logprobs(local, "ref", ref=True)
+
+    def _accumulate(self, step_seqs: list[Seq], local: list[Seq]) -> dict[str, float]:
+        """Backward over this rank's ``local`` part of ``step_seqs`` (normalised as the whole of
+        ``step_seqs``); grads accumulate, no optimizer step. Metrics are summed over ranks."""
+        cfg = self.config
+        counts = batch_counts(step_seqs, cfg.norm_length)
+        want_entropy = cfg.log_entropy or cfg.entropy_coef != 0.0
+        keys = list(_STAT_KEYS) + (["kl"] if cfg.kl_coef != 0.0 else []) + (["entropy"] if want_entropy else [])
+        totals = dict.fromkeys(keys, 0.0)
+        for mb in self.aligned(self.micro_batches(local) if local else []):
+            if mb is None:
+                logprobs, entropy = self.forward(self.padding_batch(), with_entropy=False)
+                (logprobs.sum() * 0.0).backward()
+                continue
+            logprobs, entropy = self.forward(mb, with_entropy=want_entropy, entropy_grad=cfg.entropy_coef != 0.0)
+            old = mb.old if mb.old is not None else logprobs.detach()
+            loss, stats = policy_objective(
+                logprobs, old, mb.advantages, mb.mask, counts, cfg, ref_logprobs=mb.ref, entropy=entropy
+            )
+            loss.backward()
+            totals["loss"] += float(loss.detach())
+            for k, v in stats.items():
+                totals[k] = totals.get(k, 0.0) + v
+        if self.dist is not None:
+            totals = dict(zip(keys, self.dist.all_sum([totals[k] for k in keys]), strict=True))
+        metrics = {"loss": totals["loss"], "tokens": float(counts.tokens), "sequences": float(counts.sequences)}
+        for k in keys[1:]:
+            metrics[k.removesuffix("_sum")] = totals[k] / max(counts.tokens, 1) if k.endswith("_sum") else totals[k]
+        return metrics
 
     def sft_step(self, examples: Iterable[SequenceLike]) -> dict[str, float]:
-        """One supervised step (:func:`mx_train.learner.sft_step.sft_step`)."""
-        from mx_train.learner.sft_step import sft_step
-
+        """One supervised step (see module doc): token-mean NLL, then clip and step."""
+        t0 = time.perf_counter()
+        seqs = [s for s in (as_seq(e) for e in examples) if s.trained_tokens > 0]
+        if not seqs:
+            return {"skipped": 1.0, "tokens": 0.0}
+        counts = batch_counts(seqs, self.config.norm_length)
         with self.training_mode():
-            return sft_step(self, examples)
+            self.switch_phase(["sft"])
+            self.opt.zero_grad()
+            nll_total = 0.0
+            for mb in self.aligned(self.micro_batches(self.local_share(seqs))):
+                if mb is None:
+                    logprobs, _ = self.forward(self.padding_batch(), with_entropy=False, temperature=1.0)
+                    (logprobs.sum() * 0.0).backward()
+                    continue
+                logprobs, _ = self.forward(mb, with_entropy=False, temperature=1.0)
+                loss = aggregate(-logprobs, mb.mask, "token_mean", counts)
+                loss.backward()  # ranks' shares of the global mean; FSDP sums them
+                nll_total += float(loss.detach())
+            if self.dist is not None:
+                nll_total = self.dist.all_sum([nll_total])[0]
+            lr = self.current_lr()  # the LR this step applies (the scheduler moves on inside the step)
+            grad_norm, stepped = self.clip_and_step()
+            if stepped:
+                self.push_weights()
+        elapsed = time.perf_counter() - t0
+        total = float(sum(s.length for s in seqs))
+        return {
+            "loss": nll_total,
+            "grad_norm": grad_norm,
+            "lr": lr,
+            "tokens": float(counts.tokens),
+            "total_tokens": total,
+            "time_s": elapsed,
+            "tokens_per_s": total / max(elapsed, 1e-9),
+            "skipped": 0.0 if stepped else 1.0,
+        }
 
     def logprobs(self, transitions: Iterable[SequenceLike]) -> list[list[float]]:
         """Current per-token log-probs of each transition's response (no grad), in input order."""
@@ -335,12 +498,9 @@ class Learner:
     def derive(self, overrides: Mapping[str, Any], name: str) -> Learner:
         """A learner on the same model (and fp32 masters) with its own optimizer and settings, e.g.
         an SFT warm start at another LR whose moments must not leak into RL."""
-        cfg = {**self.config.to_dict(), **dict(overrides)}
-        cfg["lora"] = None  # the model is already wrapped
-        child = Learner.__new__(Learner)
+        child = type(self).__new__(type(self))
         child.__dict__.update(self.__dict__)
-        child.config = LearnerConfig.from_dict(cfg)
-        child.config.validate()
+        child.config = self.config.replace(**{**dict(overrides), "lora": None})  # the model is already wrapped
         child.name = name
         from mx_train.learner.optim import PhaseOptimizer
 
@@ -356,12 +516,7 @@ class Learner:
         self.opt.clear_parked()
 
     def weights_for_sync(self) -> dict[str, Any]:
-        """The full weights as the generation backend needs them (LoRA merged, base names).
-        Sharded learners gather them: a collective every rank must enter; only rank 0 gets tensors."""
-        if self.sharded:
-            from mx_train.fsdp import full_state_dict
-
-            return full_state_dict(self.scorer, prefix="lm.")
+        """The full weights as the generation backend needs them (LoRA merged, base names)."""
         if not self.is_peft:
             return dict(self.model.state_dict())
         from mx_train.learner.lora import merged_weights
@@ -399,10 +554,6 @@ class Learner:
         }
         if self.master is not None:
             out["master"] = self.master.state_dict()
-        if self.sharded:
-            from mx_train.fsdp import local_shards
-
-            out["model_shard"] = local_shards(self.scorer)
         return out
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -417,10 +568,6 @@ class Learner:
                 self.master.load_state_dict(state["master"])
             else:
                 self.master.model_to_master()
-        if self.sharded and "model_shard" in state:
-            from mx_train.fsdp import load_local_shards
-
-            load_local_shards(self.scorer, state["model_shard"])
 
 
 def _shared_masters(model: Any, params: list[Any], device: Any) -> Any:
@@ -435,3 +582,11 @@ def _shared_masters(model: Any, params: list[Any], device: Any) -> Any:
     master = MasterWeights(params, device)
     object.__setattr__(model, "_mx_master_weights", (key, master))
     return master
+
+
+_STAT_KEYS = ("loss", "pg_loss", "clip_frac_sum", "approx_kl_sum")
+
+
+def _has_signal(cfg: LearnerConfig, seqs: list[Seq]) -> bool:
+    """Whether the batch can have a non-zero gradient (some advantage, a KL or an entropy term)."""
+    return cfg.kl_coef != 0.0 or cfg.entropy_coef != 0.0 or any(s.advantage != 0.0 for s in seqs)

@@ -14,7 +14,7 @@ def run(rank: int, world: int, init_method: str, out_dir: str, config: dict) -> 
     if root not in sys.path:
         sys.path.insert(0, root)
     from mx_agents.testing import tiny_llama
-    from mx_train.fsdp import build_sharded_learner, destroy_group, init_group, shard_bytes
+    from mx_train.learner.fsdp import build_sharded_learner, destroy_group, init_group, shard_bytes
     from tests.mx_train.test_learner import batch
 
     ctx = init_group(rank, world, init_method, "cpu")

@@ -50,7 +50,7 @@ def test_numbers_are_normalised() -> None:
     cfg = TrainConfig.from_dict({"learner": {"lr": "1e-5", "betas": [0.9, 0.95]},
                                  "rollout": {"designer": {"temperature": 1}}})
     assert cfg.rollout.designer.temperature == 1.0 and isinstance(cfg.rollout.designer.temperature, float)
-    assert cfg.learner["lr"] == 1e-5 and cfg.learner["betas"] == (0.9, 0.95)  # YAML's unquoted 1e-5 is a str
+    assert cfg.learner.lr == 1e-5 and cfg.learner.betas == (0.9, 0.95)  # YAML's unquoted 1e-5 is a str
 
 
 @dataclass

@@ -110,7 +110,7 @@ def test_worker_gpus_zero_with_cuda_policy_is_refused():
 def test_weight_channel_sends_each_stale_role_to_every_worker():
     """Driver -> 2 Ray actors over the gloo weight channel; split policy, executor-only phase."""
     from mx_train.distributed import RolloutWorker, WeightChannel, WorkerGroup, sync_weights
-    from mx_train.fsdp import free_port
+    from mx_train.learner.fsdp import free_port
 
     class _Backend:
         def __init__(self):

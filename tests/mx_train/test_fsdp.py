@@ -38,7 +38,7 @@ def reduction_bound(batch_rows, model) -> float:
 
 @pytest.mark.slow
 def test_two_process_update_equals_single_process_and_halves_memory(tmp_path, tiny):
-    from mx_train.fsdp import free_port, shard_bytes
+    from mx_train.learner.fsdp import free_port, shard_bytes
     from tests.mx_train.fsdp_worker import run
 
     model, _ = tiny

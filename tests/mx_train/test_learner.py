@@ -230,6 +230,22 @@ def test_sft_step_reports_the_lr_it_applied(tiny):
     assert logged[0] == pytest.approx(1.0) and logged[-1] > 0
 
 
+def test_sft_step_scores_at_temperature_one_whatever_the_rl_temperature(tiny):
+    """SFT trains the model's own distribution (T=1); the learner's RL temperature is neither used nor changed."""
+    from mx_train.sft import SFTExample
+
+    model, _ = tiny
+    examples = [SFTExample([5, 6, 7], [8, 9, 10]), SFTExample([11, 12], [13])]
+    losses = {}
+    for temperature in (0.5, 1.0):
+        learner = Learner(copy.deepcopy(model), {"lr": 1e-3, "temperature": temperature})
+        losses[temperature] = learner.sft_step(examples)["loss"]
+        assert learner.config.temperature == temperature
+    assert losses[0.5] == pytest.approx(losses[1.0], rel=1e-6)
+    hot = Learner(copy.deepcopy(model), {"lr": 1e-3, "temperature": 0.5})
+    assert hot.logprobs(examples)[0] != pytest.approx(Learner(copy.deepcopy(model), {}).logprobs(examples)[0])
+
+
 @pytest.mark.slow
 def test_tiny_model_learns_a_bandit(tiny):
     """Reward 1 when the sampled (single) response token is the target: P(target) must rise."""

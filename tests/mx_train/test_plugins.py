@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from mx_train.losses import POLICY_LOSSES, BatchCounts, LossSettings, policy_objective
+from mx_train.learner.losses import POLICY_LOSSES, BatchCounts, LossSettings, policy_objective
 from mx_train.plugins import load_plugin
 
 REPO = Path(__file__).resolve().parents[2]

@@ -61,6 +61,26 @@ def test_config_rejects_unknown_keys_and_names(tmp_path):
         TrainConfig.from_dict({"learner": {"lrr": 1}}).validate()
 
 
+def test_learner_config_is_built_once_and_passed(tmp_path, monkeypatch):
+    """Loading, checking and assembling a run build one LearnerConfig; every learner holds that object."""
+    from mx_train.learner import LearnerConfig
+
+    built = []
+    init = LearnerConfig.__init__
+
+    def counting_init(self, *args, **kwargs):
+        built.append(kwargs)
+        init(self, *args, **kwargs)
+
+    monkeypatch.setattr(LearnerConfig, "__init__", counting_init)
+    cfg = _config(tmp_path)
+    cfg.validate()
+    trainer = _trainer(cfg)
+    assert len(built) == 1, built
+    assert trainer.learners["designer"].config is cfg.learner
+    assert trainer.learners["executor"].config is cfg.learner
+
+
 def test_shipped_configs_parse():
     root = Path(__file__).resolve().parents[2] / "configs"
     files = sorted(root.glob("*.yaml"))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 from collections import Counter
 
-from mx_train.trainer import _warm_start_batch
+from mx_train.sft import warm_start_batch
 
 
 def _per_design(n_prompts=4):
@@ -17,7 +17,7 @@ def test_every_step_holds_each_design_once_on_one_prompt():
     rng = random.Random(0)
     seen = Counter()
     for k in range(8):
-        batch = _warm_start_batch(per, data, 8, k, rng)
+        batch = warm_start_batch(per, data, 8, k, rng)
         assert len(batch) == 8
         designs = [b for b in batch if "@" in b]
         assert sorted(d.split("@")[0] for d in designs) == ["calc", "single", "vote"]
@@ -29,7 +29,7 @@ def test_every_step_holds_each_design_once_on_one_prompt():
 
 def test_without_data_more_design_rows_fill_the_batch_and_small_batches_cut():
     per = _per_design(2)
-    batch = _warm_start_batch(per, [], 5, 0, random.Random(0))
+    batch = warm_start_batch(per, [], 5, 0, random.Random(0))
     assert len(batch) == 5 and all("@" in b for b in batch)
-    assert _warm_start_batch(per, ["t"], 2, 0, random.Random(0)) == ["single@0", "vote@0"]
-    assert sorted(_warm_start_batch({}, ["t1", "t2"], 4, 0, random.Random(0))) == ["t1", "t2"]
+    assert warm_start_batch(per, ["t"], 2, 0, random.Random(0)) == ["single@0", "vote@0"]
+    assert sorted(warm_start_batch({}, ["t1", "t2"], 4, 0, random.Random(0))) == ["t1", "t2"]

@@ -12,7 +12,7 @@ from mx_train.eval.protocols import apply_sampling, get_protocol
 
 
 def _eval_args(*argv: str) -> argparse.Namespace:
-    from mx_train.eval_cli import register
+    from mx_train.cli.eval import register
 
     parser = argparse.ArgumentParser()
     register(parser.add_subparsers())
@@ -20,7 +20,7 @@ def _eval_args(*argv: str) -> argparse.Namespace:
 
 
 def test_paper_protocol_fills_envs_slices_and_sampling():
-    from mx_train.eval_cli import _config
+    from mx_train.cli.eval import _config
 
     args = _eval_args("--protocol", "paper")
     cfg = _config(args, [], "scripted", None)

@@ -1,8 +1,9 @@
 """``mx bench``: run the performance suites under ``benchmarks/`` and print speedups over naive baselines.
 
-Runs ``pytest benchmarks/ --benchmark-only`` in a subprocess with a JSON report, then prints one
-row per benchmark with its mean time and its speedup over the naive benchmark it is paired with
-(pairing convention: :mod:`mx_train.eval.bench_report`, ``benchmarks/README.md``).
+Runs ``pytest benchmarks/ --benchmark-only`` in a subprocess with a JSON report
+(:func:`mx_train.eval.bench_report.run_benchmarks`), then prints one row per benchmark with its mean
+time and its speedup over the naive benchmark it is paired with (pairing convention:
+:mod:`mx_train.eval.bench_report`, ``benchmarks/README.md``).
 """
 
 from __future__ import annotations
@@ -33,14 +34,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_bench(args: argparse.Namespace) -> int:
-    import os
-    import shutil
-    import subprocess
     import sys
-    import tempfile
     from pathlib import Path
 
-    from mx_train.eval.bench_report import format_table, load_report, pair_benchmarks
+    from mx_train.eval.bench_report import format_table, load_report, pair_benchmarks, run_benchmarks
 
     if args.from_json:
         try:
@@ -56,27 +53,11 @@ def run_bench(args: argparse.Namespace) -> int:
         print(f"mx bench: no benchmark directory {bench_dir} (run from the repository root or pass --dir)",
               file=sys.stderr)
         return 2
-    with tempfile.TemporaryDirectory(prefix="mx-bench-") as tmp:
-        json_path = Path(tmp) / "bench.json"
-        cmd = [sys.executable, "-m", "pytest", str(bench_dir), "--benchmark-only",
-               f"--benchmark-json={json_path}", "-q", "-p", "no:cacheprovider", "--benchmark-disable-gc",
-               "--benchmark-columns=mean,stddev,rounds"]
-        env = dict(os.environ)
-        if args.quick:
-            cmd += ["--benchmark-min-rounds=2", "--benchmark-max-time=0.2", "--benchmark-warmup=off"]
-            env["MX_BENCH_QUICK"] = "1"
-        if args.keyword:
-            cmd += ["-k", args.keyword]
-        cmd += list(args.pytest_args)
-        print("$ " + " ".join(cmd), flush=True)
-        rc = subprocess.call(cmd, env=env)
-        if not json_path.is_file():
-            print(f"mx bench: pytest exited with {rc} and wrote no report", file=sys.stderr)
-            return rc or 1
-        if args.json_out:
-            Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(json_path, args.json_out)
-        report = load_report(json_path)
+    rc, report = run_benchmarks(bench_dir, quick=args.quick, keyword=args.keyword, pytest_args=args.pytest_args,
+                                json_out=Path(args.json_out) if args.json_out else None)
+    if report is None:
+        print(f"mx bench: pytest exited with {rc} and wrote no report", file=sys.stderr)
+        return rc or 1
     rows = pair_benchmarks(report)
     print()
     print(format_table(rows, markdown=args.markdown) if rows else "mx bench: no benchmark ran")

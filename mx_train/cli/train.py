@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 from typing import Any
 
 
@@ -42,9 +41,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
+    import logging
+    import os
     import sys
 
     from mx_train.config import TrainConfig
+    from mx_train.trainer import train
 
     try:
         cfg = TrainConfig.from_yaml(args.config, overrides=args.overrides, plugins=args.plugins)
@@ -63,20 +65,9 @@ def _train(args: argparse.Namespace) -> int:
         print("mx train: --learner-procs must be >= 1", file=sys.stderr)
         return 2
     cfg.distributed.learner_procs = procs
-    from mx_train.fsdp import run_with_learner_group
-
-    start_ranks = host = None
-    if cfg.distributed.backend == "ray" and procs > 1 and "WORLD_SIZE" not in os.environ:
-        # Learner ranks 1..N-1 as Ray actors (possibly on other nodes) instead of local processes.
-        from mx_train.distributed import node_ip, start_learner_ranks
-
-        host = node_ip()
-
-        def start_ranks(init_method: str) -> Any:
-            return start_learner_ranks(cfg, procs, init_method)
-
-    return run_with_learner_group(procs, lambda: _run(cfg, args), device=cfg.policy.device,
-                                  start_ranks=start_ranks, host=host or "127.0.0.1")
+    if os.environ.get("RANK", "0") == "0":  # the trainer's log; torchrun's other ranks only hold shards
+        logging.getLogger("mx_train").setLevel(logging.INFO)
+    return train(cfg, resume=args.resume, progress=not args.no_progress, on_done=_report)
 
 
 def _dry_run(cfg: Any, args: argparse.Namespace) -> int:
@@ -98,14 +89,8 @@ def _dry_run(cfg: Any, args: argparse.Namespace) -> int:
     return 0 if plan.fits else 3
 
 
-def _run(cfg: Any, args: argparse.Namespace) -> int:
-    import logging
-
-    from mx_train.trainer import Trainer
-
-    logging.getLogger("mx_train").setLevel(logging.INFO)
-    trainer = Trainer(cfg, progress=not args.no_progress)
-    history = trainer.run(resume=args.resume)
+def _report(trainer: Any, history: list[dict[str, Any]]) -> None:
+    """The run's last rewards and its reward plot (rank 0, after the run)."""
     if history:
         from mx_train.plot import plot_run
 
@@ -116,5 +101,4 @@ def _run(cfg: Any, args: argparse.Namespace) -> int:
             f"{last['reward/designer']:.3f} executor {last['reward/executor']:.3f}; plot {png}"
         )
     else:
-        print(f"nothing to do: already at step {trainer.step_index} of {cfg.max_steps} ({trainer.out})")
-    return 0
+        print(f"nothing to do: already at step {trainer.step_index} of {trainer.config.max_steps} ({trainer.out})")

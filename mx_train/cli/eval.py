@@ -10,7 +10,8 @@ POLICY_HELP = (
 )
 
 
-def _env_kwargs(items: list[str] | None) -> dict:
+def env_kwargs(items: list[str] | None) -> dict:
+    """``--env-arg KEY=VALUE`` items as gym.make keywords (a value is JSON when it parses as JSON)."""
     import json
 
     out = {}
@@ -149,7 +150,7 @@ def _config(args: argparse.Namespace, env_ids: list[str], policy: str, executor:
         env_ids=env_ids, policy=policy, executor=executor, samples=1 if samples is None else samples,
         seed=args.seed, limit=args.limit, max_new_tokens=max_new,
         designer_max_new_tokens=args.designer_max_new_tokens, temperature=temperature,
-        batch_size=args.batch_size, env_kwargs=_env_kwargs(args.env_arg),
+        batch_size=args.batch_size, env_kwargs=env_kwargs(args.env_arg),
         trained_settings=not getattr(args, "no_trained_settings", False), **extra,
     )
 
@@ -207,7 +208,15 @@ def run_table_cmd(args: argparse.Namespace) -> int:
                 print(f"== {row.label}: {row.policy}" + (f" (executor {row.executor})" if row.executor else ""))
                 run_eval(_config(args, env_ids, row.policy, row.executor), row.run_dir,
                          progress=not args.no_progress)
-        rows += _search_rows(args, env_ids, designs, out)
+        if args.select_design or args.adas_rounds > 0:
+            from mx_train.eval.design_search import search_rows
+
+            rows += search_rows(
+                _config(args, env_ids, "design:single", args.executor), designs, out,
+                executor=args.executor, select_design=args.select_design, adas_rounds=args.adas_rounds,
+                meta=args.meta, val_split=args.val_split, val_limit=args.val_limit, seed=args.seed,
+                run=not args.no_run, progress=not args.no_progress,
+            )
         rows += learned_rows
     except (ValueError, KeyError, FileNotFoundError) as exc:
         print(f"mx table: {exc}", file=sys.stderr)
@@ -217,58 +226,6 @@ def run_table_cmd(args: argparse.Namespace) -> int:
     print(render_table_markdown(table))
     print(f"wrote {jp} and {mp}")
     return 0
-
-
-def _search_rows(args: argparse.Namespace, env_ids: list[str], designs: list[str], out) -> list:
-    """The rows chosen on the validation slice: best library design, ADAS-style search."""
-    import dataclasses
-    import json
-
-    from mx_train.eval.baselines_table import DESIGN_LABELS, TableRow
-    from mx_train.eval.trace import slug
-
-    if not (args.select_design or args.adas_rounds > 0):
-        return []
-    rows = []
-    search_dir = out / "search"
-    test_cfg = _config(args, env_ids, "design:single", args.executor)
-    val_cfg = dataclasses.replace(test_cfg, limit=args.val_limit,
-                                  env_kwargs={**test_cfg.env_kwargs, "split": args.val_split})
-    executor = None
-    if not args.no_run:
-        from mx_agents.policies.spec import parse_policy_spec
-
-        executor = parse_policy_spec("design:single", args.executor, max_new_tokens=test_cfg.max_new_tokens,
-                                     temperature=test_cfg.temperature, seed=args.seed).executor
-    if args.select_design:
-        if args.no_run:
-            sel = json.loads((search_dir / "select" / "selection.json").read_text(encoding="utf-8"))
-        else:
-            from mx_train.eval.design_search import select_library_design
-
-            (search_dir / "select").mkdir(parents=True, exist_ok=True)
-            sel = select_library_design(designs, executor, val_cfg, search_dir / "select",
-                                        progress=not args.no_progress)
-        best = sel["best"]
-        label = f"Best library design (val: {DESIGN_LABELS.get(best, best)})"
-        rows.append(TableRow(label, f"design:{best}", args.executor, out / "runs" / slug(f"design_{best}")))
-        print(f"== {label}: validation accuracy {sel['scores']}")
-    if args.adas_rounds > 0:
-        adas_dir = search_dir / "adas"
-        if not args.no_run:
-            from mx_agents.backends import get_backend
-            from mx_agents.policies.spec import resolve_model_path
-            from mx_train.eval.design_search import adas_search, evaluate_design
-
-            meta = get_backend(resolve_model_path(args.meta or args.executor))
-            doc = adas_search(meta, executor, val_cfg, adas_dir, rounds=args.adas_rounds, seed=args.seed,
-                              progress=not args.no_progress)
-            best = next(a for a in doc["archive"] if a["name"] == doc["best"]["name"])
-            evaluate_design(best["source"], executor, dataclasses.replace(test_cfg, policy=f"adas:{best['name']}"),
-                            out / "runs" / "adas_best", progress=not args.no_progress)
-            print(f"== ADAS-style search: archive {[(a['name'], round(a['score'], 3)) for a in doc['archive']]}")
-        rows.append(TableRow("ADAS-style search (best of archive)", "adas", args.executor, out / "runs" / "adas_best"))
-    return rows
 
 
 def run_trace_cmd(args: argparse.Namespace) -> int:

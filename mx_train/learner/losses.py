@@ -5,7 +5,8 @@ statistics (summed over unmasked tokens by the caller)::
 
     fn(logprobs, old_logprobs, advantages, *, clip_low, clip_high, mask, settings, **_) -> (loss_tok, stats_tok)
 
-``mask`` (float ``[B, L]``, 1 = a trained response token) and ``settings`` (the :class:`LossSettings`)
+``mask`` (float ``[B, L]``, 1 = a trained response token) and ``settings`` (a :class:`LossSettings`; in
+training the learner's own config)
 let a loss work per sequence: GSPO's sequence-level ratio ``exp(mean over the sequence's tokens of
 log r)`` needs the mask (see ``examples/gspo_plugin.py``). Losses that do not need them take ``**_``.
 
@@ -131,13 +132,17 @@ def aggregate(values: torch.Tensor, mask: torch.Tensor, mode: str, counts: Batch
 
 @dataclass(frozen=True)
 class LossSettings:
-    policy_loss: str = "ppo_clip"
-    loss_agg: str = "token_mean"
+    """What :func:`policy_objective` reads. The learner's own settings extend these
+    (:class:`mx_train.learner.config.LearnerConfig` is a ``LossSettings``), so a loss sees the very
+    object the run's ``learner:`` block was built into, never a copy of it."""
+
+    policy_loss: str = "ppo_clip"  # a name in POLICY_LOSSES
+    loss_agg: str = "token_mean"  # one of AGGREGATIONS
     clip_low: float = 0.2
     clip_high: float = 0.2
-    kl_coef: float = 0.0
-    kl_estimator: str = "k3"
-    entropy_coef: float = 0.0
+    kl_coef: float = 0.0  # 0: no reference model, no KL term
+    kl_estimator: str = "k3"  # a name in KL_ESTIMATORS
+    entropy_coef: float = 0.0  # entropy bonus (0: entropy is only logged)
 
     def validate(self) -> None:
         POLICY_LOSSES.get(self.policy_loss)

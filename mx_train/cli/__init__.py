@@ -1,8 +1,12 @@
-"""The ``mx`` command: one entry point, subcommands contributed by each package.
+"""The ``mx`` command: one entry point (:func:`main`, the console script), subcommands contributed
+by each package.
 
 Each module in :data:`COMMAND_MODULES` defines ``register(subparsers)``, which adds its
 subcommand(s) with ``set_defaults(func=...)``. Those modules import only argparse at module level,
-so ``mx --help`` stays fast; the handlers import what they need.
+so ``mx --help`` stays fast (and works without torch); the handlers import what they need. The
+training package's commands live in this package, one module each, and stay thin (parse the
+arguments, call the library, print): ``train`` (:mod:`.train`), ``sft``, ``sft-data``, ``plot``,
+``eval``/``table``/``trace`` (:mod:`.eval`), ``heldout``, ``bench``.
 """
 
 from __future__ import annotations
@@ -10,7 +14,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
-import sys
 
 # Order = order in `mx --help`.
 COMMAND_MODULES: list[str] = [
@@ -18,13 +21,13 @@ COMMAND_MODULES: list[str] = [
     "mx_envs.tasks.cli",
     "mx_envs.envs.cli",
     "mx_agents.cli",
-    "mx_train.train_cli",
-    "mx_train.sft_cli",
-    "mx_train.sft_data",
-    "mx_train.plot_cli",
-    "mx_train.eval_cli",
-    "mx_train.eval.heldout",
-    "mx_train.bench_cli",
+    "mx_train.cli.train",
+    "mx_train.cli.sft",
+    "mx_train.cli.sft_data",
+    "mx_train.cli.plot",
+    "mx_train.cli.eval",
+    "mx_train.cli.heldout",
+    "mx_train.cli.bench",
 ]
 
 
@@ -77,7 +80,3 @@ def main(argv: list[str] | None = None) -> int:
     with json_only_stdout(getattr(args, "json", None) is True):
         return run_cli(prog, lambda: args.func(args), traceback=args.verbose >= 2,
                        extra=COMMAND_EXTRAS.get(getattr(args, "command", None) or ""))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -5,7 +5,9 @@ the learner; ranks 1..N-1 run :func:`worker_loop`, holding their shards and exec
 broadcasts. Each learner call on rank 0 goes through a :class:`LearnerGroup`, which broadcasts
 ``(learner, method, args)`` and then runs the method on its own shard, so every rank enters the
 same collectives in the same order. Data parallelism inside an update is described in
-:mod:`mx_train.learner.ppo` (every rank gets the whole batch, trains its share, FSDP reduces).
+:mod:`mx_train.learner.core` (every rank gets the whole batch, trains its share, FSDP reduces).
+Each rank's learner is a :class:`ShardedLearner`: the :class:`~mx_train.learner.core.Learner` whose
+weights, checkpoints and weight pushes go through the shards.
 
 Precision: the sharded parameters are fp32 and are the optimizer's master weights; the optimizer
 state is fp32 and sharded like them; ``learner.dtype: bfloat16`` makes FSDP all-gather bf16
@@ -20,12 +22,16 @@ same command under ``torchrun --nproc_per_node N`` (it reads ``RANK``/``WORLD_SI
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import socket
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
+
+from mx_train.learner.config import LearnerConfig
+from mx_train.learner.core import Learner
 
 logger = logging.getLogger(__name__)
 
@@ -163,18 +169,35 @@ def broadcast_module(module: Any, ctx: DistContext) -> None:
                 t.data.copy_(buf)
 
 
+class ShardedLearner(Learner):
+    """A :class:`~mx_train.learner.core.Learner` whose scorer is FSDP-sharded over a process group:
+    its full weights are gathered (a collective every rank enters; only rank 0 gets tensors) and its
+    checkpoints hold this rank's shards."""
+
+    def weights_for_sync(self) -> dict[str, Any]:
+        return full_state_dict(self.scorer, prefix="lm.")
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "model_shard": local_shards(self.scorer)}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        super().load_state_dict(state)
+        if "model_shard" in state:
+            load_local_shards(self.scorer, state["model_shard"])
+
+
 def build_sharded_learner(
-    model: Any, config: Any, ctx: DistContext, *, tokenizer: Any = None, name: str = "policy"
-) -> Any:
-    """A :class:`~mx_train.learner.Learner` whose scorer is FSDP-sharded over ``ctx``. ``model`` is
-    this rank's full fp32 copy (its values are replaced by rank 0's)."""
+    model: Any, config: LearnerConfig | Mapping[str, Any], ctx: DistContext, *, tokenizer: Any = None,
+    name: str = "policy",
+) -> ShardedLearner:
+    """A :class:`ShardedLearner` over ``ctx``. ``model`` is this rank's full fp32 copy (its values
+    are replaced by rank 0's)."""
     import torch
 
-    from mx_train.learner import Learner, LearnerConfig
     from mx_train.learner.logprobs import ResponseScorer
 
-    cfg = config if isinstance(config, LearnerConfig) else LearnerConfig.from_dict(config)
-    cfg = LearnerConfig.from_dict({**cfg.to_dict(), "device": ctx.device})
+    base = config if isinstance(config, LearnerConfig) else LearnerConfig.from_dict(config)
+    cfg = dataclasses.replace(base, device=ctx.device)
     cfg.validate()
     model = model.to(dtype=torch.float32)
     broadcast_module(model, ctx)
@@ -182,7 +205,7 @@ def build_sharded_learner(
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     scorer = shard_scorer(ResponseScorer(model), cfg, ctx)
-    return Learner(model, cfg, tokenizer=tokenizer, name=name, scorer=scorer, dist=ctx)
+    return ShardedLearner(model, cfg, tokenizer=tokenizer, name=name, scorer=scorer, dist=ctx)
 
 
 def full_state_dict(scorer: Any, prefix: str = "") -> dict[str, Any]:
@@ -239,11 +262,11 @@ class LearnerGroup:
         local.on_weights_updated = self._sync
 
     @classmethod
-    def create(cls, model: Any, config: Mapping[str, Any], ctx: DistContext, *, tokenizer: Any = None,
+    def create(cls, model: Any, config: LearnerConfig, ctx: DistContext, *, tokenizer: Any = None,
                name: str = "policy") -> LearnerGroup:
         import copy
 
-        ctx.broadcast_object(("create", name, dict(config), model.config.to_dict(), type(model).__name__))
+        ctx.broadcast_object(("create", name, config, model.config.to_dict(), type(model).__name__))
         local = build_sharded_learner(copy.deepcopy(model).float(), config, ctx, tokenizer=tokenizer, name=name)
         return cls(ctx, local, model, name)
 
@@ -376,10 +399,8 @@ def stop_workers(ctx: DistContext) -> None:
         ctx.broadcast_object(("stop",))
 
 
-def make_learner(model: Any, config: Mapping[str, Any], *, tokenizer: Any = None, name: str = "policy") -> Any:
+def make_learner(model: Any, config: LearnerConfig, *, tokenizer: Any = None, name: str = "policy") -> Any:
     """A :class:`LearnerGroup` when this process leads a learner group, else a plain Learner."""
-    from mx_train.learner import Learner
-
     ctx = active_context()
     if ctx is None or ctx.world_size == 1:
         return Learner(model, config, tokenizer=tokenizer, name=name)
