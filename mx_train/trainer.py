@@ -50,6 +50,7 @@ from mx_train.assembly import (
     shares_model,
 )
 from mx_train.config import TrainConfig
+from mx_train.metrics import design_labels_and_validity, summarize_records
 
 logger = logging.getLogger(__name__)
 
@@ -195,7 +196,6 @@ class Trainer:
     def rollout(self, task_ids: Sequence[str], step: int) -> tuple[list[Transition], dict[str, Any]]:
         """Run the M x N hierarchical rollout of ``task_ids``; transitions carry advantages."""
         from mx_train.credit import assign_advantages, role_metrics
-        from mx_train.metrics import design_labels_and_validity, summarize_records
 
         r, a = self.config.rollout, self.config.algorithm
         version = self.learners["designer"].version
@@ -211,31 +211,7 @@ class Trainer:
             transitions, exec_rewards, summary = ray_rollout(self._workers, self.learners, task_ids, uids, step, seed)
             self._step_records = None
         else:
-            from mx_agents.design_groups import run_design_groups
-            from mx_train.weight_sync import before_rollout
-
-            before_rollout(self.backends.values())
-            result = run_design_groups(
-                self._env_pool(),
-                self.make_policy(step),
-                task_ids,
-                r.designs,
-                r.executions,
-                seed=seed,
-                task_uids=uids,
-                progress=self.progress,
-                step_workers=r.step_workers,
-                max_turns=r.max_turns,
-                run_id=f"step{step}",
-                schedule=r.schedule,
-            )
-            transitions = result.transitions(policy_version=version)
-            for t in transitions:  # split policy: each role's engine serves its own learner's version
-                t.policy_version = self.learners[t.role].version if t.role in self.learners else version
-            exec_rewards = result.execution_rewards()
-            summary = summarize_records(result.records)
-            self._step_records = result.records
-            labels, valid = design_labels_and_validity(result)
+            transitions, exec_rewards, summary, labels, valid = self._local_rollout(task_ids, uids, step, seed, version)
         d_adv, e_adv = assign_advantages(
             transitions,
             a.estimator,
@@ -260,6 +236,37 @@ class Trainer:
             }
         )
         return transitions, summary
+
+    def _local_rollout(
+        self, task_ids: Sequence[str], uids: list[str], step: int, seed: int, version: int
+    ) -> tuple[list[Transition], dict[tuple[str, int, int], float], dict[str, Any], list[list[str]], list[list[bool]]]:
+        """The M x N rollout in this process: transitions, execution rewards, episode metrics, and per
+        task and design its structure label and validity. Keeps the episode records for the monitor."""
+        from mx_agents.design_groups import run_design_groups
+        from mx_train.weight_sync import before_rollout
+
+        r = self.config.rollout
+        before_rollout(self.backends.values())
+        result = run_design_groups(
+            self._env_pool(),
+            self.make_policy(step),
+            task_ids,
+            r.designs,
+            r.executions,
+            seed=seed,
+            task_uids=uids,
+            progress=self.progress,
+            step_workers=r.step_workers,
+            max_turns=r.max_turns,
+            run_id=f"step{step}",
+            schedule=r.schedule,
+        )
+        transitions = result.transitions(policy_version=version)
+        for t in transitions:  # split policy: each role's engine serves its own learner's version
+            t.policy_version = self.learners[t.role].version if t.role in self.learners else version
+        self._step_records = result.records
+        labels, valid = design_labels_and_validity(result)
+        return transitions, result.execution_rewards(), summarize_records(result.records), labels, valid
 
     def _env_metrics(self, task_ids: Sequence[str], grid: np.ndarray) -> dict[str, float]:
         """Per env of a mix: tasks drawn this step, mean execution reward, best-execution reward."""

@@ -110,7 +110,6 @@ class Learner:
     ) -> None:
         import torch
 
-        from mx_train.learner.logprobs import ResponseScorer
         from mx_train.learner.optim import PhaseOptimizer
         from mx_train.learner.precision import MasterWeights
 
@@ -133,27 +132,7 @@ class Learner:
             self.compute_dtype = torch.bfloat16 if cfg.dtype == "bfloat16" else torch.float32
             self.autocast = False
         else:
-            own = _model_dtype(model)
-            want = own if cfg.dtype == "auto" else (torch.bfloat16 if cfg.dtype == "bfloat16" else torch.float32)
-            if want != own:
-                # Never change the dtype of the model we were given: it may be the rollout engine's.
-                # Train a private copy; the trainer syncs it into the engine after each update.
-                model = copy.deepcopy(model).to(device=self.device, dtype=want)
-            else:
-                model = model.to(device=self.device)
-            self.compute_dtype = want
-            # fp32 parameters on a GPU: bf16 autocast compute (mixed precision with fp32 weights).
-            self.autocast = self.device.type == "cuda" and want == torch.float32 and cfg.dtype == "auto"
-            if cfg.gradient_checkpointing:
-                model.gradient_checkpointing_enable()
-                if hasattr(model, "enable_input_require_grads"):
-                    model.enable_input_require_grads()
-            if cfg.lora is not None:
-                from mx_train.learner.lora import wrap_lora
-
-                model = wrap_lora(model, cfg.lora)
-                self.is_peft = True
-            scorer = ResponseScorer(model)
+            model, scorer = self._prepare_model(model)
         self.model = model
         self.scorer = scorer
         # Eval mode between updates: the rollout backend may generate with this very model, and HF
@@ -176,6 +155,36 @@ class Learner:
             params = self.master.masters
         self.opt = PhaseOptimizer(params, cfg)
         self.version = 0  # optimizer steps taken (the weight version the engine serves)
+
+    def _prepare_model(self, model: Any) -> tuple[Any, Any]:
+        """The model this learner trains (in the compute dtype, on its device, checkpointing and LoRA
+        as configured) and its scorer; sets ``compute_dtype``, ``autocast`` and ``is_peft``."""
+        import torch
+
+        from mx_train.learner.logprobs import ResponseScorer
+
+        cfg = self.config
+        own = _model_dtype(model)
+        want = own if cfg.dtype == "auto" else (torch.bfloat16 if cfg.dtype == "bfloat16" else torch.float32)
+        if want != own:
+            # Never change the dtype of the model we were given: it may be the rollout engine's.
+            # Train a private copy; the trainer syncs it into the engine after each update.
+            model = copy.deepcopy(model).to(device=self.device, dtype=want)
+        else:
+            model = model.to(device=self.device)
+        self.compute_dtype = want
+        # fp32 parameters on a GPU: bf16 autocast compute (mixed precision with fp32 weights).
+        self.autocast = self.device.type == "cuda" and want == torch.float32 and cfg.dtype == "auto"
+        if cfg.gradient_checkpointing:
+            model.gradient_checkpointing_enable()
+            if hasattr(model, "enable_input_require_grads"):
+                model.enable_input_require_grads()
+        if cfg.lora is not None:
+            from mx_train.learner.lora import wrap_lora
+
+            model = wrap_lora(model, cfg.lora)
+            self.is_peft = True
+        return model, ResponseScorer(model)
 
     # ---------------------------------------------------------------- compatibility views
     @property
