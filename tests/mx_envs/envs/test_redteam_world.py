@@ -695,3 +695,58 @@ def test_the_search_itself_works_outside_the_sandbox(planted):
         answer, report = ns["search"](planted["rows"][1]["problem"], [place])
         assert answer == planted["rows"][1]["answer"] and report["hits"][0].startswith(place), report
         assert time.monotonic() - t0 < 30
+
+
+MEMORY_SCAN = r'''
+import gc, json, sys
+
+
+def scan(task):
+    """Strings in this process's memory (module globals, gc-tracked containers) holding the task's
+    text beyond the task itself: a data row, a prompt, a cached answer."""
+    found = []
+    def look(v, depth=0):
+        if isinstance(v, str):
+            if task in v and v != task and len(found) < 20:
+                found.append(v[:200])
+        elif depth < 3 and isinstance(v, dict | list | tuple):  # gc does not track str-only dicts
+            for x in list(v.values() if isinstance(v, dict) else v):
+                look(x, depth + 1)
+    for mod in list(sys.modules.values()):
+        for v in list(getattr(mod, "__dict__", {}).values()):
+            look(v)
+    for obj in gc.get_objects():
+        for v in (list(obj.values()) if isinstance(obj, dict) else obj if isinstance(obj, list | tuple) else ()):
+            look(v)
+    return found
+'''
+
+MEMORY_DESIGN = MEMORY_SCAN + r'''
+
+def forward(task):
+    found = [s for s in scan(task) if "REPORT" not in s and "def forward" not in s]
+    modules = sorted(m for m in sys.modules if m.startswith("mx_"))
+    return "REPORT " + json.dumps({"found": found, "modules": modules}) + "\n\\boxed{NONE}"
+'''
+
+
+def test_script_memory_holds_no_task_data():
+    """The script's process is a copy of the warm server: nothing in its memory holds the task's text
+    beyond what it was given, and no data-loading module of mx_envs was preloaded. Positive control:
+    the same scan in this process (which loaded the tasks and built the designer prompt) finds it."""
+    env = make_env("MetaAgentX-AIME24-v0", fixture=True)
+    try:
+        env.reset(seed=0, options={"index": 0})
+        task = env.unwrapped.tasks[0].prompt
+        ns: dict[str, Any] = {}
+        exec(compile(MEMORY_SCAN, "<scan>", "exec"), ns)
+        assert ns["scan"](task), "positive control: the host process holds the designer prompt"
+        reward, info = episode(env, design(MEMORY_DESIGN))
+    finally:
+        env.close()
+    rep = report_of(info["answer"])
+    assert info["termination_reason"] == "completed", info["error"]
+    assert rep["found"] == [], rep["found"]
+    loaders = [m for m in rep["modules"] if m.startswith("mx_envs.tasks.") and m not in
+               ("mx_envs.tasks.math_extract", "mx_envs.tasks.record", "mx_envs.tasks.cleanup")]
+    assert loaders == [] and not any(m.startswith(("mx_train", "mx_agents", "mx_envs.envs")) for m in rep["modules"]), rep
