@@ -118,7 +118,7 @@ class EpisodeRecord:
 
     @property
     def design_valid(self) -> bool | None:
-        value = _get(self.info, "design_valid", "valid_design")
+        value = _get(self.info, "design_valid")
         return None if value is None else bool(value)
 
     @property

@@ -448,7 +448,7 @@ class MetaAgentXEnv(gym.Env[dict[str, Any], str]):
                 "grade_details": {} if grade is None else _deterministic(grade.details),
                 "termination_reason": finished.reason.value,
                 "error": finished.error,
-                "valid_design": valid,
+                "design_valid": valid,
                 "design": self.session.script if self.session is not None and self.design_text is not None else None,
                 "llm_calls": finished.llm_calls,
                 "agents": list(finished.agents),
@@ -456,7 +456,7 @@ class MetaAgentXEnv(gym.Env[dict[str, Any], str]):
                 "trajectories": self._trace.to_dict(),
                 "outcome": outcome,
                 "reward_terms": {"outcome": outcome, "invalid_design_penalty": -penalty},
-                "designer_outcome": {"valid_design": valid, "outcome": outcome, "reward": reward},
+                "designer_outcome": {"design_valid": valid, "outcome": outcome, "reward": reward},
                 "executor_outcome": {"turns": n_turns, "outcome": outcome, "correct": correct},
                 "integrity": episode_integrity(
                     task, answer_text=answer, extracted=None if grade is None else grade.extracted,

@@ -442,5 +442,5 @@ class Finished:
     tool_calls: list[ToolCall] = field(default_factory=list)
 
     @property
-    def valid_design(self) -> bool:
+    def design_valid(self) -> bool:
         return self.reason in (TerminationReason.COMPLETED,)

@@ -64,7 +64,7 @@ def read_row(run_dir: Path, env_ids: list[str]) -> dict[str, dict[str, float] | 
         s = envs.get(e)
         out[e] = None if not s or not s.get("n_episodes") else {
             "mean": s["accuracy"]["mean"], "low": s["accuracy"]["low"], "high": s["accuracy"]["high"],
-            "n_tasks": s["n_tasks"], "n_episodes": s["n_episodes"], "design_validity": s["design_validity"],
+            "n_tasks": s["n_tasks"], "n_episodes": s["n_episodes"], "design_valid_rate": s["design_valid_rate"],
         }
     return out
 

@@ -100,7 +100,7 @@ def adas_search(meta_backend: Any, executor: Any, val_cfg: Any, out: Path, *, ro
             res = run_eval(_with(val_cfg, policy=f"adas:{name}"), out / "val" / name,
                            policy=_fixed_policy(executor, script), progress=progress)
             entry["score"] = _val_accuracy(res)
-            entry["valid"] = any(e.get("design_validity", 0) > 0 for e in res.get("envs", {}).values())
+            entry["valid"] = any(e.get("design_valid_rate", 0) > 0 for e in res.get("envs", {}).values())
         archive.append(entry)
     best = max(archive, key=lambda a: (a["score"], -a["round"]))
     doc = {"best": {k: best[k] for k in ("name", "score", "round")}, "archive": archive}

@@ -63,11 +63,12 @@ def _policy(designer: str, executor: str, settings: dict[str, Any], backends: di
 
 def _families(run_dir: Path) -> Counter[str]:
     from mx_train.eval.design_structure import INVALID, design_family
+    from mx_train.eval.trace import upgrade_stored
 
     out: Counter[str] = Counter()
     for path in sorted((run_dir / "traces").rglob("*.json")):
-        trace = json.loads(path.read_text(encoding="utf-8"))
-        out[design_family(trace.get("design_script")) if trace.get("valid_design") else INVALID] += 1
+        trace = upgrade_stored(json.loads(path.read_text(encoding="utf-8")))
+        out[design_family(trace.get("design_script")) if trace.get("design_valid") else INVALID] += 1
     return out
 
 

@@ -5,7 +5,7 @@ cost of one (env, task, sample) episode plus the path of its trace. Per env the 
 
 - ``accuracy``: mean pass@1 over tasks (each task's fraction of correct samples), with a 95 %
   percentile-bootstrap interval over tasks (:func:`mx_train.eval.stats.bootstrap_accuracy`);
-- ``design_validity``: fraction of episodes whose design ran to completion (termination
+- ``design_valid_rate``: fraction of episodes whose design ran to completion (termination
   ``completed``: it parsed, had ``forward`` and returned an answer within budgets);
 - ``mean_llm_calls``, ``mean_prompt_tokens``, ``mean_response_tokens``, ``mean_tokens`` per
   episode, the designer's call included;
@@ -27,6 +27,7 @@ from typing import Any
 
 from mx_train.eval.design_structure import INVALID, STRUCTURES
 from mx_train.eval.stats import bootstrap_accuracy
+from mx_train.eval.trace import upgrade_stored
 
 
 @dataclass
@@ -36,7 +37,7 @@ class EpisodeRecord:
     sample: int
     correct: bool
     reward: float
-    valid_design: bool
+    design_valid: bool
     termination_reason: str
     structure: str
     llm_calls: int
@@ -55,6 +56,7 @@ class EpisodeRecord:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> EpisodeRecord:
+        d = upgrade_stored(d)
         known = set(cls.__dataclass_fields__)
         return cls(**{k: v for k, v in d.items() if k in known})
 
@@ -93,7 +95,7 @@ def _summary(records: Sequence[EpisodeRecord], seed: int) -> dict[str, Any]:
         "accuracy": acc.to_dict(),
         "n_tasks": acc.n_tasks,
         "n_episodes": n,
-        "design_validity": (sum(r.valid_design for r in records) / n) if n else 0.0,
+        "design_valid_rate": (sum(r.design_valid for r in records) / n) if n else 0.0,
         "mean_llm_calls": (sum(r.llm_calls for r in records) / n) if n else 0.0,
         "mean_prompt_tokens": (sum(r.prompt_tokens for r in records) / n) if n else 0.0,
         "mean_response_tokens": (sum(r.response_tokens for r in records) / n) if n else 0.0,
@@ -144,7 +146,7 @@ def render_markdown(results: dict[str, Any]) -> str:
         a = s["accuracy"]
         lines.append(
             f"| {env} | {s['n_tasks']} | {s['n_episodes']} | {_pct(a['mean'])} "
-            f"[{_pct(a['low'])}, {_pct(a['high'])}] | {_pct(s['design_validity'])} | "
+            f"[{_pct(a['low'])}, {_pct(a['high'])}] | {_pct(s['design_valid_rate'])} | "
             f"{s['mean_llm_calls']:.2f} | {s['mean_tokens']:.0f} "
             f"({s['mean_prompt_tokens']:.0f}+{s['mean_response_tokens']:.0f}) |"
         )

@@ -252,7 +252,7 @@ def _run_chunk(cfg: EvalConfig, env_id: str, chunk: list[tuple[str, Any, int]], 
         new.append(
             EpisodeRecord(
                 env_id=env_id, task_id=task.id, sample=s, correct=trace.correct, reward=trace.reward,
-                valid_design=trace.valid_design, termination_reason=trace.termination_reason,
+                design_valid=trace.design_valid, termination_reason=trace.termination_reason,
                 structure=trace.structure.get("label", "invalid"), llm_calls=trace.llm_calls,
                 prompt_tokens=trace.prompt_tokens, response_tokens=trace.response_tokens, wall_s=wall,
                 trace=str(path.relative_to(out)),

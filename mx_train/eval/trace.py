@@ -15,6 +15,18 @@ from pathlib import Path
 from typing import Any
 
 TRACE_SCHEMA = "mx-trace/1"
+# Keys renamed since mx-trace/1 files were first written: stored traces and episode records
+# (``episodes.jsonl``) keep their old spelling, so the readers of stored files map it.
+RENAMED_KEYS = {"valid_design": "design_valid"}
+
+
+def upgrade_stored(d: dict[str, Any]) -> dict[str, Any]:
+    """A stored trace or episode record with the keys of this version (old spellings mapped)."""
+    out = dict(d)
+    for old, new in RENAMED_KEYS.items():
+        if old in out:
+            out.setdefault(new, out.pop(old))
+    return out
 
 
 @dataclass
@@ -72,7 +84,7 @@ class EpisodeTrace:
     correct: bool = False
     reward: float = 0.0
     termination_reason: str = ""
-    valid_design: bool = False
+    design_valid: bool = False
     error: str = ""
     wall_s: float = 0.0
     # The env's info["integrity"] (mx_envs.envs.integrity): how the answer came about; the page
@@ -99,7 +111,7 @@ class EpisodeTrace:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> EpisodeTrace:
-        d = dict(d)
+        d = upgrade_stored(d)
         schema = d.get("schema", TRACE_SCHEMA)
         if schema != TRACE_SCHEMA:
             raise ValueError(f"unsupported trace schema {schema!r} (this version reads {TRACE_SCHEMA!r})")

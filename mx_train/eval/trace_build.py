@@ -138,8 +138,9 @@ def build_trace(
             if c.role != "designer" and c.agent not in agents:
                 agents.append(c.agent)
     reason = record.termination_reason or ""
-    valid = info.get("design_valid", info.get("valid_design"))
-    valid_design = bool(valid) if valid is not None else reason == "completed"
+    valid = info.get("design_valid")
+    # An env without the flag (not a MetaAgentXEnv): a design is valid when it ran to completion.
+    design_valid = bool(valid) if valid is not None else reason == "completed"
     # Runtime agents refine the static count only when the script got to create some.
     structure = classify_design(script, list(info["agents"]) if info.get("agents") else None)
     prompt, kind, reference = _task_fields(info, calls, task)
@@ -165,7 +166,7 @@ def build_trace(
         correct=bool(record.correct),
         reward=float(record.reward),
         termination_reason=reason,
-        valid_design=valid_design,
+        design_valid=design_valid,
         error=str(record.error or info.get("error") or ""),
         wall_s=wall_s,
         integrity=dict(info.get("integrity") or {}),

@@ -360,7 +360,7 @@ def render_trace_html(trace: EpisodeTrace) -> str:
 <tr><td>verdict</td><td>{verdict} reward {trace.reward:g}</td></tr>
 {origin_row}
 <tr><td>termination</td><td>{_e(trace.termination_reason)}
- (design {"valid" if trace.valid_design else "invalid"})</td></tr>
+ (design {"valid" if trace.design_valid else "invalid"})</td></tr>
 {error_html}
 </table>
 </main>"""

@@ -45,7 +45,7 @@ def _end(env: MetaAgentXEnv, action: str) -> tuple[float, dict]:
 ])
 def test_hostile_design_text_ends_the_episode_with_the_invalid_design_penalty(env, design: str) -> None:
     reward, info = _end(env, design)
-    assert info["termination_reason"] in ("syntax_error", "no_code") and not info["valid_design"]
+    assert info["termination_reason"] in ("syntax_error", "no_code") and not info["design_valid"]
     assert reward == pytest.approx(-PENALTY)
 
 

@@ -38,7 +38,8 @@ def test_math_episode_through_every_library_design(math_env, design: str, correc
     reward, info, steps = run_episode(math_env, load_design(design), llm, options={"task_id": "m2"})
     assert info["termination_reason"] == "completed", info["error"]
     assert info["correct"] is correct and reward == (1.0 if correct else 0.0)
-    assert info["task_id"] == "m2" and info["valid_design"]
+    assert info["task_id"] == "m2" and info["design_valid"] and info["designer_outcome"]["design_valid"]
+    assert "valid_design" not in info and "valid_design" not in info["designer_outcome"]  # one name
     assert info["answer"] is not None and ("34" in info["answer"]) is correct
     assert steps == 1 + info["llm_calls"] == 1 + len(math_env.turns)
     assert info["design"] is not None and "def forward" in info["design"]
@@ -153,7 +154,7 @@ def test_random_actions_end_in_a_clean_failed_design(math_env) -> None:
         obs, reward, term, trunc, info = math_env.step(math_env.action_space.sample())
         assert term and not trunc and reward == 0.0
         assert info["termination_reason"] in {"no_code", "syntax_error", "missing_entry"}
-        assert not info["valid_design"] and info["error"]
+        assert not info["design_valid"] and info["error"]
         assert math_env.observation_space.contains(obs)
 
 
@@ -194,7 +195,7 @@ def test_every_failure_termination_reason(reason: str) -> None:
     finally:
         env.close()
     assert info["termination_reason"] == reason, info["error"]
-    assert reward == -0.25 and not info["correct"] and not info["valid_design"]
+    assert reward == -0.25 and not info["correct"] and not info["design_valid"]
     assert info["reward_terms"] == {"outcome": 0.0, "invalid_design_penalty": -0.25}
     assert info["answer"] is None and info["error"]
     if reason == "exception":

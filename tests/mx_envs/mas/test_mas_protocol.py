@@ -192,7 +192,7 @@ def test_forged_frame_ends_the_episode_as_protocol_violation(real_sandbox, contr
     fin = drive(session, forging(body, setup), "T", ScriptedLLM([], default="\\boxed{42}"))
     assert fin.reason is R.PROTOCOL_VIOLATION, (fin.reason, fin.error)
     assert words in fin.error, fin.error
-    assert fin.answer is None and fin.answer_text is None and not fin.valid_design
+    assert fin.answer is None and fin.answer_text is None and not fin.design_valid
 
 
 def test_oversized_frame_is_a_violation(real_sandbox, monkeypatch) -> None:
@@ -251,7 +251,7 @@ def test_env_gives_a_forgery_no_reward(name: str) -> None:
     finally:
         env.close()
     assert info["termination_reason"] == "protocol_violation", info["error"]
-    assert reward == -0.25 and not info["correct"] and info["answer"] is None and not info["valid_design"]
+    assert reward == -0.25 and not info["correct"] and info["answer"] is None and not info["design_valid"]
 
 
 def test_request_round_trip_types(sandbox) -> None:

@@ -131,7 +131,7 @@ def test_every_building_block_requests_arrive_one_by_one(sandbox):
 def test_static_failures(design, reason, words):
     fin = MASSession(sandbox=BrokenSandbox()).start(design, "task")  # the sandbox is never reached
     assert isinstance(fin, Finished) and fin.reason is reason and words in fin.error
-    assert not fin.valid_design and fin.answer is None and fin.answer_text is None
+    assert not fin.design_valid and fin.answer is None and fin.answer_text is None
 
 
 # ------------------------------------------------------------------ failures while running

@@ -20,7 +20,7 @@ def test_summary_figures():
     a = res["envs"]["A"]
     assert a["accuracy"]["mean"] == pytest.approx(0.25)  # t1: 1/2, t2: 0/2
     assert a["n_tasks"] == 2 and a["n_episodes"] == 4
-    assert a["design_validity"] == pytest.approx(0.75)
+    assert a["design_valid_rate"] == pytest.approx(0.75)
     assert a["mean_llm_calls"] == pytest.approx(11 / 4)
     assert a["mean_tokens"] == pytest.approx((120 * 3 + 55) / 4)
     assert a["structures"]["single"] == pytest.approx(0.5) and a["structures"]["invalid"] == pytest.approx(0.25)
@@ -48,3 +48,20 @@ def test_write_results(tmp_path):
     jp, mp = write_results(tmp_path / "o", summarize([], {"policy": "x"}))
     assert json.loads(jp.read_text())["overall"]["n_episodes"] == 0
     assert mp.read_text().startswith("# Evaluation results")
+
+
+def test_stored_files_of_the_old_spelling_read_as_design_valid(tmp_path):
+    """Episode records and traces written before the rename (``valid_design``) keep their validity."""
+    from mx_train.eval.trace import EpisodeTrace, load_trace
+
+    old = json.loads(rec("A", "t1", 0, True, valid=True).to_json())
+    old["valid_design"] = old.pop("design_valid")
+    path = tmp_path / "episodes.jsonl"
+    path.write_text(json.dumps(old) + "\n")
+    (got,) = read_records(path)
+    assert got.design_valid is True
+    trace = EpisodeTrace(episode_id="e", env_id="A", task_id="t1", sample=0, seed=0, task_prompt="p",
+                         design_valid=True).to_dict()
+    trace["valid_design"] = trace.pop("design_valid")
+    (tmp_path / "t.json").write_text(json.dumps(trace))
+    assert load_trace(tmp_path / "t.json").design_valid is True

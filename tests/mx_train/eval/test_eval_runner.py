@@ -61,7 +61,7 @@ def test_eval_writes_results_traces_and_resumes(tmp_path):
     env = res["envs"]["MetaAgentX-Toy-v0"]
     assert env["n_tasks"] == 3 and env["n_episodes"] == 6
     assert env["accuracy"]["mean"] == pytest.approx(2 / 3)
-    assert env["design_validity"] == 1.0
+    assert env["design_valid_rate"] == 1.0
     assert env["structures"]["single"] == 1.0
     assert env["mean_llm_calls"] == 1.0  # the fixed designer is not an LLM call
     lines = (tmp_path / "episodes.jsonl").read_text().splitlines()

@@ -37,7 +37,7 @@ def make_trace() -> EpisodeTrace:
                        "APPROVED \\boxed{4}", 12, 4, "stop", "llm"),
         ],
         tool_calls=[ToolRecord("solver", "python", "print(2+2)", "ok", "4\n" + EVIL, "", after_call=1)],
-        answer="\\boxed{4}", correct=True, reward=1.0, termination_reason="completed", valid_design=True,
+        answer="\\boxed{4}", correct=True, reward=1.0, termination_reason="completed", design_valid=True,
         wall_s=1.5,
     )
 
