@@ -42,6 +42,7 @@ from mx_agents.backends.sampling import (
     select_tokens,
     validate_params,
 )
+from mx_agents.batching import left_pad
 
 if TYPE_CHECKING:
     import torch
@@ -287,15 +288,11 @@ class HFBackend:
         # so this removes (B - 1) * prefix tokens of work; the tails are left-padded *after* the
         # shared part (masked positions may sit anywhere: the 2-D mask covers past and new keys).
         prefix = self._shared_prefix(rows)
-        tails = [r.prompt_ids[prefix:] for r in rows]
-        width = max(len(t) for t in tails)
-        input_ids = torch.full((len(rows), width), self._pad_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), prefix + width), dtype=torch.long)
-        mask[:, :prefix] = 1
-        for i, t in enumerate(tails):
-            input_ids[i, width - len(t) :] = torch.tensor(t)
-            mask[i, prefix + width - len(t) :] = 1
+        padded = left_pad([r.prompt_ids[prefix:] for r in rows], self._pad_id)
+        input_ids = padded.input_ids
+        mask = torch.cat([torch.ones((len(rows), prefix), dtype=torch.long), padded.attention_mask], dim=1)
         input_ids, mask = input_ids.to(self.device), mask.to(self.device)
+        # Positions count the shared prefix too, so they come from the whole mask.
         positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, prefix:]
 
         live = list(range(len(rows)))  # indices into ``rows`` of the rows still in the batch
@@ -423,14 +420,9 @@ class HFBackend:
             if any(len(pairs[i][0]) == 0 for i in idxs):
                 raise ValueError("scoring needs a non-empty prompt")
             seqs = [[int(t) for t in pairs[i][0]] + [int(t) for t in pairs[i][1]] for i in idxs]
-            width = max(len(s) for s in seqs)
-            ids = torch.full((len(seqs), width), self._pad_id, dtype=torch.long)
-            mask = torch.zeros((len(seqs), width), dtype=torch.long)
-            for j, s in enumerate(seqs):
-                ids[j, width - len(s) :] = torch.tensor(s)
-                mask[j, width - len(s) :] = 1
-            ids, mask = ids.to(self.device), mask.to(self.device)
-            positions = (mask.cumsum(-1) - 1).clamp(min=0)
+            padded = left_pad(seqs, self._pad_id, device=self.device)
+            ids, mask, positions = padded.input_ids, padded.attention_mask, padded.position_ids
+            width = padded.head_width
             longest = max(len(pairs[i][1]) for i in idxs)
             # Left padding aligns every sequence's end, so the last ``longest + 1`` positions cover
             # every response token's predictor; keeping only those avoids a [B, L, V] logits tensor.
