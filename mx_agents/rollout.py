@@ -184,8 +184,9 @@ class EpisodeRecord:
                 "source": t.source,
                 "finish_reason": t.finish_reason,
                 "correct": self.correct,
-                # Logprobs are of the temperature-scaled distribution: re-score at this temperature.
-                "temperature": t.metadata.get("sampling", {}).get("temperature"),
+                # Logprobs are of the temperature-scaled distribution: the learner re-scores at this
+                # temperature (1 for a turn no model sampled: its tokens are not trained).
+                "temperature": float(t.metadata.get("sampling", {}).get("temperature", 1.0)),
                 "sampling": dict(t.metadata.get("sampling", {})),
                 # The weights the engine sampled this turn with (backend's counter of loads).
                 "engine_weights_version": t.metadata.get("weights_version"),

@@ -16,6 +16,8 @@ class Transition:
     Group ids are explicit: ``task_uid`` groups every turn of one task in a training step (the M x N
     block); ``design_id`` groups the executions of one design; ``execution_id`` one execution of it.
     ``reward`` is filled at episode end; ``advantage`` by the credit assignment.
+    ``metadata["temperature"]`` is the temperature the turn was sampled at (the rollout records it on
+    every turn; 1 for a turn no model sampled): the one place the learner reads it from.
     """
 
     episode_id: str
@@ -44,3 +46,12 @@ class Transition:
     @classmethod
     def from_json(cls, line: str) -> Transition:
         return cls(**json.loads(line))
+
+
+def sampled_temperature(turn: Any) -> float:
+    """The temperature ``turn``'s tokens are scored at: its recorded ``metadata["temperature"]``
+    (a transition, an SFT example). Greedy turns (0) give 1, the convention their log-probs were
+    recorded with; a turn that records none was not sampled at another temperature, so 1."""
+    meta = getattr(turn, "metadata", None)
+    value = meta.get("temperature") if isinstance(meta, dict) else None
+    return 1.0 if value is None or float(value) <= 1e-5 else float(value)

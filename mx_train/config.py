@@ -184,9 +184,28 @@ class TrainConfig:
         data = apply_overrides(data, overrides)
         if plugins:
             data["plugins"] = [*(data.get("plugins") or []), *plugins]
+        learner = data.get("learner")
+        retired = learner.pop("temperature", None) if isinstance(learner, dict) else None
         cfg = _build(cls, data, "config")
+        if retired is not None:
+            cfg._retire_learner_temperature(retired)
         cfg.check_names()
         return cfg
+
+    def _retire_learner_temperature(self, value: Any) -> None:
+        """``learner.temperature`` of older configs: the learner scores each turn at the temperature
+        recorded on its transition, so the key says nothing. Accepted (with a warning) where it
+        repeats the rollout temperatures, as older loads forced; anything else is an error."""
+        import warnings
+
+        from mx_train.learner.config import RETIRED_TEMPERATURE
+
+        temps = {self.rollout.designer.temperature, self.rollout.executor.temperature}
+        if not isinstance(value, int | float) or isinstance(value, bool) or {float(value)} != temps:
+            raise ConfigError(f"{RETIRED_TEMPERATURE}; this config has rollout temperatures {sorted(temps)}",
+                              key="learner.temperature")
+        warnings.warn(f"learner.temperature is ignored (remove it): {RETIRED_TEMPERATURE}", UserWarning,
+                      stacklevel=3)
 
     @classmethod
     def from_yaml(
@@ -286,13 +305,6 @@ class TrainConfig:
             raise
         except (ValueError, KeyError) as exc:
             raise ConfigError(str(exc.args[0] if isinstance(exc, KeyError) else exc), key="learner") from None
-        if lc.old_logprobs == "sampling":
-            temps = {r.designer.temperature, r.executor.temperature}
-            if temps != {lc.temperature}:
-                raise ConfigError(
-                    f"learner.old_logprobs: sampling needs the rollout temperatures {sorted(temps)} to equal "
-                    f"learner.temperature {lc.temperature} (the sampling logprobs are at the sampling temperature)"
-                )
         try:
             CoEvolutionSchedule(self.schedule.mode, self.schedule.phase_steps, self.schedule.first)
         except ValueError as exc:

@@ -25,7 +25,7 @@ import json
 import os
 import random
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -44,6 +44,8 @@ class SFTExample:
     logprobs: list[float] | None = None
     advantage: float = 0.0
     role: str = "sft"
+    # SFT trains the model's own distribution: its tokens are scored at temperature 1.
+    metadata: dict[str, Any] = field(default_factory=lambda: {"temperature": 1.0})
 
 
 def _encode_text(tokenizer: Any, text: str) -> list[int]:

@@ -30,6 +30,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from mx_agents.backends.weight_buckets import DEFAULT_BUCKET_BYTES, iter_weight_buckets
+from mx_agents.transition import sampled_temperature
 
 logger = logging.getLogger(__name__)
 
@@ -75,15 +76,6 @@ def diff_stats(a: Sequence[Sequence[float]], b: Sequence[Sequence[float]]) -> tu
     return (total / n if n else float("nan")), (worst if n else float("nan")), n
 
 
-def transition_temperature(t: Any) -> float:
-    """The temperature a transition's sampling log-probs are at (recorded per turn; 1 when unknown)."""
-    meta = getattr(t, "metadata", None) or {}
-    temp = meta.get("temperature")
-    if temp is None:
-        temp = (meta.get("sampling") or {}).get("temperature")
-    return 1.0 if temp is None or float(temp) <= 1e-5 else float(temp)
-
-
 # ----------------------------------------------------------------------------- colocated sync
 
 
@@ -125,7 +117,7 @@ class EngineSync:
         k = min(self.probe, len(usable))
         picks = [usable[(i * len(usable)) // k] for i in range(k)]
         learner = score_with_model(self.learner.model, [(t.prompt_ids, t.response_ids) for t in picks],
-                                   [transition_temperature(t) for t in picks], self.pad_id)
+                                   [sampled_temperature(t) for t in picks], self.pad_id)
         mean, worst, n = diff_stats([list(t.logprobs) for t in picks], learner)
         return {"rollout/logprob_diff_mean": mean, "rollout/logprob_diff_max": worst,
                 "rollout/logprob_diff_tokens": float(n)}

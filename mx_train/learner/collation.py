@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
+from mx_agents.transition import sampled_temperature
 from mx_train.learner.losses import BatchCounts
 
 if TYPE_CHECKING:
@@ -36,8 +37,8 @@ class Seq:
     sampling_logprobs: list[float] | None
     old: torch.Tensor | None = None  # [len(response)]
     ref: torch.Tensor | None = None
-    # The temperature this turn was sampled at (its log-probs are scored at it); None: the learner's.
-    temperature: float | None = None
+    # The temperature this turn was sampled at (its log-probs are scored at it), from the turn itself.
+    temperature: float = 1.0
 
     @property
     def length(self) -> int:
@@ -76,19 +77,8 @@ def as_seq(t: SequenceLike) -> Seq:
         mask=mask,
         advantage=float(t.advantage),
         sampling_logprobs=None if t.logprobs is None else [float(x) for x in t.logprobs],
-        temperature=recorded_temperature(t),
+        temperature=sampled_temperature(t),
     )
-
-
-def recorded_temperature(t: SequenceLike) -> float | None:
-    """The sampling temperature a transition records (``metadata["temperature"]``, set per turn by the
-    rollout; a design may give an agent its own), or ``None``. Greedy turns (0) score at 1, the
-    convention their logprobs were recorded with."""
-    meta = getattr(t, "metadata", None)
-    value = meta.get("temperature") if isinstance(meta, dict) else None
-    if value is None:
-        return None
-    return 1.0 if float(value) <= 1e-5 else float(value)
 
 
 def batch_counts(seqs: Sequence[Seq], norm_length: int | None = None) -> BatchCounts:

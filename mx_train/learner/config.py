@@ -49,10 +49,9 @@ class LearnerConfig(LossSettings):
     ppo_epochs: int = 1  # passes over the update batch (reshuffled after the first)
     log_entropy: bool = True  # entropy as a metric (no graph unless entropy_coef != 0)
     norm_length: int | None = None  # seq_mean_token_sum_norm constant; default: longest response
-    temperature: float = 1.0
     # "auto": one mini-batch and one epoch -> "current", else "recompute". "current": the detached
     # log-probs of the training forward itself (on-policy: ratio 1, no extra pass). "sampling": the
-    # sampler's log-probs (corrects engine/learner mismatch; temperatures must match).
+    # sampler's log-probs (corrects engine/learner mismatch; both at the turn's recorded temperature).
     old_logprobs: str = "auto"
     logits_chunk_tokens: int = 1024  # response positions per lm-head chunk; 0 = full logits (old path)
     device: str = "auto"
@@ -80,6 +79,7 @@ class LearnerConfig(LossSettings):
     def from_dict(cls, data: Mapping[str, Any] | None) -> LearnerConfig:
         data = dict(data or {})
         known = {f.name for f in dataclasses.fields(cls)}
+        _reject_retired(data)
         if unknown := sorted(set(data) - known):
             raise ValueError(f"unknown learner setting(s) {unknown}; known: {sorted(known)}")
         if "betas" in data:
@@ -92,6 +92,7 @@ class LearnerConfig(LossSettings):
     def replace(self, **changes: Any) -> LearnerConfig:
         """A checked copy with ``changes`` (unknown names are an error, as in :meth:`from_dict`)."""
         known = {f.name for f in dataclasses.fields(self)}
+        _reject_retired(changes)
         if unknown := sorted(set(changes) - known):
             raise ValueError(f"unknown learner setting(s) {unknown}; known: {sorted(known)}")
         out = dataclasses.replace(self, **changes)
@@ -125,11 +126,20 @@ class LearnerConfig(LossSettings):
             raise ValueError("mini_batch_size must be >= 1 (or null)")
         if self.logits_chunk_tokens < 0:
             raise ValueError("logits_chunk_tokens must be >= 0 (0 = full logits)")
-        if self.temperature <= 0:
-            raise ValueError("temperature must be > 0")
 
     def resolved_old_logprobs(self, n_mini: int) -> str:
         """What ``old_logprobs: auto`` means for an update of ``n_mini`` optimizer steps."""
         if self.old_logprobs != "auto":
             return self.old_logprobs
         return "current" if n_mini == 1 else "recompute"
+
+
+RETIRED_TEMPERATURE = (
+    "temperature is no longer a learner setting: each turn is scored at the temperature it was sampled "
+    "at, recorded on its transition (metadata['temperature']; set it with rollout.designer/executor.temperature)"
+)
+
+
+def _reject_retired(data: Mapping[str, Any]) -> None:
+    if "temperature" in data:
+        raise ValueError(RETIRED_TEMPERATURE)

@@ -23,8 +23,8 @@ The pure parts live beside it: the losses (:mod:`.losses`), collation and the pl
 6. pushes the new weights to the engine if any step was taken.
 
 :meth:`Learner.sft_step` is one supervised step with the same micro-batching, accumulation,
-data-parallel split and skip rules: the token-mean NLL of the masked response tokens, scored at
-temperature 1 unless a turn records its own.
+data-parallel split and skip rules: the token-mean NLL of the masked response tokens, each scored
+at the temperature its turn records (SFT examples record 1).
 
 Data parallel (FSDP): every rank receives the whole batch and computes the same plan and counts;
 rank ``r`` trains the sequences ``r, r + W, ...`` of each mini-batch with the loss normalised by the
@@ -218,16 +218,14 @@ class Learner:
     # ---------------------------------------------------------------- forward
     def forward(
         self, mb: MicroBatch, *, with_entropy: bool, entropy_grad: bool = False, scorer: Any = None,
-        temperature: float | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Per-token log-probs ``[B, R]`` of the responses (and entropies): each turn at the temperature
-        it records, the others at ``temperature`` (default ``config.temperature``)."""
+        """Per-token log-probs ``[B, R]`` of the responses (and entropies), each turn at the temperature
+        it records (:func:`mx_agents.transition.sampled_temperature`; the padding batch's: 1)."""
         import torch
 
-        default = self.config.temperature if temperature is None else temperature
         # Each turn is scored at the temperature it was sampled at (one global temperature would bias
         # the ratio of every turn a design sampled at its own); a plain float when they all agree.
-        temps = [default if s.temperature is None else s.temperature for s in mb.seqs]
+        temps = [s.temperature for s in mb.seqs] or [1.0]
         per_turn: Any = temps[0] if len(set(temps)) <= 1 else torch.tensor(
             temps, dtype=torch.float32, device=mb.input_ids.device)
         with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=self.autocast):
@@ -469,10 +467,10 @@ class Learner:
             nll_total = 0.0
             for mb in self.aligned(self.micro_batches(self.local_share(seqs))):
                 if mb is None:
-                    logprobs, _ = self.forward(self.padding_batch(), with_entropy=False, temperature=1.0)
+                    logprobs, _ = self.forward(self.padding_batch(), with_entropy=False)
                     (logprobs.sum() * 0.0).backward()
                     continue
-                logprobs, _ = self.forward(mb, with_entropy=False, temperature=1.0)
+                logprobs, _ = self.forward(mb, with_entropy=False)
                 loss = aggregate(-logprobs, mb.mask, "token_mean", counts)
                 loss.backward()  # ranks' shares of the global mean; FSDP sums them
                 nll_total += float(loss.detach())

@@ -56,6 +56,8 @@ def test_scripted_math_episode_correct_and_incorrect():
     assert rec.correct is True and rec.reward == 1.0 and rec.termination_reason == "completed"
     assert rec.design_valid is True and "def forward" in rec.design and rec.task_id == "m3"
     assert [t.role for t in rec.turns] == ["designer", "executor"] and rec.turns[1].agent == "solver"
+    # Every transition records the temperature its turn was sampled at (a scripted turn: 1).
+    assert [t.metadata["temperature"] for t in rec.transitions(include_non_llm=True)] == [1.0, 1.0]
     wrong = ScriptedPolicy(design=fence(load_design("single")), default="\\boxed{999}")
     (rec2,) = run_episodes([env], wrong, options={"task_id": "m3"}, progress=False)
     assert rec2.correct is False and rec2.reward == 0.0 and rec2.termination_reason == "completed"

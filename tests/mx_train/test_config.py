@@ -179,3 +179,14 @@ def test_plugin_registers_a_dataset_the_env_uses(tmp_path) -> None:
     made = gym.make(cfg.env.id, **cfg.env.kwargs)
     assert [t.answer for t in made.unwrapped.tasks] == ["2"] and made.unwrapped.tasks[0].dataset == "test_plugin_math"
     made.close()
+
+
+def test_retired_learner_temperature_is_accepted_only_where_it_repeats_the_rollout_temperatures() -> None:
+    """Each turn is scored at the temperature on its transition; ``learner.temperature`` of older
+    configs is ignored (with a warning) when it says the same as the rollout, an error otherwise."""
+    with pytest.warns(UserWarning, match="learner.temperature is ignored"):
+        cfg = TrainConfig.from_dict({"learner": {"lr": 1e-5, "temperature": 1.0}})
+    assert not hasattr(cfg.learner, "temperature") and cfg.learner.lr == 1e-5
+    with pytest.raises(ConfigError) as err:
+        TrainConfig.from_dict({"learner": {"temperature": 0.7}, "rollout": {"executor": {"temperature": 0.7}}})
+    assert "learner.temperature" in str(err.value) and "recorded on its transition" in str(err.value)

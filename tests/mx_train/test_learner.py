@@ -105,7 +105,9 @@ def test_recomputed_old_logprobs_match_backend_scores_at_temperature(tiny):
     model, tok = tiny
     backend = HFBackend(copy.deepcopy(model), tok, device="cpu", dtype="float32")
     data = batch(n=4)
-    learner = Learner(model, {"temperature": 0.7})
+    for t in data:
+        t.metadata["temperature"] = 0.7  # sampled at 0.7: the learner scores each turn at its own
+    learner = Learner(model)
     ours = learner.logprobs(data)
     for t, lp in zip(data, ours, strict=True):
         ref = backend.score(t.prompt_ids, t.response_ids, temperature=0.7)
@@ -230,20 +232,24 @@ def test_sft_step_reports_the_lr_it_applied(tiny):
     assert logged[0] == pytest.approx(1.0) and logged[-1] > 0
 
 
-def test_sft_step_scores_at_temperature_one_whatever_the_rl_temperature(tiny):
-    """SFT trains the model's own distribution (T=1); the learner's RL temperature is neither used nor changed."""
+def test_sft_examples_carry_temperature_one_and_turns_their_own(tiny):
+    """SFT trains the model's own distribution: an example records T=1 and is scored at it, as a
+    transition is scored at the temperature it records; the learner has no temperature of its own."""
     from mx_train.sft import SFTExample
 
     model, _ = tiny
     examples = [SFTExample([5, 6, 7], [8, 9, 10]), SFTExample([11, 12], [13])]
-    losses = {}
-    for temperature in (0.5, 1.0):
-        learner = Learner(copy.deepcopy(model), {"lr": 1e-3, "temperature": temperature})
-        losses[temperature] = learner.sft_step(examples)["loss"]
-        assert learner.config.temperature == temperature
-    assert losses[0.5] == pytest.approx(losses[1.0], rel=1e-6)
-    hot = Learner(copy.deepcopy(model), {"lr": 1e-3, "temperature": 0.5})
-    assert hot.logprobs(examples)[0] != pytest.approx(Learner(copy.deepcopy(model), {}).logprobs(examples)[0])
+    assert all(e.metadata["temperature"] == 1.0 for e in examples)
+    plain = [tr(e.prompt_ids, e.response_ids, 0.0) for e in examples]  # records none: not sampled hotter
+    hot = [tr(e.prompt_ids, e.response_ids, 0.0) for e in examples]
+    for t in hot:
+        t.metadata["temperature"] = 0.5
+    learner = Learner(copy.deepcopy(model), {"lr": 1e-3})
+    assert learner.logprobs(examples)[0] == pytest.approx(learner.logprobs(plain)[0], rel=1e-6)
+    assert learner.logprobs(hot)[0] != pytest.approx(learner.logprobs(examples)[0])
+    assert learner.sft_step(examples)["loss"] > 0
+    with pytest.raises(ValueError, match="no longer a learner setting"):
+        Learner(copy.deepcopy(model), {"lr": 1e-3, "temperature": 0.5})
 
 
 @pytest.mark.slow

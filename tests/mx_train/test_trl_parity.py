@@ -101,6 +101,7 @@ def _transitions(inp):
             episode_id=str(i), task_uid="t", task_id="t", design_id=0, execution_id=i, role="executor",
             agent="a", turn=0, prompt_ids=p, response_ids=inp["completion_ids"][i, :n].tolist(),
             logprobs=inp["old_per_token_logps"][i, :n].tolist(), advantage=float(inp["advantages"][i]),
+            metadata={"temperature": TEMPERATURE},  # what TRL sampled at: the learner reads it here
         ))
     return out
 
@@ -125,12 +126,12 @@ def test_clipped_loss_and_gradients_match_trl(trainer, loss_type, agg, beta):
             gen = torch.Generator().manual_seed(1)
             for _, prm in sorted(m.named_parameters()):
                 prm.add_(torch.randn(prm.shape, generator=gen) * 0.01)
-    cfg = {"temperature": TEMPERATURE, "loss_agg": agg, "old_logprobs": "sampling", "clip_low": 0.2,
+    cfg = {"loss_agg": agg, "old_logprobs": "sampling", "clip_low": 0.2,
            "clip_high": 0.2, "kl_coef": beta, "kl_estimator": "k3", "norm_length": MAX_COMPLETION}
     ours = Learner(policy, cfg)
     if beta:
         ours.ref_model = ref_model  # the same reference both sides
-        ref_lp = Learner(copy.deepcopy(ref_model), {"temperature": TEMPERATURE}).logprobs(transitions)
+        ref_lp = Learner(copy.deepcopy(ref_model)).logprobs(transitions)
         ref = torch.zeros_like(inp["old_per_token_logps"])
         for i, lp in enumerate(ref_lp):
             ref[i, : len(lp)] = torch.tensor(lp)

@@ -24,7 +24,7 @@ def test_each_turn_is_scored_at_its_recorded_temperature(chunk):
 
     model, tok = tiny_llama(seed=0)
     backend = HFBackend(model, tok, device="cpu", dtype="float32")
-    learner = Learner(model, {"device": "cpu", "logits_chunk_tokens": chunk, "temperature": 1.0}, tokenizer=tok)
+    learner = Learner(model, {"device": "cpu", "logits_chunk_tokens": chunk}, tokenizer=tok)
     prompt = backend.encode_chat([{"role": "user", "content": "What is 12 + 30?"}])
     response = [5, 17, 42, 9, 23, 11]
     turns = [_transition(prompt, response, 0.4), _transition(prompt, response, 1.0),

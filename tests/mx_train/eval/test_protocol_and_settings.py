@@ -69,7 +69,7 @@ def test_checkpoint_carries_prompt_and_sampling_and_eval_plays_them(tmp_path: Pa
                     "designer": {"temperature": 0.7, "top_p": 0.9, "top_k": 20, "max_new_tokens": 6},
                     "executor": {"temperature": 0.5, "max_new_tokens": 5},
                     "designer_prompt": {"system_prompt": "COMPACT API"}},
-        "learner": {"lr": 1e-3, "micro_batch_tokens": 512, "device": "cpu", "temperature": 1.0},
+        "learner": {"lr": 1e-3, "micro_batch_tokens": 512, "device": "cpu"},
         "schedule": {"mode": "joint"},
     })
 
