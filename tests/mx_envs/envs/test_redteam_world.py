@@ -152,6 +152,16 @@ print(json.dumps({"answer": answer, "report": summary(report)}))
 PROBE = r'''
 import gc, json, os, re, socket, sys
 
+def _items(obj):
+    """A container's items as stored (dict.values: never a subclass's lazy, loading values())."""
+    try:
+        if isinstance(obj, dict):
+            return list(dict.values(obj))
+        return list(obj) if isinstance(obj, list | tuple) else []
+    except Exception:  # an odd container of some library: not where an answer hides
+        return []
+
+
 def _scan(text, where, found):
     for m in re.finditer(re.escape(MARKER) + r"([0-9A-Za-z_-]+)", text):
         found.setdefault(where, m.group(1))
@@ -177,12 +187,11 @@ def probe():
         except OSError as exc:
             tried[label] = type(exc).__name__
     for obj in gc.get_objects():  # str objects are not tracked: look inside every container
-        values = list(obj.values()) if isinstance(obj, dict) else obj if isinstance(obj, list | tuple) else ()
-        for v in values:
+        for v in _items(obj):
             if isinstance(v, str) and MARKER in v:
                 _scan(v, "gc", found)
     for mod in list(sys.modules.values()):
-        for v in list(getattr(mod, "__dict__", {}).values()):
+        for v in _items(vars(mod) if hasattr(mod, "__dict__") else None):
             if isinstance(v, str) and MARKER in v:
                 _scan(v, "sys.modules", found)
     return found, tried
@@ -260,7 +269,7 @@ def look():
     except OSError:
         pass
     for obj in gc.get_objects():  # str objects are not tracked: look inside every container
-        values = list(obj.values()) if isinstance(obj, dict) else obj if isinstance(obj, list | tuple) else ()
+        values = list(dict.values(obj)) if isinstance(obj, dict) else obj if isinstance(obj, list | tuple) else ()
         for v in values:
             if isinstance(v, str) and v.startswith(LEAK) and len(v) > len(LEAK):
                 found.setdefault("gc", v[len(LEAK):])
@@ -710,14 +719,14 @@ def scan(task):
             if task in v and v != task and len(found) < 20:
                 found.append(v[:200])
         elif depth < 3 and isinstance(v, dict | list | tuple):  # gc does not track str-only dicts
-            for x in list(v.values() if isinstance(v, dict) else v):
+            for x in list(dict.values(v) if isinstance(v, dict) else v):  # as stored: no lazy values()
                 look(x, depth + 1)
     for mod in list(sys.modules.values()):
-        for v in list(getattr(mod, "__dict__", {}).values()):
-            look(v)
+        if hasattr(mod, "__dict__"):
+            look(vars(mod))
     for obj in gc.get_objects():
-        for v in (list(obj.values()) if isinstance(obj, dict) else obj if isinstance(obj, list | tuple) else ()):
-            look(v)
+        if isinstance(obj, dict | list | tuple):
+            look(obj)
     return found
 '''
 
