@@ -350,7 +350,6 @@ def _choice(key: str, value: Any, known: Sequence[str], kind: str = "value") -> 
 
 def _check_env(env: EnvConfig, key: str) -> None:
     """The env id is registered and, for a MetaAgentX id, its kwargs and loader options exist."""
-    import inspect
 
     import gymnasium as gym
 
@@ -361,12 +360,11 @@ def _check_env(env: EnvConfig, key: str) -> None:
     entry_point = gym.spec(env.id).entry_point
     if not (isinstance(entry_point, str) and entry_point.startswith("mx_envs.")):
         return
-    from mx_envs.envs.meta_env import MetaAgentXEnv
+    from mx_envs.envs.settings import ENV_KEYWORDS
     from mx_envs.tasks.registry import DATASETS, check_load_options, check_split
 
     dataset = env.kwargs.get("dataset") or (gym.spec(env.id).kwargs or {}).get("dataset")
-    params = [n for n, p in inspect.signature(MetaAgentXEnv.__init__).parameters.items()
-              if n != "self" and p.kind is not p.VAR_KEYWORD]
+    params = list(ENV_KEYWORDS)
     options = DATASETS[dataset].options if dataset in DATASETS and "tasks" not in env.kwargs else ()
     for name in env.kwargs:
         if name not in params and name not in options:

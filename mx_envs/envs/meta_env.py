@@ -32,72 +32,49 @@ from mx_envs.envs.observation import (
     terminal_observation,
 )
 from mx_envs.envs.reward import RewardConfig
+from mx_envs.envs.settings import (  # noqa: F401 - DEFAULT_MAX_*: importable from here as before
+    DEFAULT_MAX_ACTION_CHARS,
+    DEFAULT_MAX_OBSERVATION_CHARS,
+    BudgetSettings,
+    TaskSettings,
+    group_kwargs,
+)
 from mx_envs.envs.spaces import LLMText
 from mx_envs.envs.trajectory import EpisodeTrace, SubAgentTrajectory, Turn
 from mx_envs.mas.protocol import Budgets, Finished, LLMRequest, TerminationReason
 from mx_envs.tasks.record import Task
 
-DEFAULT_MAX_OBSERVATION_CHARS = 1_000_000
-DEFAULT_MAX_ACTION_CHARS = 200_000
-
 logger = logging.getLogger(__name__)
-
-
-def _check_dataset_options(dataset: str | None, options: dict[str, Any]) -> None:
-    """Keywords beyond the env's own are the dataset's loader options (``gym.make(id, level=3)``);
-    anything else is a :class:`~mx_envs.errors.ConfigError` naming the closest keyword."""
-    import inspect
-
-    from mx_envs.errors import unknown_name
-    from mx_envs.tasks.registry import DATASETS
-
-    allowed = DATASETS[dataset].options if dataset in DATASETS else ()
-    params = [n for n, p in inspect.signature(MetaAgentXEnv.__init__).parameters.items()
-              if n != "self" and p.kind is not p.VAR_KEYWORD]
-    for name in options:
-        if name not in allowed:
-            raise unknown_name("env keyword", name, [*params, *allowed])
-
-
-def _budgets(value: Budgets | dict[str, Any] | None) -> Budgets:
-    if value is None:
-        return Budgets()
-    if isinstance(value, Budgets):
-        return value
-    if isinstance(value, dict):
-        known = {f.name for f in dataclasses.fields(Budgets)}
-        unknown = set(value) - known
-        if unknown:
-            raise ValueError(f"unknown budgets {sorted(unknown)}; known: {sorted(known)}")
-        return Budgets(**value)
-    raise TypeError(f"budgets must be a Budgets or a dict, got {type(value).__name__}")
 
 
 class MetaAgentXEnv(gym.Env[dict[str, Any], str]):
     """Turn-based env over one benchmark's tasks (any dataset :func:`mx_envs.tasks.load_tasks` knows).
 
-    Args:
-        dataset: dataset name for :func:`mx_envs.tasks.load_tasks` (ignored when ``tasks`` is given).
-        tasks: the task list to draw from, instead of loading ``dataset``.
-        split, data_path, fixture, limit: passed to the loader (``fixture=True``: the small packaged
-            fixture set, for tests and ``check_env`` without downloaded data; ``limit``: first N tasks).
-        loader_kwargs: further keyword arguments for the loader.
-        **dataset_options: the dataset's own loader options given directly (``level=3`` for
-            Arithmetic, ``start_date=`` for LiveCodeBench: see ``DATASETS[name].options``); any other
-            unknown keyword is a :class:`~mx_envs.errors.ConfigError` naming the closest one.
-        budgets: :class:`~mx_envs.mas.protocol.Budgets` (or a dict of its fields) for each episode.
-        reward: :class:`~mx_envs.envs.reward.RewardConfig` or a dict; the keyword arguments
-            ``invalid_design_penalty``, ``code_pass_fraction``, ``llm_call_penalty``, ``correct_reward``
-            and ``incorrect_reward`` override single fields.
+    Args: three typed groups (:mod:`mx_envs.envs.settings`), or their fields as flat keywords
+    (what ``gym.make`` and YAML configs pass; a flat keyword overrides its group's field):
+
+        dataset: dataset name for :func:`mx_envs.tasks.load_tasks` (ignored when tasks are given).
+        task: :class:`~mx_envs.envs.settings.TaskSettings`; flat: ``tasks`` (the task list to draw
+            from, instead of loading ``dataset``), ``split``, ``data_path``, ``fixture`` (the small
+            packaged fixture set, for tests and ``check_env`` without downloaded data), ``limit``
+            (first N tasks), ``loader_kwargs`` (further loader keywords), and the dataset's own loader
+            options given directly (``level=3`` for Arithmetic, ``start_date=`` for LiveCodeBench:
+            see ``DATASETS[name].options``); any other unknown keyword is a
+            :class:`~mx_envs.errors.ConfigError` naming the closest one.
+        reward: :class:`~mx_envs.envs.reward.RewardConfig` or a dict; flat: its fields
+            (``invalid_design_penalty``, ``code_pass_fraction``, ``llm_call_penalty``, ``correct_reward``,
+            ``incorrect_reward``).
+        budgets: :class:`~mx_envs.envs.settings.BudgetSettings`, or the script's
+            :class:`~mx_envs.mas.protocol.Budgets` (or a dict of its fields) for each episode; flat:
+            ``max_observation_chars`` (bound of an observation's messages JSON; a sub-agent chat over
+            it ends the episode with ``budget_exceeded``) and ``max_action_chars`` (longest accepted
+            action text).
         sandbox: the :class:`~mx_envs.sandbox.api.Sandbox` scripts, tools and code tests run in
             (default: the shared process sandbox with the MAS library preloaded; code tests then
             use the grader's own default sandbox).
         grader_kwargs: options for :func:`mx_envs.tasks.grade` (e.g. ``stop_on_failure=True`` to
             stop a code run at its first failing test, ``time_limit_s``).
         designer_examples: names of library designs shown to the designer as examples.
-        max_observation_chars: bound of an observation's messages JSON; a sub-agent chat over it ends
-            the episode with ``budget_exceeded``.
-        max_action_chars: longest accepted action text.
         render_mode: ``None`` or ``"ansi"`` (``render()`` returns the current actor's chat as text).
 
     Attributes (besides the gymnasium ones): ``tasks``, ``task`` (the current one), ``trajectories``
@@ -119,81 +96,32 @@ class MetaAgentXEnv(gym.Env[dict[str, Any], str]):
         self,
         dataset: str | None = None,
         *,
-        tasks: Sequence[Task] | None = None,
-        split: str | None = None,
-        data_path: str | None = None,
-        fixture: bool = False,
-        limit: int | None = None,
-        loader_kwargs: dict[str, Any] | None = None,
-        budgets: Budgets | dict[str, Any] | None = None,
+        task: TaskSettings | None = None,
         reward: RewardConfig | dict[str, Any] | None = None,
-        invalid_design_penalty: float | None = None,
-        code_pass_fraction: bool | None = None,
-        llm_call_penalty: float | None = None,
-        correct_reward: float | None = None,
-        incorrect_reward: float | None = None,
+        budgets: BudgetSettings | Budgets | dict[str, Any] | None = None,
         sandbox: Any = None,
         grader_kwargs: dict[str, Any] | None = None,
         designer_examples: Sequence[str] | None = None,
-        max_observation_chars: int = DEFAULT_MAX_OBSERVATION_CHARS,
-        max_action_chars: int = DEFAULT_MAX_ACTION_CHARS,
         render_mode: str | None = None,
-        **dataset_options: Any,
+        **flat: Any,
     ) -> None:
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ValueError(f"render_mode must be None or one of {self.metadata['render_modes']}, got {render_mode!r}")
         self.render_mode = render_mode
-        if dataset_options:
-            _check_dataset_options(dataset if tasks is None else None, dataset_options)
-        if tasks is None:
-            if not dataset:
-                raise ValueError("MetaAgentXEnv needs a dataset name or a list of tasks")
-            from mx_envs.tasks import load_tasks
-
-            kwargs = {**(loader_kwargs or {}), **dataset_options}
-            if split is not None:
-                kwargs["split"] = split
-            if data_path is not None:
-                kwargs["path"] = data_path
-            if fixture:
-                kwargs["fixture"] = True
-            if limit is not None:
-                kwargs["limit"] = int(limit)
-            from mx_envs.errors import ConfigError, UnknownOption
-
-            try:
-                tasks = load_tasks(dataset, **kwargs)
-            except UnknownOption as exc:  # as a plain ConfigError: gym.make rewraps TypeErrors
-                raise ConfigError(exc.message, key=exc.key, suggestions=exc.suggestions) from None
-        tasks = list(tasks)
-        if limit is not None:
-            tasks = tasks[: int(limit)]
-        if not tasks:
-            raise ValueError(f"no tasks to draw from (dataset={dataset!r}, split={split!r}, limit={limit!r})")
-        bad = [type(t).__name__ for t in tasks if not isinstance(t, Task)]
-        if bad:
-            raise TypeError(f"tasks must be mx_envs.tasks.record.Task records, got {bad[0]}")
+        groups = group_kwargs(dataset, task, reward, budgets, flat)
+        tasks = groups.task.load()
         self.tasks: list[Task] = tasks
-        self.dataset = dataset or tasks[0].dataset
+        self.dataset = groups.task.dataset or tasks[0].dataset
         self._index_of = {t.id: i for i, t in enumerate(tasks)}
-        if len(self._index_of) != len(tasks):
-            raise ValueError("task ids must be unique within an env")
 
-        self.budgets = _budgets(budgets)
-        self.reward_config = RewardConfig.from_kwargs(
-            reward,
-            invalid_design_penalty=invalid_design_penalty,
-            code_pass_fraction=code_pass_fraction,
-            llm_call_penalty=llm_call_penalty,
-            correct_reward=correct_reward,
-            incorrect_reward=incorrect_reward,
-        )
+        self.budgets: Budgets = groups.budgets.script
+        self.reward_config: RewardConfig = groups.reward
         from mx_envs.envs.prompts import DEFAULT_EXAMPLES
 
         self.designer_examples = tuple(DEFAULT_EXAMPLES if designer_examples is None else designer_examples)
-        self.max_observation_chars = int(max_observation_chars)
+        self.max_observation_chars = groups.budgets.max_observation_chars
         self.observation_space = observation_space(self.max_observation_chars)
-        self.action_space = LLMText(int(max_action_chars))
+        self.action_space = LLMText(groups.budgets.max_action_chars)
         self._sandbox = sandbox
         self.grader_kwargs = dict(grader_kwargs or {})
         self.session: Any = None  # MASSession, created on the first design turn
