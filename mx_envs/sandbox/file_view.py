@@ -20,10 +20,12 @@ The MAS runtime (``mx_envs.mas.runner``/``lib``, ``mx_envs.sandbox.channel``) is
 warm server imports it before any run, so a run uses it from memory, and an import of any other
 ``mx_envs`` module fails with ``ModuleNotFoundError`` (its source is not in the world).
 
-Each prepared child builds the world in a tmpfs mounted over ``/tmp`` of its own mount namespace
-(still privileged, off the request's critical path), makes it read-only, mounts its private tmpfs
-and ``/proc``, and enters it with ``chroot``; privileges are dropped at the request (no capability
-is left to leave it; no descriptor points outside).
+The world is built in a tmpfs mounted over ``/tmp`` of a private mount namespace and made
+read-only. As root the pool does that once, in a template namespace whose root it is
+(:func:`make_template`); each prepared child joins a private copy and mounts its own fresh tmpfs and
+``/proc`` (:func:`enter_template`). Otherwise each child builds it (:func:`build`) and enters it with
+``chroot``. Either way still privileged and off the request's critical path; privileges are dropped
+at the request (no capability is left to leave it; no descriptor points outside).
 """
 
 from __future__ import annotations
