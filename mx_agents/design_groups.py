@@ -17,7 +17,7 @@ from typing import Any
 from mx_agents.action import Action
 from mx_agents.observation import parse_observation
 from mx_agents.policies.base import Policy
-from mx_agents.rollout import EpisodeRecord, GroupIds, RolloutStats, run_episodes
+from mx_agents.rollout import EpisodeRecord, GroupIds, RolloutStats, _close_envs, run_episodes
 from mx_agents.transition import Transition
 
 
@@ -98,69 +98,93 @@ def run_design_groups(
     if not task_ids:
         raise ValueError("no task ids")
     total = len(task_ids) * n_designs * n_executions
-    if callable(envs) and not isinstance(envs, Sequence):
-        factory = envs
-        env_list = [factory() for _ in range(total)]
-        owned = True
-    else:
-        env_list = list(envs)
-        owned = False
-        if len(env_list) < total:
-            raise ValueError(f"need {total} envs for {len(task_ids)} tasks x {n_designs} x {n_executions}, got {len(env_list)}")
-    if task_uids is None:
-        seen: dict[str, int] = {}
-        uids = []
-        for tid in task_ids:
-            k = seen.get(tid, 0)
-            seen[tid] = k + 1
-            uids.append(tid if k == 0 else f"{tid}#{k}")
-    else:
-        uids = [str(u) for u in task_uids]
-        if len(uids) != len(task_ids) or len(set(uids)) != len(uids):
-            raise ValueError("task_uids must be unique, one per task id")
+    uids = _task_uids(task_ids, task_uids)
+    env_list, owned = _env_list(envs, total, f"{len(task_ids)} tasks x {n_designs} x {n_executions}")
     run_id = run_id or uuid.uuid4().hex[:12]
     stats = RolloutStats()
     try:
-        # Design round: one batched policy call over T*M designer observations.
-        design_turns = []
-        for t, tid in enumerate(task_ids):
-            for m in range(n_designs):
-                env = env_list[t * n_designs + m]
-                obs, _ = env.reset(seed=None if seed is None else seed + t * n_designs + m, options={"task_id": tid})
-                turn = parse_observation(obs)
-                if turn.role != "designer":
-                    raise RuntimeError(f"reset of task {tid!r} did not return a designer turn (agent {turn.agent!r})")
-                design_turns.append(turn)
-        actions = policy.act(design_turns)
-        stats.act_calls += 1
-        if len(actions) != len(design_turns):
-            raise RuntimeError(f"policy {policy.name!r} returned {len(actions)} actions for {len(design_turns)} turns")
-        designs = [actions[t * n_designs : (t + 1) * n_designs] for t in range(len(task_ids))]
-        # Execution round: T*M*N episodes, each replaying its design.
-        slots = [(t, m, k) for t in range(len(task_ids)) for m in range(n_designs) for k in range(n_executions)]
-        records = run_episodes(
-            env_list[:total],
-            policy,
-            seeds=None if seed is None else [seed + i for i in range(total)],
-            options=[{"task_id": task_ids[t]} for t, _, _ in slots],
-            groups=[GroupIds(uids[t], m, k) for t, m, k in slots],
-            designs=[designs[t][m] for t, m, _ in slots],
-            progress=progress,
-            batch=batch,
-            max_turns=max_turns,
-            step_workers=step_workers,
-            close=False,
-            stats=stats,
-            run_id=run_id,
-            schedule=schedule,
+        designs = sample_designs(env_list, policy, task_ids, n_designs, seed=seed, stats=stats)
+        records = execute_designs(
+            env_list[:total], policy, task_ids, uids, designs, n_executions, seed=seed, stats=stats, run_id=run_id,
+            progress=progress, batch=batch, step_workers=step_workers, max_turns=max_turns, schedule=schedule,
         )
     finally:
         if owned:
-            for env in env_list:
-                try:
-                    env.close()
-                except Exception:  # noqa: BLE001 - closing must not mask the result
-                    pass
+            _close_envs(env_list)
+    return DesignGroupRollout(uids, task_ids, designs, records, n_executions, run_id, stats)
+
+
+def sample_designs(
+    envs: Sequence[Any], policy: Policy, task_ids: Sequence[str], n_designs: int, *, seed: int | None = None,
+    stats: RolloutStats | None = None,
+) -> list[list[Action]]:
+    """The design round: ``designs[t][m]`` for each task, from one batched ``policy.act`` call over
+    the designer observations of ``envs[t * n_designs + m]`` (reset on task ``t`` with seed
+    ``seed + t * n_designs + m``)."""
+    design_turns = []
+    for t, tid in enumerate(task_ids):
+        for m in range(n_designs):
+            env = envs[t * n_designs + m]
+            obs, _ = env.reset(seed=None if seed is None else seed + t * n_designs + m, options={"task_id": tid})
+            turn = parse_observation(obs)
+            if turn.role != "designer":
+                raise RuntimeError(f"reset of task {tid!r} did not return a designer turn (agent {turn.agent!r})")
+            design_turns.append(turn)
+    actions = policy.act(design_turns)
+    if stats is not None:
+        stats.act_calls += 1
+    if len(actions) != len(design_turns):
+        raise RuntimeError(f"policy {policy.name!r} returned {len(actions)} actions for {len(design_turns)} turns")
+    return [actions[t * n_designs : (t + 1) * n_designs] for t in range(len(task_ids))]
+
+
+def execute_designs(
+    envs: Sequence[Any], policy: Policy, task_ids: Sequence[str], task_uids: Sequence[str],
+    designs: Sequence[Sequence[Action]], n_executions: int, *, seed: int | None = None, run_id: str,
+    **rollout: Any,
+) -> list[EpisodeRecord]:
+    """The execution round: every design of ``designs[t]`` played ``n_executions`` times, one episode
+    per (task, design, execution) on ``envs`` in that order (seeded ``seed + k``), by
+    :func:`~mx_agents.rollout.run_episodes` with ``rollout`` (schedule, progress, stats...); the
+    envs stay open."""
+    slots = [(t, m, k) for t in range(len(task_ids)) for m in range(len(designs[t])) for k in range(n_executions)]
+    records = run_episodes(
+        envs[: len(slots)],
+        policy,
+        seeds=None if seed is None else [seed + i for i in range(len(slots))],
+        options=[{"task_id": task_ids[t]} for t, _, _ in slots],
+        groups=[GroupIds(task_uids[t], m, k) for t, m, k in slots],
+        designs=[designs[t][m] for t, m, _ in slots],
+        close=False,
+        run_id=run_id,
+        **rollout,
+    )
     for rec in records:
         rec.episode_id = f"{run_id}-{rec.groups.task_uid}-{rec.groups.design_id}-{rec.groups.execution_id}"
-    return DesignGroupRollout(uids, task_ids, designs, records, n_executions, run_id, stats)
+    return records
+
+
+def _env_list(envs: Sequence[Any] | Callable[[], Any], total: int, what: str) -> tuple[list[Any], bool]:
+    """``total`` envs from a factory (owned: closed at the end) or the caller's list (at least ``total``)."""
+    if callable(envs) and not isinstance(envs, Sequence):
+        return [envs() for _ in range(total)], True
+    env_list = list(envs)
+    if len(env_list) < total:
+        raise ValueError(f"need {total} envs for {what}, got {len(env_list)}")
+    return env_list, False
+
+
+def _task_uids(task_ids: Sequence[str], task_uids: Sequence[str] | None) -> list[str]:
+    """The caller's unique ``task_uids``, or the task ids made unique with ``#k`` where a task repeats."""
+    if task_uids is not None:
+        uids = [str(u) for u in task_uids]
+        if len(uids) != len(task_ids) or len(set(uids)) != len(uids):
+            raise ValueError("task_uids must be unique, one per task id")
+        return uids
+    seen: dict[str, int] = {}
+    uids = []
+    for tid in task_ids:
+        k = seen.get(tid, 0)
+        seen[tid] = k + 1
+        uids.append(tid if k == 0 else f"{tid}#{k}")
+    return uids

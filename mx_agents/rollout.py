@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -213,7 +214,37 @@ class RolloutStats:
     wall_s: float = 0.0
 
 
+SCHEDULES = ("lockstep", "continuous")
+
+
 def run_episodes(
+    envs: Sequence[EnvLike],
+    policy: Policy,
+    seeds: int | Sequence[int | None] | None = None,
+    options: Mapping[str, Any] | Sequence[Mapping[str, Any] | None] | None = None,
+    *,
+    schedule: str = "lockstep",
+    batch: bool = True,
+    step_workers: int = 1,
+    **common: Any,
+) -> list[EpisodeRecord]:
+    """Reset every env, play all of them to the end with ``policy``, return one record per env.
+
+    The schedule picks one of the runners, which share everything else (their arguments:
+    :func:`run_lockstep`): ``"lockstep"`` -> :func:`run_lockstep` (with ``step_workers``),
+    ``"continuous"`` -> :func:`run_continuous`; ``batch=False`` -> :func:`run_sequential` (the
+    unbatched baseline, whatever the schedule). ``schedule`` is a config's ``rollout.schedule``.
+    """
+    if schedule not in SCHEDULES:
+        raise ValueError(f"unknown rollout schedule {schedule!r}; known: {', '.join(SCHEDULES)}")
+    if not batch:
+        return run_sequential(envs, policy, seeds, options, **common)
+    if schedule == "continuous":
+        return run_continuous(envs, policy, seeds, options, **common)
+    return run_lockstep(envs, policy, seeds, options, step_workers=step_workers, **common)
+
+
+def run_lockstep(
     envs: Sequence[EnvLike],
     policy: Policy,
     seeds: int | Sequence[int | None] | None = None,
@@ -222,15 +253,14 @@ def run_episodes(
     groups: Sequence[GroupIds] | None = None,
     designs: Sequence[Action | str | None] | None = None,
     progress: bool | Any = True,
-    batch: bool = True,
     max_turns: int = 256,
     step_workers: int = 1,
     close: bool | None = None,
     stats: RolloutStats | None = None,
     run_id: str | None = None,
-    schedule: str = "lockstep",
 ) -> list[EpisodeRecord]:
-    """Reset every env, play all of them to the end with ``policy``, return one record per env.
+    """Play every env to the end in rounds: each round all pending turns go to one ``policy.act``
+    call, and the next round waits for the slowest turn and env step of this one.
 
     ``envs`` holds envs or zero-argument callables making one (those are closed afterwards unless
     ``close=False``). ``seeds``: one int (each env gets ``seed + i``), one per env, or ``None``.
@@ -238,21 +268,11 @@ def run_episodes(
     learner's group ids per env (default: ``task_uid`` = the task id, ``design_id`` = env index).
     ``designs``: per env, a design (an :class:`Action`, e.g. one sampled earlier with its token data,
     or plain text) played on the designer turn instead of asking the policy ("design once, execute N
-    times"); ``None`` entries let the policy design.
-
-    ``schedule="lockstep"`` with ``batch=True``: each round all pending turns go to one ``policy.act``
-    call, and the next round waits for the slowest turn and env step of this one. ``batch=False``: the
-    episodes run one after another, one turn per call (the sequential baseline).
-    ``schedule="continuous"``: one thread per episode; each episode asks ``policy.act`` for its next
-    turn as soon as its env returns the observation, and the backend batches whatever is pending at
-    that moment (HF: dynamic batching; vLLM: requests join the running batch between decode steps;
-    see :mod:`mx_agents.continuous`). No episode waits for another's turn or env step. The policy
-    must be thread-safe (the LLM policies and backends of this package are); sampling seeds are then
-    drawn in arrival order, so a seeded run is reproducible only up to thread timing. An env still running
-    after ``max_turns`` turns is cut (``error`` says so). An exception from ``env.step``/``reset`` is
-    recorded on that episode (``error``) and the others go on; an exception from ``policy.act`` is
-    raised (it is the caller's model/backend failing). ``step_workers > 1`` steps envs in threads
-    (useful when scripts run tool calls). ``stats`` receives round/call counters and wall time.
+    times"); ``None`` entries let the policy design. An env still running after ``max_turns`` turns
+    is cut (``error`` says so). An exception from ``env.step``/``reset`` is recorded on that episode
+    (``error``) and the others go on; an exception from ``policy.act`` is raised (it is the caller's
+    model/backend failing). ``step_workers > 1`` steps envs in threads (useful when scripts run tool
+    calls). ``stats`` receives round/call counters and wall time.
 
     Capacity: every env mid-episode keeps its design script alive (suspended) in the sandbox, and a
     :class:`~mx_envs.sandbox.ProcessSandbox` serves ``pool_size`` live scripts at once (default 4);
@@ -260,10 +280,89 @@ def run_episodes(
     rollout never frees, until the episode's wall budget ends it. Give the envs a sandbox with
     ``pool_size >= len(envs)`` (env kwarg ``sandbox=``).
     """
+    with _episodes(envs, seeds, options, groups, designs, progress, max_turns, close, stats, run_id) as run:
+        _play_rounds(run, policy, max_turns, lambda pending: list(pending), step_workers)
+    return run.records
+
+
+def run_sequential(
+    envs: Sequence[EnvLike],
+    policy: Policy,
+    seeds: int | Sequence[int | None] | None = None,
+    options: Mapping[str, Any] | Sequence[Mapping[str, Any] | None] | None = None,
+    *,
+    groups: Sequence[GroupIds] | None = None,
+    designs: Sequence[Action | str | None] | None = None,
+    progress: bool | Any = True,
+    max_turns: int = 256,
+    close: bool | None = None,
+    stats: RolloutStats | None = None,
+    run_id: str | None = None,
+) -> list[EpisodeRecord]:
+    """:func:`run_lockstep`'s episodes one after another, one turn per ``policy.act`` call, in env
+    order: the unbatched baseline."""
+    with _episodes(envs, seeds, options, groups, designs, progress, max_turns, close, stats, run_id) as run:
+        _play_rounds(run, policy, max_turns, lambda pending: [min(pending)], 1)
+    return run.records
+
+
+def run_continuous(
+    envs: Sequence[EnvLike],
+    policy: Policy,
+    seeds: int | Sequence[int | None] | None = None,
+    options: Mapping[str, Any] | Sequence[Mapping[str, Any] | None] | None = None,
+    *,
+    groups: Sequence[GroupIds] | None = None,
+    designs: Sequence[Action | str | None] | None = None,
+    progress: bool | Any = True,
+    max_turns: int = 256,
+    close: bool | None = None,
+    stats: RolloutStats | None = None,
+    run_id: str | None = None,
+) -> list[EpisodeRecord]:
+    """:func:`run_lockstep`'s episodes with one thread per episode: each asks ``policy.act`` for its
+    next turn as soon as its env returns the observation, and the backend batches whatever is pending
+    at that moment (HF: dynamic batching; vLLM: requests join the running batch between decode steps;
+    see :mod:`mx_agents.continuous`). No episode waits for another's turn or env step. The policy
+    must be thread-safe (the LLM policies and backends of this package are); sampling seeds are
+    derived from (run id or the env seeds, env seed, episode, turn), so a seeded run draws the same
+    seeds, but which requests share a batch depends on thread timing."""
+    with _episodes(envs, seeds, options, groups, designs, progress, max_turns, close, stats, run_id) as run:
+        _drive_threads(run, policy, max_turns)
+    return run.records
+
+
+@dataclass
+class _Run:
+    """The shared state of one runner call: live envs, their records, the observations waiting
+    for an action, the given designs, per-episode sampling seed keys and the counters."""
+
+    live: list[Any]
+    records: list[EpisodeRecord]
+    pending: dict[int, Any]
+    given: list[Action | None]
+    seed_keys: list[str]
+    stats: RolloutStats
+    bar: Any
+
+
+@contextmanager
+def _episodes(
+    envs: Sequence[EnvLike],
+    seeds: int | Sequence[int | None] | None,
+    options: Mapping[str, Any] | Sequence[Mapping[str, Any] | None] | None,
+    groups: Sequence[GroupIds] | None,
+    designs: Sequence[Action | str | None] | None,
+    progress: bool | Any,
+    max_turns: int,
+    close: bool | None,
+    stats: RolloutStats | None,
+    run_id: str | None,
+) -> Iterator[_Run]:
+    """Check the arguments, make and reset the envs, yield the run; then close the bar (and the envs
+    made here, or all with ``close=True``) and add the wall time."""
     if max_turns <= 0:
         raise ValueError("max_turns must be positive")
-    if schedule not in SCHEDULES:
-        raise ValueError(f"unknown rollout schedule {schedule!r}; known: {', '.join(SCHEDULES)}")
     n = len(envs)
     if isinstance(seeds, int):
         seed_list: list[int | None] = [seeds + i for i in range(n)]
@@ -272,19 +371,7 @@ def run_episodes(
     option_list = _per_env(options, n, "options")
     if groups is not None and len(groups) != n:
         raise ValueError(f"groups: got {len(groups)} for {n} envs")
-    given: list[Action | None] = [None] * n
-    if designs is not None:
-        if len(designs) != n:
-            raise ValueError(f"designs: got {len(designs)} for {n} envs")
-        for i, d in enumerate(designs):
-            if isinstance(d, str):
-                given[i] = Action(text=d, role="designer", agent="designer", source="fixed")
-            elif isinstance(d, Action):
-                if d.role != "designer":
-                    raise ValueError(f"designs[{i}] is a {d.role} action, not a design")
-                given[i] = d
-            elif d is not None:
-                raise TypeError(f"designs[{i}] must be an Action, a str or None, got {type(d).__name__}")
+    given = _given_designs(designs, n)
     made = [callable(e) and not hasattr(e, "step") for e in envs]
     live = [e() if m else e for e, m in zip(envs, made, strict=True)]
     close = any(made) if close is None else close
@@ -295,46 +382,80 @@ def run_episodes(
     stats = stats if stats is not None else RolloutStats()
     start = time.perf_counter()
     records: list[EpisodeRecord] = []
-    pending_obs: dict[int, Any] = {}
+    pending: dict[int, Any] = {}
     for i, env in enumerate(live):
         rec = EpisodeRecord(index=i, episode_id=f"{run_id}-{i}", groups=GroupIds(""), seed=seed_list[i], task_id=None)
         try:
             obs, info = env.reset(seed=seed_list[i], options=dict(option_list[i]) if option_list[i] else None)
             rec.task_id = _task_id(info, option_list[i])
-            pending_obs[i] = obs
+            pending[i] = obs
         except Exception as exc:  # noqa: BLE001 - recorded on the episode, the others go on
             rec.error, rec.truncated = f"reset failed: {type(exc).__name__}: {exc}", True
         rec.groups = groups[i] if groups is not None else GroupIds(rec.task_id or f"env{i}", design_id=i)
         records.append(rec)
-
     bar = _progress(n, progress)
-    bar_done = sum(r.done for r in records)
     if bar is not None:
-        bar.update(bar_done)
-    if schedule == "continuous" and batch:
-        try:
-            _run_continuous(live, policy, records, pending_obs, given, max_turns, stats, bar,
-                            [f"{seed_base}|{seed_list[i]}|{i}" for i in range(n)])
-        finally:
-            if bar is not None:
-                bar.close()
-            if close:
-                _close_envs(live)
-        stats.wall_s += time.perf_counter() - start
-        return records
+        bar.update(sum(r.done for r in records))
+    run = _Run(live, records, pending, given, [f"{seed_base}|{seed_list[i]}|{i}" for i in range(n)], stats, bar)
+    try:
+        yield run
+    finally:
+        if bar is not None:
+            bar.close()
+        if close:
+            _close_envs(live)
+    stats.wall_s += time.perf_counter() - start
+
+
+def _given_designs(designs: Sequence[Action | str | None] | None, n: int) -> list[Action | None]:
+    given: list[Action | None] = [None] * n
+    if designs is None:
+        return given
+    if len(designs) != n:
+        raise ValueError(f"designs: got {len(designs)} for {n} envs")
+    for i, d in enumerate(designs):
+        if isinstance(d, str):
+            given[i] = Action(text=d, role="designer", agent="designer", source="fixed")
+        elif isinstance(d, Action):
+            if d.role != "designer":
+                raise ValueError(f"designs[{i}] is a {d.role} action, not a design")
+            given[i] = d
+        elif d is not None:
+            raise TypeError(f"designs[{i}] must be an Action, a str or None, got {type(d).__name__}")
+    return given
+
+
+def _after_step(run: _Run, i: int, result: Any, exc: BaseException | None, max_turns: int) -> tuple[bool, Any]:
+    """Record env ``i``'s step on its episode: ``(ended, next observation)``."""
+    rec = run.records[i]
+    if exc is not None:
+        _rollout_error(rec, run.live[i], f"step failed: {type(exc).__name__}: {exc}")
+        return True, None
+    obs, reward, terminated, truncated, info = result
+    rec.reward += float(reward)
+    rec.terminated, rec.truncated = bool(terminated), bool(truncated)
+    if rec.done:
+        rec.info = dict(info)
+        rec.task_id = rec.task_id or _task_id(info, None)
+        return True, None
+    if len(rec.turns) >= max_turns:
+        _rollout_error(rec, run.live[i], f"cut after max_turns={max_turns} turns")
+        return True, None
+    return False, obs
+
+
+def _play_rounds(
+    run: _Run, policy: Policy, max_turns: int, select: Callable[[dict[int, Any]], list[int]], step_workers: int
+) -> None:
+    """Rounds until no episode is pending: the ``select``-ed pending turns go to one ``policy.act``
+    call (a given design is played instead of asking), then their envs are stepped."""
+    stats, bar, records = run.stats, run.bar, run.records
     pool = ThreadPoolExecutor(step_workers) if step_workers > 1 else None
     try:
-        order = sorted(pending_obs)
-        while pending_obs:
-            if batch:
-                active = list(pending_obs)
-            else:  # one episode at a time, in env order
-                active = [order[0]] if order[0] in pending_obs else []
-                if not active:
-                    order.pop(0)
-                    continue
-            turns: dict[int, ActorTurn] = {i: parse_observation(pending_obs[i]) for i in active}
-            forced = {i for i in active if given[i] is not None and turns[i].role == "designer"}
+        while run.pending:
+            active = select(run.pending)
+            turns: dict[int, ActorTurn] = {i: parse_observation(run.pending[i]) for i in active}
+            forced = {i for i in active if run.given[i] is not None and turns[i].role == "designer"}
             asked = [i for i in active if i not in forced]
             actions_by_env: dict[int, Action] = {}
             if bar is not None:  # a round may take minutes on CPU: show it starting, not only episodes ending
@@ -346,49 +467,30 @@ def run_episodes(
                     raise RuntimeError(f"policy {policy.name!r} returned {len(out)} actions for {len(asked)} turns")
                 actions_by_env.update(zip(asked, out, strict=True))
             for i in forced:
-                actions_by_env[i] = given[i]  # type: ignore[assignment]
+                actions_by_env[i] = run.given[i]  # type: ignore[assignment]
             stats.rounds += 1
             actions = [actions_by_env[i] for i in active]
-
             for i, action in zip(active, actions, strict=True):
                 rec = records[i]
                 rec.turns.append(TurnRecord.from_action(len(rec.turns), action, given=i in forced))
             stats.turns += len(active)
             jobs = list(zip(active, actions, strict=True))
             if pool is not None:
-                results = list(pool.map(lambda ja: _step(live, *ja), jobs))
+                results = list(pool.map(lambda ja: _step(run.live, *ja), jobs))
             else:
-                results = [_step(live, i, a) for i, a in jobs]
+                results = [_step(run.live, i, a) for i, a in jobs]
             for i, out, exc in results:
-                rec = records[i]
-                if exc is not None:
-                    _rollout_error(rec, live[i], f"step failed: {type(exc).__name__}: {exc}")
-                else:
-                    obs, reward, terminated, truncated, info = out
-                    rec.reward += float(reward)
-                    rec.terminated, rec.truncated = bool(terminated), bool(truncated)
-                    if rec.done:
-                        rec.info = dict(info)
-                        rec.task_id = rec.task_id or _task_id(info, None)
-                    elif len(rec.turns) >= max_turns:
-                        _rollout_error(rec, live[i], f"cut after max_turns={max_turns} turns")
-                    else:
-                        pending_obs[i] = obs
-                        continue
-                del pending_obs[i]
+                ended, obs = _after_step(run, i, out, exc, max_turns)
+                if not ended:
+                    run.pending[i] = obs
+                    continue
+                del run.pending[i]
                 if bar is not None:
                     bar.update(1)
                     bar.set_postfix(turns=stats.turns, refresh=False)
     finally:
         if pool is not None:
             pool.shutdown()
-        if bar is not None:
-            bar.close()
-        if close:
-            _close_envs(live)
-    stats.wall_s += time.perf_counter() - start
-    return records
-
 
 
 def _rollout_error(rec: EpisodeRecord, env: Any, message: str) -> None:
@@ -408,20 +510,7 @@ def _close_envs(envs: Sequence[Any]) -> None:
             pass
 
 
-SCHEDULES = ("lockstep", "continuous")
-
-
-def _run_continuous(
-    live: Sequence[Any],
-    policy: Policy,
-    records: list[EpisodeRecord],
-    pending_obs: dict[int, Any],
-    given: Sequence[Action | None],
-    max_turns: int,
-    stats: RolloutStats,
-    bar: Any,
-    seed_keys: Sequence[str],
-) -> None:
+def _drive_threads(run: _Run, policy: Policy, max_turns: int) -> None:
     """One thread per live episode: act, step, repeat; the backend batches across threads."""
     import threading
 
@@ -429,16 +518,17 @@ def _run_continuous(
 
     lock = threading.Lock()
     failures: list[BaseException] = []
+    stats, bar = run.stats, run.bar
 
     def drive(i: int) -> None:
-        rec, obs = records[i], pending_obs[i]
+        rec, obs, given = run.records[i], run.pending[i], run.given[i]
         while True:
             turn = parse_observation(obs)
-            forced = given[i] is not None and turn.role == "designer"
+            forced = given is not None and turn.role == "designer"
             if forced:
-                action = given[i]
+                action = given
             else:
-                with turn_seed_key(f"{seed_keys[i]}|{len(rec.turns)}"):
+                with turn_seed_key(f"{run.seed_keys[i]}|{len(rec.turns)}"):
                     out = policy.act([turn])
                 if len(out) != 1:
                     raise RuntimeError(f"policy {policy.name!r} returned {len(out)} actions for 1 turn")
@@ -449,19 +539,9 @@ def _run_continuous(
                 stats.turns += 1
                 if bar is not None:  # every turn shows, not only finished episodes
                     bar.set_postfix(turns=stats.turns)
-            _, result, exc = _step(live, i, action)  # type: ignore[arg-type]
-            if exc is not None:
-                _rollout_error(rec, live[i], f"step failed: {type(exc).__name__}: {exc}")
-                break
-            obs, reward, terminated, truncated, info = result
-            rec.reward += float(reward)
-            rec.terminated, rec.truncated = bool(terminated), bool(truncated)
-            if rec.done:
-                rec.info = dict(info)
-                rec.task_id = rec.task_id or _task_id(info, None)
-                break
-            if len(rec.turns) >= max_turns:
-                _rollout_error(rec, live[i], f"cut after max_turns={max_turns} turns")
+            _, result, exc = _step(run.live, i, action)  # type: ignore[arg-type]
+            ended, obs = _after_step(run, i, result, exc, max_turns)
+            if ended:
                 break
         if bar is not None:
             with lock:
@@ -476,12 +556,12 @@ def _run_continuous(
                 failures.append(exc)
 
     threads = [threading.Thread(target=guarded, args=(i,), name=f"episode-{i}", daemon=True)
-               for i in sorted(pending_obs)]
+               for i in sorted(run.pending)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    pending_obs.clear()
+    run.pending.clear()
     if failures:
         raise failures[0]
 

@@ -163,3 +163,29 @@ def test_env_errors_and_turn_cap_are_recorded_not_raised():
     assert "max_turns" in cut.error and len(cut.turns) == 2
     with pytest.raises(ValueError, match="seeds"):
         run_episodes([math_env()], ScriptedPolicy(default="x"), seeds=[1, 2], progress=False)
+
+
+def test_each_schedule_is_its_own_runner_and_run_episodes_picks_it():
+    """run_lockstep / run_sequential / run_continuous play the same episodes to the same outcome;
+    run_episodes(schedule=..., batch=...) is each of them, call for call."""
+    from mx_agents.rollout import run_continuous, run_lockstep, run_sequential
+
+    def play(runner, **kw):
+        backend = CountingBackend(solve)
+        stats = RolloutStats()
+        recs = runner([math_env for _ in range(3)], SharedPolicy(backend, seed=0),
+                      options=[{"task_id": t.id} for t in MATH[:3]], progress=False, stats=stats, run_id="r", **kw)
+        return [(r.task_id, r.reward, r.termination_reason, len(r.turns)) for r in recs], backend.calls, stats
+
+    lock, lock_calls, lock_stats = play(run_lockstep)
+    seq, seq_calls, _ = play(run_sequential)
+    cont, cont_calls, _ = play(run_continuous)
+    assert lock == seq == cont and all(reward == 1.0 for _, reward, _, _ in lock)
+    turns = sum(n for *_, n in lock)
+    assert seq_calls == [1] * turns and max(lock_calls) == 3 and lock_stats.rounds == len(lock_calls)
+    assert sum(cont_calls) == turns
+    assert play(run_episodes)[:2] == (lock, lock_calls)
+    assert play(run_episodes, batch=False)[:2] == (seq, seq_calls)
+    assert play(run_episodes, schedule="continuous")[0] == cont
+    with pytest.raises(ValueError, match="unknown rollout schedule"):
+        run_episodes([], SharedPolicy(CountingBackend(solve)), schedule="eager")
