@@ -243,7 +243,10 @@ def _separating(values: list[tuple[bool, Any]]) -> int:
     counts: dict[str, int] = {}
     for known, value in values:
         if known:
-            key = json.dumps(value, sort_keys=True, default=repr)
+            try:
+                key = json.dumps(value, sort_keys=True, default=repr)
+            except (TypeError, ValueError, RecursionError):  # tuple keys, mixed key types
+                key = repr(value)
             counts[key] = counts.get(key, 0) + 1
     top = max(counts.values(), default=0)
     return len(values) - max(top, 1) if values else 0

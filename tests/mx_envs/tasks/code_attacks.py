@@ -125,9 +125,16 @@ def best_constant(task: Task, sandbox: Any) -> Any:
         counts = Counter(" ".join(o.split()) for _, o in t.stdin_tests)
         return counts.most_common(1)[0][0]
     values = [json.loads(e) for _, e in t.call_tests] if t.call_tests else _oracle_values(task, sandbox)
-    counts = Counter(json.dumps(_canon(v), sort_keys=True, default=repr) for v in values)
+    counts = Counter(_key(v) for v in values)
     key = counts.most_common(1)[0][0]
-    return next(v for v in values if json.dumps(_canon(v), sort_keys=True, default=repr) == key)
+    return next(v for v in values if _key(v) == key)
+
+
+def _key(value: Any) -> str:
+    try:
+        return json.dumps(_canon(value), sort_keys=True, default=repr)
+    except (TypeError, ValueError, RecursionError):  # tuple keys, mixed key types
+        return repr(value)
 
 
 def _function_table(task: Task) -> list[tuple[list[Any], Any]]:
@@ -240,16 +247,17 @@ def probe_tasks(sandbox: Any, data_dir: str | None = None) -> dict[str, list[Tas
 
 def measure(tasks: dict[str, list[Task]], sandbox: Any, every: int = 1) -> dict[str, dict[str, list[float]]]:
     """Per dataset and attack: [rows, rows with reward under pass-fraction shaping > 0, rows correct,
-    mean pass-fraction reward]."""
+    mean pass-fraction reward]; ``reference`` (the dataset's own solution) shows what solving earns."""
     from mx_envs.tasks import grade
 
     table: dict[str, dict[str, list[float]]] = {}
     for name, rows in tasks.items():
         for task in rows[::every] if every > 1 else rows:
             attacks = list(ATTACKS) + (["sum_div_zero"] if task.tests.fn_name == "sum_div" else [])
+            attacks += ["reference"] if task.tests.solutions else []
             for attack in attacks:
                 try:
-                    program = attack_program(task, attack, sandbox)
+                    program = task.tests.solutions[0] if attack == "reference" else attack_program(task, attack, sandbox)
                 except Exception as exc:  # noqa: BLE001 - a row whose reference cannot be recorded
                     print(f"skip {task.id} {attack}: {type(exc).__name__}", file=sys.stderr)
                     continue

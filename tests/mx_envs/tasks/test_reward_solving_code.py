@@ -146,6 +146,8 @@ def test_mbpp_prompt_shows_one_assert_and_grades_on_all(grading_sandbox) -> None
     assert mbpp_example(["assert f(1) == 5", "assert f(2) == 6", "assert f(3) == 6"], "f") == 1
     assert mbpp_example(["assert f(1) == 'a'", "assert f(2) == ''"], "f") is None  # signature only
     assert mbpp_example(rows[2]["test_list"], "is_sorted") == 0  # all True: nothing separates
+    # values JSON cannot key (tuple keys, as in MBPP's Counter-style results) are compared by repr
+    assert mbpp_example(["assert f(1) == {(1, 2): 3}", "assert f(2) == {(1, 2): 3}", "assert f(3) == {1: 2}"], "f") == 0
 
 
 def test_sum_div_has_no_constant_oracle(grading_sandbox) -> None:
