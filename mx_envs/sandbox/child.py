@@ -161,7 +161,7 @@ def _host_tempdir() -> str:
 def _enter_world(iso: dict[str, Any]) -> None:
     """Enter a private copy of the pool's world namespace and mount this run's own tmpfs and /proc."""
     try:
-        file_view.enter_template(PLAN.world_ns_fd, tmp_size=f"{PREFORK_TMP_MB}m")
+        file_view.enter_template(PLAN.world_ns_fd, tmp_size=f"{PREFORK_TMP_MB}m", p=PLAN.view)
     except OSError as exc:
         iso["errors"].append(f"allow-list world (template): {exc}")
         return

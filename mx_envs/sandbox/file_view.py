@@ -221,23 +221,44 @@ def build(p: ViewPlan, root: str = VIEW_ROOT, tmp_size: str = "512m", proc: bool
             _linux.mount("tmpfs", root + path, "tmpfs", nosuid_nodev, "size=4k,mode=555")
         _linux.make_tree_readonly(root)
         if own:
-            mount_own(root, tmp_size, proc)
+            mount_own(root, tmp_size, proc, p)
     finally:
         for fd in held.values():
             os.close(fd)
 
 
-def mount_own(root: str, tmp_size: str, proc: bool) -> None:
+def mount_own(root: str, tmp_size: str, proc: bool, p: ViewPlan | None = None) -> None:
     """One run's own part of the world: fresh tmpfs ``/tmp`` and ``/dev/shm``, and its ``/proc``.
 
     Fresh mounts (new superblocks) every time: a tmpfs copied with a mount namespace would be the
-    same file system in every copy, a channel between runs.
+    same file system in every copy, a channel between runs. Parts of the world that live below one
+    of them (an interpreter or a package in a venv under ``/tmp``: a checkout there) are bound again
+    on top of the fresh tmpfs, read-only, from the world's own copy.
     """
     nosuid_nodev = _linux.MS_NOSUID | _linux.MS_NODEV
-    for d in _WRITABLE:
-        _linux.mount("tmpfs", root + d, "tmpfs", nosuid_nodev, f"size={tmp_size},mode=1777")
-    if proc:
+    if proc:  # first: the binds below go through /proc/self/fd
         _linux.mount("proc", root + "/proc", "proc", nosuid_nodev | _linux.MS_NOEXEC)
+    for d in _WRITABLE:
+        below = d + "/"
+        sources = [(path, is_dir) for path, is_dir in (p.sources if p else []) if path.startswith(below)]
+        links = [(path, target) for path, target in (p.symlinks if p else []) if path.startswith(below)]
+        held = {path: os.open(root + path, os.O_PATH | os.O_CLOEXEC) for path, _ in sources}
+        try:
+            _linux.mount("tmpfs", root + d, "tmpfs", nosuid_nodev, f"size={tmp_size},mode=1777")
+            for path, is_dir in sources:
+                os.makedirs(root + (path if is_dir else os.path.dirname(path)), mode=0o755, exist_ok=True)
+                if not is_dir and not os.path.lexists(root + path):
+                    os.close(os.open(root + path, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o644))
+            for path, target in links:
+                os.makedirs(root + os.path.dirname(path), mode=0o755, exist_ok=True)
+                if not os.path.lexists(root + path):
+                    os.symlink(target, root + path)
+            for path, fd in held.items():
+                _linux.mount(f"/proc/self/fd/{fd}", root + path, None, _linux.MS_BIND | _linux.MS_REC)
+                _linux.make_tree_readonly(root + path)
+        finally:
+            for fd in held.values():
+                os.close(fd)
 
 
 def make_template(p: ViewPlan) -> int:
@@ -286,9 +307,10 @@ def make_template(p: ViewPlan) -> int:
         os.waitpid(pid, 0)
 
 
-def enter_template(ns_fd: int, tmp_size: str, proc: bool = True) -> None:
-    """Join a copy of the template namespace of :func:`make_template` and mount this run's own part."""
+def enter_template(ns_fd: int, tmp_size: str, proc: bool = True, p: ViewPlan | None = None) -> None:
+    """Join a copy of the template namespace of :func:`make_template` and mount this run's own part
+    (``p``: the plan the template was built from, for its parts below ``/tmp``)."""
     _linux.setns(ns_fd, _linux.CLONE_NEWNS)
     _linux.unshare(_linux.CLONE_NEWNS)  # our own copy: the mounts below never reach the template
     os.chdir("/")
-    mount_own("", tmp_size, proc)
+    mount_own("", tmp_size, proc, p)

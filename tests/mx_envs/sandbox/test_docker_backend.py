@@ -451,6 +451,8 @@ def test_docker_run_does_not_outlive_a_dead_host(docker_sb):
     run, and the next sandbox's sweep removes the container left by the dead host."""
     import sys
 
+    import docker
+
     from mx_envs.sandbox.docker_backend import LABEL_OWNER
 
     wall = 4.0
@@ -466,7 +468,10 @@ def test_docker_run_does_not_outlive_a_dead_host(docker_sb):
         started = False
         while not started and time.monotonic() < deadline and proc.poll() is None:
             for c in docker_sb.api.containers(filters=label):
-                top = docker_sb.api.top(c["Id"])
+                try:
+                    top = docker_sb.api.top(c["Id"])
+                except docker.errors.APIError:  # created, not running yet (409): look again
+                    continue
                 started = any("main.py" in " ".join(map(str, p)) for p in top.get("Processes") or [])
             time.sleep(0.1)
         assert started, "the host never started the program"
