@@ -36,7 +36,9 @@ def test_chunked_equals_full_on_random_head(chunk):
 def test_learner_chunked_gradients_equal_full_logits(tiny):
     model, _ = tiny
     data = batch(n=6)
-    cfg = {"entropy_coef": 0.01, "temperature": 0.8, "micro_batch_tokens": 64}
+    for t in data:  # scored at the temperature each turn records (not a learner setting)
+        t.metadata["temperature"] = 0.8
+    cfg = {"entropy_coef": 0.01, "micro_batch_tokens": 64}
     full = Learner(copy.deepcopy(model), {**cfg, "logits_chunk_tokens": 0})
     chunked = Learner(copy.deepcopy(model), {**cfg, "logits_chunk_tokens": 3})
     m_full, m_chunk = full.compute_gradients(data), chunked.compute_gradients(data)
