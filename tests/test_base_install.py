@@ -18,14 +18,12 @@ import re
 import subprocess
 import sys
 import textwrap
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from mx_envs.errors import OPTIONAL_PACKAGES, missing_extra
+from tests.mx_agents.backends.openai_double import ChatServerDouble
 
 ROOT = Path(__file__).resolve().parents[1]
 HEAVY = ("torch", "transformers", "accelerate", "matplotlib", "tensorboard", "vllm", "ray")
@@ -147,34 +145,18 @@ def forward(task):
 ```"""
 
 
-class SolverServerDouble:
-    """A test double of an OpenAI-compatible chat server on 127.0.0.1 (stdlib ``http.server``, no model).
+class SolverServerDouble(ChatServerDouble):
+    """A test double of an OpenAI-compatible chat server on 127.0.0.1 (:class:`ChatServerDouble`, no model)
+    that plays a plain server (no token ids, no logprobs) and solves by lookup.
 
-    ``POST /v1/chat/completions``: a designer request (its chat states the ``forward(task)`` contract)
-    gets :data:`DESIGN`, a two-solver vote; any other request whose last user message holds one of
-    ``answers``' problem texts gets ``\\boxed{answer}``, else ``\\boxed{0}``. Requests are recorded.
+    A designer request (its chat states the ``forward(task)`` contract) gets :data:`DESIGN`, a
+    two-solver vote; any other request whose last user message holds one of ``answers``' problem texts
+    gets ``\\boxed{answer}``, else ``\\boxed{0}``. Requests are recorded.
     """
 
     def __init__(self, answers: dict[str, str]) -> None:
+        super().__init__(token_ids=False, logprobs=False)
         self.answers = answers
-        self.requests: list[dict[str, Any]] = []
-        self._lock = threading.Lock()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-
-    @property
-    def base_url(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}/v1"
-
-    def __enter__(self) -> SolverServerDouble:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._server.shutdown()
-        self._server.server_close()
 
     def reply_text(self, messages: list[dict[str, str]]) -> str:
         if any("forward(task)" in m["content"] for m in messages):
@@ -182,33 +164,6 @@ class SolverServerDouble:
         last = [m["content"] for m in messages if m["role"] == "user"][-1]
         answer = next((a for problem, a in self.answers.items() if problem in last), "0")
         return f"The answer is \\boxed{{{answer}}}."
-
-    def _handler(self) -> type[BaseHTTPRequestHandler]:
-        double = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args: object) -> None:  # keep test output clean
-                pass
-
-            def do_POST(self) -> None:  # noqa: N802 - http.server's naming
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                with double._lock:
-                    double.requests.append(body)
-                if not self.path.endswith("/chat/completions"):
-                    self.send_response(404)
-                    self.end_headers()
-                    return
-                text = double.reply_text(body["messages"])
-                raw = json.dumps({"id": "double", "object": "chat.completion", "choices": [
-                    {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
-                    "usage": {"completion_tokens": len(text.split())}}).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(raw)))
-                self.end_headers()
-                self.wfile.write(raw)
-
-        return Handler
 
 
 # Runs inside the base venv: scripted episodes, then `mx episode` against the server, in one process so

@@ -49,10 +49,15 @@ class ChatServerDouble:
         with self._lock:
             return self.faults.pop(0) if self.faults else ""
 
+    def reply_text(self, messages: list[dict[str, str]]) -> str:
+        """The full reply to ``messages`` before the token limit: the last user message reversed."""
+        return [m["content"] for m in messages if m["role"] == "user"][-1][::-1]
+
     def reply(self, body: dict[str, Any]) -> dict[str, Any]:
         user = [m["content"] for m in body["messages"] if m["role"] == "user"][-1]
-        text = user[::-1][: body.get("max_tokens", 256)]
-        finish = "length" if len(user) > body.get("max_tokens", 256) else "stop"
+        full = self.reply_text(body["messages"])
+        text = full[: body.get("max_tokens", 256)]
+        finish = "length" if len(full) > body.get("max_tokens", 256) else "stop"
         choice: dict[str, Any] = {"index": 0, "message": {"role": "assistant", "content": text},
                                   "finish_reason": finish}
         if self.logprobs and body.get("logprobs"):
