@@ -181,10 +181,16 @@ def _task_uids(task_ids: Sequence[str], task_uids: Sequence[str] | None) -> list
         if len(uids) != len(task_ids) or len(set(uids)) != len(uids):
             raise ValueError("task_uids must be unique, one per task id")
         return uids
+    return unique_names(task_ids)
+
+
+def unique_names(names: Sequence[str]) -> list[str]:
+    """Names made unique by a ``#k`` suffix on repeats (``a, a, b`` -> ``a, a#1, b``): task uids here,
+    env names of a mixed run (:mod:`mx_train.env_mix`)."""
     seen: dict[str, int] = {}
-    uids = []
-    for tid in task_ids:
-        k = seen.get(tid, 0)
-        seen[tid] = k + 1
-        uids.append(tid if k == 0 else f"{tid}#{k}")
-    return uids
+    out = []
+    for n in names:
+        k = seen.get(n, 0)
+        seen[n] = k + 1
+        out.append(n if k == 0 else f"{n}#{k}")
+    return out

@@ -45,7 +45,8 @@ def mixed_env_factory(mix: list[Any]) -> EnvFactory:
 
 def make_env_mix(config: TrainConfig) -> list[Any]:
     """The :class:`~mx_train.env_mix.EnvEntry` list of ``config.envs`` (names unique, tasks loaded once)."""
-    from mx_train.env_mix import EnvEntry, env_label, unique_names
+    from mx_agents.design_groups import unique_names
+    from mx_train.env_mix import EnvEntry, env_label
 
     entries = config.env_entries()
     names = unique_names([name or env_label(cfg.id) for cfg, _, name in entries])

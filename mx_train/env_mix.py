@@ -97,12 +97,3 @@ def env_label(env_id: str) -> str:
     return head if sep and tail.isdigit() else name
 
 
-def unique_names(names: Sequence[str]) -> list[str]:
-    """Names made unique by a ``#k`` suffix on repeats (two Arithmetic levels -> Arithmetic, Arithmetic#1)."""
-    seen: dict[str, int] = {}
-    out = []
-    for n in names:
-        k = seen.get(n, 0)
-        seen[n] = k + 1
-        out.append(n if k == 0 else f"{n}#{k}")
-    return out

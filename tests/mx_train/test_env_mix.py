@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from mx_agents.design_groups import unique_names
 from mx_train.config import TrainConfig
-from mx_train.env_mix import MixedEnv, qualify, split_qualified, unique_names
+from mx_train.env_mix import MixedEnv, qualify, split_qualified
 
 
 class _FakeEnv:
