@@ -580,30 +580,14 @@ def _task_id(info: Mapping[str, Any], options: Mapping[str, Any] | None) -> str 
     return None if value is None else str(value)
 
 
-class _OuterBar:
-    """A caller's progress bar that spans several calls: counted into, never closed here."""
-
-    def __init__(self, bar: Any) -> None:
-        self._bar = bar
-
-    def update(self, n: int = 1) -> None:
-        self._bar.update(n)
-
-    def set_postfix(self, *args: Any, **kwargs: Any) -> None:
-        pass  # concurrent callers would overwrite each other's postfix
-
-    def close(self) -> None:
-        pass
-
-
 def _progress(total: int, enabled: bool | Any) -> Any:
     if not enabled:
         return None
-    if hasattr(enabled, "update"):  # a bar of the caller (e.g. one per held-out condition)
-        return _OuterBar(enabled)
-    from tqdm.auto import tqdm
+    from mx_agents.progress import OuterBar, progress_bar
 
-    return tqdm(total=total, desc="episodes", unit="ep", dynamic_ncols=True)
+    if hasattr(enabled, "update"):  # a bar of the caller (e.g. one per held-out condition)
+        return OuterBar(enabled)
+    return progress_bar(total, "episodes")
 
 
 EnvFactory = Callable[[], Any]

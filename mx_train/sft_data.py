@@ -158,9 +158,9 @@ def generate_sft_data(cfg: SftDataConfig, out: str | Path, *, progress: bool = F
     by_design: dict[str, list[int]] = {}
     bar = None
     if progress:  # one bar over every episode of every chunk: rate and ETA
-        from tqdm.auto import tqdm
+        from mx_agents.progress import progress_bar
 
-        bar = tqdm(total=len(plays), desc="teacher episodes", unit="ep", dynamic_ncols=True)
+        bar = progress_bar(len(plays), "teacher episodes")
     with open(out, "w", encoding="utf-8") as f:
         for start in range(0, len(plays), cfg.batch_size):
             chunk = plays[start : start + cfg.batch_size]

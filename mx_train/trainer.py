@@ -36,6 +36,7 @@ from typing import Any
 
 import numpy as np
 
+from mx_agents.progress import progress_bar
 from mx_agents.transition import Transition
 from mx_train.assembly import (
     BackendFactory,
@@ -446,7 +447,7 @@ class Trainer:
         )
         history = []
         rng = random.Random(self.config.seed)
-        bar = _bar(ws.steps, "cold start (SFT)", "step") if self.progress else None
+        bar = progress_bar(ws.steps, "cold start (SFT)", "step") if self.progress else None
         for k in range(ws.steps):
             m = sft.sft_step(warm_start_batch(per_design, data, ws.batch_size, k, rng))
             history.append(m)
@@ -499,7 +500,7 @@ class Trainer:
 
             self.monitor.seed(read_metrics(log.path))
         # Steps of this invocation, with rate and ETA (each step also shows its rollout's episode bar).
-        bar = _bar(total, "RL steps", "step", initial=self.step_index) if self.progress else None
+        bar = progress_bar(total, "RL steps", "step", initial=self.step_index) if self.progress else None
         try:
             while self.step_index < total:
                 metrics = self.step()
@@ -588,12 +589,6 @@ def _round_trained_weights(learners: Any) -> None:
                 p.copy_(p.to(torch.bfloat16).to(p.dtype))
             if master is not None:
                 master.master_to_model()
-
-
-def _bar(total: int, desc: str, unit: str, initial: int = 0) -> Any:
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, initial=initial, desc=desc, unit=unit, dynamic_ncols=True)
 
 
 def _fmt(v: Any) -> str:

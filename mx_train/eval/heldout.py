@@ -25,6 +25,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from mx_agents.progress import progress_bar
+
 ENV_ID = "MetaAgentX-Arithmetic-v0"
 TEST_STREAM = 200  # test tasks generated per level (the first n are evaluated)
 
@@ -115,7 +117,7 @@ def run_heldout(
     for index, (name, designer, executor) in enumerate(plan, 1):
         policy = _policy(designer, executor, settings, backends, seed, batch_size)
         # One bar per condition, advanced per finished episode of any level: rate and ETA.
-        bar = _condition_bar(f"heldout {index}/{len(plan)} {name}", len(levels) * n) if progress else None
+        bar = progress_bar(len(levels) * n, f"heldout {index}/{len(plan)} {name}") if progress else None
 
         def one_level(level: int, name: str = name, designer: str = designer, executor: str = executor,
                       policy: Any = policy, bar: Any = bar) -> tuple[dict[str, Any], Counter[str]]:
@@ -159,12 +161,6 @@ def run_heldout(
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
     return doc
-
-
-def _condition_bar(desc: str, total: int) -> Any:
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=desc, unit="ep", dynamic_ncols=True)
 
 
 def _settings_from_config(run: Path) -> dict[str, Any] | None:

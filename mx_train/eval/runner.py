@@ -198,9 +198,9 @@ def run_eval(
     if outer_bar is not None:
         outer_bar.update(total - len(todo))  # resumed episodes
     elif progress:
-        from tqdm.auto import tqdm
+        from mx_agents.progress import progress_bar
 
-        bar = tqdm(total=total, initial=total - len(todo), desc="eval", unit="ep", dynamic_ncols=True)
+        bar = progress_bar(total, "eval", initial=total - len(todo))
     try:
         for env_id in cfg.env_ids:
             batch_items = [x for x in todo if x[0] == env_id]
