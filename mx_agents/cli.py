@@ -42,14 +42,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def _env_kwargs(items: list[str]) -> dict:
+def env_kwargs(items: list[str] | None, flag: str = "--env-kwarg") -> dict:
+    """``FLAG KEY=VALUE`` items as gym.make keywords (a value is JSON when it parses as JSON); also
+    ``mx eval --env-arg`` and ``mx sft-data --env-arg``."""
     import json
 
     out = {}
-    for item in items:
+    for item in items or []:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise ValueError(f"--env-kwarg expects KEY=VALUE, got {item!r}")
+            raise ValueError(f"{flag} expects KEY=VALUE, got {item!r}")
         try:
             out[key] = json.loads(value)
         except json.JSONDecodeError:
@@ -72,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
         from mx_envs.envs.registration import check_env_id
 
         check_env_id(args.env_id)  # before a model loads: a typo costs no model load
-        env_kwargs = _env_kwargs(args.env_kwarg)
+        make_kwargs = env_kwargs(args.env_kwarg)
         backend_kw = {"device": args.device} if args.device else None
         policy = parse_policy_spec(
             args.policy,
@@ -85,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
             backend_kw=backend_kw,
             thinking=args.thinking,
         )
-        env = gym.make(args.env_id, **env_kwargs)
+        env = gym.make(args.env_id, **make_kwargs)
     except (ValueError, TypeError, LookupError, OSError, RuntimeError, gym.error.Error) as exc:
         print(f"mx episode: {exc}", file=sys.stderr)
         return 2

@@ -12,18 +12,9 @@ POLICY_HELP = (
 
 def env_kwargs(items: list[str] | None) -> dict:
     """``--env-arg KEY=VALUE`` items as gym.make keywords (a value is JSON when it parses as JSON)."""
-    import json
+    from mx_agents.cli import env_kwargs as parse
 
-    out = {}
-    for item in items or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ValueError(f"--env-arg wants KEY=VALUE, got {item!r}")
-        try:
-            out[key] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key] = value
-    return out
+    return parse(items, "--env-arg")
 
 
 def _add_run_options(p: argparse.ArgumentParser) -> None:
