@@ -24,6 +24,7 @@ Resume: ``ckpt = load_latest(ROOT)``; build the models/learners/schedule/RNGs as
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -143,7 +144,7 @@ class Checkpoint:
             return
         for name, learner in (learners or {}).items():
             f = self.path / "learners" / f"{name}.pt"
-            learner.load_state_dict(torch.load(f, map_location="cpu", weights_only=True))
+            learner.load_state_dict(_resolve_parked(torch.load(f, map_location="cpu", weights_only=True), f.parent))
         if schedule is not None:
             if "schedule" not in self.state:
                 raise KeyError(f"checkpoint {self.path} has no schedule state")
@@ -211,7 +212,8 @@ def save_checkpoint(
         if learners and full:
             (tmp / "learners").mkdir()
             for name, learner in learners.items():
-                torch.save(learner.state_dict(), tmp / "learners" / f"{name}.pt")
+                with _parked_as_files(learner, tmp / "learners", name):
+                    torch.save(learner.state_dict(), tmp / "learners" / f"{name}.pt")
         rng_json: dict[str, Any] = {}
         torch_gens: dict[str, Any] = {}
         for name, obj in (rngs or {}).items() if full else ():
@@ -260,6 +262,29 @@ def save_checkpoint(
             if old_ckpt not in keep:
                 shutil.rmtree(old_ckpt, ignore_errors=True)
     return final
+
+
+def _parked_as_files(learner: Any, dest: Path, name: str) -> contextlib.AbstractContextManager[Any]:
+    """A learner whose optimizer parks phases on disk saves them as files of their own (see
+    ``PhaseOptimizer.parked_as_files``); any other learner saves as it is."""
+    opt = getattr(learner, "opt", None)
+    into = getattr(opt, "parked_as_files", None)
+    return into(dest, name) if into is not None else contextlib.nullcontext()
+
+
+def _resolve_parked(state: Any, folder: Path) -> Any:
+    """Parked phases saved as files (names relative to the checkpoint's ``learners/``) as absolute paths."""
+    from mx_train.learner.optim import PARKED_FILE
+
+    parked = state.get("optimizer_phases", {}).get("parked") if isinstance(state, dict) else None
+    for phase, entry in (parked or {}).items():
+        if isinstance(entry, dict) and PARKED_FILE in entry:
+            rel = str(entry[PARKED_FILE])
+            path = (folder / rel).resolve()
+            if path.parent != folder.resolve() or not path.is_file():
+                raise ValueError(f"checkpoint {folder.parent}: parked optimizer state {rel!r} of phase {phase!r} is missing")
+            parked[phase] = {PARKED_FILE: str(path)}
+    return state
 
 
 def _is_full(path: Path) -> bool:

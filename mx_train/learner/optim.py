@@ -22,19 +22,23 @@ The LR schedule counts optimizer steps of the learner across phases (one schedul
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import shutil
 import tempfile
 import weakref
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import torch
 
     from mx_train.learner.config import LearnerConfig
+
+# The entry that names a parked phase saved as a file of its own (PhaseOptimizer.parked_as_files).
+PARKED_FILE = "parked_file"
 
 
 def lr_lambda(cfg: LearnerConfig) -> Callable[[int], float]:
@@ -110,6 +114,7 @@ class PhaseOptimizer:
         park = getattr(cfg, "park_optimizer", "auto")
         self.park_to_disk = park == "disk" or (park == "auto" and on_cpu)
         self._spill_dir: str | None = None
+        self._files_into: tuple[str, str] | None = None
 
     @property
     def params(self) -> list[torch.Tensor]:
@@ -188,20 +193,67 @@ class PhaseOptimizer:
         finally:
             self.optimizer.state = current
 
+    @contextlib.contextmanager
+    def parked_as_files(self, dest: str | os.PathLike[str], stem: str) -> Iterator[None]:
+        """While active, :meth:`state_dict` writes each phase parked on disk as a file of its own in
+        ``dest`` (``{stem}.parked-{phase}.pt``, a hard link or a copy of the spill file) and names it,
+        instead of reading it back: a checkpoint then never holds two phases' moments in memory at
+        once (with a 135M model on CPU, 1.08 GB more at every full save).
+        :meth:`load_state_dict` accepts such a name as an absolute path (see ``checkpoint.restore``)."""
+        self._files_into = (os.fspath(dest), stem)
+        try:
+            yield
+        finally:
+            self._files_into = None
+
+    def _parked_entry(self, phase: str, parked: Any) -> Any:
+        into = self._files_into
+        if not isinstance(parked, _Spilled):
+            return self._serialise(parked)
+        if into is None:  # read back (no activations live at a checkpoint)
+            return self._serialise(parked.load(self.params))
+        name = f"{into[1]}.parked-{phase}.pt"
+        target = os.path.join(into[0], name)
+        try:
+            os.link(parked.path, target)
+        except OSError:  # another file system (tmp vs the run dir)
+            shutil.copyfile(parked.path, target)
+        return {PARKED_FILE: name}
+
     def state_dict(self) -> dict[str, Any]:
         return {
             "optimizer": self.optimizer.state_dict(),
             "lr_scheduler": self.lr_scheduler.state_dict(),
             "phase": self.phase,
-            # A spilled phase is read back for the checkpoint only (no activations live then).
-            "parked": {k: self._serialise(v.load(self.params) if isinstance(v, _Spilled) else v)
-                       for k, v in self.parked.items()},
+            "parked": {k: self._parked_entry(k, v) for k, v in self.parked.items()},
         }
+
+    def _adopt_file(self, phase: str, path: str) -> bool:
+        """Take a parked phase saved as a file as this optimizer's spill, without reading it."""
+        if not self.park_to_disk:
+            return False
+        if self._spill_dir is None:
+            self._spill_dir = tempfile.mkdtemp(prefix="mx-parked-optimizer-")
+            weakref.finalize(self, shutil.rmtree, self._spill_dir, True)
+        own = os.path.join(self._spill_dir, f"{phase}.pt")
+        shutil.copyfile(path, own)  # never a link: the spill file is deleted when the phase returns
+        self.parked[phase] = _Spilled(own)
+        return True
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         groups = self.optimizer.state_dict()["param_groups"]
         self.clear_parked()
         for phase, st in (state.get("parked") or {}).items():
+            if isinstance(st, Mapping) and PARKED_FILE in st:
+                path = str(st[PARKED_FILE])
+                if not os.path.isabs(path):
+                    raise ValueError(f"parked optimizer state of phase {phase!r} names a file {path!r} "
+                                     "that was not resolved against its checkpoint (checkpoint.restore does)")
+                if self._adopt_file(phase, path):
+                    continue
+                import torch
+
+                st = torch.load(path, map_location="cpu", weights_only=True)
             self.optimizer.load_state_dict({"state": st, "param_groups": groups})
             parked = {p: {k: _park(v) for k, v in s.items()} for p, s in self.optimizer.state.items()}
             self.optimizer.state = defaultdict(dict)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 import random
 import signal
@@ -131,3 +132,45 @@ def test_sigkill_mid_step_resumes_exactly(tmp_path):
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), k
+
+
+def test_a_phase_parked_on_disk_is_saved_as_its_file_never_read_back(tmp_path, tiny, monkeypatch):
+    """A full checkpoint of a CPU learner whose inactive phase's AdamW moments are parked on disk
+    links (or copies) the park file into the checkpoint instead of loading it: loading it put both
+    phases' moments in memory at once at every full save (the demo's peak RSS, issue 20). Restoring
+    adopts the file as the new learner's park, and the next updates equal the uninterrupted run's."""
+    from mx_train.learner.optim import PARKED_FILE, _Spilled
+    from tests.mx_train.test_learner import _role_batch, _weights
+
+    model, _ = tiny
+    a = Learner(copy.deepcopy(model), {"lr": 1e-3, "park_optimizer": "disk"})
+    a.update(_role_batch("executor", 4, 0), active_roles={"executor"})
+    a.update(_role_batch("designer", 4, 1), active_roles={"designer"})
+    assert isinstance(a.opt.parked["executor"], _Spilled)
+
+    def no_read_back(self, params):
+        raise AssertionError("a checkpoint read the parked phase back into memory")
+
+    with monkeypatch.context() as m:
+        m.setattr(_Spilled, "load", no_read_back)
+        path = save_checkpoint(tmp_path, 2, models={"policy": a.model}, learners={"policy": a})
+    saved = torch.load(path / "learners" / "policy.pt", weights_only=True)
+    assert saved["optimizer_phases"]["parked"]["executor"] == {PARKED_FILE: "policy.parked-executor.pt"}
+    assert (path / "learners" / "policy.parked-executor.pt").stat().st_size > 0
+
+    b = Learner(copy.deepcopy(model), {"lr": 1e-3, "park_optimizer": "disk"})
+    load_latest(tmp_path).restore(models={"policy": b.model}, learners={"policy": b})
+    parked = b.opt.parked["executor"]
+    assert isinstance(parked, _Spilled) and not parked.path.startswith(str(tmp_path))  # its own copy
+    for learner in (a, b):  # both switch back to the executor: its moments come from the park
+        learner.update(_role_batch("executor", 4, 2), active_roles={"executor"})
+    wa, wb = _weights(a.model), _weights(b.model)
+    assert all(torch.equal(wa[n], wb[n]) for n in wa)
+    assert (path / "learners" / "policy.parked-executor.pt").exists()  # the checkpoint keeps its copy
+
+    c = Learner(copy.deepcopy(model), {"lr": 1e-3, "park_optimizer": "memory"})  # a GPU-style learner
+    load_latest(tmp_path).restore(models={"policy": c.model}, learners={"policy": c})
+    assert not isinstance(c.opt.parked["executor"], _Spilled)
+    (path / "learners" / "policy.parked-executor.pt").unlink()
+    with pytest.raises(ValueError, match="parked optimizer state"):
+        load_latest(tmp_path).restore(models={"policy": b.model}, learners={"policy": b})
