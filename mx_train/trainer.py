@@ -122,6 +122,10 @@ class Trainer:
         # Reward-hack monitor (mx_train/HACK_MONITOR.md): jumps of the integrity/ rates are warnings.
         self.monitor = HackMonitor()
         self._step_records: list[Any] | None = None  # this step's EpisodeRecords (local rollout only)
+        from mx_train.memory_watch import PhaseRSS
+
+        # Peak resident memory per phase (memory/peak_rss_gb/<phase> in every step's metrics).
+        self.rss = PhaseRSS().start()
 
     # ------------------------------------------------------------------ construction
     def _build_policy(self, backend_factory: BackendFactory | None) -> None:
@@ -301,7 +305,8 @@ class Trainer:
         step = self.step_index
         t0 = time.perf_counter()
         task_ids = self.next_tasks()
-        transitions, metrics = self.rollout(task_ids, step)
+        with self.rss.phase("rollout"):
+            transitions, metrics = self.rollout(task_ids, step)
         t_roll = time.perf_counter() - t0
         self._check_integrity(step, metrics)
         self.write_transitions(step, transitions)
@@ -312,7 +317,8 @@ class Trainer:
             metrics.update(sync.rollout_metrics(transitions))  # engine vs learner, same weights
         after_rollout(self.backends.values())
         t1 = time.perf_counter()
-        update = self.policy_group.update(transitions, active_roles=active)
+        with self.rss.phase("update"):
+            update = self.policy_group.update(transitions, active_roles=active)
         t_update = time.perf_counter() - t1
         metrics.update(update)
         for sync in {id(s): s for s in self.syncs.values()}.values():
@@ -329,6 +335,7 @@ class Trainer:
                 "rollout/generated_tokens": float(gen_tokens),
                 "rollout/tokens_per_s": gen_tokens / max(t_roll, 1e-9),
                 "epoch": float(self.epoch),
+                **self.rss.metrics(),  # peaks so far: a checkpoint's shows from the next step on
             }
         )
         self.step_index += 1
@@ -377,21 +384,22 @@ class Trainer:
         from mx_train.checkpoint import save_checkpoint
 
         tok = getattr(self.backends["designer"], "tokenizer", None)
-        return save_checkpoint(
-            root or self.out / "checkpoints",
-            self.step_index,
-            models=self._models(),
-            learners=self.policy_group.learners(),
-            schedule=self.schedule,
-            rngs={"tasks": self.rng, "numpy": self.np_rng},
-            data_position=self.data_position(),
-            extra={"config": self.config.to_dict(), "policy_settings": self.policy_settings()},
-            keep_last=self.config.keep_last if keep_last is None else keep_last,
-            tokenizer=tok,
-            full=full,
-            keep_full=keep_full,
-            weights_dtype=weights_dtype,
-        )
+        with self.rss.phase("checkpoint"):
+            return save_checkpoint(
+                root or self.out / "checkpoints",
+                self.step_index,
+                models=self._models(),
+                learners=self.policy_group.learners(),
+                schedule=self.schedule,
+                rngs={"tasks": self.rng, "numpy": self.np_rng},
+                data_position=self.data_position(),
+                extra={"config": self.config.to_dict(), "policy_settings": self.policy_settings()},
+                keep_last=self.config.keep_last if keep_last is None else keep_last,
+                tokenizer=tok,
+                full=full,
+                keep_full=keep_full,
+                weights_dtype=weights_dtype,
+            )
 
     def resume(self) -> int | None:
         """Load the newest checkpoint of this run; returns its step (``None`` when there is none)."""
@@ -477,7 +485,8 @@ class Trainer:
         resumed = self.resume() if resume else None
         (self.out / "train_config.json").write_text(json.dumps(self.config.to_dict(), indent=1))
         if resumed is None and self.step_index == 0:
-            warm = self.warm_start()
+            with self.rss.phase("warm_start"):
+                warm = self.warm_start()
             if warm:
                 with open(self.out / "warm_start.jsonl", "w") as f:
                     for i, m in enumerate(warm):
@@ -534,6 +543,10 @@ class Trainer:
         return history
 
     def close(self) -> None:
+        peaks = self.rss.metrics()
+        logger.info("peak resident memory of this process: %s", ", ".join(
+            f"{k.rsplit('/', 1)[-1]} {v:.2f} GB" for k, v in peaks.items()))
+        self.rss.stop()
         for env in self._envs or [self._probe_env]:
             try:
                 env.close()
