@@ -7,11 +7,25 @@ Token in, token out: the prompt is the model's own chat template rendered with
 The decoding loop is written here rather than delegated to ``model.generate`` so that each request
 keeps its own sampling parameters and ``torch.Generator`` inside one batch, and so the reported
 logprobs are the ones defined in :mod:`mx_agents.backends.sampling` (temperature-scaled, before
-top-k/top-p). Batching: prompts are sorted by length, split into chunks of ``max_batch_size``,
-left-padded with an attention mask and explicit position ids, prefilled once, then decoded one token
-per step with the KV cache; rows that finish are dropped from the batch (and the cache) so they stop
-costing compute. A prompt prefix shared by every row of a chunk (``shared_prefix_min`` tokens or
-more: a system prompt, the designer's API reference) is prefilled once and its cache repeated.
+top-k/top-p).
+
+Batching (``batching=``):
+
+- ``"step"`` (default): continuous batching, :class:`~mx_agents.backends.hf_engine.HFStepEngine`
+  behind a :class:`~mx_agents.continuous.StepBatcher`. Requests of concurrent callers join the
+  running batch before every decode step and return as soon as they finish; prompts are prefilled
+  alone (no padding) after the longest prefix found in a
+  :class:`~mx_agents.backends.prefix_cache.PrefixCache` (``prefix_cache_mb``: a sub-agent's earlier
+  turns, prompt prefixes shared across requests). Models whose cache is not plain full attention
+  (sliding-window or linear-attention layers) fall back to ``"batch"``.
+- ``"batch"``: the whole-batch loop (:class:`~mx_agents.continuous.DynamicBatcher`): the requests
+  waiting when a batch starts are sorted by length, split into chunks of ``max_batch_size``,
+  left-padded with an attention mask and explicit position ids, prefilled once, then decoded one
+  token per step with the KV cache; rows that finish are dropped from the batch (and the cache). A
+  prompt prefix shared by every row of a chunk (``shared_prefix_min`` tokens or more) is prefilled
+  once and its cache repeated. Requests arriving meanwhile wait for the whole batch.
+
+Both give the same tokens and logprobs up to float round-off between batch shapes.
 
 Completion conventions:
 
@@ -130,8 +144,10 @@ class HFBackend:
     ``seed`` seeds the backend's own RNG, which draws a generator seed for every request whose
     ``SamplingParams.seed`` is ``None``: a backend built with the same seed replays the same calls
     identically. Requests with a seed are reproducible on their own, whatever batch they land in
-    (up to float round-off between batch shapes). ``shared_prefix_min``: the shortest prompt prefix
-    common to a whole chunk that is prefilled once for it (0 turns the sharing off).
+    (up to float round-off between batch shapes). ``batching``: ``"step"`` (continuous batching with
+    a prefix cache of ``prefix_cache_mb`` MiB of key/value states, 0: none) or ``"batch"`` (the
+    whole-batch loop, where ``shared_prefix_min`` is the shortest prompt prefix common to a whole
+    chunk that is prefilled once for it, 0 turns that sharing off); see the module docstring.
     """
 
     name = "hf"
@@ -147,9 +163,15 @@ class HFBackend:
         seed: int = 0,
         shared_prefix_min: int = 32,
         chat_template_kwargs: Mapping[str, Any] | None = None,
+        batching: str = "step",
+        prefix_cache_mb: float = 512.0,
     ) -> None:
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
+        if batching not in ("step", "batch"):
+            raise ValueError(f"batching must be 'step' or 'batch', got {batching!r}")
+        if not prefix_cache_mb >= 0:
+            raise ValueError(f"prefix_cache_mb must be >= 0, got {prefix_cache_mb!r}")
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
         if model is None or isinstance(model, (str, os.PathLike)):
@@ -176,10 +198,23 @@ class HFBackend:
         self.chat_template_kwargs = dict(chat_template_kwargs or {})
         self.max_batch_size = max_batch_size
         self.shared_prefix_min = shared_prefix_min
-        from mx_agents.continuous import DynamicBatcher
+        from mx_agents.backends.hf_engine import HFStepEngine, step_engine_supported
+        from mx_agents.backends.prefix_cache import PrefixCache
+        from mx_agents.continuous import BatchStats, DynamicBatcher, StepBatcher
 
+        if batching == "step" and step_engine_supported(self.model) is not None:
+            batching = "batch"
+        self.batching = batching
+        self.prefix_cache: PrefixCache | None = None
         # Concurrent callers (one thread per episode) share batches: see mx_agents.continuous.
-        self._batcher = DynamicBatcher(self._generate_batch)
+        self._batcher: DynamicBatcher | StepBatcher
+        if batching == "step":
+            if prefix_cache_mb > 0:
+                self.prefix_cache = PrefixCache(int(prefix_cache_mb * 2**20))
+            stats = BatchStats()
+            self._batcher = StepBatcher(HFStepEngine(self, stats, self.prefix_cache), stats)
+        else:
+            self._batcher = DynamicBatcher(self._generate_batch)
         self.weights_version = 0
         self._rng = random.Random(seed)
         self._eos_ids = self._collect_eos_ids()
@@ -245,29 +280,27 @@ class HFBackend:
 
     @property
     def batch_stats(self) -> Any:
+        """:class:`~mx_agents.continuous.BatchStats`: batch widths, prompt tokens, prefix-cache hits."""
         return self._batcher.stats
 
-    def _generate_batch(self, items: list[tuple[Sequence[int], SamplingParams]]) -> list[Completion]:
+    def _new_row(self, ids: Sequence[int], p: SamplingParams) -> _Row:
+        """A request's decoding state; draws its generator seed from the backend's RNG when unseeded."""
         import torch
 
-        prompts = [ids for ids, _ in items]
-        params = [p for _, p in items]
-        rows: list[_Row] = []
-        for ids, p in zip(prompts, params, strict=True):
-            ids = [int(t) for t in ids]
-            if not ids:
-                raise ValueError("empty prompt")
-            budget = p.max_new_tokens
-            if self._context is not None:
-                if len(ids) >= self._context:
-                    raise ValueError(
-                        f"prompt of {len(ids)} tokens does not fit the model's context of {self._context}"
-                    )
-                budget = min(budget, self._context - len(ids))
-            seed = p.seed if p.seed is not None else self._rng.getrandbits(63)
-            gen = torch.Generator(device=self.device).manual_seed(int(seed))
-            rows.append(_Row(prompt_ids=ids, params=p, generator=gen, budget=budget))
+        ids = [int(t) for t in ids]
+        if not ids:
+            raise ValueError("empty prompt")
+        budget = p.max_new_tokens
+        if self._context is not None:
+            if len(ids) >= self._context:
+                raise ValueError(f"prompt of {len(ids)} tokens does not fit the model's context of {self._context}")
+            budget = min(budget, self._context - len(ids))
+        seed = p.seed if p.seed is not None else self._rng.getrandbits(63)
+        gen = torch.Generator(device=self.device).manual_seed(int(seed))
+        return _Row(prompt_ids=ids, params=p, generator=gen, budget=budget)
 
+    def _generate_batch(self, items: list[tuple[Sequence[int], SamplingParams]]) -> list[Completion]:
+        rows = [self._new_row(ids, p) for ids, p in items]
         order = sorted(range(len(rows)), key=lambda i: len(rows[i].prompt_ids))
         for start in range(0, len(order), self.max_batch_size):
             chunk = [rows[i] for i in order[start : start + self.max_batch_size]]
@@ -288,6 +321,9 @@ class HFBackend:
         # so this removes (B - 1) * prefix tokens of work; the tails are left-padded *after* the
         # shared part (masked positions may sit anywhere: the 2-D mask covers past and new keys).
         prefix = self._shared_prefix(rows)
+        stats = self._batcher.stats
+        for j, r in enumerate(rows):
+            stats.record_prompt(len(r.prompt_ids), prefix if j else 0)
         padded = left_pad([r.prompt_ids[prefix:] for r in rows], self._pad_id)
         input_ids = padded.input_ids
         mask = torch.cat([torch.ones((len(rows), prefix), dtype=torch.long), padded.attention_mask], dim=1)
@@ -327,6 +363,7 @@ class HFBackend:
                     mask, next_pos, tokens = mask[sel], next_pos[sel], tokens[sel]
                     live = [live[j] for j in keep]
                 mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=1)
+                stats.record_step(mask.shape[0])
                 out = self.model(input_ids=tokens[:, None], attention_mask=mask,
                                  position_ids=next_pos[:, None], use_cache=True, **{self._cache_kw: cache})
                 cache = self._cache_of(out)
@@ -444,7 +481,9 @@ class HFBackend:
         """Copy ``state_dict`` into the served model in place (dtype/device converted).
 
         Unknown keys and shape mismatches raise ``ValueError``. With ``strict`` every parameter must
-        be given, except ones that share storage with a given one (tied embeddings).
+        be given, except ones that share storage with a given one (tied embeddings). Waits for the
+        running requests to finish (none samples with two sets of weights) and empties the prefix
+        cache (its states were computed with the old weights).
         """
         import torch
 
@@ -460,10 +499,12 @@ class HFBackend:
         for k, v in state_dict.items():
             if tuple(v.shape) != tuple(own[k].shape):
                 raise ValueError(f"shape mismatch for {k}: got {tuple(v.shape)}, model has {tuple(own[k].shape)}")
-        with torch.no_grad():
+        with self._batcher.exclusive(), torch.no_grad():
             for k, v in state_dict.items():
                 own[k].copy_(v.detach().to(device=own[k].device, dtype=own[k].dtype))
-        self.weights_version += 1
+            if self.prefix_cache is not None:
+                self.prefix_cache.clear()
+            self.weights_version += 1
 
     # -- helpers -------------------------------------------------------------------------------
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 
+import pytest
 from agents_doubles import CountingBackend
 from test_rollout import MATH, math_env, solve
 
@@ -91,3 +92,84 @@ def test_continuous_rollout_samples_reproducibly_with_a_real_backend():
     first, second = play(), play()
     assert first == second and any(ids for ep in first for ids in ep)
     assert first[0] != first[1]  # episodes got different seeds
+
+
+class CountdownEngine:
+    """TEST DOUBLE of a step engine: item ``n`` finishes after ``n`` steps; records what each step ran."""
+
+    def __init__(self, step_s: float = 0.002) -> None:
+        self.left: dict[int, int] = {}
+        self.step_s = step_s
+        self.log: list[tuple[str, tuple[int, ...]]] = []
+
+    def add(self, key, item):
+        self.left[key] = item
+
+    def step(self):
+        time.sleep(self.step_s)
+        self.log.append(("step", tuple(sorted(self.left))))
+        for k in self.left:
+            self.left[k] -= 1
+        done = [(k, f"done{k}") for k, n in self.left.items() if n <= 0]
+        for k, _ in done:
+            del self.left[k]
+        return done
+
+    def abort(self, keys):
+        for k in keys:
+            self.left.pop(k, None)
+
+
+def test_step_batcher_exclusive_lets_running_requests_finish_and_admits_none_meanwhile():
+    """A weight update (exclusive) waits for the running request and holds back a new one, so no
+    request runs across the update; the held-back one starts after it."""
+    import threading
+
+    from mx_agents.continuous import StepBatcher
+
+    engine = CountdownEngine()
+    batcher = StepBatcher(engine)
+    results = {}
+    first = threading.Thread(target=lambda: results.update(a=batcher.submit([40])))
+    first.start()
+    while not engine.log:
+        time.sleep(0.001)
+    second = []
+
+    def late():
+        time.sleep(0.01)  # arrives while exclusive() is draining
+        second.append(batcher.submit([3]))
+
+    t = threading.Thread(target=late)
+    t.start()
+    with batcher.exclusive():
+        engine.log.append(("exclusive", ()))
+        assert not engine.left  # the running request is done, the late one not admitted
+        time.sleep(0.03)  # the late request does not start while the engine is held
+        assert engine.log[-1] == ("exclusive", ())
+    first.join()
+    t.join()
+    at = engine.log.index(("exclusive", ()))
+    assert all(keys == (0,) for _, keys in engine.log[:at])  # the late request (key 1) never ran before
+    assert any(1 in keys for _, keys in engine.log[at + 1 :]) and second == [["done1"]]
+    assert batcher.stats.width_hist == {1: len(engine.log) - 1}
+
+
+def test_batch_metrics_diff_snapshots_into_a_width_histogram_and_hit_rate():
+    from mx_agents.continuous import BatchStats, batch_metrics
+
+    stats = BatchStats()
+    for w in (1, 1, 3):
+        stats.record_step(w)
+    stats.record_prompt(100, 0)
+    before = stats.snapshot()
+    for w in (1, 2, 3, 4, 5, 8, 9):
+        stats.record_step(w)
+    stats.record_prompt(200, 150)
+    m = batch_metrics(stats, before)
+    assert m["rollout/decode_steps"] == 7 and m["rollout/batch_width_mean"] == pytest.approx(32 / 7)
+    assert m["rollout/batch_width_max"] == 9 and m["rollout/single_row_steps"] == pytest.approx(1 / 7)
+    hist = {k.rsplit("_", 1)[1]: v for k, v in m.items() if "hist" in k}
+    assert hist == {"1": 1, "2": 1, "3-4": 2, "5-8": 2, "9-16": 1}
+    assert m["rollout/prefix_hit_rate"] == pytest.approx(0.75) and m["rollout/prompt_tokens"] == 200
+    assert batch_metrics(BatchStats()) == {}

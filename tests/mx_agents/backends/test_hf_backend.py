@@ -267,9 +267,12 @@ SHARED = [[{"role": "system", "content": SHARED_SYSTEM}, {"role": "user", "conte
 
 
 def test_shared_prefix_is_prefilled_once_and_changes_nothing(tiny):
+    """The whole-batch path (batching="batch"); the step engine's prefix cache: test_hf_step_engine."""
     model, tok = tiny
-    shared = HFBackend(copy.deepcopy(model), tok, device="cpu", dtype="float32", seed=0, shared_prefix_min=16)
-    plain = HFBackend(copy.deepcopy(model), tok, device="cpu", dtype="float32", seed=0, shared_prefix_min=0)
+    shared = HFBackend(copy.deepcopy(model), tok, device="cpu", dtype="float32", seed=0, shared_prefix_min=16,
+                       batching="batch")
+    plain = HFBackend(copy.deepcopy(model), tok, device="cpu", dtype="float32", seed=0, shared_prefix_min=0,
+                      batching="batch")
     calls: list[tuple[int, int]] = []
     forward = shared.model.forward
 
@@ -296,14 +299,16 @@ def test_shared_prefix_is_prefilled_once_and_changes_nothing(tiny):
 
 def test_short_or_absent_common_prefix_takes_the_plain_path(tiny):
     model, tok = tiny
-    b = HFBackend(copy.deepcopy(model), tok, device="cpu", dtype="float32", seed=0, shared_prefix_min=10_000)
+    b = HFBackend(copy.deepcopy(model), tok, device="cpu", dtype="float32", seed=0, shared_prefix_min=10_000,
+                  batching="batch")
     rows = [_req(m) for m in SHARED]
     calls = []
     forward = b.model.forward
     b.model.forward = lambda *a, **k: (calls.append(tuple(k["input_ids"].shape)), forward(*a, **k))[1]
     b.generate(rows)
     assert calls[0][0] == 4  # the whole prompts, batched: no separate prefix pass
-    one = HFBackend(copy.deepcopy(model), tok, device="cpu", dtype="float32", seed=0, shared_prefix_min=16)
+    one = HFBackend(copy.deepcopy(model), tok, device="cpu", dtype="float32", seed=0, shared_prefix_min=16,
+                    batching="batch")
     assert one.generate([rows[0]])[0].response_ids == b.generate([rows[0]])[0].response_ids
 
 

@@ -1,0 +1,163 @@
+"""In-loop rollout throughput of the HF backend vs its raw batched rate, whole-batch vs step engine.
+
+Workload (issue 22): ``CALLERS`` threads play sub-agent conversations the way a continuous rollout
+does. Each starts at a staggered time, submits a turn, waits for the reply, spends an env step
+(sandbox-like think time), then submits the next turn of the same conversation (system prompt +
+task + its earlier turns + a new user message). Callers come in groups of ``N_EXEC`` that share the
+system prompt and task (the N executions of one design). Sampling at T=1 with a seed per (caller,
+turn), so every case generates the same conversations (up to float round-off between batch shapes).
+
+Cases, each on the embedded SmolLM2-135M (fp32, CPU), one model shared by both engines:
+
+- ``raw``: the same conversations in lock-step rounds, every caller's turn ``t`` in one ``generate``
+  call, no think time: the engine's batched rate at the width of ``CALLERS`` rows;
+- ``in_loop``: the threaded callers above.
+
+for ``batching="batch"`` (the whole-batch loop before issue 22: requests that arrive while a batch
+runs wait for all of it; every turn re-prefills its conversation, left-padded) and ``batching="step"``
+(requests join the running batch at each decode step; prompts reuse the prefix cache; no padding in
+prefill). ``extra_info``: generated tokens/s, ``in_loop_vs_raw`` (in-loop tokens/s over the same
+engine's raw tokens/s; target >= 0.8), ``speedup_vs_batch`` (step in-loop over batch in-loop), the
+mean decode batch width, the fraction of single-row steps and the prefix-hit rate (prompt tokens
+whose key/value states came from the cache).
+
+Run: ``.venv/bin/python -m pytest benchmarks/test_rollout_engine_bench.py --benchmark-only -q``
+(``MX_BENCH_QUICK=1``: fewer callers, turns and tokens).
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+
+import pytest
+
+from mx_agents.backends.base import ChatRequest, SamplingParams
+from mx_agents.continuous import batch_metrics
+
+N_EXEC = 3  # callers per shared system prompt + task
+TASKS = ["What is 37 + 48?", "Compute 12 * 13.", "What is 91 - 56?", "Compute (7 + 8) * 3.",
+         "What is 144 / 12?", "Compute 25 * 4 + 3."]
+SYSTEM = ("You are solver {g} of a multi-agent system. Solve the task step by step, check the "
+          "arithmetic, and end with the final answer in \\boxed{{}}. Be brief.")
+FOLLOW = "Check your last step and continue."
+ROUNDS = 2
+RESULTS: dict[str, dict[str, float]] = {}
+
+
+@pytest.fixture(scope="module")
+def sizes(bench_quick) -> dict[str, float]:
+    if bench_quick:
+        return {"callers": 6, "turns": 2, "max_new": 24, "stagger_s": 0.5, "think_s": (0.02, 0.1)}
+    return {"callers": 12, "turns": 3, "max_new": 48, "stagger_s": 1.0, "think_s": (0.02, 0.1)}
+
+
+@pytest.fixture(scope="module")
+def backends():
+    """``{"batch": ..., "step": ...}``: the two engines over one model object."""
+    from mx_agents.backends.embedded import EmbeddedModelUnavailable
+    from mx_agents.backends.hf import HFBackend
+
+    try:
+        old = HFBackend("default", device="cpu", dtype="float32", max_batch_size=32, batching="batch")
+    except EmbeddedModelUnavailable as exc:
+        pytest.skip(f"embedded SmolLM2 not installed: {exc}")
+    new = HFBackend(old.model, old.tokenizer, device="cpu", dtype="float32", max_batch_size=32, batching="step")
+    warm = [ChatRequest([{"role": "user", "content": q}], SamplingParams(max_new_tokens=4, seed=0)) for q in TASKS[:3]]
+    for b in (old, new):  # first calls pay one-off costs (allocator, kernels) that no case should carry
+        b.generate(warm)
+    return {"batch": old, "step": new}
+
+
+def _request(caller: int, history: list[dict[str, str]], turn: int, max_new: int) -> ChatRequest:
+    messages = [{"role": "system", "content": SYSTEM.format(g=caller // N_EXEC)},
+                {"role": "user", "content": TASKS[(caller // N_EXEC) % len(TASKS)]}, *history]
+    return ChatRequest(messages, SamplingParams(temperature=1.0, max_new_tokens=max_new, seed=1000 * caller + turn))
+
+
+def _advance(history: list[dict[str, str]], text: str) -> None:
+    history += [{"role": "assistant", "content": text}, {"role": "user", "content": FOLLOW}]
+
+
+def _raw(backend, sizes) -> int:
+    """Lock-step rounds: all callers' turn t in one call. Returns the tokens generated."""
+    n, tokens = int(sizes["callers"]), 0
+    histories: list[list[dict[str, str]]] = [[] for _ in range(n)]
+    for turn in range(int(sizes["turns"])):
+        comps = backend.generate([_request(c, histories[c], turn, int(sizes["max_new"])) for c in range(n)])
+        for c, comp in enumerate(comps):
+            tokens += len(comp.response_ids)
+            _advance(histories[c], comp.text)
+    return tokens
+
+
+def _in_loop(backend, sizes) -> int:
+    """Threaded callers with staggered starts and think time between turns. Returns the tokens generated."""
+    n = int(sizes["callers"])
+    rng = random.Random(0)
+    starts = sorted(rng.uniform(0, sizes["stagger_s"]) for _ in range(n))
+    thinks = [[rng.uniform(*sizes["think_s"]) for _ in range(int(sizes["turns"]))] for _ in range(n)]
+    counts = [0] * n
+    errors: list[BaseException] = []
+    t0 = time.perf_counter()
+
+    def play(c: int) -> None:
+        try:
+            time.sleep(max(0.0, t0 + starts[c] - time.perf_counter()))
+            history: list[dict[str, str]] = []
+            for turn in range(int(sizes["turns"])):
+                comp = backend.generate([_request(c, history, turn, int(sizes["max_new"]))])[0]
+                counts[c] += len(comp.response_ids)
+                _advance(history, comp.text)
+                time.sleep(thinks[c][turn])  # the env step (sandbox) before the next turn
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the main thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=play, args=(c,)) for c in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+    return sum(counts)
+
+
+@pytest.mark.parametrize("mode", ["raw", "in_loop"])
+@pytest.mark.parametrize("engine", ["batch", "step"])
+def test_rollout_engine_tokens_per_s(benchmark, backends, sizes, engine, mode):
+    """Cases run engine by engine, raw then in-loop, ``ROUNDS`` rounds each (the machine's load drifts
+    over minutes; the in-loop/raw ratio compares neighbours)."""
+    backend = backends[engine]
+    before = backend.batch_stats.snapshot()
+    box: dict[str, int] = {}
+
+    def cold() -> None:  # every round starts with an empty prefix cache (the other rounds ran the same prompts)
+        if backend.prefix_cache is not None:
+            backend.prefix_cache.clear()
+
+    def run() -> None:
+        box["tokens"] = (_raw if mode == "raw" else _in_loop)(backend, sizes)
+
+    benchmark.group = "rollout-engine-smollm2"
+    benchmark.extra_info["naive"] = (engine, mode) == ("batch", "in_loop")
+    benchmark.pedantic(run, setup=cold, rounds=ROUNDS, iterations=1, warmup_rounds=0)
+    tps = box["tokens"] / benchmark.stats.stats.mean
+    RESULTS[f"{engine}/{mode}"] = {"tokens_per_s": tps}
+    m = batch_metrics(backend.batch_stats, before, prefix="")
+    info: dict[str, float | int | str] = {
+        "engine": engine, "mode": mode, "callers": int(sizes["callers"]), "turns": int(sizes["turns"]),
+        "max_new_tokens": int(sizes["max_new"]), "tokens": box["tokens"], "tokens_per_s": round(tps, 2),
+        "batch_width_mean": round(m.get("batch_width_mean", 0.0), 2),
+        "single_row_steps": round(m.get("single_row_steps", 0.0), 3),
+        "decode_steps": int(m.get("decode_steps", 0)) // ROUNDS,
+        "prefix_hit_rate": round(m.get("prefix_hit_rate", 0.0), 3),
+    }
+    raw = RESULTS.get(f"{engine}/raw")
+    if mode == "in_loop" and raw:
+        info["in_loop_vs_raw"] = round(tps / raw["tokens_per_s"], 3)
+    old = RESULTS.get("batch/in_loop")
+    if (engine, mode) == ("step", "in_loop") and old:
+        info["speedup_vs_batch"] = round(tps / old["tokens_per_s"], 3)
+    benchmark.extra_info.update(info)
