@@ -16,6 +16,7 @@ from mx_train.learner.losses import LossSettings
 
 OLD_LOGPROBS = ("auto", "recompute", "sampling", "current")
 PHASE_OPTIMIZER = ("per_role", "reset")
+PACKING = ("auto", "on", "off")
 PHASE_KEYS = ("designer", "executor", "designer+executor", "all")
 
 
@@ -25,13 +26,20 @@ class LearnerConfig(LossSettings):
     (``policy_loss``, ``loss_agg``, ``clip_low``, ``clip_high``, ``kl_coef``, ``kl_estimator``,
     ``entropy_coef``) are those of :class:`~mx_train.learner.losses.LossSettings`, which this extends.
 
-    Precision: ``dtype`` is the *compute* dtype. ``"auto"`` computes in the model's own dtype and
-    never changes the model it was given (the rollout engine's, when shared); ``"float32"`` /
-    ``"bfloat16"`` train a private copy in that dtype when the model's differs (then the trainer
-    syncs weights into the engine). Whenever the trained parameters are below fp32, the optimizer
-    steps fp32 *master* weights (``master_weights: auto``), so a step of 5e-6 on a weight of 0.02 is
-    kept instead of rounding back to 0.02 in bf16. Under FSDP the sharded parameters are the fp32
-    masters and ``dtype`` is the mixed-precision compute dtype.
+    Precision: ``dtype`` is the *compute* dtype (:func:`mx_train.learner.precision.resolve_compute`).
+    ``"auto"`` never changes the model it was given (the rollout engine's, when shared): an fp32
+    model computes under bf16 autocast where the hardware has native bf16 (CUDA, a CPU with
+    avx512_bf16/AMX), else in fp32; a bf16 model computes in bf16. ``"float32"`` / ``"bfloat16"``
+    train a private copy in that dtype when the model's differs (then the trainer syncs weights into
+    the engine). Whenever the trained parameters are below fp32, the optimizer steps fp32 *master*
+    weights (``master_weights: auto``), so a step of 5e-6 on a weight of 0.02 is kept instead of
+    rounding back to 0.02 in bf16. Under FSDP the sharded parameters are the fp32 masters and
+    ``dtype: bfloat16`` is the mixed-precision compute dtype (``auto`` computes in fp32 there).
+
+    Layout: ``packing`` (``auto``: packed rows where the model takes a 4-D attention mask, see
+    :func:`mx_train.learner.collation.packing_support`; ``on``: required; ``off``: the aligned,
+    padded layout) and ``shared_prefix_tokens`` (packed only: sequences sharing a prefix of at
+    least that many tokens compute it once; 0 = off).
     """
 
     lr: float = 1e-6
@@ -43,7 +51,9 @@ class LearnerConfig(LossSettings):
     total_steps: int | None = None  # needed by "cosine"
     min_lr_ratio: float = 0.0  # cosine floor, as a fraction of lr
     max_grad_norm: float | None = 1.0
-    micro_batch_tokens: int = 4096  # padded tokens per forward/backward
+    micro_batch_tokens: int = 4096  # token positions per forward/backward (padding included)
+    packing: str = "auto"  # "auto" | "on" | "off" (YAML true/false map to on/off)
+    shared_prefix_tokens: int = 0
     mini_batches: int = 1  # optimizer steps per epoch over the update batch (PPO-style)
     mini_batch_size: int | None = None  # sequences per optimizer step; overrides mini_batches
     ppo_epochs: int = 1  # passes over the update batch (reshuffled after the first)
@@ -84,6 +94,8 @@ class LearnerConfig(LossSettings):
             raise ValueError(f"unknown learner setting(s) {unknown}; known: {sorted(known)}")
         if "betas" in data:
             data["betas"] = tuple(data["betas"])
+        if isinstance(data.get("packing"), bool):
+            data["packing"] = "on" if data["packing"] else "off"
         return cls(**data)
 
     def to_dict(self) -> dict[str, Any]:
@@ -124,6 +136,10 @@ class LearnerConfig(LossSettings):
             raise ValueError("micro_batch_tokens, mini_batches and ppo_epochs must be >= 1")
         if self.mini_batch_size is not None and self.mini_batch_size < 1:
             raise ValueError("mini_batch_size must be >= 1 (or null)")
+        if self.packing not in PACKING:
+            raise ValueError(f"packing must be one of {PACKING}, got {self.packing!r}")
+        if self.shared_prefix_tokens < 0:
+            raise ValueError("shared_prefix_tokens must be >= 0 (0 = off)")
         if self.logits_chunk_tokens < 0:
             raise ValueError("logits_chunk_tokens must be >= 0 (0 = full logits)")
 

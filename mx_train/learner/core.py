@@ -17,9 +17,12 @@ The pure parts live beside it: the losses (:mod:`.losses`), collation and the pl
 4. old log-probs: ``current`` (one optimizer step: the detached log-probs of the training forward,
    no extra pass), ``sampling`` (the sampler's) or ``recompute`` (one no-grad pass before any
    parameter changes); reference log-probs when a KL penalty is on;
-5. per mini-batch: micro-batches by a **token budget**, gradients accumulate across them, the loss
-   is normalised by the mini-batch's token/sequence counts (so the gradient equals one big batch's),
-   then clip and step (skipped on an all-zero gradient);
+5. per mini-batch: micro-batches by a **token budget** -- packed rows without padding where the
+   model takes a 4-D attention mask, else the aligned padded layout (:mod:`.collation`) --,
+   gradients accumulate across them, the loss is normalised by the mini-batch's token/sequence
+   counts (so the gradient equals one big batch's), then clip and step (skipped on an all-zero
+   gradient). The policy-gradient term is re-weighted by the off-policy correction when the
+   sampler is not this learner's own forward pass (:meth:`Learner.off_policy_correction`);
 6. pushes the new weights to the engine if any step was taken.
 
 :meth:`Learner.sft_step` is one supervised step with the same micro-batching, accumulation,
@@ -49,7 +52,9 @@ from mx_train.learner.collation import (
     as_seq,
     batch_counts,
     collate,
+    mask_kind_for,
     micro_batches,
+    packing_support,
     plan_mini_batches,
 )
 from mx_train.learner.config import LearnerConfig
@@ -126,6 +131,8 @@ class Learner:
         else:
             self.device = torch.device(cfg.device)
         self.is_peft = False
+        self.private_copy = False  # trains a copy in another dtype than the model given (the engine's)
+        given = model
         if self.sharded:
             if cfg.kl_coef != 0.0 or cfg.lora is not None:
                 raise NotImplementedError("the FSDP learner supports full fine-tuning without a KL reference")
@@ -135,6 +142,7 @@ class Learner:
             model, scorer = self._prepare_model(model)
         self.model = model
         self.scorer = scorer
+        self.mask_kind = self._packing(model)
         # Eval mode between updates: the rollout backend may generate with this very model, and HF
         # drops the KV cache (use_cache=False) of a checkpointing model in train mode. Updates switch
         # train mode on around their passes (:meth:`training_mode`).
@@ -152,6 +160,9 @@ class Learner:
         if not self.sharded and ((low and cfg.master_weights == "auto") or cfg.optimizer_offload):
             where = torch.device("cpu") if cfg.optimizer_offload else self.device
             self.master = _shared_masters(self.model, params, where)
+            if self.private_copy and _model_dtype(given) == torch.float32:
+                # Masters start from the fp32 weights given, not from their rounded copy.
+                self.master.load_from([p for p in given.parameters() if p.requires_grad])
             params = self.master.masters
         self.opt = PhaseOptimizer(params, cfg)
         self.version = 0  # optimizer steps taken (the weight version the engine serves)
@@ -162,19 +173,21 @@ class Learner:
         import torch
 
         from mx_train.learner.logprobs import ResponseScorer
+        from mx_train.learner.precision import resolve_compute
 
         cfg = self.config
         own = _model_dtype(model)
-        want = own if cfg.dtype == "auto" else (torch.bfloat16 if cfg.dtype == "bfloat16" else torch.float32)
+        want, self.autocast = resolve_compute(cfg.dtype, own, self.device)
         if want != own:
             # Never change the dtype of the model we were given: it may be the rollout engine's.
             # Train a private copy; the trainer syncs it into the engine after each update.
             model = copy.deepcopy(model).to(device=self.device, dtype=want)
+            self.private_copy = True
         else:
             model = model.to(device=self.device)
-        self.compute_dtype = want
-        # fp32 parameters on a GPU: bf16 autocast compute (mixed precision with fp32 weights).
-        self.autocast = self.device.type == "cuda" and want == torch.float32 and cfg.dtype == "auto"
+        # Under autocast (fp32 parameters, native bf16 on this device) the forward computes in bf16
+        # while the fp32 parameters stay the master weights.
+        self.compute_dtype = torch.bfloat16 if self.autocast else want
         if cfg.gradient_checkpointing:
             model.gradient_checkpointing_enable()
             if hasattr(model, "enable_input_require_grads"):
@@ -185,6 +198,34 @@ class Learner:
             model = wrap_lora(model, cfg.lora)
             self.is_peft = True
         return model, ResponseScorer(model)
+
+    def _packing(self, model: Any) -> str | None:
+        """The packed layout's mask kind for ``model``, or ``None`` for the aligned layout."""
+        setting = self.config.packing
+        if setting == "off":
+            return None
+        lm = getattr(self.scorer, "lm", model)
+        why = packing_support(lm)
+        if why is not None:
+            if setting == "on":
+                raise ValueError(f"learner.packing is 'on' but {why}")
+            logger.info("%s: aligned (padded) micro-batches: %s", self.name, why)
+            return None
+        return mask_kind_for(lm)
+
+    def sampler_differs(self) -> bool:
+        """Whether the rollouts were sampled by something other than this learner's own forward
+        pass: another engine it pushes weights into (vLLM, an FSDP group's serving copy), a private
+        copy in another dtype, or bf16 autocast over the engine's fp32 model."""
+        return bool(self.autocast or self.private_copy or self.sharded or self.on_weights_updated is not None)
+
+    def off_policy_correction(self) -> str:
+        """The correction ``off_policy_correction`` resolves to (``auto``: ``tis`` when
+        :meth:`sampler_differs`, else ``none``)."""
+        name = self.config.off_policy_correction
+        if name != "auto":
+            return name
+        return "tis" if self.sampler_differs() else "none"
 
     # ---------------------------------------------------------------- compatibility views
     @property
@@ -228,15 +269,17 @@ class Learner:
         temps = [s.temperature for s in mb.seqs] or [1.0]
         per_turn: Any = temps[0] if len(set(temps)) <= 1 else torch.tensor(
             temps, dtype=torch.float32, device=mb.input_ids.device)
-        with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=self.autocast):
+        extra = {} if mb.response_index is None else {"response_index": mb.response_index}
+        with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
             return (scorer or self.scorer)(
                 mb.input_ids, mb.attention_mask, mb.position_ids, mb.response_ids,
                 temperature=per_turn, chunk=self.config.logits_chunk_tokens,
-                with_entropy=with_entropy, entropy_grad=entropy_grad,
+                with_entropy=with_entropy, entropy_grad=entropy_grad, **extra,
             )
 
     def micro_batches(self, seqs: list[Seq]) -> list[MicroBatch]:
-        return micro_batches(seqs, self.config.micro_batch_tokens, self.pad_token_id, self.device)
+        return micro_batches(seqs, self.config.micro_batch_tokens, self.pad_token_id, self.device,
+                             mask_kind=self.mask_kind, shared_prefix=self.config.shared_prefix_tokens)
 
     def padding_batch(self) -> MicroBatch:
         """A one-token micro-batch with nothing trained: a rank with fewer micro-batches than its
@@ -341,9 +384,10 @@ class Learner:
         if not seqs:
             return {"tokens": 0.0}
         local = self.local_share(seqs)
+        mode = self.config.resolved_old_logprobs(1)
         with self.training_mode():
-            self._set_old_and_ref(seqs, self.config.resolved_old_logprobs(1), local)
-            return self._accumulate(seqs, local)
+            self._set_old_and_ref(seqs, mode, local)
+            return self._accumulate(seqs, local, mode)
 
     @contextlib.contextmanager
     def training_mode(self) -> Iterator[None]:
@@ -392,7 +436,7 @@ class Learner:
             lr = self.current_lr()  # the LR of this update's first optimizer step (the scheduler moves on per step)
             for st in steps:
                 self.opt.zero_grad()
-                m = self._accumulate(st, self.local_share(st))
+                m = self._accumulate(st, self.local_share(st), mode)
                 m["grad_norm"], ok = self.clip_and_step()
                 stepped += int(ok)
                 per_step.append(m)
@@ -401,6 +445,8 @@ class Learner:
         elapsed = time.perf_counter() - t0
         keys = {k for m in per_step for k in m}
         metrics = {k: sum(m.get(k, 0.0) for m in per_step) / len(per_step) for k in keys}
+        if "off_policy/mismatch_max" in keys:
+            metrics["off_policy/mismatch_max"] = max(m.get("off_policy/mismatch_max", 0.0) for m in per_step)
         metrics["tokens"] = float(sum(s.trained_tokens for s in seqs))
         metrics["sequences"] = float(len(seqs))
         metrics["total_tokens"] = float(sum(s.length for s in seqs))
@@ -425,14 +471,32 @@ class Learner:
         if self.config.kl_coef != 0.0:
             self.fill_logprobs(local, "ref", ref=True)
 
-    def _accumulate(self, step_seqs: list[Seq], local: list[Seq]) -> dict[str, float]:
+    def _accumulate(self, step_seqs: list[Seq], local: list[Seq], mode: str) -> dict[str, float]:
         """Backward over this rank's ``local`` part of ``step_seqs`` (normalised as the whole of
-        ``step_seqs``); grads accumulate, no optimizer step. Metrics are summed over ranks."""
+        ``step_seqs``); grads accumulate, no optimizer step. Metrics are summed over ranks.
+
+        ``mode`` is the resolved ``old_logprobs``: unless the old log-probs *are* the sampler's, the
+        sampler's log-probs (where every sequence of the step has them) give the off-policy
+        correction (:meth:`off_policy_correction`) and the mismatch metrics, overall and per role.
+        """
         cfg = self.config
         counts = batch_counts(step_seqs, cfg.norm_length)
         want_entropy = cfg.log_entropy or cfg.entropy_coef != 0.0
-        keys = list(_STAT_KEYS) + (["kl"] if cfg.kl_coef != 0.0 else []) + (["entropy"] if want_entropy else [])
+        correction = self.off_policy_correction()
+        with_sampler = mode != "sampling" and all(s.sampling_logprobs is not None for s in step_seqs)
+        if not with_sampler:
+            if correction != "none" and cfg.off_policy_correction != "auto":
+                raise ValueError(
+                    f"off_policy_correction {correction!r} needs the sampler's log-probs of every transition and "
+                    f"old log-probs of the learner (old_logprobs is {mode!r})")
+            correction = "none"
+        tok_stats = ["clip_frac", "approx_kl"] + (list(_OFF_POLICY_STATS) if with_sampler else [])
+        roles = sorted({s.role for s in step_seqs})
+        keys = (["loss", "pg_loss"] + [f"{k}_sum" for k in tok_stats] + (["kl"] if cfg.kl_coef != 0.0 else [])
+                + (["entropy"] if want_entropy else []))
+        keys += [f"tokens/{r}" for r in roles] + [f"{k}_sum/{r}" for r in roles for k in tok_stats]
         totals = dict.fromkeys(keys, 0.0)
+        mismatch_max = 0.0
         for mb in self.aligned(self.micro_batches(local) if local else []):
             if mb is None:
                 logprobs, entropy = self.forward(self.padding_batch(), with_entropy=False)
@@ -440,18 +504,35 @@ class Learner:
                 continue
             logprobs, entropy = self.forward(mb, with_entropy=want_entropy, entropy_grad=cfg.entropy_coef != 0.0)
             old = mb.old if mb.old is not None else logprobs.detach()
+            groups = {r: _rows_of(mb, r) for r in roles}
             loss, stats = policy_objective(
-                logprobs, old, mb.advantages, mb.mask, counts, cfg, ref_logprobs=mb.ref, entropy=entropy
+                logprobs, old, mb.advantages, mb.mask, counts, cfg, ref_logprobs=mb.ref, entropy=entropy,
+                sampling_logprobs=mb.sampling if with_sampler else None, correction=correction, groups=groups,
             )
             loss.backward()
             totals["loss"] += float(loss.detach())
+            mismatch_max = max(mismatch_max, stats.pop("mismatch_max", 0.0))
             for k, v in stats.items():
                 totals[k] = totals.get(k, 0.0) + v
         if self.dist is not None:
             totals = dict(zip(keys, self.dist.all_sum([totals[k] for k in keys]), strict=True))
-        metrics = {"loss": totals["loss"], "tokens": float(counts.tokens), "sequences": float(counts.sequences)}
-        for k in keys[1:]:
-            metrics[k.removesuffix("_sum")] = totals[k] / max(counts.tokens, 1) if k.endswith("_sum") else totals[k]
+            if with_sampler:  # a max over ranks through the one collective there is: a sum of one-hot slots
+                slots = [0.0] * self.world_size
+                slots[self.rank] = mismatch_max
+                mismatch_max = max(self.dist.all_sum(slots))
+        metrics = {"loss": totals["loss"], "pg_loss": totals["pg_loss"], "tokens": float(counts.tokens),
+                   "sequences": float(counts.sequences)}
+        for k in ("kl", "entropy"):
+            if k in totals:
+                metrics[k] = totals[k]
+        for k in tok_stats:
+            name = _METRIC_NAMES.get(k, k)
+            metrics[name] = totals[f"{k}_sum"] / max(counts.tokens, 1)
+            for r in roles:
+                metrics[f"{name}/{r}"] = totals[f"{k}_sum/{r}"] / max(totals[f"tokens/{r}"], 1.0)
+        if with_sampler:
+            metrics["off_policy/mismatch_max"] = mismatch_max
+        metrics["off_policy/corrected"] = float(correction != "none")
         return metrics
 
     def sft_step(self, examples: Iterable[SequenceLike]) -> dict[str, float]:
@@ -591,7 +672,14 @@ def _shared_masters(model: Any, params: list[Any], device: Any) -> Any:
     return master
 
 
-_STAT_KEYS = ("loss", "pg_loss", "clip_frac_sum", "approx_kl_sum")
+_OFF_POLICY_STATS = ("is_weight", "is_clip_frac", "mismatch_abs", "mismatch_kl")
+_METRIC_NAMES = {k: f"off_policy/{k}" for k in _OFF_POLICY_STATS}
+
+
+def _rows_of(mb: MicroBatch, role: str) -> Any:
+    import torch
+
+    return torch.tensor([s.role == role for s in mb.seqs], dtype=torch.bool, device=mb.mask.device)
 
 
 def _has_signal(cfg: LearnerConfig, seqs: list[Seq]) -> bool:

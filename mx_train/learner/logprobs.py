@@ -32,11 +32,16 @@ def full_token_logprobs(
     return logprobs, entropy
 
 
+def at_least_fp32(x: torch.Tensor) -> torch.Tensor:
+    """``x`` in fp32 when it is in a lower precision (an fp64 model keeps fp64 log-probs)."""
+    return x if x.dtype == torch.float64 else x.float()
+
+
 def _chunk_stats(
     head: Any, hidden: torch.Tensor, targets: torch.Tensor, temperature: float | torch.Tensor, with_entropy: bool,
     entropy_grad: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    logits = head(hidden).float()
+    logits = at_least_fp32(head(hidden))
     if isinstance(temperature, torch.Tensor):  # one temperature per position of this chunk
         logits = logits / temperature.unsqueeze(-1)
     elif temperature != 1.0:
@@ -69,8 +74,11 @@ def chunked_token_logprobs(
     b, r, h = hidden.shape
     flat_h = hidden.reshape(b * r, h)
     flat_t = targets.reshape(b * r)
-    if isinstance(temperature, torch.Tensor):  # per sequence [B] -> per position [B * R]
-        temperature = temperature.to(flat_h.device, torch.float32)[:, None].expand(b, r).reshape(b * r)
+    if isinstance(temperature, torch.Tensor):  # per sequence [B] or per position [B, R] -> [B * R]
+        temperature = temperature.to(flat_h.device, torch.float32)
+        if temperature.dim() == 1:
+            temperature = temperature[:, None]
+        temperature = temperature.expand(b, r).reshape(b * r)
     use_ckpt = torch.is_grad_enabled() and flat_h.requires_grad
     lps, ents = [], []
     step = max(int(chunk), 1)
@@ -92,6 +100,13 @@ def chunked_token_logprobs(
     return logprobs, entropy
 
 
+def scatter_rows(values: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """``values`` (one per True of ``valid``, row-major) as a ``valid``-shaped tensor, 0 elsewhere
+    (differentiable: the gradient flows back to ``values``)."""
+    out = values.new_zeros(valid.shape)
+    return out.masked_scatter(valid, values)
+
+
 def supports_chunked_head(lm: Any) -> bool:
     """Models whose logits are exactly ``lm_head(last_hidden_state)`` (no soft-capping or scaling)."""
     cfg = getattr(lm, "config", None)
@@ -104,8 +119,11 @@ def supports_chunked_head(lm: Any) -> bool:
 
 
 class ResponseScorer(torch.nn.Module):
-    """``forward(...) -> (logprobs [B, R], entropy [B, R] | None)`` of the response columns of a
-    :func:`mx_train.learner.collation.collate` batch (see module doc). ``chunk = 0``: full logits."""
+    """``forward(...) -> (logprobs [B, R], entropy [B, R] | None)`` of the responses of a micro-batch
+    (see module doc). ``chunk = 0``: full logits. Without ``response_index`` the batch is in the
+    aligned layout of :func:`mx_train.learner.collation.collate` (responses in the last columns);
+    with it, in the packed layout of :func:`~mx_train.learner.collation.collate_packed`: the hidden
+    states at those flat positions predict the response tokens, and only they reach the LM head."""
 
     def __init__(self, lm: Any) -> None:
         super().__init__()
@@ -121,7 +139,11 @@ class ResponseScorer(torch.nn.Module):
         chunk: int = 1024,
         with_entropy: bool = False,
         entropy_grad: bool = False,
+        response_index: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if response_index is not None:
+            return self._packed(input_ids, attention_mask, position_ids, response_ids, temperature, chunk,
+                                with_entropy, entropy_grad, response_index)
         r = response_ids.shape[1]
         if chunk <= 0 or not supports_chunked_head(self.lm):
             out = self.lm(
@@ -129,7 +151,7 @@ class ResponseScorer(torch.nn.Module):
                 logits_to_keep=r + 1, use_cache=False,
             )
             t = temperature[:, None, None] if isinstance(temperature, torch.Tensor) else temperature
-            logits = out.logits[:, -(r + 1) : -1, :].float() / t
+            logits = at_least_fp32(out.logits[:, -(r + 1) : -1, :]) / t
             logprobs, entropy = full_token_logprobs(logits, response_ids, with_entropy)
             return logprobs.clone(), None if entropy is None else entropy.clone()
         out = self.lm.get_decoder()(
@@ -142,3 +164,32 @@ class ResponseScorer(torch.nn.Module):
         )
         # Fresh tensors, not views: FSDP2 hooks the outputs of a sharded module for backward.
         return logprobs.clone(), None if entropy is None else entropy.clone()
+
+    def _packed(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor,
+        response_ids: torch.Tensor, temperature: float | torch.Tensor, chunk: int, with_entropy: bool,
+        entropy_grad: bool, response_index: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        valid = response_index >= 0
+        at = response_index[valid]  # [N] flat positions, row-major over (sequence, response token)
+        targets = response_ids[valid][None]  # [1, N]
+        temp: float | torch.Tensor = temperature
+        if isinstance(temperature, torch.Tensor):  # per sequence [B] -> per predicted token [1, N]
+            temp = temperature.to(at.device, torch.float32)[:, None].expand(valid.shape)[valid][None]
+        if chunk <= 0 or not supports_chunked_head(self.lm):
+            out = self.lm(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                          use_cache=False)
+            logits = at_least_fp32(out.logits.reshape(-1, out.logits.shape[-1])[at][None])
+            logits = logits / (temp[..., None] if isinstance(temp, torch.Tensor) else temp)
+            lp, ent = full_token_logprobs(logits, targets, with_entropy)
+        else:
+            out = self.lm.get_decoder()(
+                input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
+            )
+            hidden = out.last_hidden_state
+            hidden = hidden.reshape(-1, hidden.shape[-1])[at][None]  # [1, N, H]
+            lp, ent = chunked_token_logprobs(
+                hidden, self.lm.get_output_embeddings(), targets, temperature=temp, chunk=chunk,
+                with_entropy=with_entropy, entropy_grad=entropy_grad,
+            )
+        return scatter_rows(lp[0], valid), None if ent is None else scatter_rows(ent[0], valid)
