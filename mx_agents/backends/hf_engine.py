@@ -111,6 +111,14 @@ class HFStepEngine:
         self._cache: Any = None  # the batch's DynamicCache, [len(_live), kv_heads, _width, head_dim] per layer
         self._width = 0
         self._last_width = 0
+        self._params = list(backend.model.parameters())
+        self._weights_seen = self._weights_key()
+
+    def _weights_key(self) -> int:
+        """Changes whenever a parameter is modified in place: a learner that trains the served model
+        object itself (no ``load_weights`` call) updates it with in-place ops, each of which bumps the
+        tensor's version counter."""
+        return sum(p._version for p in self._params)
 
     # -- StepEngine ------------------------------------------------------------------------------
 
@@ -137,6 +145,9 @@ class HFStepEngine:
 
         done: list[tuple[int, Any]] = []
         self._last_width = 0
+        if self.prefix_cache is not None and (key := self._weights_key()) != self._weights_seen:
+            self.prefix_cache.clear()  # states computed with the previous weights
+            self._weights_seen = key
         with torch.inference_mode():
             joined: list[tuple[_Live, KV]] = []
             while self._waiting and len(self._live) + len(joined) < self.backend.max_batch_size:

@@ -199,6 +199,23 @@ def test_load_weights_waits_for_running_requests_and_empties_the_prefix_cache(ti
     assert len(box["c"].response_ids) == GREEDY.max_new_tokens
 
 
+def test_weights_trained_in_place_invalidate_the_prefix_cache(tiny):
+    """A learner that trains the served model object itself (no load_weights call): the next request
+    is computed with the new weights only, not from states cached under the old ones."""
+    new = _backend(tiny)
+    other, _ = tiny_llama(seed=1)
+    new.generate([ChatRequest(CHATS[0], GREEDY)])
+    assert new.prefix_cache is not None and new.prefix_cache.tokens > 0
+    with torch.no_grad():  # what an optimizer step does: in-place updates of the parameters
+        for mine, theirs in zip(new.model.parameters(), other.parameters(), strict=True):
+            mine.copy_(theirs)
+    got = new.generate([ChatRequest(CHATS[0], GREEDY)])[0]
+    fresh = HFBackend(copy.deepcopy(other), tiny[1], device="cpu", dtype="float32", batching="batch",
+                      shared_prefix_min=0).generate([ChatRequest(CHATS[0], GREEDY)])[0]
+    assert got.response_ids == fresh.response_ids
+    assert max(abs(a - b) for a, b in zip(got.logprobs, fresh.logprobs, strict=True)) < 1e-4
+
+
 def test_an_engine_error_fails_its_callers_and_the_engine_recovers(tiny):
     new = _backend(tiny)
     forward = new.model.forward
