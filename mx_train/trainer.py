@@ -36,6 +36,7 @@ from typing import Any
 
 import numpy as np
 
+from mx_agents.continuous import backends_metrics, snapshot_backends
 from mx_agents.progress import progress_bar
 from mx_agents.transition import Transition
 from mx_train.assembly import (
@@ -305,9 +306,11 @@ class Trainer:
         step = self.step_index
         t0 = time.perf_counter()
         task_ids = self.next_tasks()
+        engines = snapshot_backends(self.backends.values())
         with self.rss.phase("rollout"):
             transitions, metrics = self.rollout(task_ids, step)
         t_roll = time.perf_counter() - t0
+        metrics.update(backends_metrics(engines))  # batch-width histogram, prefix-hit rate
         self._check_integrity(step, metrics)
         self.write_transitions(step, transitions)
         active = self.schedule.active_roles(step)
