@@ -120,8 +120,9 @@ def build_rollout_policy(backends: dict[str, Any], config: TrainConfig, step: in
         from mx_train.sft_data import design_source
 
         name, source = design_source(r.fixed_design)
-        # Fixed designs make no designer transitions: only the executor is trained.
-        return FixedDesignPolicy(None, policy.executor, source=source)
+        # Fixed designs make no designer transitions: only the executor is trained. The LLM designer
+        # stays as the prompter: a cold start pairs its prompts with the warm-start designs.
+        return FixedDesignPolicy(None, policy.executor, source=source, prompter=policy.designer)
     return policy
 
 

@@ -136,12 +136,29 @@ class WarmStartConfig:
 
 @dataclass
 class DistributedConfig:
+    """Processes of a run and their resources; :mod:`mx_train.placement` turns them into one plan."""
+
     backend: str = "local"  # "local" or "ray"
-    num_rollout_workers: int = 2
-    ray_address: str | None = None  # None: start/attach a local Ray instance
-    worker_cpus: float = 1.0
-    worker_gpus: float = 0.0  # GPUs per rollout worker (> 0 on GPU nodes: Ray then pins each to its own)
+    num_rollout_workers: int = 2  # Ray rollout engines (actors)
+    # None: start a local Ray instance sized for the plan; "HOST:PORT": join that cluster (token auth
+    # is switched on when ~/.ray/auth_token exists; see mx_train.distributed.connect).
+    ray_address: str | None = None
+    worker_cpus: float = 1.0  # CPUs per rollout engine
+    # GPUs per rollout engine on a GPU run: a fraction packs engines onto one GPU, a whole number > 1 is
+    # a multi-GPU engine. Ray pins each engine to its own GPU id(s).
+    worker_gpus: float = 0.0
     learner_procs: int = 1  # FSDP learner processes (`mx train --learner-procs N` overrides)
+    learner_cpus: float = 1.0  # CPUs per learner rank (the driver's included)
+    # Share of a GPU per learner rank on a GPU run: 1.0 its own GPU; below 1 the rest of that GPU goes to
+    # rollout engines (colocated placement).
+    learner_gpus: float = 1.0
+    # "auto": learners and engines on GPUs of their own when the cluster has enough, else colocated;
+    # "split" / "colocated" force one (mx_train.placement).
+    placement: str = "auto"
+    # Bound on the wait for the placement group once the plan fits the cluster's totals (other jobs may
+    # hold resources): past it the run stops with what was free.
+    placement_timeout_s: float = 120.0
+    weight_bucket_mb: int = 256  # driver -> engine weight broadcast bucket size (MiB)
 
 
 @dataclass
@@ -239,6 +256,9 @@ class TrainConfig:
         _choice("schedule.mode", self.schedule.mode, MODES, "co-evolution mode")
         _choice("schedule.first", self.schedule.first, ROLES, "role")
         _choice("distributed.backend", self.distributed.backend, ("local", "ray"), "backend")
+        from mx_train.placement import PLACEMENTS
+
+        _choice("distributed.placement", self.distributed.placement, PLACEMENTS, "placement")
         lc = self.learner
         POLICY_LOSSES.get(lc.policy_loss, key="learner.policy_loss")
         KL_ESTIMATORS.get(lc.kl_estimator, key="learner.kl_estimator")
@@ -296,6 +316,7 @@ class TrainConfig:
         if self.final_checkpoint not in ("full", "weights"):
             raise ConfigError(f"must be 'full' or 'weights', got {self.final_checkpoint!r}", key="final_checkpoint")
         self.check_names()
+        self._validate_distributed()
         from mx_train.schedule import CoEvolutionSchedule
 
         lc = self.learner
@@ -309,6 +330,29 @@ class TrainConfig:
             CoEvolutionSchedule(self.schedule.mode, self.schedule.phase_steps, self.schedule.first)
         except ValueError as exc:
             raise ConfigError(str(exc), key="schedule") from None
+
+    def _validate_distributed(self) -> None:
+        from mx_train.placement import check_gpu_request
+
+        d = self.distributed
+        if d.num_rollout_workers < 1:
+            raise ConfigError(f"must be >= 1, got {d.num_rollout_workers}", key="distributed.num_rollout_workers")
+        if d.learner_procs < 1:
+            raise ConfigError(f"must be >= 1, got {d.learner_procs}", key="distributed.learner_procs")
+        for name in ("worker_cpus", "learner_cpus", "placement_timeout_s"):
+            if not getattr(d, name) > 0:
+                raise ConfigError(f"must be > 0, got {getattr(d, name):g}", key=f"distributed.{name}")
+        try:
+            check_gpu_request(d.worker_gpus, "distributed.worker_gpus")
+        except ValueError as exc:
+            raise ConfigError(str(exc), key="distributed.worker_gpus") from None
+        if not 0 < d.learner_gpus <= 1:
+            raise ConfigError(f"must be in (0, 1] (a learner rank uses one GPU, or a share of it), got "
+                              f"{d.learner_gpus:g}", key="distributed.learner_gpus")
+        if d.weight_bucket_mb < 1:
+            raise ConfigError(f"must be >= 1 (MiB), got {d.weight_bucket_mb}", key="distributed.weight_bucket_mb")
+        if d.ray_address is not None and not str(d.ray_address).strip():
+            raise ConfigError("is empty: leave it out (null) for a local Ray instance", key="distributed.ray_address")
 
 
 def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:

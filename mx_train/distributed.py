@@ -1,20 +1,30 @@
-"""Scale-out on Ray (extra ``dist``): rollout engines and learner ranks as actors in a placement group.
+"""Scale-out on Ray (extra ``dist``): rollout engines and learner ranks as actors in one placement group.
 
+* **Placement** comes from one plan (:mod:`mx_train.placement`): from the config and the cluster's
+  nodes it decides the learner ranks, the rollout engines, each one's CPUs and GPU share, the layout
+  (``split``: GPUs of their own; ``colocated``: a learner rank and its engines share a GPU, as verl's
+  hybrid engine) and the bundle each process gets. :func:`reserve` checks the plan against the live
+  cluster (a run that cannot be placed stops at once with the reason and a suggestion, never a silent
+  wait), makes the run's one placement group (``PACK``) and, on GPUs, a :class:`DeviceLease` in the
+  driver's bundle (on the driver's node) that tells the driver which GPU Ray set aside for it
+  (:func:`pin_driver_device`): no engine is ever scheduled onto the driver's device. Every actor below
+  asks for exactly its plan slot (CPUs, GPU share, bundle), so Ray sets its ``CUDA_VISIBLE_DEVICES``.
+  ``worker_gpus: 0`` with a CUDA policy is refused: the actors would see every GPU and all load the
+  model onto ``cuda:0``.
+* **Clusters**: without ``distributed.ray_address`` a local Ray is started with this machine's GPUs and
+  the logical CPUs the plan reserves; with it the driver joins that cluster (:func:`connect`: Ray's
+  token authentication switched on when a token is at hand, a refused join explained in one line).
 * **Rollout workers** (:class:`RolloutWorker`) own envs, sandboxes and a generation engine. Each
   step the driver splits the B tasks across them; each runs the M x N hierarchical rollout of its
   tasks and returns plain transition dicts plus execution rewards.
-* **Placement and GPUs**: the workers' bundles (``worker_cpus`` CPUs, ``worker_gpus`` GPUs each) are
-  reserved in one placement group (``PACK``: fill a node before the next), and each actor is pinned to
-  its bundle, so Ray sets its ``CUDA_VISIBLE_DEVICES`` and its ``cuda`` is its own GPU.
-  ``worker_gpus: 0`` with a CUDA policy is refused: the actors would see every GPU and all load the
-  model onto ``cuda:0``.
 * **Learner ranks**: with ``--learner-procs N`` the driver is learner rank 0 and ranks 1..N-1 are
-  :class:`LearnerRank` actors (``learner_gpus`` each) running the FSDP worker loop of
-  :mod:`mx_train.learner.fsdp`; they join the driver's process group over TCP, so they may sit on other
-  nodes.
+  :class:`LearnerRank` actors (``learner_cpus`` CPUs and ``learner_gpus`` of a GPU each) running the
+  FSDP worker loop of :mod:`mx_train.learner.fsdp`; they join the driver's process group over TCP, so
+  they may sit on other nodes.
 * **Weights**: after an update the driver (learner rank 0, holding the gathered full weights)
   broadcasts them to every worker over a collective channel of its own (:class:`WeightChannel`:
-  gloo on CPU, NCCL between GPUs), in buckets of ``weight_bucket_mb``; the object store
+  NCCL when the driver and every engine have GPUs of their own, else gloo, as the plan says: NCCL
+  refuses two ranks on one GPU), in buckets of ``distributed.weight_bucket_mb``; the object store
   (``ray.put``) is the fallback. Versions are tracked **per role**: in split-policy mode each
   role's engine is refreshed when *its* learner stepped (a designer-only phase no longer leaves the
   executor engines stale, nor the reverse), and transitions carry their role's version.
@@ -26,13 +36,17 @@ seeds, which are per worker.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from mx_agents.transition import Transition
 
-WEIGHT_BUCKET_MB = 256
+logger = logging.getLogger(__name__)
+
+WEIGHT_BUCKET_MB = 256  # the default of distributed.weight_bucket_mb
 
 
 def _require_ray() -> Any:
@@ -251,10 +265,11 @@ class _RecordView:
 @dataclasses.dataclass
 class WorkerGroup:
     actors: list[Any]
-    placement_group: Any = None
+    reservation: Reservation | None = None  # the run's placement group (None: actors made elsewhere)
     pushed: dict[str, int] = dataclasses.field(default_factory=dict)  # engine role -> version sent
     channel: WeightChannel | None = None
     pushes: int = 0
+    bucket_mb: int = WEIGHT_BUCKET_MB  # distributed.weight_bucket_mb
 
 
 def check_gpu_assignment(config: Any) -> None:
@@ -268,47 +283,314 @@ def check_gpu_assignment(config: Any) -> None:
         )
 
 
-def _init_ray(config: Any, gpus_needed: float) -> Any:
+# ---------------------------------------------------------------------------- joining a cluster
+def _token_source() -> str | None:
+    """Where this process would find a Ray auth token (env var, token file), or None."""
+    if os.environ.get("RAY_AUTH_TOKEN"):
+        return "RAY_AUTH_TOKEN"
+    path = os.environ.get("RAY_AUTH_TOKEN_PATH")
+    if path and Path(path).is_file():
+        return path
+    if (Path.home() / ".ray" / "auth_token").is_file():
+        return str(Path.home() / ".ray" / "auth_token")
+    return None
+
+
+def enable_token_auth() -> bool:
+    """Switch this process to Ray's token authentication when ``RAY_AUTH_MODE`` is unset and a token
+    is at hand (``RAY_AUTH_TOKEN``, ``RAY_AUTH_TOKEN_PATH``, ``~/.ray/auth_token``): ``ray start`` turns
+    token auth on by default in this Ray, but a joining driver does not, and is then refused after
+    ~20 s of retries with a bare ``ConnectionError``. Returns whether token auth is on."""
+    mode = os.environ.get("RAY_AUTH_MODE")
+    if mode is not None:
+        return mode.lower() == "token"
+    if _token_source() is None:
+        return False
+    os.environ["RAY_AUTH_MODE"] = "token"
+    try:  # Ray caches its config at import: refresh it so this process sees token mode too
+        from ray._raylet import Config
+
+        Config.initialize("")
+    except Exception:  # noqa: BLE001 - an older Ray without token auth: the variable is harmless
+        pass
+    return True
+
+
+def _answers(address: str, timeout: float = 2.0) -> bool:
+    import socket
+
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host or "127.0.0.1", int(port)), timeout=timeout):
+            return True
+    except (OSError, ValueError):
+        return False
+
+
+def join_failure(address: str, token_auth: bool) -> str:
+    """One line on why joining the cluster at ``address`` failed and what to do."""
+    if not _answers(address):
+        return (f"cannot join the Ray cluster at {address}: nothing answers there (start one with "
+                f"`ray start --head --port {address.rpartition(':')[2]}` on that host, or fix distributed.ray_address)")
+    if not token_auth:
+        return (f"cannot join the Ray cluster at {address}: it answers but refused this driver; clusters started "
+                "with `ray start` require token authentication in this Ray: set RAY_AUTH_MODE=token and put the "
+                "cluster's token (`ray get-auth-token` on the head node) in ~/.ray/auth_token or RAY_AUTH_TOKEN")
+    return (f"cannot join the Ray cluster at {address}: it answers but refused the token from "
+            f"{_token_source() or 'nowhere'} (RAY_AUTH_MODE=token); use the head node's (`ray get-auth-token` there)")
+
+
+def connect(config: Any, learner_procs: int | None = None) -> Any:
+    """Ray, initialised for ``config``: joined to ``distributed.ray_address`` (token auth handled, a
+    failure explained in one line), or a local instance with the GPUs of this machine the run uses and
+    as many logical CPUs as the placement plan reserves (at least this machine's)."""
     ray = _require_ray()
+    if ray.is_initialized():
+        return ray
     d = config.distributed
-    if not ray.is_initialized():
-        kw: dict[str, Any] = {}
-        if not d.ray_address:
-            kw["num_cpus"] = max(2, int(d.num_rollout_workers * d.worker_cpus) + 1)
-            if gpus_needed == 0:
-                kw["num_gpus"] = 0
-        ray.init(address=d.ray_address, include_dashboard=False, log_to_driver=False, **kw)
+    if d.ray_address:
+        token = enable_token_auth()
+        address = str(d.ray_address)
+        if not address.startswith(("ray://", "auto")) and not _answers(address):
+            raise ConnectionError(join_failure(address, token))  # at once, not after Ray's retries
+        try:
+            ray.init(address=d.ray_address, include_dashboard=False, log_to_driver=False)
+        except ConnectionError as exc:
+            raise ConnectionError(join_failure(str(d.ray_address), token)) from exc
+        return ray
+    from mx_train.placement import local_node, requested_cpus, uses_gpu
+
+    gpus = 0
+    if uses_gpu(config):
+        import torch
+
+        gpus = torch.cuda.device_count()
+    elif str(config.policy.device) == "auto":
+        import torch
+
+        gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    node = local_node(config, requested_cpus(config, learner_procs=learner_procs, gpus=gpus), gpus)
+    if node.cpus > (os.cpu_count() or 1):
+        logger.info("local Ray: %g logical CPUs on %d cores (the placement plan reserves them)",
+                    node.cpus, os.cpu_count() or 1)
+    ray.init(num_cpus=int(node.cpus), num_gpus=gpus, include_dashboard=False, log_to_driver=False)
     return ray
 
 
-def start_workers(config: Any, channel: bool = True) -> WorkerGroup:
-    """Rollout workers in a placement group, each pinned to its bundle (and GPU); with ``channel``
-    a :class:`WeightChannel` between the driver and them."""
-    from ray.util.placement_group import placement_group
-    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+def cluster_nodes(ray: Any) -> tuple[list[Any], int]:
+    """The live cluster as :class:`~mx_train.placement.NodeSpec` s, and the driver's node index."""
+    from mx_train.placement import NodeSpec
+
+    here = ray.get_runtime_context().get_node_id()
+    nodes = []
+    driver = 0
+    for n in ray.nodes():
+        if not n.get("Alive", False):
+            continue
+        res = n.get("Resources", {})
+        if n["NodeID"] == here:
+            driver = len(nodes)
+        nodes.append(NodeSpec(cpus=float(res.get("CPU", 0.0)), gpus=float(res.get("GPU", 0.0)),
+                              name=f"{n.get('NodeManagerAddress', '?')}/{n['NodeID'][:6]}", node_id=n["NodeID"]))
+    return nodes, driver
+
+
+# ---------------------------------------------------------------------------- the run's reservation
+class DeviceLease:
+    """Holds the driver's (or a torchrun rank's) GPU share in its bundle and says which GPU it is."""
+
+    def gpu_ids(self) -> list[int]:
+        import ray
+
+        return [int(g) for g in ray.get_gpu_ids()]
+
+
+@dataclasses.dataclass
+class Reservation:
+    """The run's placement group, made from its :class:`~mx_train.placement.PlacementPlan`."""
+
+    plan: Any
+    placement_group: Any
+    leases: dict[int, Any] = dataclasses.field(default_factory=dict)  # learner rank -> DeviceLease
+    lease_gpus: dict[int, list[int]] = dataclasses.field(default_factory=dict)  # learner rank -> GPU ids
+    learner_ranks: list[Any] = dataclasses.field(default_factory=list)
+    learner_runs: list[Any] = dataclasses.field(default_factory=list)  # futures of LearnerRank.run
+    bundle_nodes: list[str] = dataclasses.field(default_factory=list)  # actual node id per bundle
+
+    def strategy(self, bundle: int) -> Any:
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        return PlacementGroupSchedulingStrategy(placement_group=self.placement_group,
+                                                placement_group_bundle_index=bundle)
+
+
+_ACTIVE: Reservation | None = None
+
+
+def active_reservation() -> Reservation | None:
+    global _ACTIVE
+    if _ACTIVE is not None:
+        import ray
+
+        if not ray.is_initialized():  # the cluster went away under it (a test's ray.shutdown())
+            _ACTIVE = None
+    return _ACTIVE
+
+
+def reserve(config: Any, learner_procs: int | None = None) -> Reservation:
+    """The run's placement, checked against the cluster and reserved (once per run; later calls return
+    it): a plan that cannot be placed raises :class:`~mx_train.placement.PlacementError` at once with
+    the reason and a suggestion; one that fits the cluster's totals but waits on resources other jobs
+    hold waits at most ``distributed.placement_timeout_s``."""
+    global _ACTIVE
+    existing = active_reservation()
+    if existing is not None:
+        return existing
+    from ray.util.placement_group import placement_group, placement_group_table, remove_placement_group
+
+    from mx_train.placement import PlacementError, plan_placement
 
     check_gpu_assignment(config)
     d = config.distributed
-    ray = _init_ray(config, d.worker_gpus * d.num_rollout_workers)
-    bundle: dict[str, float] = {"CPU": d.worker_cpus}
-    if d.worker_gpus > 0:
-        bundle["GPU"] = d.worker_gpus
-    pg = placement_group([dict(bundle) for _ in range(d.num_rollout_workers)], strategy="PACK")
-    ray.get(pg.ready(), timeout=600)
-    actor_cls = ray.remote(num_cpus=d.worker_cpus, num_gpus=d.worker_gpus)(RolloutWorker)
+    procs = learner_procs or d.learner_procs
+    ray = connect(config, procs)
+    nodes, driver = cluster_nodes(ray)
+    plan = plan_placement(config, nodes, learner_procs=procs, driver_node=driver)
+    if not plan.feasible:
+        raise PlacementError(plan)
+    logger.info("%s", plan.render())
+    free = ray.available_resources()
+    short = {k: (need, free.get(k, 0.0)) for k, need in (("CPU", plan.cpus_used()), ("GPU", plan.gpus_used()))
+             if need > free.get(k, 0.0) + 1e-9}
+    if short:
+        logger.warning("the cluster has the resources but other jobs hold some (%s); waiting up to %gs",
+                       ", ".join(f"{k} {n:g} needed, {f:g} free" for k, (n, f) in short.items()),
+                       d.placement_timeout_s)
+    driver_id = nodes[driver].node_id
+    selectors = [{"ray.io/node-id": driver_id} if _pinned(plan, b) else {} for b in range(len(plan.bundles))]
+    pg = placement_group([dict(b) for b in plan.bundles], strategy="PACK",
+                         bundle_label_selector=selectors if any(selectors) else None)
+    try:
+        ray.get(pg.ready(), timeout=d.placement_timeout_s)
+    except Exception as exc:  # noqa: BLE001 - GetTimeoutError and its Ray-version spellings
+        free = ray.available_resources()
+        remove_placement_group(pg)
+        raise PlacementError(dataclasses.replace(
+            plan, feasible=False, suggestion="free the resources other jobs hold, or raise distributed.placement_timeout_s",
+            reason=(f"the placement group was not ready after {d.placement_timeout_s:g}s although the cluster's "
+                    f"totals fit (free now: CPU {free.get('CPU', 0.0):g}, GPU {free.get('GPU', 0.0):g})"),
+        )) from exc
+    res = Reservation(plan, pg)
+    table = placement_group_table(pg)
+    res.bundle_nodes = [str(table.get("bundles_to_node_id", {}).get(b, "?")) for b in range(len(plan.bundles))]
+    _lease_devices(ray, res)
+    _ACTIVE = res
+    return res
+
+
+def _pinned(plan: Any, bundle: int) -> bool:
+    """Bundles of processes that run on the driver's machine (the driver, torchrun's local ranks)."""
+    return any(s.bundle == bundle and (s.role == "driver" or "torchrun" in s.actor) for s in plan.slots)
+
+
+def _lease_devices(ray: Any, res: Reservation) -> None:
+    """On a GPU run, a :class:`DeviceLease` in the bundle of each learner rank that is not a Ray actor
+    (the driver; torchrun's ranks) holds its share and reports the GPU Ray set aside for it."""
+    plan = res.plan
+    if plan.device != "cuda":
+        return
+    cls = ray.remote(DeviceLease)
+    for s in plan.slots:
+        if s.role == "driver" or (s.role == "learner" and "torchrun" in s.actor):
+            res.leases[s.index] = cls.options(num_cpus=0, num_gpus=s.gpus,
+                                              scheduling_strategy=res.strategy(s.bundle)).remote()
+    ids = ray.get([a.gpu_ids.remote() for a in res.leases.values()], timeout=60)
+    res.lease_gpus = dict(zip(res.leases, ids, strict=True))
+
+
+def pin_driver_device(res: Reservation) -> None:
+    """Make the driver compute on the GPU its lease holds (set before CUDA starts in this process; a
+    process that already uses another GPU is refused rather than silently sharing one)."""
+    ids = res.lease_gpus.get(0)
+    if not ids:
+        return
+    gpu = ids[0]
+    if "WORLD_SIZE" in os.environ:  # torchrun chose the devices: they must be the ones Ray reserved
+        visible = [int(x) for x in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if x.strip().isdigit()]
+        mine = visible[int(os.environ.get("LOCAL_RANK", 0))] if visible else int(os.environ.get("LOCAL_RANK", 0))
+        held = sorted(g for gs in res.lease_gpus.values() for g in gs)
+        if mine != gpu:
+            raise RuntimeError(
+                f"torchrun rank 0 computes on GPU {mine} but Ray reserved GPU {gpu} for it (torchrun ranks hold "
+                f"{held}); start Ray with only the other GPUs (CUDA_VISIBLE_DEVICES) or use `mx train "
+                "--learner-procs N` without torchrun, which places every rank through Ray")
+        return
+    import torch
+
+    if torch.cuda.is_initialized():
+        visible = [int(x) for x in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if x.strip().isdigit()]
+        current = torch.cuda.current_device()
+        mine = visible[current] if visible else current
+        if mine != gpu:
+            raise RuntimeError(f"the driver already computes on GPU {mine}, but Ray reserved GPU {gpu} for it: "
+                               "reserve before any model loads (mx_train.trainer.train does)")
+        return
+    os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)
+    logger.info("driver pinned to GPU %d (reserved for it in the placement group)", gpu)
+
+
+def reserve_for_driver(config: Any) -> Reservation:
+    """:func:`reserve`, then the driver moves onto its reserved GPU (call before any model loads)."""
+    res = reserve(config)
+    pin_driver_device(res)
+    return res
+
+
+def release(res: Reservation | None = None) -> None:
+    """Give the run's placement group back (its actors go with it)."""
+    global _ACTIVE
+    res = res or _ACTIVE
+    if res is None:
+        return
+    if res is _ACTIVE:
+        _ACTIVE = None
+    import ray
+
+    if not ray.is_initialized():
+        return
+    from ray.util.placement_group import remove_placement_group
+
+    for a in [*res.leases.values(), *res.learner_ranks]:
+        try:
+            ray.kill(a)
+        except Exception:  # noqa: BLE001 - already gone
+            pass
+    try:
+        remove_placement_group(res.placement_group)
+    except Exception:  # noqa: BLE001 - already removed with the cluster
+        pass
+
+
+# ---------------------------------------------------------------------------- actors from the plan
+def start_workers(config: Any, channel: bool = True) -> WorkerGroup:
+    """Rollout workers in the run's placement group, each in the bundle (and with the GPU share) the
+    plan gives it; with ``channel`` a :class:`WeightChannel` between the driver and them."""
+    res = reserve(config)
+    plan = res.plan
+    ray = _require_ray()
     cfg = config.to_dict()
-    actors = [
-        actor_cls.options(
-            scheduling_strategy=PlacementGroupSchedulingStrategy(placement_group=pg, placement_group_bundle_index=i)
-        ).remote(cfg, i)
-        for i in range(d.num_rollout_workers)
-    ]
-    group = WorkerGroup(actors, placement_group=pg)
+    cls = ray.remote(RolloutWorker)
+    actors = []
+    for i in range(plan.engines):
+        s = plan.slot("engine", i)
+        actors.append(cls.options(num_cpus=s.cpus, num_gpus=s.gpus, scheduling_strategy=res.strategy(s.bundle))
+                      .remote(cfg, i))
+    group = WorkerGroup(actors, reservation=res, bucket_mb=int(config.distributed.weight_bucket_mb))
     if channel:
         from mx_train.learner.fsdp import free_port
 
         host, port = node_ip(), free_port()
-        backend = "nccl" if d.worker_gpus > 0 and str(config.policy.device).startswith("cuda") else "gloo"
+        backend = "nccl" if plan.weight_channel == "nccl" and str(config.policy.device).startswith("cuda") else "gloo"
         world = len(actors) + 1
         futures = [a.join_channel.remote(host, port, i + 1, world, backend) for i, a in enumerate(actors)]
         group.channel = WeightChannel(host, port, 0, world, backend)
@@ -317,18 +599,23 @@ def start_workers(config: Any, channel: bool = True) -> WorkerGroup:
 
 
 def start_learner_ranks(config: Any, n_procs: int, init_method: str) -> list[Any]:
-    """Learner ranks 1..N-1 as Ray actors (``learner_gpus`` GPU each on a CUDA policy)."""
-    device = str(config.policy.device)
-    gpus = 1.0 if device.startswith("cuda") else 0.0
-    ray = _init_ray(config, gpus * (n_procs - 1))
-    actor_cls = ray.remote(num_cpus=1, num_gpus=gpus)(LearnerRank)
-    actors = [actor_cls.remote() for _ in range(1, n_procs)]
-    for r, a in enumerate(actors, start=1):
-        a.run.remote(r, n_procs, init_method, "cuda" if gpus else "cpu")
-    return actors
+    """Learner ranks 1..N-1 as Ray actors, each with the CPUs, GPU share and bundle of its plan slot.
+    Their ``run`` futures stay on the reservation (a rank that dies is then visible)."""
+    res = reserve(config, n_procs)
+    ray = _require_ray()
+    cls = ray.remote(LearnerRank)
+    device = res.plan.device
+    for r in range(1, n_procs):
+        s = res.plan.slot("learner", r)
+        actor = cls.options(num_cpus=s.cpus, num_gpus=s.gpus, scheduling_strategy=res.strategy(s.bundle)).remote()
+        res.learner_ranks.append(actor)
+        res.learner_runs.append(actor.run.remote(r, n_procs, init_method, device))
+    return list(res.learner_ranks)
 
 
 def shutdown_workers(group: WorkerGroup) -> None:
+    """Stop the rollout workers; the placement group goes too unless learner ranks still run in it
+    (then :func:`release` at the end of the run gives it back)."""
     ray = _require_ray()
     try:
         ray.get([a.close.remote() for a in group.actors], timeout=60)
@@ -336,13 +623,9 @@ def shutdown_workers(group: WorkerGroup) -> None:
         pass
     for a in group.actors:
         ray.kill(a)
-    if group.placement_group is not None:
-        from ray.util.placement_group import remove_placement_group
-
-        try:
-            remove_placement_group(group.placement_group)
-        except Exception:  # noqa: BLE001 - already removed with the cluster
-            pass
+    res = group.reservation
+    if res is not None and not res.learner_ranks:
+        release(res)
 
 
 def sync_weights(learners: Mapping[str, Any], group: WorkerGroup) -> list[str]:
@@ -354,7 +637,7 @@ def sync_weights(learners: Mapping[str, Any], group: WorkerGroup) -> list[str]:
     versions = {role: int(learners[role].version) for role in roles}
     states = {role: {k: v.detach().cpu() for k, v in learners[role].weights_for_sync().items()} for role in roles}
     if group.channel is not None:
-        layouts = {role: WeightChannel.layout(st) for role, st in states.items()}
+        layouts = {role: WeightChannel.layout(st, group.bucket_mb) for role, st in states.items()}
         futures = [a.receive_weights.remote(layouts, versions) for a in group.actors]
         for role in roles:
             group.channel.send(states[role], layouts[role])

@@ -574,6 +574,13 @@ def train(
     procs = config.distributed.learner_procs
     start_ranks: Callable[[str], Any] | None = None
     host = "127.0.0.1"
+    reservation = None
+    if config.distributed.backend == "ray" and os.environ.get("RANK", "0") == "0":
+        # The whole run is placed (or refused, with the reason) before any model loads, and the
+        # driver computes on the GPU Ray set aside for it (mx_train.placement).
+        from mx_train.distributed import reserve_for_driver
+
+        reservation = reserve_for_driver(config)
     if config.distributed.backend == "ray" and procs > 1 and "WORLD_SIZE" not in os.environ:
         # Learner ranks 1..N-1 as Ray actors (possibly on other nodes) instead of local processes.
         from mx_train.distributed import node_ip, start_learner_ranks
@@ -590,7 +597,13 @@ def train(
             on_done(trainer, history)
         return 0
 
-    return run_with_learner_group(procs, main, device=config.policy.device, start_ranks=start_ranks, host=host)
+    try:
+        return run_with_learner_group(procs, main, device=config.policy.device, start_ranks=start_ranks, host=host)
+    finally:
+        if reservation is not None:
+            from mx_train.distributed import release
+
+            release(reservation)
 
 
 def _round_trained_weights(learners: Any) -> None:

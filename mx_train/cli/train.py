@@ -32,11 +32,25 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "runs the trainer. Also works under `torchrun --nproc_per_node N` (default: "
                         "distributed.learner_procs, 1)")
     p.add_argument("--dry-run", action="store_true",
-                   help="print the per-GPU memory plan (params, grads, optimizer, activations, logits chunk, "
-                        "engine KV cache) and whether it fits, then exit (0: fits, 3: does not)")
-    p.add_argument("--gpus", type=int, default=None, help="--dry-run: GPUs to plan for (default: learner procs)")
+                   help="print the placement (which process on which Ray bundle, node and GPU) and the memory "
+                        "plan (per GPU on CUDA: params, grads, optimizer, activations, logits chunk, engine KV "
+                        "cache; host memory of the trainer on the CPU), then exit (0: placeable and fits, 3: not, "
+                        "with the reason and a suggestion)")
+    p.add_argument("--gpus", type=int, default=None,
+                   help="--dry-run: GPUs of the cluster to plan for, over all nodes (default: one per learner "
+                        "process on a CUDA config, none on a CPU one)")
+    p.add_argument("--nodes", type=int, default=None, help="--dry-run: nodes sharing --gpus (default 1)")
+    p.add_argument("--cpus-per-node", type=float, default=None,
+                   help="--dry-run: CPUs per node (default: this machine's without GPUs, 12 per GPU with them)")
     p.add_argument("--gpu-mem-gb", type=float, default=None, help="--dry-run: memory per GPU in GB (default 80)")
-    p.add_argument("--json", action="store_true", help="--dry-run: print the plan as JSON (top-level `fits`)")
+    p.add_argument("--host-mem-gb", type=float, default=None,
+                   help="--dry-run of a CPU config: host memory in GB (default: this machine's)")
+    p.add_argument("--cluster", action="store_true",
+                   help="--dry-run: plan on the live cluster at distributed.ray_address (or a local Ray "
+                        "instance) instead of --gpus/--nodes")
+    p.add_argument("--json", action="store_true",
+                   help="--dry-run: print the plan as JSON (top level: the memory plan with `fits`, plus "
+                        "`placeable` and `placement`)")
     p.set_defaults(func=_train)
 
 
@@ -67,7 +81,16 @@ def _train(args: argparse.Namespace) -> int:
     cfg.distributed.learner_procs = procs
     if os.environ.get("RANK", "0") == "0":  # the trainer's log; torchrun's other ranks only hold shards
         logging.getLogger("mx_train").setLevel(logging.INFO)
-    return train(cfg, resume=args.resume, progress=not args.no_progress, on_done=_report)
+    from mx_train.placement import PlacementError
+
+    try:
+        return train(cfg, resume=args.resume, progress=not args.no_progress, on_done=_report)
+    except PlacementError as exc:
+        print(f"mx train: {exc}\n{exc.plan.render()}", file=sys.stderr)
+        return 3
+    except ConnectionError as exc:  # joining distributed.ray_address (the message says why and what to do)
+        print(f"mx train: {exc}", file=sys.stderr)
+        return 2
 
 
 def _dry_run(cfg: Any, args: argparse.Namespace) -> int:
@@ -78,15 +101,46 @@ def _dry_run(cfg: Any, args: argparse.Namespace) -> int:
     from mx_train.memory_plan import plan_memory
 
     try:
-        plan = plan_memory(cfg, gpus=args.gpus, gpu_mem_gb=args.gpu_mem_gb, learner_procs=args.learner_procs)
-    except ValueError as exc:
+        placement = _placement(cfg, args)
+        plan = plan_memory(cfg, gpus=args.gpus, gpu_mem_gb=args.gpu_mem_gb, learner_procs=args.learner_procs,
+                           placement=placement, host_mem_gb=args.host_mem_gb)
+    except (ValueError, ConnectionError) as exc:
         print(f"mx train: {exc}", file=sys.stderr)
         return 2
     if args.json:
-        emit_json(json.loads(plan.to_json()))
+        out = json.loads(plan.to_json())
+        out["placeable"] = placement.feasible
+        emit_json(out)
     else:
+        print(placement.render())
         print(plan.render())
-    return 0 if plan.fits else 3
+    return 0 if plan.fits and placement.feasible else 3
+
+
+def _placement(cfg: Any, args: argparse.Namespace) -> Any:
+    """The placement the dry run reports: on the live cluster (``--cluster``), on a local Ray instance
+    sized for the run (a Ray config without an address or cluster flags), else on --gpus/--nodes."""
+    from mx_train.placement import cluster_for_dry_run, local_node, plan_placement, requested_cpus
+
+    d = cfg.distributed
+    explicit = args.gpus is not None or args.nodes is not None or args.cpus_per_node is not None
+    if args.cluster:
+        from mx_train.distributed import cluster_nodes, connect
+
+        ray = connect(cfg, args.learner_procs)
+        try:
+            nodes, driver = cluster_nodes(ray)
+            return plan_placement(cfg, nodes, learner_procs=args.learner_procs, driver_node=driver)
+        finally:
+            ray.shutdown()
+    if d.backend == "ray" and not d.ray_address and not explicit and not str(cfg.policy.device).startswith("cuda"):
+        node = local_node(cfg, requested_cpus(cfg, learner_procs=args.learner_procs), 0)
+        plan = plan_placement(cfg, [node], learner_procs=args.learner_procs)
+        plan.notes.append(f"a local Ray instance with {node.cpus:g} logical CPUs (at least this machine's)")
+        return plan
+    nodes = cluster_for_dry_run(cfg, gpus=args.gpus, nodes=args.nodes, cpus_per_node=args.cpus_per_node,
+                                learner_procs=args.learner_procs)
+    return plan_placement(cfg, nodes, learner_procs=args.learner_procs)
 
 
 def _report(trainer: Any, history: list[dict[str, Any]]) -> None:
