@@ -1,5 +1,6 @@
-"""Per-GPU memory plan of a training config: what the learner and a colocated engine need, and
-whether it fits (``mx train --config F --dry-run [--gpus N --gpu-mem-gb G] [--json]``).
+"""Memory plan of a training config for the device it runs on: per GPU (rank 0, the busiest) for a
+CUDA policy, host memory of the trainer process for a CPU one, and whether it fits
+(``mx train --config F --dry-run [--gpus N --gpu-mem-gb G | --host-mem-gb H] [--json]``).
 
 Sizes come from the model's shapes (hidden size, layers, heads, KV heads, head dim, intermediate
 size, vocabulary, tied embeddings): from the HF config through ``transformers.AutoConfig`` when it
@@ -26,11 +27,34 @@ The plan is for the busiest GPU, rank 0, which also hosts the trainer's engine. 
 
 Host memory (not counted against the GPU): parked per-role optimizer state of stagewise training,
 offloaded optimizer state.
+
+**CPU runs** (``policy.device: cpu``): everything lives in the trainer process's host memory, and
+the plan is its peak resident set (:func:`plan_host_memory`), the largest of three phases on top of
+what stays resident:
+
+* resident: the Python runtime with torch and transformers (:data:`RUNTIME_BYTES`, measured), each
+  distinct model's weights in its dtype (fp32 on CPU; a shared policy's designer and executor are one
+  model, and the learner trains the engine's own object unless its dtype differs or the engine is a
+  weight-serving one such as vLLM, which holds a copy of its own), and the AdamW moments of the active
+  phase ``8P`` once a learner has stepped (``learner.park_optimizer: auto`` parks the inactive phase's
+  on disk on the CPU: nothing resident; ``memory`` keeps them: another ``8P``);
+* the update: fp32 gradients ``4P``, activations of one ``micro_batch_tokens`` micro-batch (each
+  layer's input with gradient checkpointing, plus one layer's full activations and attention
+  probabilities; every layer's without), and the logits chunk (``3 x 4 x chunk x V``);
+* the warm start (cold-start SFT, before any RL moments exist): gradients, its own AdamW ``8P`` and
+  the same activations and logits;
+* the rollout: the engine's KV cache for the concurrent sequences (at most ``policy.max_batch_size``
+  and at most the step's ``B x M x N`` episodes) of ``max_prompt_tokens`` (1024 when unset) plus the
+  longer reply budget.
+
+Under ``distributed.backend: ray`` each rollout worker is a process of its own (runtime, its engine's
+weights and KV cache): the plan lists it apart from the trainer's.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -161,6 +185,8 @@ class MemoryPlan:
     host_gb: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     shape_source: str = "table"
+    device: str = "cuda"  # "cuda": per-GPU plan; "cpu": host-memory plan of the trainer process
+    placement: dict[str, Any] | None = None  # the PlacementPlan it was made for (mx_train.placement)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -169,24 +195,55 @@ class MemoryPlan:
         return json.dumps(self.to_dict(), indent=1)
 
     def render(self) -> str:
-        lines = [
-            f"memory plan: {self.model} ({self.params_b:.2f}B params, shapes from {self.shape_source}), "
-            f"{self.mode}, {self.learner_procs} learner process(es) on {self.gpus} x {self.gpu_mem_gb:g} GB",
-            "per GPU (rank 0, the busiest):",
-        ]
+        if self.device == "cpu":
+            lines = [
+                f"memory plan: {self.model} ({self.params_b:.3f}B params, shapes from {self.shape_source}), "
+                f"{self.mode}, on the CPU: peak resident memory of the trainer process, {self.gpu_mem_gb:g} GB host",
+            ]
+        else:
+            lines = [
+                f"memory plan: {self.model} ({self.params_b:.2f}B params, shapes from {self.shape_source}), "
+                f"{self.mode}, {self.learner_procs} learner process(es) on {self.gpus} x {self.gpu_mem_gb:g} GB",
+                "per GPU (rank 0, the busiest):",
+            ]
+        width = max([28, *(len(k) for k in self.per_gpu_gb)])
         for k, v in self.per_gpu_gb.items():
-            lines.append(f"  {k:<28} {v:9.2f} GB")
-        lines.append(f"  {'total':<28} {self.total_gb:9.2f} GB of {self.gpu_mem_gb:g} GB")
+            lines.append(f"  {k:<{width}} {v:9.3f} GB")
+        lines.append(f"  {'total':<{width}} {self.total_gb:9.3f} GB of {self.gpu_mem_gb:g} GB")
         for k, v in self.host_gb.items():
-            lines.append(f"  host: {k:<22} {v:9.2f} GB")
+            lines.append(f"  {'host: ' if self.device != 'cpu' else ''}{k:<{width - 6 if self.device != 'cpu' else width}} "
+                         f"{v:9.3f} GB")
         lines.append(("FITS: " if self.fits else "DOES NOT FIT: ") + self.why)
         lines.extend(f"note: {n}" for n in self.notes)
         return "\n".join(lines)
 
 
+def plan_device(config: Any, gpus: int | None = None) -> str:
+    """"cpu" or "cuda": where ``config`` computes (``auto``: a GPU when ``gpus`` are planned or CUDA is here)."""
+    device = str(config.policy.device)
+    if device.startswith("cuda"):
+        return "cuda"
+    if device == "cpu":
+        return "cpu"
+    if gpus:
+        return "cuda"
+    try:
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    except ImportError:  # the base install: no torch, no GPU to compute on
+        return "cpu"
+
+
 def plan_memory(config: Any, *, gpus: int | None = None, gpu_mem_gb: float | None = None,
-                learner_procs: int | None = None) -> MemoryPlan:
-    """The per-GPU plan of a :class:`~mx_train.config.TrainConfig` (see module doc)."""
+                learner_procs: int | None = None, placement: Any = None,
+                host_mem_gb: float | None = None) -> MemoryPlan:
+    """The plan of a :class:`~mx_train.config.TrainConfig` for its device (see module doc): per GPU on
+    CUDA (``placement``, a :class:`~mx_train.placement.PlacementPlan`, says how many rollout engines
+    share rank 0's GPU), host memory of the trainer process on the CPU (against ``host_mem_gb``,
+    default this machine's memory)."""
+    if plan_device(config, gpus) == "cpu":
+        return plan_host_memory(config, learner_procs=learner_procs, host_mem_gb=host_mem_gb, placement=placement)
     lc = config.learner
     d = config.distributed
     n = int(learner_procs or getattr(d, "learner_procs", 1) or 1)
@@ -248,8 +305,13 @@ def plan_memory(config: Any, *, gpus: int | None = None, gpu_mem_gb: float | Non
     if d.backend == "ray" and not ray_here:
         notes.append("distributed.worker_gpus is 0: Ray workers get no GPU (on a GPU node every worker would "
                      "load its model onto cuda:0); set it > 0")
-    engines = (1 if d.backend == "local" else 0) + (1 if ray_here else 0)
-    weight_copies = (0 if engine_shares else 1) + (1 if ray_here else 0)
+    # Ray engines on rank 0's GPU: what the placement put there (colocated: its engines; split: none);
+    # without a placement, one (the layout this plan assumed before placements existed).
+    ray_engines = 0
+    if ray_here:
+        ray_engines = placement.engines_on_driver_gpu() if placement is not None else 1
+    engines = (1 if d.backend == "local" else 0) + ray_engines
+    weight_copies = (0 if engine_shares else 1) + ray_engines
     if weight_copies > 0:
         comp[f"engine weights (bf16) x{weight_copies}"] = 2 * p * weight_copies
     prompt_limit = int(getattr(config.rollout, "max_prompt_tokens", 0) or 4096)
@@ -286,4 +348,165 @@ def plan_memory(config: Any, *, gpus: int | None = None, gpu_mem_gb: float | Non
         model=shape.name, params_b=p / 1e9, gpus=gpus, gpu_mem_gb=gpu_mem_gb, learner_procs=n, mode=mode,
         per_gpu_gb={k: round(v, 3) for k, v in gb.items()}, total_gb=round(total, 3), fits=fits, why=why,
         host_gb={k: round(v / 1e9, 3) for k, v in host.items()}, notes=notes, shape_source=shape.source,
+        placement=placement.to_dict() if placement is not None else None,
+    )
+
+
+# ---------------------------------------------------------------------------- host memory (CPU runs)
+# Resident set of the trainer process before any model: CPython with torch, transformers, gymnasium
+# and this project imported, plus the allocator's arenas. Measured with /usr/bin/time -v on
+# configs/smoke_cpu.yaml (a 43k-parameter model, so nearly all of its 0.455 GB peak is this) and at the
+# start of configs/demo_cpu.yaml (0.41 GB before the model loads), torch 2.13 / transformers 5.
+RUNTIME_BYTES = 0.43e9
+DEFAULT_PROMPT_TOKENS = 1024  # planned prompt length of a turn when rollout.*.max_prompt_tokens is unset
+
+
+def _dtype_bytes(dtype: str, default: int = 4) -> int:
+    return {"float32": 4, "float16": 2, "bfloat16": 2}.get(str(dtype), default)
+
+
+def host_memory_total_gb() -> float:
+    """This machine's memory in GB (0 where the OS does not say)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9
+    except (ValueError, OSError, AttributeError):
+        return 0.0
+
+
+def plan_host_memory(config: Any, *, learner_procs: int | None = None, host_mem_gb: float | None = None,
+                     placement: Any = None) -> MemoryPlan:
+    """The peak resident memory of the trainer process of a CPU run (see module doc)."""
+    lc = config.learner
+    d = config.distributed
+    pc = config.policy
+    r = config.rollout
+    n = int(learner_procs or getattr(d, "learner_procs", 1) or 1)
+    notes: list[str] = []
+    engine_dtype = _dtype_bytes(pc.dtype)  # "auto" on the CPU loads fp32
+    learn_dtype = engine_dtype if lc.dtype == "auto" else _dtype_bytes(lc.dtype)
+    shapes = {"designer": model_shape(pc.model)}
+    if pc.executor_model:
+        shapes["executor"] = model_shape(pc.executor_model)
+    serving = {role: str(spec).startswith("vllm:") for role, spec in
+               (("designer", pc.model), ("executor", pc.executor_model or pc.model))}
+    lora = lc.lora is not None
+    r_lora = int((lc.lora or {}).get("r", 16))
+    resident: dict[str, float] = {"runtime (python, torch, transformers)": RUNTIME_BYTES}
+    # Learners (one per distinct model) and what each keeps.
+    trained: dict[str, int] = {}
+    for role, shape in shapes.items():
+        p = shape.params()
+        label = "" if len(shapes) == 1 else f" ({role})"
+        if serving[role]:  # a weight-serving engine: its own copy; the learner an fp32 one of its own
+            resident[f"engine weights (vLLM){label}"] = engine_dtype * p
+            learner_own = 4
+        elif learn_dtype != engine_dtype or n > 1:  # the learner trains a private copy (or FSDP shards)
+            resident[f"engine weights{label}"] = engine_dtype * p
+            learner_own = learn_dtype
+        else:  # the learner trains the engine's own model object: one copy
+            learner_own = 0
+            resident[f"model weights (engine = learner){label}"] = engine_dtype * p
+        if n > 1:
+            resident[f"fp32 master shards{label}"] = 4 * p / n
+        elif learner_own:
+            resident[f"learner weights{label}"] = learner_own * p
+        if n == 1 and min(learner_own or engine_dtype, 4) < 4 and lc.master_weights == "auto" and not lora:
+            resident[f"fp32 master weights{label}"] = 4 * p
+        trained[role] = shape.lora_params(r_lora) if lora else p
+    scale = n if not lora else 1
+    moments = {role: 8 * t / scale for role, t in trained.items()}
+    stagewise_per_role = config.schedule.mode == "stagewise" and lc.phase_optimizer == "per_role"
+    park_disk = lc.park_optimizer in ("auto", "disk")  # auto: disk on the CPU
+    # A shared policy has one optimizer whose state is per phase; split policies one per role, each
+    # keeping its own moments between its phases.
+    for role, m in moments.items():
+        label = "" if len(moments) == 1 else f" ({role})"
+        resident[f"AdamW moments, active phase{label}"] = m
+        if stagewise_per_role and len(moments) == 1:
+            if park_disk:
+                notes.append("learner.park_optimizer: the inactive phase's AdamW moments are parked on disk "
+                             f"({m / 1e9:.2f} GB file), not resident")
+            else:
+                resident[f"AdamW moments, parked phase{label}"] = m
+    if lc.kl_coef != 0.0 and not lora:
+        for role, shape in shapes.items():
+            resident[f"KL reference model ({role})"] = learn_dtype * shape.params()
+    big = max(shapes.values(), key=lambda s: s.params())
+    t = lc.micro_batch_tokens
+    act_bytes = learn_dtype
+    layer_full = act_bytes * t * (2 * big.hidden + 3 * big.q_dim + 2 * big.kv_dim + 4 * big.intermediate)
+    # One layer's attention probabilities while it computes: T tokens against a sequence's length.
+    seq = min(t, max(r.designer.max_prompt_tokens or DEFAULT_PROMPT_TOKENS,
+                     r.executor.max_prompt_tokens or DEFAULT_PROMPT_TOKENS)
+              + max(r.designer.max_new_tokens, r.executor.max_new_tokens))
+    attn_probs = 4 * big.heads * t * seq
+    if lc.gradient_checkpointing:
+        acts = act_bytes * t * big.hidden * big.layers + layer_full + attn_probs
+        act_key = "activations (checkpointed)"
+    else:
+        acts = layer_full * big.layers + attn_probs
+        act_key = "activations (no checkpointing)"
+    chunk = min(lc.logits_chunk_tokens or t, t)
+    logits = 3 * 4 * chunk * big.vocab
+    grads = 4 * max(trained.values()) / scale
+    update = {"gradients (fp32)": grads, act_key: acts, f"logits chunk ({chunk} tok)": logits}
+    phases: dict[str, dict[str, float]] = {"update": update}
+    ws = config.warm_start
+    if (ws.designs or ws.data) and ws.steps > 0:
+        # Before RL: no RL moments yet, the SFT learner's own instead (released after the cold start).
+        rl_moments = sum(moments.values())
+        sft = {"gradients (fp32)": grads, "warm-start AdamW": 8 * trained["designer"] / scale, act_key: acts,
+               f"logits chunk ({chunk} tok)": logits, "(no RL moments yet)": -rl_moments}
+        phases["warm start"] = sft
+    if d.backend == "local":
+        prompt = max(r.designer.max_prompt_tokens or DEFAULT_PROMPT_TOKENS,
+                     r.executor.max_prompt_tokens or DEFAULT_PROMPT_TOKENS)
+        reply = max(r.designer.max_new_tokens, r.executor.max_new_tokens)
+        seqs = min(pc.max_batch_size, r.tasks_per_step * r.designs * r.executions)
+        kv = sum(seqs * (prompt + reply) * 2 * s.layers * s.kv_dim * engine_dtype for s in shapes.values())
+        phases["rollout"] = {f"KV cache ({seqs} seqs x {prompt + reply} tok)": kv}
+    peak_phase = max(phases, key=lambda k: sum(phases[k].values()))
+    terms = dict(resident)
+    for k, v in phases[peak_phase].items():
+        if v > 0:
+            terms[f"{k} [{peak_phase}]"] = v
+    rl_free = phases[peak_phase].get("(no RL moments yet)", 0.0)
+    if rl_free:
+        for k in list(terms):
+            if k.startswith("AdamW moments"):
+                terms[k] = 0.0  # not yet created during the warm start
+    total = sum(terms.values()) / 1e9
+    budget = float(host_mem_gb) if host_mem_gb is not None else host_memory_total_gb()
+    fits = budget <= 0 or total <= budget
+    others = ", ".join(f"{k} {sum(v.values()) / 1e9 + sum(resident.values()) / 1e9:.2f} GB"
+                       for k, v in phases.items() if k != peak_phase)
+    why = (f"{total:.2f} GB peak in the {peak_phase} phase" + (f" (other phases: {others})" if others else "")
+           + f" of {budget:.1f} GB host memory")
+    if not fits:
+        hints = ["learner.gradient_checkpointing: true"] if not lc.gradient_checkpointing else []
+        hints += [f"learner.micro_batch_tokens below {t}", "learner.logits_chunk_tokens: 256"]
+        if not park_disk and stagewise_per_role:
+            hints.append("learner.park_optimizer: disk")
+        why = "DOES NOT FIT: " + why + ". Try: " + "; ".join(hints)
+    host: dict[str, float] = {}
+    if d.backend == "ray":
+        prompt = max(r.designer.max_prompt_tokens or DEFAULT_PROMPT_TOKENS,
+                     r.executor.max_prompt_tokens or DEFAULT_PROMPT_TOKENS)
+        reply = max(r.designer.max_new_tokens, r.executor.max_new_tokens)
+        per_worker_tasks = -(-r.tasks_per_step // max(1, d.num_rollout_workers))
+        seqs = min(pc.max_batch_size, per_worker_tasks * r.designs * r.executions)
+        worker = RUNTIME_BYTES + sum(engine_dtype * s.params() + seqs * (prompt + reply) * 2 * s.layers * s.kv_dim
+                                     * engine_dtype for s in shapes.values())
+        host[f"each Ray rollout worker process (x{d.num_rollout_workers})"] = worker
+    if n > 1:
+        notes.append(f"learner ranks 1..{n - 1} are processes of their own: runtime + their shards "
+                     f"(~{(RUNTIME_BYTES + 16 * max(trained.values()) / n) / 1e9:.2f} GB each)")
+    mode = ("LoRA" if lora else "full fine-tune") + f", {'FSDP over ' + str(n) + ' processes' if n > 1 else '1 process'}"
+    mode += ", shared policy" if len(shapes) == 1 else ", split policy"
+    return MemoryPlan(
+        model=big.name, params_b=sum(s.params() for s in shapes.values()) / 1e9, gpus=0, gpu_mem_gb=round(budget, 1),
+        learner_procs=n, mode=mode, per_gpu_gb={k: round(v / 1e9, 3) for k, v in terms.items()},
+        total_gb=round(total, 3), fits=fits, why=why.removeprefix("DOES NOT FIT: "),
+        host_gb={k: round(v / 1e9, 3) for k, v in host.items()}, notes=notes, shape_source=big.source, device="cpu",
+        placement=placement.to_dict() if placement is not None else None,
     )

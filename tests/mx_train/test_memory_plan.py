@@ -57,3 +57,52 @@ def test_dry_run_cli_json(capsys):
                "--gpu-mem-gb", "80"])
     text = capsys.readouterr().out
     assert rc == 3 and "DOES NOT FIT" in text
+
+
+# ---------------------------------------------------------------------------- host memory (CPU runs)
+def test_cpu_config_gets_a_host_plan_with_what_stays_resident():
+    demo = _plan("configs/demo_cpu.yaml", host_mem_gb=24)
+    assert demo.device == "cpu" and demo.gpus == 0 and demo.fits
+    p = demo.params_b * 1e9
+    terms = demo.per_gpu_gb
+    # One fp32 model shared by the engine and the learner, the active phase's AdamW moments (8P), the
+    # parked phase on disk (park_optimizer auto on the CPU), the update's fp32 gradients (4P).
+    assert terms["model weights (engine = learner)"] == pytest.approx(4 * p / 1e9, rel=1e-3)
+    assert terms["AdamW moments, active phase"] == pytest.approx(8 * p / 1e9, rel=1e-3)
+    assert not any("parked" in k for k in terms) and any("parked on disk" in n for n in demo.notes)
+    assert terms["gradients (fp32) [update]"] == pytest.approx(4 * p / 1e9, rel=1e-3)
+    assert "logits chunk (1024 tok) [update]" in terms
+    in_memory = plan_memory(TrainConfig.from_yaml("configs/demo_cpu.yaml", overrides=["learner.park_optimizer=memory"]),
+                            host_mem_gb=24)
+    assert in_memory.total_gb - demo.total_gb == pytest.approx(8 * p / 1e9, rel=1e-2)
+    nockpt = plan_memory(TrainConfig.from_yaml("configs/demo_cpu.yaml",
+                                               overrides=["learner.gradient_checkpointing=false"]), host_mem_gb=24)
+    assert nockpt.total_gb > demo.total_gb
+    tight = _plan("configs/demo_cpu.yaml", host_mem_gb=2)
+    assert not tight.fits and "Try:" in tight.why
+
+
+def _peak_rss_gb(cmd: list[str], cwd: str) -> float:
+    """Peak resident set of the process ``cmd`` (the kernel's count, from wait4)."""
+    import os
+    import subprocess
+
+    proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            env={**os.environ, "OMP_WAIT_POLICY": "PASSIVE"})
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+    assert proc.returncode == 0, err[-2000:]
+    return usage.ru_maxrss * 1024 / 1e9  # Linux: KiB
+
+
+@pytest.mark.slow
+def test_host_plan_matches_the_measured_peak_of_a_smoke_run(tmp_path):
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    plan = plan_memory(TrainConfig.from_yaml(root / "configs" / "smoke_cpu.yaml"))
+    measured = _peak_rss_gb([sys.executable, "-m", "mx_train.cli", "train", "--config", "configs/smoke_cpu.yaml",
+                             "--max-steps", "1", "--out", str(tmp_path / "run"), "--no-progress"], str(root))
+    assert abs(plan.total_gb - measured) <= 0.3 * measured, (plan.total_gb, measured)
