@@ -128,6 +128,9 @@ class PhaseOptimizer:
             leaving = {p: {k: _park(v) for k, v in s.items()} for p, s in self.optimizer.state.items()}
             self.optimizer.state = defaultdict(dict)  # drop our references before the spill frees them
             self.parked[self.phase] = self._spill(self.phase, leaving)
+            # Spilled: the leaving moments must be gone before the arriving ones are read back, or
+            # both phases' moments are resident at once (the demo's update-phase peak, issue 20).
+            del leaving
         arriving = self._unspill(self.parked.pop(phase, None)) if self.mode == "per_role" else None
         fresh: defaultdict[Any, dict[str, Any]] = defaultdict(dict)
         for p, s in (arriving or {}).items():
