@@ -307,7 +307,7 @@ class Trainer:
         t0 = time.perf_counter()
         task_ids = self.next_tasks()
         engines = snapshot_backends(self.backends.values())
-        with self.rss.phase("rollout"):
+        with self.rss.phase("rollout", release=True):
             transitions, metrics = self.rollout(task_ids, step)
         t_roll = time.perf_counter() - t0
         metrics.update(backends_metrics(engines))  # batch-width histogram, prefix-hit rate
@@ -320,7 +320,7 @@ class Trainer:
             metrics.update(sync.rollout_metrics(transitions))  # engine vs learner, same weights
         after_rollout(self.backends.values())
         t1 = time.perf_counter()
-        with self.rss.phase("update"):
+        with self.rss.phase("update", release=True):
             update = self.policy_group.update(transitions, active_roles=active)
         t_update = time.perf_counter() - t1
         metrics.update(update)
@@ -387,7 +387,7 @@ class Trainer:
         from mx_train.checkpoint import save_checkpoint
 
         tok = getattr(self.backends["designer"], "tokenizer", None)
-        with self.rss.phase("checkpoint"):
+        with self.rss.phase("checkpoint", release=True):
             return save_checkpoint(
                 root or self.out / "checkpoints",
                 self.step_index,
@@ -488,7 +488,7 @@ class Trainer:
         resumed = self.resume() if resume else None
         (self.out / "train_config.json").write_text(json.dumps(self.config.to_dict(), indent=1))
         if resumed is None and self.step_index == 0:
-            with self.rss.phase("warm_start"):
+            with self.rss.phase("warm_start", release=True):
                 warm = self.warm_start()
             if warm:
                 with open(self.out / "warm_start.jsonl", "w") as f:
