@@ -358,23 +358,26 @@ def connect(config: Any, learner_procs: int | None = None) -> Any:
         except ConnectionError as exc:
             raise ConnectionError(join_failure(str(d.ray_address), token)) from exc
         return ray
-    from mx_train.placement import local_node, requested_cpus, uses_gpu
-
-    gpus = 0
-    if uses_gpu(config):
-        import torch
-
-        gpus = torch.cuda.device_count()
-    elif str(config.policy.device) == "auto":
-        import torch
-
-        gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    node = local_node(config, requested_cpus(config, learner_procs=learner_procs, gpus=gpus), gpus)
+    node = local_ray_node(config, learner_procs)
+    gpus = int(node.gpus)
     if node.cpus > (os.cpu_count() or 1):
         logger.info("local Ray: %g logical CPUs on %d cores (the placement plan reserves them)",
                     node.cpus, os.cpu_count() or 1)
     ray.init(num_cpus=int(node.cpus), num_gpus=gpus, include_dashboard=False, log_to_driver=False)
     return ray
+
+
+def local_ray_node(config: Any, learner_procs: int | None = None) -> Any:
+    """The one node of the local Ray instance :func:`connect` starts for ``config``: this machine's
+    GPUs (on a GPU run) and the logical CPUs the plan reserves (at least this machine's)."""
+    from mx_train.placement import local_node, requested_cpus, uses_gpu
+
+    gpus = 0
+    if uses_gpu(config) or str(config.policy.device) == "auto":
+        import torch
+
+        gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    return local_node(config, requested_cpus(config, learner_procs=learner_procs, gpus=gpus), gpus)
 
 
 def cluster_nodes(ray: Any) -> tuple[list[Any], int]:
@@ -416,6 +419,7 @@ class Reservation:
     learner_ranks: list[Any] = dataclasses.field(default_factory=list)
     learner_runs: list[Any] = dataclasses.field(default_factory=list)  # futures of LearnerRank.run
     bundle_nodes: list[str] = dataclasses.field(default_factory=list)  # actual node id per bundle
+    job_id: str = ""  # the Ray job that made it (a later ray.init is another cluster session)
 
     def strategy(self, bundle: int) -> Any:
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
@@ -432,7 +436,8 @@ def active_reservation() -> Reservation | None:
     if _ACTIVE is not None:
         import ray
 
-        if not ray.is_initialized():  # the cluster went away under it (a test's ray.shutdown())
+        # The cluster went away under it, or this is a later Ray session (a test's shutdown and init).
+        if not ray.is_initialized() or ray.get_runtime_context().get_job_id() != _ACTIVE.job_id:
             _ACTIVE = None
     return _ACTIVE
 
@@ -453,6 +458,12 @@ def reserve(config: Any, learner_procs: int | None = None) -> Reservation:
     check_gpu_assignment(config)
     d = config.distributed
     procs = learner_procs or d.learner_procs
+    ray = _require_ray()
+    if not ray.is_initialized() and not d.ray_address:
+        # The local instance is known before it starts: refuse an unplaceable run without starting it.
+        before = plan_placement(config, [local_ray_node(config, procs)], learner_procs=procs)
+        if not before.feasible:
+            raise PlacementError(before)
     ray = connect(config, procs)
     nodes, driver = cluster_nodes(ray)
     plan = plan_placement(config, nodes, learner_procs=procs, driver_node=driver)
@@ -480,7 +491,7 @@ def reserve(config: Any, learner_procs: int | None = None) -> Reservation:
             reason=(f"the placement group was not ready after {d.placement_timeout_s:g}s although the cluster's "
                     f"totals fit (free now: CPU {free.get('CPU', 0.0):g}, GPU {free.get('GPU', 0.0):g})"),
         )) from exc
-    res = Reservation(plan, pg)
+    res = Reservation(plan, pg, job_id=ray.get_runtime_context().get_job_id())
     table = placement_group_table(pg)
     res.bundle_nodes = [str(table.get("bundles_to_node_id", {}).get(b, "?")) for b in range(len(plan.bundles))]
     _lease_devices(ray, res)

@@ -358,6 +358,9 @@ def plan_memory(config: Any, *, gpus: int | None = None, gpu_mem_gb: float | Non
 # configs/smoke_cpu.yaml (a 43k-parameter model, so nearly all of its 0.455 GB peak is this) and at the
 # start of configs/demo_cpu.yaml (0.41 GB before the model loads), torch 2.13 / transformers 5.
 RUNTIME_BYTES = 0.43e9
+# A Ray driver (distributed.backend: ray) holds Ray's core worker and client state on top: 0.54 GB
+# peak for the smoke config with --learner-procs 3 under local Ray vs 0.44 GB without Ray.
+RAY_DRIVER_BYTES = 0.1e9
 DEFAULT_PROMPT_TOKENS = 1024  # planned prompt length of a turn when rollout.*.max_prompt_tokens is unset
 
 
@@ -392,6 +395,8 @@ def plan_host_memory(config: Any, *, learner_procs: int | None = None, host_mem_
     lora = lc.lora is not None
     r_lora = int((lc.lora or {}).get("r", 16))
     resident: dict[str, float] = {"runtime (python, torch, transformers)": RUNTIME_BYTES}
+    if d.backend == "ray":
+        resident["Ray driver (core worker)"] = RAY_DRIVER_BYTES
     # Learners (one per distinct model) and what each keeps.
     trained: dict[str, int] = {}
     for role, shape in shapes.items():

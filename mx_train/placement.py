@@ -506,15 +506,13 @@ def _suggest(config: Any, ask: _Ask, nodes: list[NodeSpec], driver_node: int) ->
     out: list[str] = []
     if ask.gpu and ask.placement == "split" and fits(placement="colocated"):
         out.append("--set distributed.placement=colocated (learner ranks and engines share GPUs)")
-    for engines in range(ask.engines - 1, 0, -1):
-        if fits(engines=engines):
-            out.append(f"--set distributed.num_rollout_workers={engines}")
-            break
+    engines = _largest(ask.engines - 1, lambda k: fits(engines=k))
+    if engines:
+        out.append(f"--set distributed.num_rollout_workers={engines}")
     if ask.launcher == "ray":
-        for n in range(ask.learners - 1, 0, -1):
-            if fits(learners=n, launcher="ray" if n > 1 else "single"):
-                out.append(f"--learner-procs {n}")
-                break
+        n = _largest(ask.learners - 1, lambda k: fits(learners=k, launcher="ray" if k > 1 else "single"))
+        if n:
+            out.append(f"--learner-procs {n}")
     if ask.gpu and 0 < ask.worker_gpus < 1 and fits(worker_gpus=_floor(ask.worker_gpus / 2)):
         out.append(f"--set distributed.worker_gpus={_floor(ask.worker_gpus / 2):g}")
     elif ask.gpu and ask.worker_gpus >= 1 and fits(worker_gpus=0.5):
@@ -529,6 +527,18 @@ def _suggest(config: Any, ask: _Ask, nodes: list[NodeSpec], driver_node: int) ->
     if not out:
         out.append("a larger cluster (more GPUs or nodes)" if ask.gpu else "a larger cluster (more CPUs)")
     return "; or ".join(out)
+
+
+def _largest(hi: int, ok: Any) -> int:
+    """The largest k in 1..hi with ok(k) (fewer processes never fit worse), 0 if none: a binary search."""
+    lo, best = 1, 0
+    while lo <= hi:
+        mid = (lo + hi) // 2
+        if ok(mid):
+            best, lo = mid, mid + 1
+        else:
+            hi = mid - 1
+    return best
 
 
 # ---------------------------------------------------------------------------- clusters

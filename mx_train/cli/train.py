@@ -86,7 +86,7 @@ def _train(args: argparse.Namespace) -> int:
     try:
         return train(cfg, resume=args.resume, progress=not args.no_progress, on_done=_report)
     except PlacementError as exc:
-        print(f"mx train: {exc}\n{exc.plan.render()}", file=sys.stderr)
+        print(f"mx train: cannot place this run on the cluster\n{exc.plan.render()}", file=sys.stderr)
         return 3
     except ConnectionError as exc:  # joining distributed.ray_address (the message says why and what to do)
         print(f"mx train: {exc}", file=sys.stderr)

@@ -149,3 +149,156 @@ def test_weight_channel_sends_each_stale_role_to_every_worker():
         assert group.pushed == {"designer": 2, "executor": 3}
     finally:
         ray.shutdown()
+
+
+# ---------------------------------------------------------------------------- joining a `ray start` cluster
+_JOIN = """
+import sys
+from mx_train.config import TrainConfig
+from mx_train.distributed import connect
+cfg = TrainConfig.from_dict({"distributed": {"backend": "ray", "ray_address": sys.argv[1]}})
+try:
+    ray = connect(cfg)
+except ConnectionError as exc:
+    print("REFUSED", exc)
+else:
+    print("JOINED", ray.cluster_resources().get("CPU"))
+    ray.shutdown()
+"""
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def ray_head(tmp_path):
+    """A real `ray start --head` (token authentication, as this Ray sets it up) in a process group of
+    its own, with its own HOME (token) and temp dir, so no other Ray on this machine sees it; stopped
+    by its own process ids, never `ray stop` (which stops every Ray of the machine)."""
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import tempfile
+    import time
+
+    home = tmp_path / "home"
+    home.mkdir()
+    temp = tempfile.mkdtemp(prefix="mxray", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    env.update(HOME=str(home), OMP_WAIT_POLICY="PASSIVE")
+    ray_bin = str(Path(sys.executable).with_name("ray"))
+    subprocess.run([ray_bin, "get-auth-token", "--generate"], env=env, check=True, capture_output=True)
+    port = _free_port()
+    head = subprocess.Popen(
+        [ray_bin, "start", "--head", "--block", f"--port={port}", f"--temp-dir={temp}", "--num-cpus=1",
+         "--num-gpus=0", "--include-dashboard=false", "--disable-usage-stats",
+         f"--ray-client-server-port={_free_port()}", f"--dashboard-agent-listen-port={_free_port()}"],
+        env=env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    deadline = time.monotonic() + 60
+    while head.poll() is None and time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            time.sleep(0.3)
+    try:
+        if head.poll() is not None:
+            pytest.fail(f"ray start --head failed: {head.stdout.read()[-2000:] if head.stdout else ''}")
+        yield f"127.0.0.1:{port}", env, home
+    finally:
+        head.send_signal(signal.SIGINT)  # --block: the head stops the processes it started
+        try:
+            head.wait(10)
+        except subprocess.TimeoutExpired:
+            pass
+        for pid in _pids_of(temp, port):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        try:
+            os.killpg(head.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        import shutil
+
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def _pids_of(temp: str, port: int) -> list[int]:
+    """Processes of that head: those naming its temp dir or port, and their descendants."""
+    import os
+
+    procs: dict[int, tuple[int, str]] = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            cmd = Path(f"/proc/{name}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            ppid = int(Path(f"/proc/{name}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        procs[int(name)] = (ppid, cmd)
+    mine = {pid for pid, (_, cmd) in procs.items() if temp in cmd or f":{port}" in cmd}
+    grew = True
+    while grew:
+        grew = False
+        for pid, (ppid, _) in procs.items():
+            if ppid in mine and pid not in mine:
+                mine.add(pid)
+                grew = True
+    mine.discard(os.getpid())
+    return sorted(mine)
+
+
+@pytest.mark.slow
+def test_join_a_ray_start_cluster_with_its_token_or_say_why_not(ray_head, tmp_path):
+    import subprocess
+    import sys
+
+    address, env, home = ray_head
+    root = str(Path(__file__).resolve().parents[2])
+    # RAY_AUTH_MODE unset, the token in ~/.ray/auth_token: token auth is switched on and the join works.
+    out = subprocess.run([sys.executable, "-c", _JOIN, address], env=env, cwd=root, capture_output=True, text=True,
+                         timeout=120)
+    assert "JOINED 1.0" in out.stdout, out.stdout + out.stderr[-2000:]
+    # No token here: refused, and the one line says what to set (Ray's retries cut to 2 s for the test).
+    other = tmp_path / "other-home"
+    other.mkdir()
+    env2 = {**env, "HOME": str(other), "RAY_gcs_server_port_wait_time_s": "2"}
+    out = subprocess.run([sys.executable, "-c", _JOIN, address], env=env2, cwd=root, capture_output=True, text=True,
+                         timeout=120)
+    line = [x for x in out.stdout.splitlines() if x.startswith("REFUSED")]
+    assert line and "RAY_AUTH_MODE=token" in line[0] and "ray get-auth-token" in line[0], out.stdout + out.stderr[-2000:]
+    # Nothing listening: said at once, without Ray's retries.
+    out = subprocess.run([sys.executable, "-c", _JOIN, f"127.0.0.1:{_free_port()}"], env=env2, cwd=root,
+                         capture_output=True, text=True, timeout=60)
+    assert "REFUSED" in out.stdout and "nothing answers there" in out.stdout
+
+
+def test_unplaceable_run_is_refused_before_local_ray_starts(tmp_path, capsys):
+    """`mx train` itself (not only --dry-run): 1000 one-GPU engines fit no machine; the refusal comes
+    with the plan and a suggestion in seconds, and no Ray instance is started for it."""
+    import time
+
+    from mx_train.cli import main
+
+    t0 = time.monotonic()
+    rc = main(["train", "--config", str(Path(__file__).resolve().parents[2] / "configs" / "smoke_cpu.yaml"),
+               "--set", "distributed.backend=ray", "--set", "policy.device=cuda", "--set", "distributed.worker_gpus=1",
+               "--set", "distributed.num_rollout_workers=1000", "--max-steps", "1", "--out", str(tmp_path / "run"),
+               "--no-progress"])
+    elapsed = time.monotonic() - t0
+    err = capsys.readouterr().err
+    assert rc == 3 and "cannot place this run" in err and "NOT PLACEABLE" in err and "Try:" in err
+    assert elapsed < 10, elapsed
+    assert not ray.is_initialized()
+    assert not (tmp_path / "run" / "checkpoints").exists()
