@@ -374,10 +374,32 @@ def local_ray_node(config: Any, learner_procs: int | None = None) -> Any:
 
     gpus = 0
     if uses_gpu(config) or str(config.policy.device) == "auto":
-        import torch
-
-        gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        gpus = visible_gpus()
     return local_node(config, requested_cpus(config, learner_procs=learner_procs, gpus=gpus), gpus)
+
+
+def visible_gpus() -> int:
+    """NVIDIA GPUs this process may use, counted without starting CUDA here: CUDA reads
+    ``CUDA_VISIBLE_DEVICES`` once, when it starts, and :func:`pin_driver_device` still has to set it."""
+    env = os.environ.get("CUDA_VISIBLE_DEVICES")
+    try:
+        present = len(os.listdir("/proc/driver/nvidia/gpus"))  # the NVIDIA driver's list (Linux)
+    except OSError:
+        try:  # Ray's own count (NVML, no CUDA), where a container hides /proc/driver
+            from ray._private.accelerators import NvidiaGPUAcceleratorManager
+
+            present = int(NvidiaGPUAcceleratorManager.get_current_node_num_accelerators())
+        except Exception:  # noqa: BLE001 - no NVIDIA driver, or another Ray layout: no GPU
+            present = 0
+    if env is None:
+        return present
+    ids = []
+    for item in env.split(","):  # CUDA stops at the first entry that names no device
+        item = item.strip()
+        if not item or item.startswith("-"):
+            break
+        ids.append(item)
+    return min(len(ids), present) if present else 0
 
 
 def cluster_nodes(ray: Any) -> tuple[list[Any], int]:
@@ -528,12 +550,13 @@ def pin_driver_device(res: Reservation) -> None:
     gpu = ids[0]
     if "WORLD_SIZE" in os.environ:  # torchrun chose the devices: they must be the ones Ray reserved
         visible = [int(x) for x in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if x.strip().isdigit()]
-        mine = visible[int(os.environ.get("LOCAL_RANK", 0))] if visible else int(os.environ.get("LOCAL_RANK", 0))
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ["WORLD_SIZE"]))
+        used = sorted(visible[i] if i < len(visible) else i for i in range(local))
         held = sorted(g for gs in res.lease_gpus.values() for g in gs)
-        if mine != gpu:
+        if used != held:
             raise RuntimeError(
-                f"torchrun rank 0 computes on GPU {mine} but Ray reserved GPU {gpu} for it (torchrun ranks hold "
-                f"{held}); start Ray with only the other GPUs (CUDA_VISIBLE_DEVICES) or use `mx train "
+                f"torchrun's ranks on this node compute on GPUs {used} but Ray reserved {held} for them; start "
+                "Ray with only the other GPUs visible (CUDA_VISIBLE_DEVICES for `ray start`), or use `mx train "
                 "--learner-procs N` without torchrun, which places every rank through Ray")
         return
     import torch

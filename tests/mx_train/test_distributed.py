@@ -302,3 +302,22 @@ def test_unplaceable_run_is_refused_before_local_ray_starts(tmp_path, capsys):
     assert elapsed < 10, elapsed
     assert not ray.is_initialized()
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_driver_is_pinned_to_the_gpu_its_lease_holds(monkeypatch):
+    from mx_train.distributed import Reservation, pin_driver_device
+
+    for var in ("WORLD_SIZE", "LOCAL_WORLD_SIZE", "RANK", "LOCAL_RANK"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1,2,3")
+    if torch.cuda.is_initialized():
+        pytest.skip("CUDA already started in this process: the pin would be refused (see the next case)")
+    pin_driver_device(Reservation(plan=None, placement_group=None, lease_gpus={0: [3]}))
+    assert __import__("os").environ["CUDA_VISIBLE_DEVICES"] == "3"
+    # torchrun placed its ranks itself: they must be on the GPUs Ray reserved for them, else a clear stop.
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,5")
+    pin_driver_device(Reservation(plan=None, placement_group=None, lease_gpus={0: [4], 1: [5]}))
+    with pytest.raises(RuntimeError, match=r"GPUs \[4, 5\] but Ray reserved \[4, 6\]"):
+        pin_driver_device(Reservation(plan=None, placement_group=None, lease_gpus={0: [4], 1: [6]}))
