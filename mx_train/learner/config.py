@@ -53,7 +53,10 @@ class LearnerConfig(LossSettings):
     max_grad_norm: float | None = 1.0
     micro_batch_tokens: int = 4096  # token positions per forward/backward (padding included)
     packing: str = "auto"  # "auto" | "on" | "off" (YAML true/false map to on/off)
-    shared_prefix_tokens: int = 0
+    # Packed only: turns sharing a prefix of at least this many tokens compute it once (0 = off).
+    # The N executions of a design repeat its system prompt, task and script: on the demo's executor
+    # batch this computes 768 positions for 2221 tokens.
+    shared_prefix_tokens: int = 32
     mini_batches: int = 1  # optimizer steps per epoch over the update batch (PPO-style)
     mini_batch_size: int | None = None  # sequences per optimizer step; overrides mini_batches
     ppo_epochs: int = 1  # passes over the update batch (reshuffled after the first)

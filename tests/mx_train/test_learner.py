@@ -331,6 +331,80 @@ def test_learner_never_changes_the_given_models_dtype(tiny):
     assert all(p.dtype == torch.bfloat16 for p in model.parameters())
 
 
+# ---------------------------------------------------------------- compute precision
+def _dtype_seen_in_forward(learner, data):
+    """The dtype a decoder projection computes in during ``learner.update(data)``."""
+    seen = []
+    proj = learner.model.model.layers[0].self_attn.q_proj
+    handle = proj.register_forward_hook(lambda mod, args, out: seen.append(out.dtype))
+    try:
+        metrics = learner.update(data)
+    finally:
+        handle.remove()
+    assert seen
+    return set(seen), metrics
+
+
+def test_cpu_bf16_detection_follows_cpuinfo_and_the_override(monkeypatch):
+    from mx_train.learner.precision import CPU_BF16_FLAGS, cpu_has_bf16, resolve_compute
+
+    monkeypatch.setenv("MX_CPU_BF16", "1")
+    assert cpu_has_bf16()
+    cpu = torch.device("cpu")
+    assert resolve_compute("auto", torch.float32, cpu) == (torch.float32, True)  # autocast over fp32 params
+    assert resolve_compute("float32", torch.float32, cpu) == (torch.float32, False)
+    assert resolve_compute("auto", torch.bfloat16, cpu) == (torch.bfloat16, False)
+    assert resolve_compute("bfloat16", torch.float32, cpu) == (torch.bfloat16, False)
+    monkeypatch.setenv("MX_CPU_BF16", "0")
+    assert not cpu_has_bf16()
+    assert resolve_compute("auto", torch.float32, cpu) == (torch.float32, False)
+    monkeypatch.delenv("MX_CPU_BF16")
+    with open("/proc/cpuinfo") as f:
+        flags = next((set(line.split(":", 1)[1].split()) for line in f if line.startswith("flags")), set())
+    assert cpu_has_bf16() == any(flag in flags for flag in CPU_BF16_FLAGS)
+
+
+def test_bf16_compute_trains_with_fp32_masters_and_optimizer_state(tiny, monkeypatch):
+    model, _ = tiny
+    monkeypatch.setenv("MX_CPU_BF16", "1")  # as on a CPU with avx512_bf16 / AMX
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    learner = Learner(model, {"lr": 1e-3})  # dtype: auto
+    assert learner.autocast and learner.compute_dtype == torch.bfloat16
+    assert learner.model is model and learner.master is None  # the fp32 parameters are the masters
+    seen, m = _dtype_seen_in_forward(learner, batch())
+    assert seen == {torch.bfloat16}
+    assert np.isfinite(m["loss"]) and m["grad_norm"] > 0 and learner.version == 1
+    assert all(p.dtype == torch.float32 for p in model.parameters())  # the engine's model keeps its dtype
+    assert all(not torch.equal(p, before[n]) for n, p in model.named_parameters())
+    states = list(learner.optimizer.state.values())
+    assert states and all(st["exp_avg"].dtype == torch.float32 and st["exp_avg_sq"].dtype == torch.float32
+                          for st in states)
+    # bf16 compute is really used: its log-probs differ from fp32 compute by more than fp32 roundoff
+    fp32 = Learner(copy.deepcopy(model), {"dtype": "float32"})
+    data = batch(seed=5)
+    diff = np.abs(np.concatenate([np.subtract(a, b) for a, b in zip(learner.logprobs(data), fp32.logprobs(data),
+                                                                     strict=True)]))
+    assert diff.max() > 1e-4
+
+
+def test_fp32_stays_the_default_without_native_bf16(tiny, monkeypatch):
+    model, _ = tiny
+    monkeypatch.setenv("MX_CPU_BF16", "0")
+    learner = Learner(model, {"lr": 1e-3})
+    assert not learner.autocast and learner.compute_dtype == torch.float32
+    seen, m = _dtype_seen_in_forward(learner, batch())
+    assert seen == {torch.float32} and np.isfinite(m["loss"])
+
+
+def test_bf16_copy_masters_start_from_the_fp32_weights(tiny):
+    model, _ = tiny
+    learner = Learner(model, {"dtype": "bfloat16", "lr": 0.0})
+    assert learner.private_copy and next(learner.model.parameters()).dtype == torch.bfloat16
+    for m, p in zip(learner.master.masters, model.parameters(), strict=True):
+        assert m.dtype == torch.float32 and torch.equal(m, p.detach())  # not the bf16-rounded copy
+    assert any(not torch.equal(p.detach().to(torch.bfloat16).float(), p.detach()) for p in model.parameters())
+
+
 # ---------------------------------------------------------------- co-evolution phases
 def _role_batch(role, n, seed, zero=False):
     out = batch(seed=seed, n=n, roles=(role,))

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import torch
 
+import mx_train.learner.collation as collation
 from mx_agents.transition import Transition
 from mx_train.learner import Learner
 from mx_train.learner.collation import (
@@ -143,7 +144,7 @@ def test_shared_prefix_tree_equals_unshared(tiny, dtype):
     model = model.to(dtype)
     data = design_group_batch()
     cfg = {"micro_batch_tokens": 4096, "entropy_coef": 0.01, "master_weights": "none", "packing": "on"}
-    flat = Learner(copy.deepcopy(model), cfg)
+    flat = Learner(copy.deepcopy(model), {**cfg, "shared_prefix_tokens": 0})
     tree = Learner(copy.deepcopy(model), {**cfg, "shared_prefix_tokens": 8})
     seqs = [as_seq(t) for t in data]
     units = pack_units(seqs, 8, max_len=10_000)
@@ -198,7 +199,7 @@ def test_plan_packed_covers_every_sequence_within_the_budget():
         for mb in plan:
             width = max(sum(u.length for u in row) for row in mb)
             assert len(mb) * width <= max(budget, longest) or len(mb) == 1
-            assert width <= max(longest, min(budget, 512))
+            assert width <= max(longest, min(budget, collation.ROW_TOKENS))
 
 
 def test_packing_support_and_fallback(tiny):
@@ -209,14 +210,26 @@ def test_packing_support_and_fallback(tiny):
             self._attn_implementation = impl
             self.__dict__.update(kw)
 
+    class Decoder:
+        def forward(self, input_ids=None, attention_mask=None, position_ids=None): ...
+
+    class BloomLikeDecoder:  # positions from the mask's cumsum (ALiBi), no position ids
+        def forward(self, input_ids=None, attention_mask=None): ...
+
     class LM:
-        def __init__(self, cfg):
+        def __init__(self, cfg, decoder=Decoder):
             self.config = cfg
+            self.decoder = decoder()
+
+        def get_decoder(self):
+            return self.decoder
 
     assert packing_support(model) is None and mask_kind_for(model) == "bool"
     assert "flash_attention_2" in packing_support(LM(Cfg("flash_attention_2")))
     assert "sliding" in packing_support(LM(Cfg("sdpa", sliding_window=4096)))
     assert packing_support(LM(Cfg("sdpa", sliding_window=4096, use_sliding_window=False))) is None
+    assert "position ids" in packing_support(LM(Cfg("eager"), BloomLikeDecoder))
+    assert "ALiBi" in packing_support(LM(Cfg("sdpa", alibi=True)))
     model.config._attn_implementation = "flex_attention"
     with pytest.raises(ValueError, match="packing is 'on'"):
         Learner(copy.deepcopy(model), {"packing": "on"})
@@ -264,8 +277,6 @@ def test_packed_update_on_smollm2_equals_padded():
 def test_a_mask_that_leaks_across_sequences_is_caught(tiny, monkeypatch):
     """Negative control of the tolerance: a plain causal mask over the whole row (sequences see
     their row-mates) must fail the equality the real mask passes."""
-    import mx_train.learner.collation as collation
-
     model, _ = tiny
     model = model.double()
     data = mixed_batch()
