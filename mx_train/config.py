@@ -159,6 +159,10 @@ class DistributedConfig:
     # hold resources): past it the run stops with what was free.
     placement_timeout_s: float = 120.0
     weight_bucket_mb: int = 256  # driver -> engine weight broadcast bucket size (MiB)
+    # Rollout workers that die (process killed, node lost) are replaced by a fresh actor in the same
+    # slot, given the current weights, and their episodes of the step re-run: at most this many times in
+    # a run (counted in the metrics as distributed/worker_restarts); one more death stops the run.
+    max_worker_restarts: int = 3
 
 
 @dataclass
@@ -349,6 +353,9 @@ class TrainConfig:
         if not 0 < d.learner_gpus <= 1:
             raise ConfigError(f"must be in (0, 1] (a learner rank uses one GPU, or a share of it), got "
                               f"{d.learner_gpus:g}", key="distributed.learner_gpus")
+        if d.max_worker_restarts < 0:
+            raise ConfigError(f"must be >= 0 (0: a dead rollout worker stops the run), got {d.max_worker_restarts}",
+                              key="distributed.max_worker_restarts")
         if d.weight_bucket_mb < 1:
             raise ConfigError(f"must be >= 1 (MiB), got {d.weight_bucket_mb}", key="distributed.weight_bucket_mb")
         if d.ray_address is not None and not str(d.ray_address).strip():

@@ -47,6 +47,10 @@ from mx_agents.transition import Transition
 logger = logging.getLogger(__name__)
 
 WEIGHT_BUCKET_MB = 256  # the default of distributed.weight_bucket_mb
+CHANNEL_TIMEOUT_S = 300.0  # bound on one weight-channel collective (and on forming the channel)
+# After the driver closes a broken channel, surviving workers' receives fail at once; one still busy
+# past this is taken for hung on its dead peer and replaced as well.
+CHANNEL_GRACE_S = 60.0
 
 
 def _require_ray() -> Any:
@@ -89,13 +93,23 @@ class WeightChannel:
         import torch.distributed as dist
 
         self.rank, self.world_size, self.backend = rank, world_size, backend
-        self.store = dist.TCPStore(host, port, world_size, rank == 0, timeout=datetime.timedelta(seconds=300))
+        timeout = datetime.timedelta(seconds=CHANNEL_TIMEOUT_S)
+        self.store: Any = dist.TCPStore(host, port, world_size, rank == 0, timeout=timeout)
+        self.pg: Any
         if backend == "nccl":  # pragma: no cover - needs GPUs
             self.pg = dist.ProcessGroupNCCL(self.store, rank, world_size)
             self.device = "cuda"
         else:
-            self.pg = dist.ProcessGroupGloo(self.store, rank, world_size)
+            # An explicit bound (gloo's default is 30 min): a peer that dies mid-broadcast fails the
+            # others' receive within it at worst (the driver closing its end fails them at once).
+            self.pg = dist.ProcessGroupGloo(self.store, rank, world_size, timeout)
             self.device = "cpu"
+
+    def close(self) -> None:
+        """Drop this end of the group: its connections close, so a peer still waiting in a broadcast
+        from here fails at once instead of at the timeout (how a broken channel is torn down)."""
+        self.pg = None
+        self.store = None
 
     @staticmethod
     def layout(state: Mapping[str, Any], bucket_mb: int = WEIGHT_BUCKET_MB) -> list[list[tuple[str, list[int], str]]]:
@@ -180,7 +194,13 @@ class RolloutWorker:
 
         return [int(g) for g in ray.get_gpu_ids()]
 
+    def pid(self) -> int:
+        """This worker's process id: a cheap liveness probe (a dead actor's call fails at once)."""
+        return os.getpid()
+
     def join_channel(self, host: str, port: int, rank: int, world_size: int, backend: str) -> bool:
+        if self.channel is not None:  # re-formed after a worker restart: the old group has a dead peer
+            self.channel.close()
         self.channel = WeightChannel(host, port, rank, world_size, backend)
         return True
 
@@ -270,6 +290,12 @@ class WorkerGroup:
     channel: WeightChannel | None = None
     pushes: int = 0
     bucket_mb: int = WEIGHT_BUCKET_MB  # distributed.weight_bucket_mb
+    config_dict: dict[str, Any] = dataclasses.field(default_factory=dict)  # what a replacement is built from
+    channel_backend: str | None = None  # "gloo"/"nccl" when the weights go over a WeightChannel
+    max_restarts: int = 3  # distributed.max_worker_restarts
+    restarts: int = 0  # workers replaced in this run
+    restart_s: float = 0.0  # seconds spent replacing workers (new actor, channel) in this run
+    rerun_episodes: int = 0  # episodes run again this step because their worker died
 
 
 def check_gpu_assignment(config: Any) -> None:
@@ -611,25 +637,112 @@ def start_workers(config: Any, channel: bool = True) -> WorkerGroup:
     plan gives it; with ``channel`` a :class:`WeightChannel` between the driver and them."""
     res = reserve(config)
     plan = res.plan
-    ray = _require_ray()
-    cfg = config.to_dict()
-    cls = ray.remote(RolloutWorker)
-    actors = []
-    for i in range(plan.engines):
-        s = plan.slot("engine", i)
-        actors.append(cls.options(num_cpus=s.cpus, num_gpus=s.gpus, scheduling_strategy=res.strategy(s.bundle))
-                      .remote(cfg, i))
-    group = WorkerGroup(actors, reservation=res, bucket_mb=int(config.distributed.weight_bucket_mb))
+    backend = "nccl" if plan.weight_channel == "nccl" and str(config.policy.device).startswith("cuda") else "gloo"
+    group = WorkerGroup([], reservation=res, bucket_mb=int(config.distributed.weight_bucket_mb),
+                        config_dict=config.to_dict(), channel_backend=backend if channel else None,
+                        max_restarts=int(config.distributed.max_worker_restarts))
+    group.actors = [_spawn_worker(group, i) for i in range(plan.engines)]
     if channel:
-        from mx_train.learner.fsdp import free_port
-
-        host, port = node_ip(), free_port()
-        backend = "nccl" if plan.weight_channel == "nccl" and str(config.policy.device).startswith("cuda") else "gloo"
-        world = len(actors) + 1
-        futures = [a.join_channel.remote(host, port, i + 1, world, backend) for i, a in enumerate(actors)]
-        group.channel = WeightChannel(host, port, 0, world, backend)
-        ray.get(futures)
+        _form_channel(group)
     return group
+
+
+def _spawn_worker(group: WorkerGroup, index: int) -> Any:
+    """Rollout worker ``index`` in its plan slot (bundle, CPUs, GPU share): at the start, and as the
+    replacement of a dead one (its slot's resources come back to the bundle when its process is gone)."""
+    ray = _require_ray()
+    res = group.reservation
+    assert res is not None, "workers are placed from the run's reservation"
+    s = res.plan.slot("engine", index)
+    # No Ray-managed restart (max_restarts=0): the driver replaces a dead worker itself, so the bound
+    # (distributed.max_worker_restarts) is one count for the run and a replacement never takes a call
+    # meant for the dead actor before it has the current weights.
+    return (ray.remote(RolloutWorker)
+            .options(num_cpus=s.cpus, num_gpus=s.gpus, scheduling_strategy=res.strategy(s.bundle), max_restarts=0)
+            .remote(group.config_dict, index))
+
+
+def _form_channel(group: WorkerGroup) -> None:
+    """A new :class:`WeightChannel` (fresh port and store) between the driver and every current worker."""
+    from mx_train.learner.fsdp import free_port
+
+    ray = _require_ray()
+    assert group.channel_backend is not None
+    if group.channel is not None:
+        group.channel.close()
+        group.channel = None
+    host, port = node_ip(), free_port()
+    world = len(group.actors) + 1
+    futures = [a.join_channel.remote(host, port, i + 1, world, group.channel_backend)
+               for i, a in enumerate(group.actors)]
+    group.channel = WeightChannel(host, port, 0, world, group.channel_backend)
+    ray.get(futures, timeout=CHANNEL_TIMEOUT_S)
+
+
+class WorkerDied(RuntimeError):
+    """Rollout workers (by index) whose actor died; ``cause`` is Ray's error for the first."""
+
+    def __init__(self, indices: Sequence[int], cause: BaseException | None) -> None:
+        super().__init__(f"rollout workers {sorted(indices)} died: {cause}")
+        self.indices = sorted(set(indices))
+        self.cause = cause
+
+
+def _is_death(exc: BaseException) -> bool:
+    ray = _require_ray()
+    return isinstance(exc, ray.exceptions.RayActorError)  # ActorDiedError, ActorUnavailableError
+
+
+def dead_workers(group: WorkerGroup, timeout: float = 60.0) -> list[int]:
+    """Workers whose actor no longer answers (a call to a dead actor fails at once; idle ones answer
+    in milliseconds)."""
+    ray = _require_ray()
+    dead = []
+    for i, a in enumerate(group.actors):
+        try:
+            ray.get(a.pid.remote(), timeout=timeout)
+        except Exception as exc:  # noqa: BLE001 - sorted below: only a dead actor is replaced
+            if not _is_death(exc):
+                raise
+            dead.append(i)
+    return dead
+
+
+def restart_workers(group: WorkerGroup, indices: Sequence[int], cause: BaseException | str | None = None) -> None:
+    """Replace the dead workers ``indices`` with fresh actors in their slots (bounded by
+    ``distributed.max_worker_restarts`` for the run) and re-form the weight channel.
+
+    Weights: a replacement starts from the config's weights, and the old channel's group has a dead
+    peer (a gloo/NCCL group cannot take a new member), so the channel is formed anew with every worker
+    and ``pushed`` is cleared: the next :func:`sync_weights` sends each role's current version to all of
+    them over it. Survivors get a redundant full push too; that is the price of one code path for every
+    worker (the object store would need a second path and the channel re-formed all the same)."""
+    import time
+
+    ray = _require_ray()
+    t0 = time.perf_counter()
+    indices = sorted(set(indices))
+    why = str(cause).strip().splitlines()[0] if cause is not None and str(cause).strip() else "no reason given"
+    if group.restarts + len(indices) > group.max_restarts:
+        raise RuntimeError(
+            f"rollout workers {indices} died ({why}); {group.restarts} of distributed.max_worker_restarts="
+            f"{group.max_restarts} restarts already used, so the run stops here. Look at the worker's log "
+            "(out of memory? a node lost?), raise the bound, and continue with `mx train --resume`"
+        ) from (cause if isinstance(cause, BaseException) else None)
+    for i in indices:
+        logger.warning("rollout worker %d died (%s): starting a fresh one in its slot (restart %d of at most %d)",
+                       i, why, group.restarts + 1, group.max_restarts)
+        try:
+            ray.kill(group.actors[i], no_restart=True)  # one that only stopped answering must not linger
+        except Exception:  # noqa: BLE001 - already gone
+            pass
+        group.actors[i] = _spawn_worker(group, i)
+        group.restarts += 1
+    ray.get([group.actors[i].pid.remote() for i in indices])  # built: model loaded, envs factory ready
+    if group.channel_backend is not None:
+        _form_channel(group)
+    group.pushed = {}
+    group.restart_s += time.perf_counter() - t0
 
 
 def start_learner_ranks(config: Any, n_procs: int, init_method: str) -> list[Any]:
@@ -645,6 +758,45 @@ def start_learner_ranks(config: Any, n_procs: int, init_method: str) -> list[Any
         res.learner_ranks.append(actor)
         res.learner_runs.append(actor.run.remote(r, n_procs, init_method, device))
     return list(res.learner_ranks)
+
+
+class LearnerRankDied(RuntimeError):
+    """A learner rank's actor died: its parameter and optimizer shards are gone with it, so the run
+    stops; ``mx train --resume`` continues from the last full checkpoint."""
+
+
+def check_learner_ranks(res: Reservation | None = None, timeout: float = 0.0,
+                        cause: BaseException | None = None) -> None:
+    """Raise :class:`LearnerRankDied` when a learner rank's ``run`` ended in an error (its actor died,
+    or its worker loop raised), waiting up to ``timeout`` seconds for one to end; a rank that returned
+    (the driver's ``stop``) or still runs is fine. Called before each step (``timeout`` 0) and, with a
+    few seconds, when the driver's own work failed (a dead peer fails its collectives first)."""
+    import time
+
+    res = res or active_reservation()
+    if res is None or not res.learner_runs:
+        return
+    ray = _require_ray()
+    rank_of = {f: r for r, f in enumerate(res.learner_runs, start=1)}
+    pending = list(res.learner_runs)
+    deadline = time.monotonic() + timeout
+    while pending:
+        done, pending = ray.wait(pending, num_returns=1, timeout=max(0.0, deadline - time.monotonic()))
+        if not done:
+            return
+        for f in done:
+            try:
+                ray.get(f)
+            except Exception as exc:  # noqa: BLE001 - any way a rank ends in error stops the run
+                rank = rank_of.get(f, "?")
+                raise LearnerRankDied(
+                    f"learner rank {rank} of {len(res.learner_runs) + 1} died ({type(exc).__name__}: "
+                    f"{str(exc).splitlines()[0] if str(exc) else ''}); its shards of the weights and optimizer "
+                    "are lost, so the run stopped. Continue from the last full checkpoint with "
+                    "`mx train --resume` (same --config and --out)"
+                    + (f"; the driver saw: {type(cause).__name__}: {str(cause).splitlines()[0] if str(cause) else ''}"
+                       if cause is not None else "")
+                ) from (cause or exc)
 
 
 def shutdown_workers(group: WorkerGroup) -> None:
@@ -663,7 +815,20 @@ def shutdown_workers(group: WorkerGroup) -> None:
 
 
 def sync_weights(learners: Mapping[str, Any], group: WorkerGroup) -> list[str]:
-    """Send every stale role's weights to all workers (see module doc); returns the roles sent."""
+    """Send every stale role's weights to all workers (see module doc); returns the roles sent. A
+    worker that dies on the way, or died since the last call, is replaced (:func:`restart_workers`)
+    and the push done again, in full."""
+    dead = dead_workers(group)  # a broadcast towards a dead peer would fail (or, unlucky, hang) first
+    if dead:
+        restart_workers(group, dead, "found dead before the weight push")
+    while True:
+        try:
+            return _push_weights(learners, group)
+        except WorkerDied as exc:
+            restart_workers(group, exc.indices, exc.cause)
+
+
+def _push_weights(learners: Mapping[str, Any], group: WorkerGroup) -> list[str]:
     ray = _require_ray()
     roles = stale_roles(learners, group.pushed)
     if not roles:
@@ -673,15 +838,93 @@ def sync_weights(learners: Mapping[str, Any], group: WorkerGroup) -> list[str]:
     if group.channel is not None:
         layouts = {role: WeightChannel.layout(st, group.bucket_mb) for role, st in states.items()}
         futures = [a.receive_weights.remote(layouts, versions) for a in group.actors]
-        for role in roles:
-            group.channel.send(states[role], layouts[role])
-        ray.get(futures)
+        try:
+            for role in roles:
+                group.channel.send(states[role], layouts[role])
+        except Exception as exc:  # noqa: BLE001 - a peer gone mid-broadcast (gloo: "Connection closed")
+            group.channel.close()  # the survivors' receives fail now, not at the channel's timeout
+            dead = _settle(group, futures, CHANNEL_GRACE_S)
+            if not dead:
+                raise
+            raise WorkerDied(dead, exc) from exc
     else:
         ref = ray.put(states)
-        ray.get([a.load_weights.remote(ref, versions) for a in group.actors])
+        futures = [a.load_weights.remote(ref, versions) for a in group.actors]
+    dead = _settle(group, futures, None)
+    if dead:
+        raise WorkerDied(dead, None)
     group.pushed.update(versions)
     group.pushes += 1
     return roles
+
+
+def _settle(group: WorkerGroup, futures: Sequence[Any], timeout: float | None) -> list[int]:
+    """Wait for one call per worker; the indices of workers that died (or, with ``timeout``, still
+    hang past it: they are then replaced too). Any other error is raised."""
+    ray = _require_ray()
+    done, _ = ray.wait(list(futures), num_returns=len(futures), timeout=timeout)
+    finished = set(done)
+    dead = []
+    for i, f in enumerate(futures):
+        if f not in finished:
+            dead.append(i)
+            continue
+        try:
+            ray.get(f)
+        except Exception as exc:  # noqa: BLE001 - sorted: a dead actor vs. a failed call
+            if _is_death(exc):
+                dead.append(i)
+            elif timeout is None:
+                raise
+    return dead
+
+
+def run_shards(group: WorkerGroup, learners: Mapping[str, Any], shards: Mapping[int, tuple[Any, ...]]) -> list[Any]:
+    """``RolloutWorker.rollout(*shards[i])`` on worker ``i`` for each shard, results in shard order.
+
+    A worker that died before or during the step is replaced (:func:`restart_workers`), the current
+    weights go to it (:func:`sync_weights`, which also finds workers that died since the last step:
+    same versions as the others used, since the update comes after the rollout) and only its shard
+    runs again, with the same arguments (seeds included); the step's re-run episodes are left on
+    ``group``."""
+    group.rerun_episodes = 0
+    outs: dict[int, Any] = {}
+    todo = sorted(shards)
+    while todo:
+        sync_weights(learners, group)
+        futures = {i: group.actors[i].rollout.remote(*shards[i]) for i in todo}
+        failed: list[int] = []
+        cause: BaseException | None = None
+        for i, f in futures.items():
+            try:
+                outs[i] = _gather(f)
+            except Exception as exc:  # noqa: BLE001 - sorted: a dead worker is replaced, other errors raise
+                if not _is_death(exc):
+                    raise
+                failed.append(i)
+                cause = cause or exc
+        if failed:
+            restart_workers(group, failed, cause)
+            group.rerun_episodes += sum(_shard_episodes(group, shards[i]) for i in failed)
+        todo = failed
+    return [outs[i] for i in sorted(shards)]
+
+
+def _gather(future: Any) -> Any:
+    """One worker's rollout result (a seam of its own: tests kill a worker while its call is in flight)."""
+    return _require_ray().get(future)
+
+
+def _shard_episodes(group: WorkerGroup, shard: tuple[Any, ...]) -> int:
+    r = group.config_dict.get("rollout", {})
+    return len(shard[0]) * int(r.get("designs", 1)) * int(r.get("executions", 1))
+
+
+def worker_metrics(group: WorkerGroup) -> dict[str, float]:
+    """Workers replaced and seconds spent on it so far in the run; episodes re-run in the last step."""
+    return {"distributed/worker_restarts": float(group.restarts),
+            "distributed/rerun_episodes": float(group.rerun_episodes),
+            "distributed/restart_s": float(group.restart_s)}
 
 
 def ray_rollout(
@@ -692,21 +935,18 @@ def ray_rollout(
     weights of every role whose learner stepped since the last push."""
     from mx_train.metrics import summarize_records
 
-    ray = _require_ray()
-    sync_weights(learners, group)
     k = len(group.actors)
     shards = [(list(task_ids[i::k]), list(task_uids[i::k])) for i in range(k)]
-    futures = [
-        a.rollout.remote(ids, uids, step, seed + i * 104_729)
-        for i, (a, (ids, uids)) in enumerate(zip(group.actors, shards, strict=True))
-        if ids
-    ]
+    # run_shards pushes stale weights first and replaces a worker that dies (its shard runs again).
+    calls = {i: (ids, uids, step, seed + i * 104_729) for i, (ids, uids) in enumerate(shards) if ids}
     transitions: list[Transition] = []
     exec_rewards: dict[tuple[str, int, int], float] = {}
     records: list[_RecordView] = []
-    for out in ray.get(futures):
+    for out in run_shards(group, learners, calls):
         transitions.extend(Transition(**t) for t in out["transitions"])
         exec_rewards.update({(u, int(m), int(n)): float(v) for u, m, n, v in out["execution_rewards"]})
         records.extend(_RecordView(r["correct"], r["design_valid"], r["termination_reason"], r["llm_calls"],
                                    r.get("integrity")) for r in out["records"])
-    return transitions, exec_rewards, summarize_records(records)
+    summary = summarize_records(records)
+    summary.update(worker_metrics(group))
+    return transitions, exec_rewards, summary

@@ -515,6 +515,10 @@ class Trainer:
         bar = progress_bar(total, "RL steps", "step", initial=self.step_index) if self.progress else None
         try:
             while self.step_index < total:
+                if self.config.distributed.backend == "ray":
+                    from mx_train.distributed import check_learner_ranks
+
+                    check_learner_ranks()  # a learner rank that died since the last step stops the run here
                 metrics = self.step()
                 log.log(self.step_index - 1, metrics)
                 history.append(metrics)
@@ -599,6 +603,14 @@ def train(
 
     try:
         return run_with_learner_group(procs, main, device=config.policy.device, start_ranks=start_ranks, host=host)
+    except Exception as exc:
+        if reservation is not None and reservation.learner_runs:
+            # A dead learner rank shows first as the driver's failed collective ("Connection closed by
+            # peer"): name the rank and the way on (--resume) instead.
+            from mx_train.distributed import check_learner_ranks
+
+            check_learner_ranks(reservation, timeout=10.0, cause=exc)
+        raise
     finally:
         if reservation is not None:
             from mx_train.distributed import release

@@ -1,0 +1,151 @@
+"""Fault tolerance of the Ray path with real Ray on CPU (tiny model): a rollout worker killed between
+steps or while its rollout call is in flight is replaced in its slot, gets the current weights and
+re-runs its episodes (the step stays complete, the restart is counted); past
+``distributed.max_worker_restarts`` the run stops; a dead learner rank stops the run with a clear
+error and ``--resume`` finishes it; and a two-raylet ``ray start`` cluster on this machine trains the
+smoke config with ``--learner-procs 2``."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mx_envs.errors import ConfigError
+from mx_train.config import TrainConfig
+
+ray = pytest.importorskip("ray", reason="the `dist` extra (ray) is not installed")
+
+
+def test_max_worker_restarts_is_checked():
+    TrainConfig.from_dict({"distributed": {"max_worker_restarts": 0}}).validate()
+    with pytest.raises(ConfigError, match=r"distributed\.max_worker_restarts"):
+        TrainConfig.from_dict({"distributed": {"max_worker_restarts": -1}}).validate()
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    from mx_agents.testing import tiny_llama
+
+    model, tok = tiny_llama(seed=0)
+    out = tmp_path_factory.mktemp("tiny")
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+def _config(tmp_path: Path, model: Path, **distributed: Any) -> TrainConfig:
+    return TrainConfig.from_dict(
+        {
+            "seed": 0,
+            "max_steps": 4,
+            "out": str(tmp_path / "run"),
+            "tensorboard": False,
+            "save_every": 1,
+            "full_save_every": 1,
+            "keep_last": 1,
+            "env": {"id": "MetaAgentX-Arithmetic-v0", "kwargs": {"loader_kwargs": {"level": 1, "n": 20}}},
+            "policy": {"model": str(model), "device": "cpu", "dtype": "float32"},
+            "rollout": {
+                "tasks_per_step": 2, "designs": 2, "executions": 2,
+                "designer": {"max_new_tokens": 8}, "executor": {"max_new_tokens": 8},
+                "designer_prompt": {"system_prompt": "Write a MAS script."},
+            },
+            # A random model's designs fail alike (zero advantages): the entropy bonus makes every
+            # update a real step, so each step has a new version to push.
+            "learner": {"lr": 1e-3, "device": "cpu", "entropy_coef": 1e-3},
+            "schedule": {"mode": "joint"},
+            "distributed": {"backend": "ray", "num_rollout_workers": 2, "worker_cpus": 0.5, **distributed},
+        }
+    )
+
+
+def _wait_dead(actor: Any) -> None:
+    """Until Ray reports the actor dead: a call to it fails with RayActorError (a call that still
+    reaches the dying process answers; the next one is asked again, never a sleep)."""
+    for _ in range(1000):
+        try:
+            ray.get(actor.pid.remote(), timeout=30)
+        except ray.exceptions.RayActorError:
+            return
+    raise AssertionError("the killed actor still answers")
+
+
+def _designer_digest(worker: Any) -> list[float]:
+    """Per-parameter sums of the weights a worker's designer engine serves (read in the actor)."""
+
+    def digest(self: Any) -> list[float]:
+        return [float(p.detach().double().sum()) for p in self.backends["designer"].model.parameters()]
+
+    return ray.get(worker.__ray_call__.remote(digest))
+
+
+def _learner_digest(learner: Any) -> list[float]:
+    return [float(v.detach().double().sum()) for v in learner.weights_for_sync().values()]
+
+
+@pytest.mark.slow
+def test_killed_rollout_worker_is_replaced_and_its_episodes_rerun(tmp_path, tiny_model_dir, monkeypatch):
+    import mx_train.distributed as dist
+    from mx_train.trainer import Trainer
+
+    trainer = Trainer(_config(tmp_path, tiny_model_dir, max_worker_restarts=2), progress=False)
+    try:
+        m0 = trainer.step()
+        group = trainer._workers
+        assert group is not None and m0["distributed/worker_restarts"] == 0
+
+        # Between steps: Ray kills worker 1's actor (no Ray restart: the driver replaces it).
+        old = group.actors[1]
+        ray.kill(old, no_restart=False)
+        _wait_dead(old)
+        m1 = trainer.step()
+        assert group.actors[1] is not old
+        assert m1["distributed/worker_restarts"] == 1 and m1["distributed/rerun_episodes"] == 0
+        assert m1["episodes"] == 8 and m1["transitions/designer"] == 4  # B * M * N, B * M
+
+        # During a step: worker 0's process is SIGKILLed while its rollout call is in flight.
+        victim = group.actors[0]
+        pid = ray.get(victim.pid.remote())
+        gather = dist._gather
+        killed: list[int] = []
+
+        def kill_then_gather(future: Any) -> Any:
+            if not killed:
+                killed.append(pid)
+                os.kill(pid, signal.SIGKILL)
+            return gather(future)
+
+        monkeypatch.setattr(dist, "_gather", kill_then_gather)
+        m2 = trainer.step()
+        monkeypatch.setattr(dist, "_gather", gather)
+        assert killed == [pid] and group.actors[0] is not victim
+        assert m2["distributed/worker_restarts"] == 2
+        assert m2["distributed/rerun_episodes"] == 4  # worker 0's shard: 1 task x M x N
+        assert m2["distributed/restart_s"] > 0
+        assert m2["episodes"] == 8 and m2["transitions/designer"] == 4
+        rows = [json.loads(x) for x in (tmp_path / "run" / "transitions" / "step_00000002.jsonl").read_text().splitlines()]
+        # both tasks' M designs came back, the re-run shard's included
+        designs = sorted((r["task_uid"], r["design_id"]) for r in rows if r["role"] == "designer")
+        assert len({u for u, _ in designs}) == 2 and designs == sorted({(u, m) for u, _ in designs for m in range(2)})
+        # the replacements sampled with the current weights: the learner's version, and its values
+        version = int(m2["policy_version"])
+        assert {r["policy_version"] for r in rows} == {version}
+        learner = trainer.learners["designer"]
+        dist.sync_weights(trainer.learners, group)  # the step's update: push it, then compare
+        for w in group.actors:
+            assert _designer_digest(w) == pytest.approx(_learner_digest(learner), rel=1e-6, abs=1e-6)
+
+        # A third death is one more than distributed.max_worker_restarts=2: the run stops, saying so.
+        ray.kill(group.actors[1])
+        _wait_dead(group.actors[1])
+        with pytest.raises(RuntimeError, match="max_worker_restarts=2"):
+            trainer.step()
+    finally:
+        trainer.close()
+        if ray.is_initialized():
+            ray.shutdown()
