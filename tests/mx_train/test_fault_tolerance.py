@@ -149,3 +149,39 @@ def test_killed_rollout_worker_is_replaced_and_its_episodes_rerun(tmp_path, tiny
         trainer.close()
         if ray.is_initialized():
             ray.shutdown()
+
+
+@pytest.mark.slow
+def test_dead_learner_rank_stops_the_run_and_resume_finishes_it(tmp_path, tiny_model_dir, monkeypatch):
+    import mx_train.distributed as dist
+    from mx_train.trainer import Trainer, train
+
+    cfg = _config(tmp_path, tiny_model_dir, learner_procs=2)
+    cfg.max_steps = 2
+    save = Trainer.save
+    killed: list[int] = []
+
+    def save_then_kill_rank_1(self: Trainer, *args: Any, **kwargs: Any) -> Any:
+        out = save(self, *args, **kwargs)
+        res = dist.active_reservation()
+        if self.step_index == 1 and not killed and res is not None:  # step 0's full checkpoint is written
+            killed.append(1)
+            ray.kill(res.learner_ranks[0])
+            ray.wait(res.learner_runs, timeout=60)  # until Ray reports the rank's run ended (dead)
+        return out
+
+    monkeypatch.setattr(Trainer, "save", save_then_kill_rank_1)
+    try:
+        with pytest.raises(dist.LearnerRankDied, match=r"learner rank 1 of 2 died.*mx train --resume"):
+            train(cfg, progress=False)
+        assert killed == [1]
+        lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+        assert [json.loads(x)["step"] for x in lines] == [0]  # stopped before step 1
+
+        monkeypatch.setattr(Trainer, "save", save)
+        assert train(cfg, resume=True, progress=False) == 0  # what `mx train --resume` runs
+        lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+        assert [json.loads(x)["step"] for x in lines] == [0, 1]
+    finally:
+        if ray.is_initialized():
+            ray.shutdown()
