@@ -33,6 +33,7 @@ class DesignGroupRollout:
     n_executions: int
     run_id: str
     stats: RolloutStats = field(default_factory=RolloutStats)
+    task_positions: list[int] | None = None  # each task's position in the whole step (a shard's tasks)
 
     def executions(self, t: int, m: int) -> list[EpisodeRecord]:
         n = self.n_executions
@@ -59,7 +60,8 @@ class DesignGroupRollout:
                 first = execs[0]
                 turn = next(x for x in first.turns if x.role == "designer")
                 tr = first.transition(turn, policy_version, reward=self.design_reward(t, m))
-                tr.episode_id = f"{self.run_id}-design-{t}-{m}"
+                pos = self.task_positions[t] if self.task_positions is not None else t
+                tr.episode_id = f"{self.run_id}-design-{pos}-{m}"
                 tr.execution_id = 0
                 tr.metadata["execution_rewards"] = [float(r.reward) for r in execs]
                 tr.metadata["termination_reasons"] = [r.termination_reason for r in execs]
@@ -84,13 +86,22 @@ def run_design_groups(
     max_turns: int = 256,
     run_id: str | None = None,
     schedule: str = "lockstep",
+    task_positions: Sequence[int] | None = None,
 ) -> DesignGroupRollout:
     """Sample ``n_designs`` designs per task, execute each ``n_executions`` times, return everything.
 
     ``envs``: a factory (called T*M*N times; those envs are closed at the end) or at least T*M*N
     envs (reused as they are; the first T*M also serve the design round). ``task_uids`` default to
     the task ids (made unique with ``#k`` when a task repeats). ``seed`` seeds the env resets
-    (``seed + k`` for the k-th episode); sampling seeds are the policy's.
+    (``seed + k`` for the k-th episode of the step). ``task_positions``: each task's position in
+    the step's whole task list when this call plays a shard of it (a Ray rollout worker); default
+    ``0..T-1``.
+
+    Sampling seeds are the policy's; with a seeded policy and a named run (``run_id``) or seeded
+    envs, every request's seed derives from (policy seed, run, task uid, design, execution, turn)
+    (:attr:`~mx_agents.observation.ActorTurn.seed_key`), not from the order requests reach the
+    policy: a shard of the tasks played in another process samples exactly what the whole list
+    played here samples, in lock-step or continuous schedule alike.
     """
     if n_designs <= 0 or n_executions <= 0:
         raise ValueError("n_designs and n_executions must be positive")
@@ -100,35 +111,53 @@ def run_design_groups(
     total = len(task_ids) * n_designs * n_executions
     uids = _task_uids(task_ids, task_uids)
     env_list, owned = _env_list(envs, total, f"{len(task_ids)} tasks x {n_designs} x {n_executions}")
+    positions = list(range(len(task_ids))) if task_positions is None else [int(p) for p in task_positions]
+    if len(positions) != len(task_ids):
+        raise ValueError(f"task_positions: got {len(positions)} for {len(task_ids)} tasks")
+    # Keyed sampling seeds only when the run is reproducible anyway (named, or seeded envs).
+    key_base = run_id or ("seeded" if seed is not None else None)
     run_id = run_id or uuid.uuid4().hex[:12]
     stats = RolloutStats()
     try:
-        designs = sample_designs(env_list, policy, task_ids, n_designs, seed=seed, stats=stats)
+        design_keys = None if key_base is None else [
+            f"{key_base}|{uid}|{m}|design" for uid in uids for m in range(n_designs)]
+        designs = sample_designs(env_list, policy, task_ids, n_designs, seed=seed, stats=stats,
+                                 task_positions=positions, seed_keys=design_keys)
         records = execute_designs(
             env_list[:total], policy, task_ids, uids, designs, n_executions, seed=seed, stats=stats, run_id=run_id,
             progress=progress, batch=batch, step_workers=step_workers, max_turns=max_turns, schedule=schedule,
+            task_positions=positions,
         )
     finally:
         if owned:
             _close_envs(env_list)
-    return DesignGroupRollout(uids, task_ids, designs, records, n_executions, run_id, stats)
+    return DesignGroupRollout(uids, task_ids, designs, records, n_executions, run_id, stats,
+                              task_positions=None if task_positions is None else positions)
 
 
 def sample_designs(
     envs: Sequence[Any], policy: Policy, task_ids: Sequence[str], n_designs: int, *, seed: int | None = None,
-    stats: RolloutStats | None = None,
+    stats: RolloutStats | None = None, task_positions: Sequence[int] | None = None,
+    seed_keys: Sequence[str] | None = None,
 ) -> list[list[Action]]:
     """The design round: ``designs[t][m]`` for each task, from one batched ``policy.act`` call over
     the designer observations of ``envs[t * n_designs + m]`` (reset on task ``t`` with seed
-    ``seed + t * n_designs + m``)."""
+    ``seed + p * n_designs + m``, ``p`` the task's position, default ``t``); ``seed_keys`` (one per
+    design, task-major) key each request's sampling seed."""
+    import dataclasses
+
+    positions = list(range(len(task_ids))) if task_positions is None else list(task_positions)
     design_turns = []
     for t, tid in enumerate(task_ids):
         for m in range(n_designs):
             env = envs[t * n_designs + m]
-            obs, _ = env.reset(seed=None if seed is None else seed + t * n_designs + m, options={"task_id": tid})
+            reset_seed = None if seed is None else seed + positions[t] * n_designs + m
+            obs, _ = env.reset(seed=reset_seed, options={"task_id": tid})
             turn = parse_observation(obs)
             if turn.role != "designer":
                 raise RuntimeError(f"reset of task {tid!r} did not return a designer turn (agent {turn.agent!r})")
+            if seed_keys is not None:
+                turn = dataclasses.replace(turn, seed_key=seed_keys[t * n_designs + m])
             design_turns.append(turn)
     actions = policy.act(design_turns)
     if stats is not None:
@@ -141,17 +170,21 @@ def sample_designs(
 def execute_designs(
     envs: Sequence[Any], policy: Policy, task_ids: Sequence[str], task_uids: Sequence[str],
     designs: Sequence[Sequence[Action]], n_executions: int, *, seed: int | None = None, run_id: str,
-    **rollout: Any,
+    task_positions: Sequence[int] | None = None, **rollout: Any,
 ) -> list[EpisodeRecord]:
     """The execution round: every design of ``designs[t]`` played ``n_executions`` times, one episode
-    per (task, design, execution) on ``envs`` in that order (seeded ``seed + k``), by
-    :func:`~mx_agents.rollout.run_episodes` with ``rollout`` (schedule, progress, stats...); the
-    envs stay open."""
+    per (task, design, execution) on ``envs`` in that order, by :func:`~mx_agents.rollout.run_episodes`
+    with ``rollout`` (schedule, progress, stats...); the envs stay open. Episode ``(t, m, k)`` is reset
+    with seed ``seed + (p * M + m) * N + k`` (``p`` the task's position, default ``t``): its index in
+    the whole step, whichever shard plays it."""
     slots = [(t, m, k) for t in range(len(task_ids)) for m in range(len(designs[t])) for k in range(n_executions)]
+    positions = list(range(len(task_ids))) if task_positions is None else list(task_positions)
+    m_count = len(designs[0]) if designs else 0
     records = run_episodes(
         envs[: len(slots)],
         policy,
-        seeds=None if seed is None else [seed + i for i in range(len(slots))],
+        seeds=None if seed is None else [seed + (positions[t] * m_count + m) * n_executions + k
+                                         for t, m, k in slots],
         options=[{"task_id": task_ids[t]} for t, _, _ in slots],
         groups=[GroupIds(task_uids[t], m, k) for t, m, k in slots],
         designs=[designs[t][m] for t, m, _ in slots],

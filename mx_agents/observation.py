@@ -23,7 +23,10 @@ class ActorTurn:
     """One pending LLM turn: ``role``, the acting ``agent`` ("designer" or a sub-agent's name), its chat.
 
     ``options`` are the per-call options the script attached to the request (for example
-    ``max_tokens``, ``temperature``); ``raw`` is the env's observation, unchanged.
+    ``max_tokens``, ``temperature``); ``raw`` is the env's observation, unchanged. ``seed_key``, set
+    by a rollout that knows which episode and turn this is, makes a seeded policy derive the request's
+    sampling seed from (policy seed, key) instead of its RNG's call order, so the same turn samples
+    the same tokens whatever batch, shard or process it is played in.
     """
 
     role: Role
@@ -32,6 +35,7 @@ class ActorTurn:
     options: dict[str, Any] = field(default_factory=dict)
     task_id: str | None = None
     raw: Any = None
+    seed_key: str | None = None
 
 
 def _decode(value: Any, what: str) -> Any:

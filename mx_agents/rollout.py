@@ -10,6 +10,7 @@ group ids.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -322,8 +323,8 @@ def run_continuous(
 ) -> list[EpisodeRecord]:
     """:func:`run_lockstep`'s episodes with one thread per episode: each asks ``policy.act`` for its
     next turn as soon as its env returns the observation, and the backend batches whatever is pending
-    at that moment (HF: dynamic batching; vLLM: requests join the running batch between decode steps;
-    see :mod:`mx_agents.continuous`). No episode waits for another's turn or env step. The policy
+    at that moment (HF and vLLM: requests join the running batch between decode steps; see
+    :mod:`mx_agents.continuous`). No episode waits for another's turn or env step. The policy
     must be thread-safe (the LLM policies and backends of this package are); sampling seeds are
     derived from (run id or the env seeds, env seed, episode, turn), so a seeded run draws the same
     seeds, but which requests share a batch depends on thread timing."""
@@ -344,6 +345,7 @@ class _Run:
     seed_keys: list[str]
     stats: RolloutStats
     bar: Any
+    keyed: bool = False  # the keys are reproducible: batched rounds key their requests by them too
 
 
 @contextmanager
@@ -396,7 +398,12 @@ def _episodes(
     bar = _progress(n, progress)
     if bar is not None:
         bar.update(sum(r.done for r in records))
-    run = _Run(live, records, pending, given, [f"{seed_base}|{seed_list[i]}|{i}" for i in range(n)], stats, bar)
+    # An episode's key names it by its group ids when the caller gives them (a shard of a step played
+    # elsewhere then keys its episodes as the whole step would), else by env seed and index.
+    keys = [f"{seed_base}|{g.task_uid}|{g.design_id}|{g.execution_id}" for g in groups or []]
+    if len(set(keys)) != n:  # no groups, or groups that do not tell the episodes apart
+        keys = [f"{seed_base}|{seed_list[i]}|{i}" for i in range(n)]
+    run = _Run(live, records, pending, given, keys, stats, bar, keyed=bool(run_id) or seed_base == "seeded")
     try:
         yield run
     finally:
@@ -455,6 +462,9 @@ def _play_rounds(
         while run.pending:
             active = select(run.pending)
             turns: dict[int, ActorTurn] = {i: parse_observation(run.pending[i]) for i in active}
+            if run.keyed:  # each request's sampling seed from its episode and turn, not its place in the batch
+                turns = {i: dataclasses.replace(t, seed_key=f"{run.seed_keys[i]}|{len(records[i].turns)}")
+                         for i, t in turns.items()}
             forced = {i for i in active if run.given[i] is not None and turns[i].role == "designer"}
             asked = [i for i in active if i not in forced]
             actions_by_env: dict[int, Action] = {}

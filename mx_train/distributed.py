@@ -29,8 +29,14 @@
   role's engine is refreshed when *its* learner stepped (a designer-only phase no longer leaves the
   executor engines stale, nor the reverse), and transitions carry their role's version.
 
-The same config runs without Ray (``distributed.backend: local``); results differ only in sampling
-seeds, which are per worker.
+The same config runs without Ray (``distributed.backend: local``) with the same results: workers
+play the configured ``rollout.schedule``, every sampling seed derives from (run seed, step, task uid,
+design, execution, turn) and env resets from each task's position in the step, never from the worker
+(:func:`ray_rollout`), so the transitions are the local run's (tokens exactly; log-probs to float
+roundoff, a row's logits depending in the last bits on its batch), and so are the metrics. After each
+push the weights are checked on the workers (:func:`verify_weights`: checksums of what arrived, the
+engine's parameters where it shows them) and the engines' log-probs compared with the learner's
+(:func:`push_weights`).
 """
 
 from __future__ import annotations
@@ -187,6 +193,7 @@ class RolloutWorker:
         self.envs: list[Any] = []
         self.versions: dict[str, int] = {"designer": 0, "executor": 0}
         self.channel: WeightChannel | None = None
+        self.weight_check: dict[str, dict[str, Any]] = {}
 
     def gpu_ids(self) -> list[int]:
         """What Ray assigned (an empty list on a CPU bundle)."""
@@ -205,8 +212,10 @@ class RolloutWorker:
         return True
 
     def _apply(self, weights: Mapping[str, Mapping[str, Any]], versions: Mapping[str, int]) -> dict[str, int]:
-        for role, state in weights.items():
+        for role, state in weights.items():  # roles not sent keep their check: their weights did not change
+            received = weights_crc(state)  # what arrived, before the engine converts it
             self.backends[role].load_weights(state)
+            self.weight_check[role] = {"received_crc": received, "engine_equal": engine_holds(self.backends[role], state)}
         self.versions.update({k: int(v) for k, v in versions.items()})
         if self.backends["executor"] is self.backends["designer"]:
             self.versions["executor"] = self.versions["designer"]
@@ -222,28 +231,55 @@ class RolloutWorker:
         weights = {role: self.channel.receive(layout) for role, layout in layouts.items()}
         return self._apply(weights, versions)
 
-    def rollout(self, task_ids: Sequence[str], task_uids: Sequence[str], step: int, seed: int) -> dict[str, Any]:
+    def weights_check(self) -> dict[str, dict[str, Any]]:
+        """Per role, what the last weight load saw: the checksum of the tensors received and whether the
+        engine's own parameters now equal them (``None``: an engine that does not expose its weights,
+        e.g. vLLM; its log-probs are compared with the learner's instead, :meth:`score`)."""
+        return dict(self.weight_check)
+
+    def score(self, role: str, pairs: Sequence[tuple[Sequence[int], Sequence[int]]]) -> list[list[float]] | None:
+        """The ``role`` engine's log-probs of each response given its prompt, at temperature 1
+        (``None`` when the engine cannot score)."""
+        score = getattr(self.backends[role], "score_batch", None)
+        return None if score is None else score(pairs, 1.0)
+
+    def rollout(self, task_ids: Sequence[str], task_uids: Sequence[str], step: int, seed: int,
+                task_positions: Sequence[int] | None = None) -> dict[str, Any]:
+        """The M x N rollout of a shard of the step's tasks, exactly as the local trainer plays it:
+        the same rollout policy seed, run id, schedule and env-reset seeds; ``task_positions`` (each
+        task's position in the step) key the sampling seeds and resets, so the shard samples what the
+        whole step played in one process samples."""
+        from mx_agents.continuous import snapshot_backends
         from mx_agents.design_groups import run_design_groups
         from mx_train.assembly import build_rollout_policy
+        from mx_train.metrics import design_labels_and_validity
+        from mx_train.weight_sync import before_rollout
 
         r = self.config.rollout
         need = len(task_ids) * r.designs * r.executions
         while len(self.envs) < need:
             self.envs.append(self.env_factory())
-        # Distinct sampling seeds per worker: derive the policy's step seed from (step, worker).
-        policy = build_rollout_policy(self.backends, self.config, step * 1009 + self.index)
+        before_rollout(self.backends.values())
+        engines = snapshot_backends(self.backends.values())
+        policy = build_rollout_policy(self.backends, self.config, step)
         result = run_design_groups(
             self.envs[:need], policy, list(task_ids), r.designs, r.executions,
             seed=seed, task_uids=list(task_uids), progress=False, step_workers=r.step_workers,
-            max_turns=r.max_turns, run_id=f"step{step}-w{self.index}",
+            max_turns=r.max_turns, run_id=f"step{step}", schedule=r.schedule,
+            task_positions=None if task_positions is None else list(task_positions),
         )
         transitions = result.transitions(policy_version=self.versions["designer"])
         for t in transitions:  # each role's engine serves its own learner's version
             t.policy_version = self.versions.get(t.role, t.policy_version)
+        labels, valid = design_labels_and_validity(result)
         return {
             "transitions": [dataclasses.asdict(t) for t in transitions],
             "execution_rewards": [[k[0], k[1], k[2], v] for k, v in result.execution_rewards().items()],
             "records": [r.summary() for r in result.records],
+            "design_labels": labels,
+            "design_valid": valid,
+            # The engines' batching counters of this rollout (now, before): the driver sums all workers'.
+            "engine_stats": [(now.snapshot(), then) for now, then in engines],
         }
 
     def close(self) -> bool:
@@ -930,23 +966,139 @@ def worker_metrics(group: WorkerGroup) -> dict[str, float]:
 def ray_rollout(
     group: WorkerGroup, learners: Mapping[str, Any], task_ids: Sequence[str], task_uids: Sequence[str],
     step: int, seed: int,
-) -> tuple[list[Transition], dict[tuple[str, int, int], float], dict[str, Any]]:
+) -> tuple[list[Transition], dict[tuple[str, int, int], float], dict[str, Any], list[list[str]], list[list[bool]]]:
     """One step's rollout spread over ``group``'s workers (see module doc), after sending them the
-    weights of every role whose learner stepped since the last push."""
+    weights of every role whose learner stepped since the last push: transitions in the order the
+    local rollout makes them (designs task by task, then each episode's turns), execution rewards,
+    episode metrics, and per task and design its structure label and validity. Every worker gets the
+    same reset seed and each task's position in the step, so the result is the local rollout's."""
+    from mx_agents.continuous import backends_metrics
     from mx_train.metrics import summarize_records
 
     k = len(group.actors)
-    shards = [(list(task_ids[i::k]), list(task_uids[i::k])) for i in range(k)]
+    positions = list(range(len(task_ids)))
     # run_shards pushes stale weights first and replaces a worker that dies (its shard runs again).
-    calls = {i: (ids, uids, step, seed + i * 104_729) for i, (ids, uids) in enumerate(shards) if ids}
+    calls = {i: (list(task_ids[i::k]), list(task_uids[i::k]), step, seed, positions[i::k])
+             for i in range(k) if task_ids[i::k]}
     transitions: list[Transition] = []
     exec_rewards: dict[tuple[str, int, int], float] = {}
     records: list[_RecordView] = []
-    for out in run_shards(group, learners, calls):
+    labels: list[list[str]] = [[] for _ in task_ids]
+    valid: list[list[bool]] = [[] for _ in task_ids]
+    engine_stats: list[Any] = []
+    for i, out in zip(sorted(calls), run_shards(group, learners, calls), strict=True):
+        engine_stats.extend(out["engine_stats"])
         transitions.extend(Transition(**t) for t in out["transitions"])
         exec_rewards.update({(u, int(m), int(n)): float(v) for u, m, n, v in out["execution_rewards"]})
         records.extend(_RecordView(r["correct"], r["design_valid"], r["termination_reason"], r["llm_calls"],
                                    r.get("integrity")) for r in out["records"])
+        for p, lab, val in zip(calls[i][4], out["design_labels"], out["design_valid"], strict=True):
+            labels[p], valid[p] = list(lab), [bool(v) for v in val]
+    where = {uid: p for p, uid in enumerate(task_uids)}
+    # Local order: the design round's transitions (task, design), then every episode's turns in order.
+    transitions.sort(key=lambda t: (t.role != "designer" or t.execution_id != 0 or "-design-" not in t.episode_id,
+                                    where.get(t.task_uid, -1), t.design_id, t.execution_id, t.turn))
     summary = summarize_records(records)
+    summary.update(backends_metrics(engine_stats))  # batch widths, prefix hits: all workers' engines
     summary.update(worker_metrics(group))
-    return transitions, exec_rewards, summary
+    return transitions, exec_rewards, summary, labels, valid
+
+
+# ---------------------------------------------------------------------------- weight checks
+def weights_crc(state: Mapping[str, Any]) -> int:
+    """CRC-32 of a state dict's bytes (names sorted; each tensor's dtype, shape and raw bytes): equal
+    exactly when the tensors are bit-identical. About 1 GB/s: a fraction of a second for a 135M model."""
+    import zlib
+
+    import torch
+
+    crc = 0
+    for name in sorted(state):
+        t = state[name].detach()
+        crc = zlib.crc32(f"{name}|{t.dtype}|{tuple(t.shape)}".encode(), crc)
+        flat = t.contiguous().cpu().reshape(-1).view(torch.uint8)
+        crc = zlib.crc32(flat.numpy().data, crc)
+    return crc
+
+
+def engine_holds(backend: Any, state: Mapping[str, Any]) -> bool | None:
+    """Whether ``backend``'s own torch parameters equal ``state`` (cast to each parameter's dtype);
+    ``None`` when the engine does not expose them (vLLM fuses and repacks its weights)."""
+    import torch
+
+    model = getattr(backend, "model", None)
+    if model is None or not hasattr(model, "state_dict"):
+        return None
+    own = model.state_dict()
+    for name, t in state.items():
+        mine = own.get(name)
+        if mine is None or not torch.equal(mine.detach().cpu(), t.detach().to(mine.dtype).cpu()):
+            return False
+    return True
+
+
+def verify_weights(learners: Mapping[str, Any], group: WorkerGroup) -> dict[str, float]:
+    """After a push: every worker received, bit for bit, each engine role's current learner weights
+    (checksums compared) and, where the engine shows its parameters, holds them. Raises
+    ``RuntimeError`` naming the worker and role otherwise."""
+    ray = _require_ray()
+    roles = sorted(set(engine_roles(learners).values()))
+    want = {role: weights_crc({k: v.detach().cpu() for k, v in learners[role].weights_for_sync().items()})
+            for role in roles}
+    checks = ray.get([a.weights_check.remote() for a in group.actors])
+    held = 0
+    for i, check in enumerate(checks):
+        for role in roles:
+            got = check.get(role)
+            if got is None:
+                raise RuntimeError(f"rollout worker {i} has not loaded the {role} weights of version "
+                                   f"{int(learners[role].version)}")
+            if got["received_crc"] != want[role]:
+                raise RuntimeError(f"rollout worker {i} received {role} weights that differ from the learner's "
+                                   f"(crc {got['received_crc']:#010x} vs {want[role]:#010x})")
+            if got["engine_equal"] is False:
+                raise RuntimeError(f"rollout worker {i}'s {role} engine does not hold the weights it received")
+            held += got["engine_equal"] is True
+    return {"distributed/weights_verified": float(len(checks) * len(roles)),
+            "distributed/weights_held_checked": float(held)}
+
+
+def push_weights(learners: Mapping[str, Any], group: WorkerGroup,
+                 probes: Mapping[str, Sequence[tuple[Sequence[int], Sequence[int]]]] | None = None) -> dict[str, float]:
+    """Send each stale role's weights to every worker (:func:`sync_weights`), then check them there
+    (:func:`verify_weights`). With ``probes`` (engine role -> (prompt, response) pairs of the last
+    rollout), the Ray twin of :meth:`mx_train.weight_sync.EngineSync.push`'s metrics: each worker's
+    engine scores them before (``rollout/logprob_diff_stale_*``: old weights vs the learner's new
+    ones) and after the push (``rollout/logprob_diff_synced_*``: back at the numerical floor when the
+    engines follow the learner); mean over workers, max of maxima."""
+    import time
+
+    from mx_train.weight_sync import diff_stats, score_with_model
+
+    ray = _require_ray()
+    stale = stale_roles(learners, group.pushed)
+    if not stale:
+        return {}
+    probes = {r: list(p) for r, p in (probes or {}).items() if r in stale and p}
+
+    def engine_scores() -> dict[str, list[Any]]:
+        return {r: ray.get([a.score.remote(r, pairs) for a in group.actors]) for r, pairs in probes.items()}
+
+    def diffs(scores: dict[str, list[Any]], tag: str) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for role, per_worker in scores.items():
+            pairs = probes[role]
+            ref = score_with_model(learners[role].model, pairs, [1.0] * len(pairs))
+            stats = [diff_stats(s, ref) for s in per_worker if s is not None]
+            if stats:
+                out[f"rollout/logprob_diff_{tag}mean"] = sum(m for m, _, _ in stats) / len(stats)
+                out[f"rollout/logprob_diff_{tag}max"] = max(w for _, w, _ in stats)
+        return out
+
+    metrics = diffs(engine_scores(), "stale_")
+    t0 = time.perf_counter()
+    sync_weights(learners, group)
+    metrics["rollout/weight_sync_s"] = time.perf_counter() - t0
+    metrics.update(verify_weights(learners, group))
+    metrics.update(diffs(engine_scores(), "synced_"))
+    return metrics

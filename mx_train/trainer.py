@@ -133,7 +133,10 @@ class Trainer:
         """Backends, learners (``mx_train.assembly``) and the policy group that routes updates."""
         from mx_train.learner import PolicyGroup
 
-        self.backends = build_backends(self.config, backend_factory or default_backend_factory(self.config))
+        factory = backend_factory or default_backend_factory(self.config)
+        if self.config.distributed.backend == "ray" and backend_factory is None:
+            factory = _learner_side_factory(self.config, factory)
+        self.backends = build_backends(self.config, factory)
         # role -> learner; role -> mx_train.weight_sync.EngineSync (engines that get pushed weights)
         self.learners, self.syncs = build_learners(self.config, self.backends)
         self.policy_group = PolicyGroup(self.learners)
@@ -210,11 +213,15 @@ class Trainer:
         valid: list[list[bool]] | None = None
         seed = (self.config.seed + step * 7919) % (2**31)
         if self.config.distributed.backend == "ray":
-            from mx_train.distributed import ray_rollout, start_workers
+            from mx_train.distributed import push_weights, ray_rollout, start_workers
 
             if self._workers is None:
                 self._workers = start_workers(self.config)
-            transitions, exec_rewards, summary = ray_rollout(self._workers, self.learners, task_ids, uids, step, seed)
+            pushed = push_weights(self.learners, self._workers)  # the first step's (warm-started) weights
+            transitions, exec_rewards, summary, labels, valid = ray_rollout(
+                self._workers, self.learners, task_ids, uids, step, seed)
+            summary.update(pushed)
+            summary.update(self._worker_sampling_metrics(transitions))
             self._step_records = None
         else:
             transitions, exec_rewards, summary, labels, valid = self._local_rollout(task_ids, uids, step, seed, version)
@@ -274,6 +281,41 @@ class Trainer:
         labels, valid = design_labels_and_validity(result)
         return transitions, result.execution_rewards(), summarize_records(result.records), labels, valid
 
+    def _engine_transitions(self, transitions: Sequence[Transition]) -> dict[str, list[Transition]]:
+        """Engine role (see :func:`mx_train.distributed.engine_roles`) -> the transitions it sampled."""
+        from mx_train.distributed import engine_roles
+
+        serves = engine_roles(self.learners)
+        out: dict[str, list[Transition]] = {}
+        for t in transitions:
+            if t.role in serves:
+                out.setdefault(serves[t.role], []).append(t)
+        return out
+
+    def _worker_sampling_metrics(self, transitions: Sequence[Transition]) -> dict[str, float]:
+        """``rollout/logprob_diff_*`` of the Ray workers' sampling log-probs against the learner (the
+        workers' engines are copies of it: the gap says whether they sampled with its weights)."""
+        from mx_train.weight_sync import sampling_diff_metrics
+
+        out: dict[str, float] = {}
+        for role, ts in self._engine_transitions(transitions).items():
+            learner = self.learners[role]
+            out.update(sampling_diff_metrics(learner.model, ts, self.config.rollout.logprob_probe,
+                                             getattr(learner, "pad_token_id", 0) or 0))
+        return out
+
+    def _push_to_workers(self, transitions: Sequence[Transition]) -> dict[str, float]:
+        """After an update: the new weights to every Ray worker, checked there, with the engines'
+        stale/synced log-prob gaps on this step's probe (the Ray twin of ``EngineSync.push``)."""
+        if self._workers is None:
+            return {}
+        from mx_train.distributed import push_weights
+        from mx_train.weight_sync import probe_pairs
+
+        probe = self.config.rollout.logprob_probe
+        probes = {role: probe_pairs(ts, probe) for role, ts in self._engine_transitions(transitions).items()}
+        return push_weights(self.learners, self._workers, probes)
+
     def _env_metrics(self, task_ids: Sequence[str], grid: np.ndarray) -> dict[str, float]:
         """Per env of a mix: tasks drawn this step, mean execution reward, best-execution reward."""
         if self.mix is None:
@@ -326,6 +368,7 @@ class Trainer:
         metrics.update(update)
         for sync in {id(s): s for s in self.syncs.values()}.values():
             metrics.update(sync.pop_metrics())  # stale/synced differences and transfer of the push
+        metrics.update(self._push_to_workers(transitions))  # Ray: the same, for the workers' engines
         gen_tokens = sum(len(t.response_ids) for t in transitions)
         metrics.update(
             {
@@ -616,6 +659,24 @@ def train(
             from mx_train.distributed import release
 
             release(reservation)
+
+
+def _learner_side_factory(config: TrainConfig, factory: BackendFactory) -> BackendFactory:
+    """The driver's backends under Ray: the rollout engines live in the workers, so a serving-engine
+    spec (``vllm:...``) becomes the learner's fp32 HF copy of the same model here (trained in place,
+    no engine started in the driver); HF specs are already that."""
+
+    def build(spec: str) -> Any:
+        if not spec.startswith("vllm:"):
+            return factory(spec)
+        from mx_agents.backends.embedded import resolve_model
+        from mx_agents.backends.hf import HFBackend
+
+        return HFBackend(resolve_model(spec[len("vllm:"):] or "default"), device=config.policy.device, dtype="float32",
+                         max_batch_size=config.policy.max_batch_size,
+                         chat_template_kwargs={"enable_thinking": bool(config.policy.thinking)})
+
+    return build
 
 
 def _round_trained_weights(learners: Any) -> None:

@@ -76,6 +76,31 @@ def diff_stats(a: Sequence[Sequence[float]], b: Sequence[Sequence[float]]) -> tu
     return (total / n if n else float("nan")), (worst if n else float("nan")), n
 
 
+def probe_pairs(transitions: Sequence[Any], probe: int) -> list[tuple[list[int], list[int]]]:
+    """Up to ``probe`` (prompt, response) pairs of LLM transitions with token data, spread over the list."""
+    usable = [t for t in transitions if t.prompt_ids and t.response_ids]
+    k = min(max(0, int(probe)), len(usable))
+    return [(list(usable[(i * len(usable)) // k].prompt_ids), list(usable[(i * len(usable)) // k].response_ids))
+            for i in range(k)]
+
+
+def sampling_diff_metrics(model: Any, transitions: Sequence[Any], probe: int, pad_id: int = 0) -> dict[str, float]:
+    """``rollout/logprob_diff_mean|max|tokens``: the sampling log-probs of up to ``probe`` of the
+    transitions (spread over the list) vs ``model``'s log-probs of the same tokens at each turn's
+    temperature. Wherever the engine runs (this process, a Ray rollout worker), a gap above the
+    numerical floor means it did not sample with the learner's weights."""
+    usable = [t for t in transitions if t.prompt_ids and t.response_ids and t.logprobs is not None]
+    if not usable or probe <= 0:
+        return {}
+    k = min(int(probe), len(usable))
+    picks = [usable[(i * len(usable)) // k] for i in range(k)]
+    learner = score_with_model(model, [(t.prompt_ids, t.response_ids) for t in picks],
+                               [sampled_temperature(t) for t in picks], pad_id)
+    mean, worst, n = diff_stats([list(t.logprobs) for t in picks], learner)
+    return {"rollout/logprob_diff_mean": mean, "rollout/logprob_diff_max": worst,
+            "rollout/logprob_diff_tokens": float(n)}
+
+
 # ----------------------------------------------------------------------------- colocated sync
 
 
@@ -100,27 +125,12 @@ class EngineSync:
     # -- the step's probe ------------------------------------------------------------------
     def set_probe(self, transitions: Sequence[Any]) -> None:
         """Pick up to ``probe`` LLM transitions with token data (spread over the list)."""
-        usable = [t for t in transitions if t.prompt_ids and t.response_ids]
-        if not usable or self.probe == 0:
-            self._probe_pairs = []
-            return
-        k = min(self.probe, len(usable))
-        picks = [usable[(i * len(usable)) // k] for i in range(k)]
-        self._probe_pairs = [(list(t.prompt_ids), list(t.response_ids)) for t in picks]
+        self._probe_pairs = probe_pairs(transitions, self.probe)
 
     def rollout_metrics(self, transitions: Sequence[Any]) -> dict[str, float]:
         """``rollout/logprob_diff_*``: sampling log-probs vs the learner's, at each turn's temperature."""
         self.set_probe(transitions)
-        usable = [t for t in transitions if t.prompt_ids and t.response_ids and t.logprobs is not None]
-        if not usable or self.probe == 0:
-            return {}
-        k = min(self.probe, len(usable))
-        picks = [usable[(i * len(usable)) // k] for i in range(k)]
-        learner = score_with_model(self.learner.model, [(t.prompt_ids, t.response_ids) for t in picks],
-                                   [sampled_temperature(t) for t in picks], self.pad_id)
-        mean, worst, n = diff_stats([list(t.logprobs) for t in picks], learner)
-        return {"rollout/logprob_diff_mean": mean, "rollout/logprob_diff_max": worst,
-                "rollout/logprob_diff_tokens": float(n)}
+        return sampling_diff_metrics(self.learner.model, transitions, self.probe, self.pad_id)
 
     def _engine_vs_learner(self) -> tuple[float, float] | None:
         score = getattr(self.backend, "score_batch", None)

@@ -60,10 +60,10 @@ class _LLMRole:
         self._rng = random.Random(seed) if seed is not None else None
         self._seed = seed
 
-    def _sampling(self, **overrides: Any) -> SamplingParams:
+    def _sampling(self, turn: ActorTurn | None = None, **overrides: Any) -> SamplingParams:
         params = dataclasses.replace(self.params, **overrides) if overrides else self.params
         if params.seed is None and self._rng is not None:
-            key = getattr(_TURN_KEY, "key", None)
+            key = turn.seed_key if turn is not None and turn.seed_key is not None else getattr(_TURN_KEY, "key", None)
             if key is not None:
                 derived = zlib.crc32(f"{self._seed}|{self.role}|{key}".encode()) & 0x7FFFFFFF
                 params = dataclasses.replace(params, seed=derived)
@@ -103,7 +103,7 @@ class DesignerPolicy(_LLMRole):
         self._check_role(turn)
         return ChatRequest(
             messages=self.prompt.apply(turn.messages),
-            params=self._sampling(),
+            params=self._sampling(turn),
             metadata={"role": "designer", "agent": turn.agent},
         )
 
@@ -158,7 +158,7 @@ class ExecutorPolicy(_LLMRole):
         self._check_role(turn)
         return ChatRequest(
             messages=[dict(m) for m in turn.messages],
-            params=self._sampling(**self._overrides(turn.options)),
+            params=self._sampling(turn, **self._overrides(turn.options)),
             metadata={"role": "executor", "agent": turn.agent},
         )
 

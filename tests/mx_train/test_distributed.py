@@ -124,6 +124,7 @@ def test_weight_channel_sends_each_stale_role_to_every_worker():
             self.backends = {"designer": _Backend(), "executor": _Backend()}
             self.versions = {"designer": 0, "executor": 0}
             self.channel = None
+            self.weight_check = {}
 
         def received(self):
             return {r: b.state for r, b in self.backends.items()}
