@@ -7,27 +7,32 @@ task + its earlier turns + a new user message). Callers come in groups of ``N_EX
 system prompt and task (the N executions of one design). Sampling at T=1 with a seed per (caller,
 turn), so every case generates the same conversations (up to float round-off between batch shapes).
 
-Cases, each on the embedded SmolLM2-135M (fp32, CPU), one model shared by both engines:
+Per engine, on the embedded SmolLM2-135M (fp32, CPU; one model object shared by both engines), each
+round runs, back to back:
 
 - ``raw``: the same conversations in lock-step rounds, every caller's turn ``t`` in one ``generate``
-  call, no think time: the engine's batched rate at the width of ``CALLERS`` rows;
-- ``in_loop``: the threaded callers above.
+  call, no think time: the engine's batched rate at the width of ``CALLERS`` rows (timed here);
+- ``in_loop``: the threaded callers above (timed by pytest-benchmark);
 
-for ``batching="batch"`` (the whole-batch loop before issue 22: requests that arrive while a batch
-runs wait for all of it; every turn re-prefills its conversation, left-padded) and ``batching="step"``
-(requests join the running batch at each decode step; prompts reuse the prefix cache; no padding in
-prefill). ``extra_info``: generated tokens/s, ``in_loop_vs_raw`` (in-loop tokens/s over the same
-engine's raw tokens/s; target >= 0.8), ``speedup_vs_batch`` (step in-loop over batch in-loop), the
-mean decode batch width, the fraction of single-row steps and the prefix-hit rate (prompt tokens
-whose key/value states came from the cache).
+for ``batching="batch"`` (the whole-batch loop before issue 22, the naive side: requests that arrive
+while a batch runs wait for all of it; every turn re-prefills its conversation, left-padded) and
+``batching="step"`` (requests join the running batch at each decode step; prompts reuse the prefix
+cache; no padding in prefill). The prefix cache is emptied before every run. ``extra_info``:
+generated tokens/s of each run, ``in_loop_vs_raw`` (median over rounds of in-loop tokens/s over the
+neighbouring raw run's; target >= 0.8), ``in_loop_speedup_vs_batch``; the same per CPU second of
+this process (``*_cpu``: less sensitive to other jobs on a shared machine, blind to idle time, which
+neither engine has while requests wait), and for the last round of
+each mode the mean decode batch width, the fraction of single-row decode steps and the prefix-hit
+rate (prompt tokens whose key/value states came from the cache).
 
 Run: ``.venv/bin/python -m pytest benchmarks/test_rollout_engine_bench.py --benchmark-only -q``
-(``MX_BENCH_QUICK=1``: fewer callers, turns and tokens).
+(``MX_BENCH_QUICK=1``: fewer callers, turns and tokens, one round).
 """
 
 from __future__ import annotations
 
 import random
+import statistics
 import threading
 import time
 
@@ -42,15 +47,14 @@ TASKS = ["What is 37 + 48?", "Compute 12 * 13.", "What is 91 - 56?", "Compute (7
 SYSTEM = ("You are solver {g} of a multi-agent system. Solve the task step by step, check the "
           "arithmetic, and end with the final answer in \\boxed{{}}. Be brief.")
 FOLLOW = "Check your last step and continue."
-ROUNDS = 2
 RESULTS: dict[str, dict[str, float]] = {}
 
 
 @pytest.fixture(scope="module")
 def sizes(bench_quick) -> dict[str, float]:
     if bench_quick:
-        return {"callers": 6, "turns": 2, "max_new": 24, "stagger_s": 0.5, "think_s": (0.02, 0.1)}
-    return {"callers": 12, "turns": 3, "max_new": 48, "stagger_s": 1.0, "think_s": (0.02, 0.1)}
+        return {"callers": 6, "turns": 2, "max_new": 24, "stagger_s": 0.5, "think_s": (0.02, 0.1), "rounds": 1}
+    return {"callers": 12, "turns": 3, "max_new": 48, "stagger_s": 1.0, "think_s": (0.02, 0.1), "rounds": 3}
 
 
 @pytest.fixture(scope="module")
@@ -124,40 +128,67 @@ def _in_loop(backend, sizes) -> int:
     return sum(counts)
 
 
-@pytest.mark.parametrize("mode", ["raw", "in_loop"])
 @pytest.mark.parametrize("engine", ["batch", "step"])
-def test_rollout_engine_tokens_per_s(benchmark, backends, sizes, engine, mode):
-    """Cases run engine by engine, raw then in-loop, ``ROUNDS`` rounds each (the machine's load drifts
-    over minutes; the in-loop/raw ratio compares neighbours)."""
+def test_rollout_engine_tokens_per_s(benchmark, backends, sizes, engine):
+    """Timed: the in-loop run. Before each round (untimed by the benchmark, timed here) the raw run of
+    the same conversations, so every in-loop figure has a raw neighbour on a machine whose load
+    drifts over minutes; ``in_loop_vs_raw`` is the median of the per-round ratios."""
     backend = backends[engine]
-    before = backend.batch_stats.snapshot()
-    box: dict[str, int] = {}
+    rounds = int(sizes["rounds"])
+    raw_s: list[float] = []
+    counts: dict[str, list[int]] = {"raw": [], "in_loop": []}
+    cpu_s: dict[str, list[float]] = {"raw": [], "in_loop": []}
+    stats: dict[str, dict[str, float]] = {}
 
-    def cold() -> None:  # every round starts with an empty prefix cache (the other rounds ran the same prompts)
+    def cold() -> None:  # every run starts with an empty prefix cache (the other runs had the same prompts)
         if backend.prefix_cache is not None:
             backend.prefix_cache.clear()
 
+    def raw_then_cold() -> None:
+        cold()
+        before = backend.batch_stats.snapshot()
+        t0, c0 = time.perf_counter(), time.process_time()
+        counts["raw"].append(_raw(backend, sizes))
+        raw_s.append(time.perf_counter() - t0)
+        cpu_s["raw"].append(time.process_time() - c0)
+        stats["raw"] = batch_metrics(backend.batch_stats, before, prefix="")
+        cold()
+        stats["before_in_loop"] = backend.batch_stats.snapshot()  # type: ignore[assignment]
+
     def run() -> None:
-        box["tokens"] = (_raw if mode == "raw" else _in_loop)(backend, sizes)
+        c0 = time.process_time()
+        counts["in_loop"].append(_in_loop(backend, sizes))
+        cpu_s["in_loop"].append(time.process_time() - c0)
 
     benchmark.group = "rollout-engine-smollm2"
-    benchmark.extra_info["naive"] = (engine, mode) == ("batch", "in_loop")
-    benchmark.pedantic(run, setup=cold, rounds=ROUNDS, iterations=1, warmup_rounds=0)
-    tps = box["tokens"] / benchmark.stats.stats.mean
-    RESULTS[f"{engine}/{mode}"] = {"tokens_per_s": tps}
-    m = batch_metrics(backend.batch_stats, before, prefix="")
+    benchmark.extra_info["naive"] = engine == "batch"
+    benchmark.pedantic(run, setup=raw_then_cold, rounds=rounds, iterations=1, warmup_rounds=0)
+    loop_s = list(benchmark.stats.stats.data)
+    stats["in_loop"] = batch_metrics(backend.batch_stats, stats["before_in_loop"], prefix="")  # last round
+    raw_tps = [n / t for n, t in zip(counts["raw"], raw_s, strict=True)]
+    loop_tps = [n / t for n, t in zip(counts["in_loop"], loop_s, strict=True)]
+    ratios = sorted(a / b for a, b in zip(loop_tps, raw_tps, strict=True))
+    cpu_tps = {m: [n / c for n, c in zip(counts[m], cpu_s[m], strict=True)] for m in counts}
+    RESULTS[engine] = {"in_loop_tps": statistics.mean(loop_tps)}
     info: dict[str, float | int | str] = {
-        "engine": engine, "mode": mode, "callers": int(sizes["callers"]), "turns": int(sizes["turns"]),
-        "max_new_tokens": int(sizes["max_new"]), "tokens": box["tokens"], "tokens_per_s": round(tps, 2),
-        "batch_width_mean": round(m.get("batch_width_mean", 0.0), 2),
-        "single_row_steps": round(m.get("single_row_steps", 0.0), 3),
-        "decode_steps": int(m.get("decode_steps", 0)) // ROUNDS,
-        "prefix_hit_rate": round(m.get("prefix_hit_rate", 0.0), 3),
+        "engine": engine, "callers": int(sizes["callers"]), "turns": int(sizes["turns"]),
+        "max_new_tokens": int(sizes["max_new"]), "rounds": rounds, "tokens": counts["in_loop"][-1],
+        "in_loop_tokens_per_s": [round(x, 2) for x in loop_tps], "raw_tokens_per_s": [round(x, 2) for x in raw_tps],
+        "in_loop_vs_raw": round(statistics.median(ratios), 3),
+        "in_loop_vs_raw_per_round": [round(x, 3) for x in ratios],
+        "in_loop_tokens_per_cpu_s": [round(x, 2) for x in cpu_tps["in_loop"]],
+        "raw_tokens_per_cpu_s": [round(x, 2) for x in cpu_tps["raw"]],
+        "in_loop_vs_raw_cpu": round(statistics.median(a / b for a, b in zip(cpu_tps["in_loop"], cpu_tps["raw"],
+                                                                              strict=True)), 3),
     }
-    raw = RESULTS.get(f"{engine}/raw")
-    if mode == "in_loop" and raw:
-        info["in_loop_vs_raw"] = round(tps / raw["tokens_per_s"], 3)
-    old = RESULTS.get("batch/in_loop")
-    if (engine, mode) == ("step", "in_loop") and old:
-        info["speedup_vs_batch"] = round(tps / old["tokens_per_s"], 3)
+    for mode in ("raw", "in_loop"):
+        m = stats[mode]
+        info[f"{mode}_batch_width_mean"] = round(m.get("batch_width_mean", 0.0), 2)
+        info[f"{mode}_single_row_steps"] = round(m.get("single_row_steps", 0.0), 3)
+        info[f"{mode}_decode_steps"] = int(m.get("decode_steps", 0))
+        info[f"{mode}_prefix_hit_rate"] = round(m.get("prefix_hit_rate", 0.0), 3)
+    RESULTS[engine]["in_loop_cpu_tps"] = statistics.mean(cpu_tps["in_loop"])
+    if engine == "step" and "batch" in RESULTS:
+        for key, name in (("in_loop_tps", "in_loop_speedup_vs_batch"), ("in_loop_cpu_tps", "in_loop_cpu_speedup_vs_batch")):
+            info[name] = round(RESULTS["step"][key] / RESULTS["batch"][key], 3)
     benchmark.extra_info.update(info)
