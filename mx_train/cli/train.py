@@ -81,10 +81,14 @@ def _train(args: argparse.Namespace) -> int:
     cfg.distributed.learner_procs = procs
     if os.environ.get("RANK", "0") == "0":  # the trainer's log; torchrun's other ranks only hold shards
         logging.getLogger("mx_train").setLevel(logging.INFO)
+    from mx_train.distributed import LearnerRankDied
     from mx_train.placement import PlacementError
 
     try:
         return train(cfg, resume=args.resume, progress=not args.no_progress, on_done=_report)
+    except LearnerRankDied as exc:  # the message names the rank and says how to go on (--resume)
+        print(f"mx train: {exc}", file=sys.stderr)
+        return 4
     except PlacementError as exc:
         print(f"mx train: cannot place this run on the cluster\n{exc.plan.render()}", file=sys.stderr)
         return 3

@@ -185,3 +185,121 @@ def test_dead_learner_rank_stops_the_run_and_resume_finishes_it(tmp_path, tiny_m
     finally:
         if ray.is_initialized():
             ray.shutdown()
+
+
+# ---------------------------------------------------------------------------- a two-raylet cluster
+def _wait_for_line(proc: Any, needle: str, timeout: float) -> str:
+    """Wait until ``proc`` prints a line holding ``needle`` (fail if it exits or ``timeout`` passes). A
+    daemon thread reads its output to the end, so the pipe never fills while the process runs on."""
+    import queue
+    import threading
+    import time
+
+    lines: queue.Queue[str | None] = queue.Queue()
+
+    def pump() -> None:
+        for line in proc.stdout:
+            lines.put(line)
+        lines.put(None)
+
+    threading.Thread(target=pump, daemon=True).start()
+    seen: list[str] = []
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            line = lines.get(timeout=max(0.0, deadline - time.monotonic()))
+        except queue.Empty:
+            break
+        if line is None:
+            break
+        seen.append(line)
+        if needle in line:
+            return "".join(seen)
+    pytest.fail(f"no {needle!r} from {proc.args[:3]}: {''.join(seen)[-2000:]}")
+
+
+@pytest.fixture
+def two_raylets(tmp_path):
+    """`ray start --head` and a second raylet `ray start --address=...` on this machine (2 CPUs each,
+    token authentication with the token in this test's own HOME). Stopped by their own process ids in
+    the finalizer: `ray stop` would also stop every other Ray instance on the machine (other runs,
+    other tests)."""
+    import shutil
+    import subprocess
+    import sys
+    import tempfile
+
+    from tests.mx_train.test_distributed import _free_port, _pids_of
+
+    home = tmp_path / "home"
+    home.mkdir()
+    temp = tempfile.mkdtemp(prefix="mxray2", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    env.update(HOME=str(home), OMP_WAIT_POLICY="PASSIVE")
+    ray_bin = str(Path(sys.executable).with_name("ray"))
+    subprocess.run([ray_bin, "get-auth-token", "--generate"], env=env, check=True, capture_output=True)
+    port = _free_port()
+    address = f"127.0.0.1:{port}"
+    common = ["--block", "--num-cpus=2", "--num-gpus=0", "--disable-usage-stats",
+              f"--dashboard-agent-listen-port={_free_port()}"]
+    procs = []
+    try:
+        head = subprocess.Popen(
+            [ray_bin, "start", "--head", f"--port={port}", f"--temp-dir={temp}", "--include-dashboard=false",
+             f"--ray-client-server-port={_free_port()}", *common],
+            env=env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        procs.append(head)
+        _wait_for_line(head, "Ray runtime started", 120)
+        second = subprocess.Popen(
+            [ray_bin, "start", f"--address={address}", *common],
+            # a joining raylet, unlike the head, uses token auth only when told (Ray says so if not)
+            env={**env, "RAY_AUTH_MODE": "token"}, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        procs.append(second)
+        _wait_for_line(second, "Ray runtime started", 120)  # printed once the raylet joined the head
+        yield address, env
+    finally:
+        for p in reversed(procs):
+            p.send_signal(signal.SIGINT)  # --block: each stops the processes it started
+            try:
+                p.wait(15)
+            except subprocess.TimeoutExpired:
+                pass
+        for pid in _pids_of(temp, port):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        for p in procs:
+            try:
+                os.killpg(p.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_two_raylet_cluster_trains_the_smoke_config_with_two_learner_ranks(two_raylets, tmp_path):
+    """`mx train` of configs/smoke_cpu.yaml (2 steps) with --learner-procs 2 joined to the cluster through
+    distributed.ray_address: driver, learner rank 1 and two rollout workers need 4 CPUs, so the plan
+    spreads them over both raylets (2 CPUs each)."""
+    import subprocess
+    import sys
+
+    address, env = two_raylets
+    root = Path(__file__).resolve().parents[2]
+    out = tmp_path / "run"
+    proc = subprocess.run(
+        [str(Path(sys.executable).with_name("mx")), "train", "--config", str(root / "configs" / "smoke_cpu.yaml"),
+         "--learner-procs", "2", "--out", str(out), "--no-progress",
+         "--set", "distributed.backend=ray", "--set", f"distributed.ray_address={address}"],
+        env=env, cwd=root, capture_output=True, text=True, timeout=540)
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-4000:]
+    steps = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in steps] == [0, 1]
+    assert all(m["episodes"] == 8 and m["distributed/worker_restarts"] == 0 for m in steps)  # B * M * N
+    # The placement the driver logged: 2 learner ranks, 2 engines, bundles on both raylets (4 CPUs
+    # needed, 2 on each: the placement group cannot be ready without the second one).
+    assert "2 learner rank(s), 2 rollout engine(s)" in log, log[-4000:]
+    where = {line.split()[2] for line in log.splitlines() if line.startswith("  bundle ")}
+    assert len(where) == 2, log[-4000:]
