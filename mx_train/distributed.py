@@ -775,10 +775,15 @@ def restart_workers(group: WorkerGroup, indices: Sequence[int], cause: BaseExcep
         group.actors[i] = _spawn_worker(group, i)
         group.restarts += 1
     ray.get([group.actors[i].pid.remote() for i in indices])  # built: model loaded, envs factory ready
+    t1 = time.perf_counter()
     if group.channel_backend is not None:
         _form_channel(group)
     group.pushed = {}
-    group.restart_s += time.perf_counter() - t0
+    t2 = time.perf_counter()
+    group.restart_s += t2 - t0
+    # Nearly all of it is the new process starting (Ray worker, torch, the engine's model), not the channel.
+    logger.warning("rollout workers %s replaced in %.1fs (new actors ready %.1fs, weight channel re-formed %.1fs)",
+                   indices, t2 - t0, t1 - t0, t2 - t1)
 
 
 def start_learner_ranks(config: Any, n_procs: int, init_method: str) -> list[Any]:
