@@ -88,7 +88,7 @@ def default_backend_factory(config: TrainConfig) -> BackendFactory:
         from mx_agents.backends import get_backend
 
         return get_backend(spec, device=pc.device, dtype=pc.dtype, max_batch_size=pc.max_batch_size,
-                           chat_template_kwargs={"enable_thinking": bool(pc.thinking)})
+                           chat_template_kwargs={"enable_thinking": bool(pc.thinking)}, **pc.engine_kwargs)
 
     return factory
 
@@ -103,7 +103,8 @@ def build_backends(config: TrainConfig, backend_factory: BackendFactory) -> dict
 
 def build_rollout_policy(backends: dict[str, Any], config: TrainConfig, step: int) -> Any:
     """The rollout policy of ``step``. Sampling seeds derive from (run seed, step), so a resumed run
-    samples what the uninterrupted one would have, and Ray workers get distinct seeds per worker."""
+    samples what the uninterrupted one would have, and a Ray worker's policy is the local one (its
+    requests' seeds are keyed by episode and turn: :func:`mx_agents.design_groups.run_design_groups`)."""
     from mx_agents.policies.design_prompt import DesignerPrompt
     from mx_agents.policies.llm import SharedPolicy, SplitPolicy
 

@@ -53,6 +53,10 @@ class PolicyConfig:
     max_batch_size: int = 32
     # Qwen3-style chat templates: ``enable_thinking`` (off, as the paper ran); ignored by templates without it.
     thinking: bool = False
+    # Keyword arguments of the generation backend's constructor, e.g. for vLLM specs
+    # ``{in_process: false}`` (engine core in a process of its own; weights reach it through shared
+    # memory on CPU, CUDA IPC on GPU), ``max_model_len``, ``kv_cache_bytes``, ``tensor_parallel_size``.
+    engine_kwargs: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
