@@ -678,6 +678,9 @@ def start_workers(config: Any, channel: bool = True) -> WorkerGroup:
                         config_dict=config.to_dict(), channel_backend=backend if channel else None,
                         max_restarts=int(config.distributed.max_worker_restarts))
     group.actors = [_spawn_worker(group, i) for i in range(plan.engines)]
+    # Built first (an engine start takes minutes on a loaded CPU; a failed one raises here with its
+    # error): the channel's rendezvous timeout then bounds only the join itself.
+    _require_ray().get([a.pid.remote() for a in group.actors])
     if channel:
         _form_channel(group)
     return group
