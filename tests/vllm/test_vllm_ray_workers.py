@@ -64,8 +64,11 @@ def test_two_ray_workers_run_vllm_engines_that_follow_the_learner(tmp_path):
     # The push after step 0's update: both engines were stale (old weights vs the learner's new ones),
     # then back at the floor after loading through the engine-core process.
     stale, synced = first["rollout/logprob_diff_stale_mean"], first["rollout/logprob_diff_synced_mean"]
-    assert synced < 0.1 and stale > 3 * synced, (stale, synced)
-    assert second["rollout/logprob_diff_synced_mean"] < 0.1
+    assert synced < 0.1 and stale > 10 * synced, (stale, synced)
+    # After the second update too (measured: stale 3.39, synced 0.146; 4.29 and 0.056 after the first:
+    # two lr-1e-3 steps sharpen the model, and bf16 vs fp32 differ more on sharp tokens).
+    stale, synced = second["rollout/logprob_diff_stale_mean"], second["rollout/logprob_diff_synced_mean"]
+    assert synced < 0.25 and stale > 10 * synced, (stale, synced)
     # Step 1 was sampled with the weights of version 1, by both workers.
     rows = [json.loads(x) for x in (tmp_path / "run" / "transitions" / "step_00000001.jsonl").open()]
     assert rows and {r["policy_version"] for r in rows} == {int(second["policy_version"])} == {1}
