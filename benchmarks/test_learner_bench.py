@@ -24,7 +24,10 @@ updates after a warm-up update that allocated the optimizer state):
   others: padded at the old default 4096, packed rows (``shared_prefix_tokens: 0``) and packed
   with shared-prefix trees (32, the new default) at 1024 and 4096, and trees under bf16 autocast
   where the CPU has native bf16 (skipped otherwise). ``extra_info``: tokens/s (best timed round),
-  positions computed, padding share, peak RSS growth.
+  positions computed per real token (> 1: padding; < 1: shared prefixes computed once), peak RSS
+  growth (the first case's includes the AdamW state its warm-up allocates; later cases reuse freed
+  memory). ``test_learner_packing_round_robin`` times the layouts in turn, round after round, for
+  ratios that a drifting machine load does not skew.
 
 ``MX_BENCH_QUICK=1`` uses 4 sequences (the real batch: its first 8 turns).
 """
@@ -271,7 +274,7 @@ def test_learner_packing(benchmark, fp32_model, real_batch, bench_quick, case):
     assert np.isfinite(stats["loss"])
     total = float(sum(s.length for s in seqs))
     stats.update({"tokens_per_s": max(tps[1:]), "total_tokens": total, "positions": float(positions),
-                  "padding_share": 1.0 - total / positions, "micro_batches": float(len(learner.micro_batches(seqs)))})
+                  "positions_per_token": positions / total, "micro_batches": float(len(learner.micro_batches(seqs)))})
     PACK_RESULTS[case] = stats
     benchmark.extra_info.update(stats)
     benchmark.extra_info["naive"] = case == "padded-1024"
@@ -279,3 +282,42 @@ def test_learner_packing(benchmark, fp32_model, real_batch, bench_quick, case):
         benchmark.extra_info["speedup_vs_naive"] = stats["tokens_per_s"] / PACK_RESULTS["padded-1024"]["tokens_per_s"]
     print(f"\n[learner bench] packing {case}: {stats['tokens_per_s']:.1f} tok/s, {positions} positions for "
           f"{total:.0f} tokens, peak RSS +{stats['peak_rss_growth_mb']:.0f} MiB")
+
+
+RR_CASES = ("padded-1024", "packed-1024", "tree-1024", "tree-4096")
+
+
+@pytest.mark.slow
+def test_learner_packing_round_robin(benchmark, fp32_model, real_batch, bench_quick):
+    """The ``learner-packing`` layouts updated in turn, round after round, on one model: on a
+    shared machine whose load drifts over minutes, the ratio of two cases timed in the same round
+    is the fair figure (``ratio_vs_padded-1024``: the median over rounds of the per-round ratio)."""
+    import copy
+    import statistics
+
+    from mx_train.learner import Learner
+
+    model = copy.deepcopy(fp32_model)
+    learners = {c: Learner(model, {**DEMO_LEARNER, **PACK_CASES[c]}) for c in RR_CASES}
+    times: dict[str, list[float]] = {c: [] for c in RR_CASES}
+    losses: list[float] = []
+
+    def one_round() -> None:
+        for c in RR_CASES:
+            m = learners[c].update(real_batch)
+            times[c].append(m["time_s"])
+            losses.append(m["loss"])
+
+    benchmark.group = "learner-packing-rr"
+    benchmark.pedantic(one_round, rounds=1 if bench_quick else 3, iterations=1, warmup_rounds=1)
+    assert all(np.isfinite(x) for x in losses)
+    total = float(sum(len(t.prompt_ids) + len(t.response_ids) for t in real_batch))
+    timed = {c: v[1:] for c, v in times.items()}  # the warm-up round allocated AdamW's state
+    info: dict[str, float] = {}
+    for c in RR_CASES:
+        info[f"tokens_per_s/{c}"] = total / min(timed[c])
+        if c != "padded-1024":
+            info[f"ratio_vs_padded-1024/{c}"] = statistics.median(
+                old / new for old, new in zip(timed["padded-1024"], timed[c], strict=True))
+    benchmark.extra_info.update(info)
+    print("\n[learner bench] round robin: " + ", ".join(f"{k} {v:.2f}" for k, v in info.items()))

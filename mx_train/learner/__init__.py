@@ -5,12 +5,14 @@ co-evolution phase, LR schedule, fp32 masters, the policy update and the SFT ste
 pure functions and small value types, one concern per module:
 
 * :mod:`.config` -- :class:`LearnerConfig` (a YAML ``learner:`` block; extends the loss settings);
-* :mod:`.losses` -- policy losses and KL estimators (registries), aggregation, the objective;
-* :mod:`.collation` -- transitions to token-budget micro-batches in the aligned layout
+* :mod:`.losses` -- policy losses, KL estimators and off-policy corrections (registries),
+  aggregation, the objective;
+* :mod:`.collation` -- transitions to token-budget micro-batches: packed rows without padding
+  (a 4-D block-diagonal mask, shared prefixes computed once) or the aligned layout
   ``[left pad | prompt | response | right pad]`` (the shared :func:`mx_agents.batching.left_pad`),
   the plan of an update's optimizer steps and its normalising counts;
 * :mod:`.logprobs` -- per-token log-probs and entropy in LM-head chunks (no full fp32 logits);
-* :mod:`.precision` -- fp32 master weights for bf16 models;
+* :mod:`.precision` -- the compute dtype (bf16 where the hardware has it), fp32 master weights;
 * :mod:`.optim` -- AdamW, LR schedule, per-phase optimizer state;
 * :mod:`.lora` -- peft wrapping and merged weights;
 * :mod:`.policy_group` -- which learner trains which role;
