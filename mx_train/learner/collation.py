@@ -8,11 +8,12 @@ Two layouts of a micro-batch, both giving per-sequence response tensors ``[B, R]
   of mixed lengths trains on padding (a real executor batch: 2221 tokens in 4092 padded positions).
 * **packed** (:func:`collate_packed`): several sequences concatenated in one row, each with its own
   position ids (0, 1, ...) and a 4-D block-diagonal causal attention mask that keeps them apart.
-  Sequences that share a prefix (the N executions of one design, turns of one conversation) can
-  form one :class:`PackUnit`: the prefix is laid out and computed once, each member's remaining
-  tokens (its *branch*) follow, and a branch attends to the prefix and to itself only ("tree"
-  training). The hidden state of a shared prefix position receives the gradient of every branch
-  that reads it, which is exactly the sum of the unshared copies' gradients.
+  Sequences that share prefixes (the N executions of one design, the M designs of one prompt,
+  turns of one conversation) can form one :class:`PackUnit`, laid out as their token trie
+  ("tree" training): every shared segment once, in depth-first order, each position attending to
+  its own segment (causally) and to the segments on its path from the root only. A shared
+  position's hidden state receives the gradient of every sequence that reads it, which is exactly
+  the sum of the unshared copies' gradients.
 
 Why an explicit 4-D mask and not flash-attention varlen or HF's packed-sequence detection: on CPU
 (and with ``sdpa``/``eager`` attention on GPU) there is no varlen kernel; HF infers packing from
@@ -229,24 +230,25 @@ def micro_batches(
 # (SmolLM2-135M, CPU, budget 1024, forward+backward): 256 vs 512 took 35 vs 54 s packed and 12 vs
 # 21 s with shared-prefix trees (rows as wide as the longest sequence: 33 s packed).
 ROW_TOKENS = 256
+# A trie may be wider than a row: its masked-out pairs are only between different branches, so one
+# row holding k sequences' trie costs no more attention than the k sequences alone, and each shared
+# prefix is one set of positions. The demo's designer batch (6 designs of one 148-token prompt):
+# 414 positions for 1232 tokens with tries up to 1024 positions, 988 with two-level trees of 256.
+TREE_TOKENS = 1024
 
 
 @dataclass
 class PackUnit:
-    """Sequences laid out together in one row: ``members[0].tokens[:prefix_len]`` (shared by every
-    member) once, then each member's tokens after the prefix (its branch). A unit of one sequence
-    has the whole sequence as its prefix and an empty branch."""
+    """Sequences laid out together in one row as their token trie (see module doc): ``members``
+    sorted by tokens, ``length`` positions (each shared prefix counted once). A unit of one
+    sequence is that sequence."""
 
-    prefix_len: int
     members: list[Seq]
-
-    @property
-    def length(self) -> int:
-        return self.prefix_len + sum(m.length - self.prefix_len for m in self.members)
+    length: int
 
 
-def _common_prefix(a: list[int], b: list[int], limit: int) -> int:
-    n = 0
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n, limit = 0, min(len(a), len(b))
     while n < limit and a[n] == b[n]:
         n += 1
     return n
@@ -254,40 +256,78 @@ def _common_prefix(a: list[int], b: list[int], limit: int) -> int:
 
 def pack_units(seqs: Sequence[Seq], min_shared: int, max_len: int) -> list[PackUnit]:
     """Group ``seqs`` into :class:`PackUnit` s. ``min_shared <= 0``: one unit per sequence. Else
-    sequences sorted by their tokens (shared prefixes become neighbours) join the current unit while
-    their common prefix has at least ``min_shared`` tokens, the unit's saved positions
-    (``(k - 1) * prefix``) do not shrink, and the unit stays within ``max_len`` positions."""
+    the sequences sorted by their tokens (shared prefixes become neighbours) are cut into units
+    where a neighbour shares fewer than ``min_shared`` tokens or the unit would exceed ``max_len``
+    positions. In sorted order a unit's trie has ``len(first) + sum(len(s) - lcp(previous, s))``
+    positions, so each step adds exactly what the sequence does not share."""
     if min_shared <= 0:
-        return [PackUnit(s.length, [s]) for s in seqs]
+        return [PackUnit([s], s.length) for s in seqs]
     order = sorted(range(len(seqs)), key=lambda i: (seqs[i].tokens, i))
     units: list[PackUnit] = []
     cur: list[Seq] = []
-    p = 0
+    size = 0
     for i in order:
         s = seqs[i]
         if cur:
-            shared = _common_prefix(cur[0].tokens, s.tokens, min(p, s.length))
-            k = len(cur)
-            new_len = shared + sum(m.length - shared for m in cur) + s.length - shared
-            if shared >= min_shared and k * shared >= (k - 1) * p and new_len <= max_len:
+            shared = _common_prefix(cur[-1].tokens, s.tokens)
+            if shared >= min_shared and size + s.length - shared <= max_len:
                 cur.append(s)
-                p = shared
+                size += s.length - shared
                 continue
-            units.append(PackUnit(p, cur))
-        cur, p = [s], s.length
+            units.append(PackUnit(cur, size))
+        cur, size = [s], s.length
     if cur:
-        units.append(PackUnit(p, cur))
+        units.append(PackUnit(cur, size))
     return units
 
 
+@dataclass
+class _Segment:
+    """A trie node: tokens ``[start, end)`` of ``owner``'s sequence (shared by its subtree)."""
+
+    owner: int
+    start: int
+    end: int
+    parent: int
+
+
+def trie_segments(members: Sequence[Seq]) -> tuple[list[_Segment], list[list[int]]]:
+    """The radix trie of ``members`` (sorted by tokens, sharing at least their first token when
+    more than one): its segments in depth-first pre-order, and each member's path of segment ids
+    from the root to where the member ends."""
+    toks = [m.tokens for m in members]
+    segments: list[_Segment] = []
+    paths: list[list[int]] = [[] for _ in members]
+    # (member indices sharing toks[:depth], depth, parent segment, path to the parent)
+    stack: list[tuple[list[int], int, int, list[int]]] = [(list(range(len(members))), 0, -1, [])]
+    while stack:
+        idx, depth, parent, path = stack.pop()
+        end = _common_prefix(toks[idx[0]], toks[idx[-1]])  # sorted: the group's common prefix
+        seg = len(segments)
+        segments.append(_Segment(idx[0], depth, end, parent))
+        here = [*path, seg]
+        groups: list[list[int]] = []
+        for i in idx:
+            if len(toks[i]) == end:
+                paths[i] = here
+            elif groups and toks[groups[-1][0]][end] == toks[i][end]:
+                groups[-1].append(i)
+            else:
+                groups.append([i])
+        stack.extend((g, end, seg, here) for g in reversed(groups))  # popped in sorted order
+    return segments, paths
+
+
 def plan_packed(seqs: Sequence[Seq], budget: int, shared_prefix: int = 0) -> list[list[list[PackUnit]]]:
-    """Micro-batches of rows of units: units first-fit-decreasing into rows of
-    ``max(longest sequence, min(budget, ROW_TOKENS))`` positions (a longer unit gets a row of its
-    own), then consecutive rows while ``rows * widest row <= budget`` (at least one row each)."""
+    """Micro-batches of rows of units. Units (trees up to ``max(longest sequence, min(budget,
+    TREE_TOKENS))`` positions) go first-fit-decreasing into rows of ``max(longest sequence,
+    min(budget, ROW_TOKENS))`` positions; a longer unit (a tree) gets a row of its own. Then
+    consecutive rows while ``rows * widest row <= budget`` (at least one row each)."""
     if not seqs:
         return []
-    cap = max(max(s.length for s in seqs), min(budget, ROW_TOKENS))
-    units = pack_units(seqs, shared_prefix, cap)
+    longest = max(s.length for s in seqs)
+    cap = max(longest, min(budget, ROW_TOKENS))
+    units = pack_units(seqs, shared_prefix, max(longest, min(budget, TREE_TOKENS)))
     units.sort(key=lambda u: -u.length)  # stable: ties keep the deterministic unit order
     rows: list[list[PackUnit]] = []
     fill: list[int] = []
@@ -305,7 +345,8 @@ def plan_packed(seqs: Sequence[Seq], budget: int, shared_prefix: int = 0) -> lis
     cur: list[list[PackUnit]] = []
     width = 0
     for k in order:
-        if cur and (len(cur) + 1) * max(width, fill[k]) > budget:
+        # a row padded to more than twice its fill starts a micro-batch of narrower rows instead
+        if cur and ((len(cur) + 1) * max(width, fill[k]) > budget or 2 * fill[k] < width):
             batches.append(cur)
             cur, width = [], 0
         cur.append(rows[k])
@@ -318,7 +359,12 @@ def plan_packed(seqs: Sequence[Seq], budget: int, shared_prefix: int = 0) -> lis
 def collate_packed(rows: list[list[PackUnit]], pad_id: int, device: torch.device, mask_kind: str) -> MicroBatch:
     """Packed rows (see module doc). ``mask_kind``: ``"bool"`` (True = may attend; what ``sdpa``
     takes) or ``"additive"`` (0 / float32 min added to the scores; what ``eager`` attention adds).
-    Padding at a row's end forms its own block, so every query attends to at least itself."""
+    Padding at a row's end forms its own block, so every query attends to at least itself.
+
+    Mask: query ``q`` may attend key ``k`` when both are in the same unit, ``k``'s trie segment is
+    on ``q``'s path (its pre-order number ``enter`` is at most ``q``'s and its subtree's last,
+    ``leave``, at least ``q``'s) and ``k <= q``. Position ids are token depths in the sequences.
+    """
     import torch
 
     width = max(sum(u.length for u in row) for row in rows)
@@ -326,36 +372,39 @@ def collate_packed(rows: list[list[PackUnit]], pad_id: int, device: torch.device
     ids = torch.full((n_rows, width), int(pad_id), dtype=torch.long)
     pos = torch.zeros((n_rows, width), dtype=torch.long)
     block = torch.full((n_rows, width), -1, dtype=torch.long)  # unit within the row; -1: padding
-    branch = torch.zeros((n_rows, width), dtype=torch.long)  # 0: a unit's prefix; k: its k-th member's branch
+    enter = torch.zeros((n_rows, width), dtype=torch.long)
+    leave = torch.zeros((n_rows, width), dtype=torch.long)
     seqs: list[Seq] = []
     index: list[torch.Tensor] = []
     for r, row in enumerate(rows):
         col = 0
         for u, unit in enumerate(row):
-            p = unit.prefix_len
-            prefix_at = r * width + col
-            ids[r, col : col + p] = torch.as_tensor(unit.members[0].tokens[:p], dtype=torch.long)
-            pos[r, col : col + p] = torch.arange(p)
-            block[r, col : col + p] = u
-            col += p
-            for b, m in enumerate(unit.members, start=1):
-                rest = m.tokens[p:]
-                n = len(rest)
-                if n:
-                    ids[r, col : col + n] = torch.as_tensor(rest, dtype=torch.long)
-                    pos[r, col : col + n] = torch.arange(p, p + n)
-                    block[r, col : col + n] = u
-                    branch[r, col : col + n] = b
-                # response token j is predicted at position len(prompt) - 1 + j of the sequence
-                at = torch.arange(len(m.prompt) - 1, m.length - 1)
-                index.append(torch.where(at < p, prefix_at + at, r * width + col + (at - p)))
-                seqs.append(m)
+            segments, paths = trie_segments(unit.members)
+            last = list(range(len(segments)))
+            for k in range(len(segments) - 1, 0, -1):  # reverse pre-order: children before parents
+                par = segments[k].parent
+                last[par] = max(last[par], last[k])
+            at_col = []
+            for k, seg in enumerate(segments):
+                n = seg.end - seg.start
+                at_col.append(col)
+                ids[r, col : col + n] = torch.as_tensor(unit.members[seg.owner].tokens[seg.start : seg.end])
+                pos[r, col : col + n] = torch.arange(seg.start, seg.end)
+                block[r, col : col + n] = u
+                enter[r, col : col + n] = k
+                leave[r, col : col + n] = last[k]
                 col += n
+            for m, path in zip(unit.members, paths, strict=True):
+                # row column of each of the member's tokens, then the predictor of response token j
+                # (position len(prompt) - 1 + j of the sequence)
+                where = torch.cat([at_col[k] + torch.arange(segments[k].end - segments[k].start) for k in path])
+                index.append(r * width + where[len(m.prompt) - 1 : m.length - 1])
+                seqs.append(m)
         pos[r, col:] = torch.arange(width - col)
     causal = torch.ones((width, width), dtype=torch.bool).tril()
     same_block = block[:, :, None] == block[:, None, :]
-    visible = (branch[:, None, :] == 0) | (branch[:, :, None] == branch[:, None, :])
-    allowed = (same_block & visible & causal)[:, None]  # [rows, 1, width, width]
+    on_path = (enter[:, None, :] <= enter[:, :, None]) & (enter[:, :, None] <= leave[:, None, :])
+    allowed = (same_block & on_path & causal)[:, None]  # [rows, 1, width (query), width (key)]
     if mask_kind == "bool":
         attn: torch.Tensor = allowed
     elif mask_kind == "additive":
@@ -365,13 +414,13 @@ def collate_packed(rows: list[list[PackUnit]], pad_id: int, device: torch.device
     b, r_max = len(seqs), max(len(s.response) for s in seqs)
     resp = torch.full((b, r_max), int(pad_id), dtype=torch.long)
     mask = torch.zeros((b, r_max), dtype=torch.float32)
-    where = torch.full((b, r_max), -1, dtype=torch.long)
+    where_all = torch.full((b, r_max), -1, dtype=torch.long)
     for i, s in enumerate(seqs):
         n = len(s.response)
         if n:
             resp[i, :n] = torch.as_tensor(s.response, dtype=torch.long)
             mask[i, :n] = torch.as_tensor(s.mask, dtype=torch.float32)
-            where[i, :n] = index[i]
+            where_all[i, :n] = index[i]
     mb = MicroBatch(
         input_ids=ids.to(device),
         attention_mask=attn.to(device),
@@ -380,7 +429,7 @@ def collate_packed(rows: list[list[PackUnit]], pad_id: int, device: torch.device
         response_ids=resp.to(device),
         advantages=torch.tensor([s.advantage for s in seqs], dtype=torch.float32, device=device),
         seqs=seqs,
-        response_index=where.to(device),
+        response_index=where_all.to(device),
     )
     _fill_per_token(mb, seqs, r_max, device)
     return mb

@@ -2,8 +2,8 @@
 position ids) and shared-prefix trees train exactly what the aligned, padded layout trains.
 
 Tolerances come from floating-point roundoff, not from tuning. The two layouts add the same terms in
-different orders (and a tree adds a shared prefix's branch contributions before the layer below
-instead of after). The classical bound on a chain of ``m`` rounded additions is
+different orders (and a trie adds the contributions of the sequences sharing a position before the
+layer below instead of after). The classical bound on a chain of ``m`` rounded additions is
 ``gamma_m = m * eps`` relative to the magnitudes summed; behind a gradient entry there is a sum over
 the batch's positions after a backward pass through every layer's dot products, so
 ``m = positions + layers * widest dot product`` and the tolerance is ``m * eps * max|g|`` of the
@@ -30,6 +30,12 @@ from mx_train.learner.collation import (
     plan_packed,
 )
 from tests.mx_train.test_learner import batch, grads, tr
+
+
+@pytest.fixture(autouse=True)
+def fp32_compute(monkeypatch):
+    """fp32 compute whatever the host (these are exact comparisons; bf16 is tested in test_learner.py)."""
+    monkeypatch.setenv("MX_CPU_BF16", "0")
 
 
 def roundoff_tol(dtype: torch.dtype, n_terms: int, magnitude: float) -> float:
@@ -119,23 +125,32 @@ def test_eager_attention_takes_the_additive_mask(tiny):
 
 
 def design_group_batch(seed=0):
-    """The N executions of two designs: each execution's prompt repeats its design's system prompt,
-    task and script (a long shared prefix), then differs; plus one unrelated sequence."""
+    """The N executions of two designs under one system prompt: a trie of several levels (system
+    prompt -> design's task and script -> execution's own turn), with a duplicate turn, a turn whose
+    whole prompt is a shared prefix (its first response token is predicted from a shared position,
+    which other sequences read too) and an unrelated sequence."""
     rng = np.random.default_rng(seed)
+    system = rng.integers(5, 300, size=10).tolist()
     out = []
     for d in range(2):
-        shared = rng.integers(5, 300, size=20).tolist()
+        design = system + rng.integers(5, 300, size=15).tolist()
         for e in range(3):
             own = rng.integers(5, 300, size=int(rng.integers(1, 4))).tolist()
             resp = rng.integers(5, 300, size=int(rng.integers(2, 6))).tolist()
-            t = tr(shared + own, resp, float(rng.normal()))
+            t = tr(design + own, resp, float(rng.normal()))
             t.design_id, t.execution_id = d, e
             out.append(t)
+    twin = copy.deepcopy(out[1])
+    twin.advantage = -0.3
+    out.append(twin)
     out.append(tr(rng.integers(5, 300, size=9).tolist(), rng.integers(5, 300, size=4).tolist(), 0.5))
-    # an execution whose whole prompt is the shared prefix: its first response token is predicted
-    # from a position inside the prefix, which every branch reads
-    out.append(tr(out[0].prompt_ids[:20], rng.integers(5, 300, size=3).tolist(), -0.7))
+    out.append(tr(out[0].prompt_ids[:25], rng.integers(5, 300, size=3).tolist(), -0.7))
     return out
+
+
+def trie_nodes(seqs) -> int:
+    """Positions of the sequences' token trie, counted independently: distinct non-empty prefixes."""
+    return len({tuple(s.tokens[: i + 1]) for s in seqs for i in range(s.length)})
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
@@ -148,43 +163,49 @@ def test_shared_prefix_tree_equals_unshared(tiny, dtype):
     tree = Learner(copy.deepcopy(model), {**cfg, "shared_prefix_tokens": 8})
     seqs = [as_seq(t) for t in data]
     units = pack_units(seqs, 8, max_len=10_000)
-    assert sorted(len(u.members) for u in units) == [1, 3, 4]  # two design groups (one with the prefix-only prompt)
-    assert [u.prefix_len for u in units if len(u.members) > 1] == [20, 20]
+    assert sorted(len(u.members) for u in units) == [1, 8]  # every design turn in one trie
+    big = next(u for u in units if len(u.members) == 8)
+    assert big.length == trie_nodes(big.members)
     pos_tree = sum(mb.positions for mb in tree.micro_batches(seqs))
-    pos_flat = sum(mb.positions for mb in flat.micro_batches(seqs))
-    assert pos_tree <= pos_flat - 2 * 20 - 3 * 20  # (k - 1) prefixes fewer per group
+    assert pos_tree == trie_nodes(seqs)  # one row, no padding: each distinct prefix computed once
+    assert pos_tree < sum(s.length for s in seqs) // 2
     m_flat, m_tree = flat.compute_gradients(data), tree.compute_gradients(data)
-    # The branches' gradients of a shared prefix position are summed before the backward of the
-    # layer below, and Llama's RMSNorm computes in fp32 whatever the model's dtype (HF upcasts), so
-    # that sum is rounded at fp32 even in an fp64 model: the roundoff unit is fp32's.
+    # The gradients of a shared position are summed before the backward of the layer below, and
+    # Llama's RMSNorm computes in fp32 whatever the model's dtype (HF upcasts), so that sum is
+    # rounded at fp32 even in an fp64 model: the roundoff unit is fp32's.
     eps_dtype = torch.float32 if dtype == torch.float64 else dtype
     assert_same_update(flat, tree, m_flat, m_tree, eps_dtype, chain_length(model, sum(s.length for s in seqs)))
 
 
-def test_tree_mask_lets_a_branch_see_its_prefix_and_itself_only():
+def test_trie_mask_lets_a_token_see_its_own_path_only():
     def seq(tokens, n_prompt):
         return as_seq(tr(tokens[:n_prompt], tokens[n_prompt:], 1.0))
 
-    a, b = seq([1, 2, 3, 4, 5], 3), seq([1, 2, 3, 7, 8, 9], 4)
+    a, b, d = seq([1, 2, 3, 4, 5], 3), seq([1, 2, 3, 7, 8, 9], 4), seq([1, 2, 3, 7, 8, 6], 5)
     c = seq([10, 11, 12], 1)
-    rows = plan_packed([a, b, c], budget=64, shared_prefix=3)
+    rows = plan_packed([a, b, c, d], budget=64, shared_prefix=3)
     assert len(rows) == 1 and len(rows[0]) == 1
     mb = collate_packed(rows[0], pad_id=0, device=torch.device("cpu"), mask_kind="bool")
     ids = mb.input_ids[0].tolist()
-    assert ids[:3] == [1, 2, 3]  # the prefix once
+    # the trie [1 2 3] -> ([4 5], [7 8] -> ([6], [9])) in depth-first order, then c
+    assert ids[:9] == [1, 2, 3, 4, 5, 7, 8, 6, 9] and ids[9:12] == [10, 11, 12]
     m = mb.attention_mask[0, 0]
-    col = {tok: ids.index(tok) for tok in (4, 5, 7, 8, 9, 10, 11, 12)}
-    assert m[col[7], :3].all() and m[col[7], col[7]] and not m[col[7], col[4]] and not m[col[7], col[5]]
+    col = {tok: ids.index(tok) for tok in (4, 5, 6, 7, 8, 9, 10, 11, 12)}
+    assert m[col[9], :3].all() and m[col[9], col[7]] and m[col[9], col[8]] and m[col[9], col[9]]
+    assert not m[col[9], col[6]] and not m[col[9], col[4]] and not m[col[9], col[5]]
+    assert m[col[6], col[8]] and not m[col[6], col[9]] and not m[col[7], col[4]]
     assert m[col[5], col[4]] and not m[col[5], col[7]]
     assert not m[col[10], :3].any() and m[col[11], col[10]]  # another unit: no cross-attention
-    assert mb.position_ids[0, col[7]] == 3 and mb.position_ids[0, col[4]] == 3 and mb.position_ids[0, col[10]] == 0
-    # a's first response token (4) is predicted at prefix position 2; b's first (8) at its own 7
+    pos = mb.position_ids[0]
+    assert [int(pos[col[t]]) for t in (4, 7, 8, 6, 9, 10)] == [3, 3, 4, 5, 5, 0]
+    # a's first response token (4) is predicted at shared position 2, d's (6) at shared 8's column
     order = [s.response for s in mb.seqs]
-    ra, rb = order.index([4, 5]), order.index([8, 9])
-    assert mb.response_index[ra, 0] == 2 and mb.response_index[rb, 0] == col[7]
-    for i, s in enumerate(mb.seqs):  # every response token sits right after its predicting position
-        for j, tok in enumerate(s.response):
-            assert ids[int(mb.response_index[i, j]) + 1] == tok or j == 0
+    assert mb.response_index[order.index([4, 5]), 0] == 2
+    assert mb.response_index[order.index([6]), 0] == col[8]
+    for i, s in enumerate(mb.seqs):  # each predictor is the previous token of that sequence
+        for j in range(len(s.response)):
+            prev = s.tokens[len(s.prompt) - 1 + j]
+            assert ids[int(mb.response_index[i, j])] == prev
 
 
 def test_plan_packed_covers_every_sequence_within_the_budget():
