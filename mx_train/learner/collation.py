@@ -226,9 +226,9 @@ def micro_batches(
 # ---------------------------------------------------------------- packed layout
 # Rows are filled up to max(longest sequence, min(budget, ROW_TOKENS)) positions. A row's attention
 # costs its width squared whatever the mask lets through, so wide rows pay for masked-out pairs;
-# narrow rows leave more unfilled and split trees. Measured on the demo's real executor batch
-# (SmolLM2-135M, CPU, budget 1024, forward+backward): 256 vs 512 took 35 vs 54 s packed and 12 vs
-# 21 s with shared-prefix trees (rows as wide as the longest sequence: 33 s packed).
+# narrow rows leave more unfilled. Measured on the demo's real executor batch (SmolLM2-135M, CPU,
+# budget 1024, forward+backward, no shared prefixes): 35 s at 256, 54 s at 512, 33 s with rows as
+# wide as the longest sequence (155).
 ROW_TOKENS = 256
 # A trie may be wider than a row: its masked-out pairs are only between different branches, so one
 # row holding k sequences' trie costs no more attention than the k sequences alone, and each shared

@@ -54,8 +54,8 @@ class LearnerConfig(LossSettings):
     micro_batch_tokens: int = 4096  # token positions per forward/backward (padding included)
     packing: str = "auto"  # "auto" | "on" | "off" (YAML true/false map to on/off)
     # Packed only: turns sharing a prefix of at least this many tokens compute it once (0 = off).
-    # The N executions of a design repeat its system prompt, task and script: on the demo's executor
-    # batch this computes 768 positions for 2221 tokens.
+    # The N executions of a design repeat its system prompt, task and script, the M designs the
+    # designer prompt: on a demo step's executor batch this computes 426 positions for 2221 tokens.
     shared_prefix_tokens: int = 32
     mini_batches: int = 1  # optimizer steps per epoch over the update batch (PPO-style)
     mini_batch_size: int | None = None  # sequences per optimizer step; overrides mini_batches

@@ -24,6 +24,12 @@ CAP = 2.0
 OFFSETS = [-0.5, 0.2, 0.0, 1.2, -1.0, 2.0, 0.4, 0.9]
 
 
+@pytest.fixture(autouse=True)
+def fp32_compute(monkeypatch):
+    """fp32 compute whatever the host (these are exact comparisons; bf16 is tested in test_learner.py)."""
+    monkeypatch.setenv("MX_CPU_BF16", "0")
+
+
 def one_token_batch(seed=0, roles=("executor",)):
     """Single-token responses: a token's weight is its sequence's, so a weighted loss equals the
     plain loss with each advantage scaled by that weight (an independent reference)."""
