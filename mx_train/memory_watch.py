@@ -30,7 +30,10 @@ def current_rss_bytes() -> int:
 
 
 def max_rss_bytes() -> int:
-    """The kernel's record of this process's peak resident set (``ru_maxrss``)."""
+    """The kernel's record of this process's peak resident set (``ru_maxrss``).
+
+    Linux carries the high-water mark across exec: a process forked from a big one (a test runner)
+    reports at least its parent's size at the fork; started from a shell it is the process's own."""
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return int(peak if sys.platform == "darwin" else peak * 1024)  # bytes on macOS, KiB on Linux
 

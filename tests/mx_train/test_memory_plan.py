@@ -82,18 +82,33 @@ def test_cpu_config_gets_a_host_plan_with_what_stays_resident():
     assert not tight.fits and "Try:" in tight.why
 
 
+# Runs ``cmd`` as its child and prints the child's peak RSS (KiB) from wait4. Why the extra process:
+# Linux carries a process's high-water mark across exec (``signal->maxrss`` takes the old mm's), and a
+# child forked from this pytest process starts with a copy of it (1.4 GB late in the suite), so
+# wait4 on a direct child reports the test runner's size, not the trainer's. A child of this small
+# interpreter starts from its few MB.
+_MEASURE = (
+    "import os, subprocess, sys\n"
+    "p = subprocess.Popen(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)\n"
+    "err = p.stderr.read()\n"
+    "_, status, usage = os.wait4(p.pid, 0)\n"
+    "code = os.waitstatus_to_exitcode(status)\n"
+    "sys.stderr.buffer.write(err[-2000:])\n"
+    "print(usage.ru_maxrss if code == 0 else -1)\n"
+)
+
+
 def _peak_rss_gb(cmd: list[str], cwd: str) -> float:
-    """Peak resident set of the process ``cmd`` (the kernel's count, from wait4)."""
+    """Peak resident set of the process ``cmd`` (the kernel's count, from wait4 in a small parent)."""
     import os
     import subprocess
+    import sys
 
-    proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            env={**os.environ, "OMP_WAIT_POLICY": "PASSIVE"})
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
-    assert proc.returncode == 0, err[-2000:]
-    return usage.ru_maxrss * 1024 / 1e9  # Linux: KiB
+    out = subprocess.run([sys.executable, "-c", _MEASURE, *cmd], cwd=cwd, capture_output=True, text=True,
+                         env={**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}, timeout=600)
+    kib = int(out.stdout.strip() or -1)
+    assert out.returncode == 0 and kib > 0, out.stderr[-2000:]
+    return kib * 1024 / 1e9  # Linux: KiB
 
 
 @pytest.mark.slow
