@@ -13,17 +13,6 @@ from mx_train.config import TrainConfig
 ray = pytest.importorskip("ray", reason="the `dist` extra (ray) is not installed")
 
 
-@pytest.fixture(scope="module")
-def tiny_model_dir(tmp_path_factory) -> Path:
-    from mx_agents.testing import tiny_llama
-
-    model, tok = tiny_llama(seed=0)
-    out = tmp_path_factory.mktemp("tiny")
-    model.save_pretrained(out)
-    tok.save_pretrained(out)
-    return out
-
-
 @pytest.mark.slow
 def test_ray_rollout_workers_train_like_local(tmp_path, tiny_model_dir):
     from mx_train.trainer import Trainer

@@ -27,17 +27,6 @@ def test_max_worker_restarts_is_checked():
         TrainConfig.from_dict({"distributed": {"max_worker_restarts": -1}}).validate()
 
 
-@pytest.fixture(scope="module")
-def tiny_model_dir(tmp_path_factory) -> Path:
-    from mx_agents.testing import tiny_llama
-
-    model, tok = tiny_llama(seed=0)
-    out = tmp_path_factory.mktemp("tiny")
-    model.save_pretrained(out)
-    tok.save_pretrained(out)
-    return out
-
-
 def _config(tmp_path: Path, model: Path, **distributed: Any) -> TrainConfig:
     return TrainConfig.from_dict(
         {
