@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import time
 
 import pytest
 
@@ -17,13 +18,24 @@ def test_each_phase_gets_its_own_peak_and_the_kernel_peak_bounds_them():
         with watch.phase("small"):
             small = bytearray(1 << 20)
         with watch.phase("big"):
-            big = bytearray(300 << 20)  # touched: bytearray zero-fills every page
-            big[::4096] = b"\x01" * len(big[::4096])
-            del big
+            big = bytearray(300 << 20)
+            big[::4096] = b"\x01" * len(big[::4096])  # touch every page
+            # alive at the phase's closing edge: the edge sample sees it whatever the thread did
+            # (allocating and touching hold the GIL, so under load the sampler may never run inside)
+        del big
+        with watch.phase("held"):
+            held = bytearray(300 << 20)
+            held[::4096] = b"\x01" * len(held[::4096])
+            deadline = time.monotonic() + 10.0  # the sampler thread, not an edge, must see this one
+            while watch.metrics().get("memory/peak_rss_gb/held", 0.0) < current_rss_bytes() / 1e9 - 0.01:
+                assert time.monotonic() < deadline, "the sampler thread never ran during the phase"
+                time.sleep(0.01)
+            del held  # freed before the closing edge
         peaks = watch.metrics()
     finally:
         watch.stop()
     assert peaks["memory/peak_rss_gb/big"] - peaks["memory/peak_rss_gb/small"] > 0.25
+    assert peaks["memory/peak_rss_gb/held"] - peaks["memory/peak_rss_gb/small"] > 0.25
     assert peaks["memory/peak_rss_gb"] >= peaks["memory/peak_rss_gb/big"] - 1e-3  # ru_maxrss: every moment
     assert current_rss_bytes() > 0 and max_rss_bytes() >= current_rss_bytes()
     del small
