@@ -17,7 +17,9 @@ Batching (``batching=``):
   alone (no padding) after the longest prefix found in a
   :class:`~mx_agents.backends.prefix_cache.PrefixCache` (``prefix_cache_mb``: a sub-agent's earlier
   turns, prompt prefixes shared across requests). Models whose cache is not plain full attention
-  (sliding-window or linear-attention layers) fall back to ``"batch"``.
+  (sliding-window or linear-attention layers) fall back to ``"batch"``. The running batch's key/value
+  cache is bounded by ``kv_cache_mb`` (on CPU 1024 MiB unless set; on an accelerator unbounded unless
+  set, ``max_batch_size`` alone limits it): requests wait while it is full.
 - ``"batch"``: the whole-batch loop (:class:`~mx_agents.continuous.DynamicBatcher`): the requests
   waiting when a batch starts are sorted by length, split into chunks of ``max_batch_size``,
   left-padded with an attention mask and explicit position ids, prefilled once, then decoded one
@@ -61,6 +63,21 @@ from mx_agents.batching import left_pad
 if TYPE_CHECKING:
     import torch
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+
+#: Key/value budget of the running batch on CPU (MiB), where it comes out of host memory.
+DEFAULT_CPU_KV_CACHE_MB = 1024.0
+
+
+def kv_bytes_per_token(model: Any) -> int:
+    """Bytes of attention key/value states one token adds to a cache of ``model`` (all layers)."""
+    config = model.config
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    heads = int(text.num_attention_heads)
+    kv_heads = int(getattr(text, "num_key_value_heads", None) or heads)
+    head_dim = int(getattr(text, "head_dim", None) or text.hidden_size // heads)
+    itemsize = next(model.parameters()).element_size()
+    return 2 * int(text.num_hidden_layers) * kv_heads * head_dim * itemsize
 
 
 def resolve_device(device: str) -> str:
@@ -165,6 +182,7 @@ class HFBackend:
         chat_template_kwargs: Mapping[str, Any] | None = None,
         batching: str = "step",
         prefix_cache_mb: float = 512.0,
+        kv_cache_mb: float | None = None,
     ) -> None:
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
@@ -172,6 +190,8 @@ class HFBackend:
             raise ValueError(f"batching must be 'step' or 'batch', got {batching!r}")
         if not prefix_cache_mb >= 0:
             raise ValueError(f"prefix_cache_mb must be >= 0, got {prefix_cache_mb!r}")
+        if kv_cache_mb is not None and not kv_cache_mb > 0:
+            raise ValueError(f"kv_cache_mb must be > 0 or None, got {kv_cache_mb!r}")
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
         if model is None or isinstance(model, (str, os.PathLike)):
@@ -198,6 +218,10 @@ class HFBackend:
         self.chat_template_kwargs = dict(chat_template_kwargs or {})
         self.max_batch_size = max_batch_size
         self.shared_prefix_min = shared_prefix_min
+        self.kv_bytes_per_token = kv_bytes_per_token(self.model)
+        if kv_cache_mb is None and str(self.device) == "cpu":
+            kv_cache_mb = DEFAULT_CPU_KV_CACHE_MB
+        self.kv_cache_bytes = None if kv_cache_mb is None else int(kv_cache_mb * 2**20)
         from mx_agents.backends.hf_engine import HFStepEngine, step_engine_supported
         from mx_agents.backends.prefix_cache import PrefixCache
         from mx_agents.continuous import BatchStats, DynamicBatcher, StepBatcher

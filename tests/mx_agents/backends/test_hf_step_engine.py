@@ -15,7 +15,7 @@ pytest.importorskip("transformers")
 
 from mx_agents.backends.base import ChatRequest, SamplingParams  # noqa: E402
 from mx_agents.backends.hf import HFBackend  # noqa: E402
-from mx_agents.backends.hf_engine import step_engine_supported  # noqa: E402
+from mx_agents.backends.hf_engine import cache_layers, step_engine_supported  # noqa: E402
 from mx_agents.continuous import batch_metrics  # noqa: E402
 from mx_agents.testing import tiny_llama  # noqa: E402
 
@@ -163,6 +163,45 @@ def test_batch_width_is_capped_and_seeded_sampling_does_not_depend_on_the_batch(
         ref = plain.generate([r])[0]
         assert c.response_ids == ref.response_ids
         assert max(abs(a - b) for a, b in zip(c.logprobs, ref.logprobs, strict=True)) < 1e-4
+
+
+def test_key_value_budget_bounds_the_batch_cache_and_changes_no_result(tiny):
+    """Rows join only while rows x longest row x bytes per token fits ``kv_cache_mb``: the batch
+    cache stays near the budget however many requests wait, and every request gets the tokens it
+    gets alone. A budget smaller than one row still runs that row (alone)."""
+    model, tok = tiny
+    probe = _backend(tiny)
+    prompts = [probe.encode_chat(c) for c in CHATS]
+    per_token = probe.kv_bytes_per_token
+    assert per_token == 2 * model.config.num_hidden_layers * model.config.num_key_value_heads \
+        * (model.config.hidden_size // model.config.num_attention_heads) * 4
+    longest = max(len(p) for p in prompts) + 12
+    budget_rows = 2
+    mb = budget_rows * longest * per_token / 2**20
+    new, plain = _backend(tiny, max_batch_size=16, kv_cache_mb=mb, prefix_cache_mb=0), _plain(tiny)
+    params = [SamplingParams(temperature=1.0, max_new_tokens=12, seed=i) for i in range(8)]
+    reqs = [ChatRequest(CHATS[i % 4], p) for i, p in enumerate(params)]
+    engine, peak = new._batcher._engine, 0
+    step = engine.step
+
+    def watched_step():
+        nonlocal peak
+        out = step()
+        if engine._cache is not None:
+            peak = max(peak, sum(k.nbytes + v.nbytes for k, v in cache_layers(engine._cache)))
+        return out
+
+    engine.step = watched_step
+    got = new.generate(reqs)
+    assert max(new.batch_stats.width_hist) <= budget_rows  # 8 waiting, max_batch_size 16: the budget held
+    assert peak <= new.kv_cache_bytes * 1.05  # rows admitted at their prompt length grow 12 columns at most
+    for r, c in zip(reqs, got, strict=True):
+        assert c.response_ids == plain.generate([r])[0].response_ids
+    tight = _backend(tiny, kv_cache_mb=per_token / 2**20, prefix_cache_mb=0)  # one token's worth
+    assert tight.generate([reqs[1]])[0].response_ids == got[1].response_ids
+    assert max(tight.batch_stats.width_hist) == 1
+    with pytest.raises(ValueError, match="kv_cache_mb"):
+        _backend(tiny, kv_cache_mb=0)
 
 
 def test_load_weights_waits_for_running_requests_and_empties_the_prefix_cache(tiny):
