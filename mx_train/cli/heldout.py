@@ -24,6 +24,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--conditions", default=None,
                    help="comma-separated subset of base,cold_start,trained,trained_executor+cold_designer "
                         "(default: all the run has); finished episodes are reused by later calls")
+    p.add_argument("--kv-cache-mb", type=float, default=None,
+                   help=f"key/value budget of each model's running batch, MiB (default {heldout.EVAL_ENGINE['kv_cache_mb']:g})")
+    p.add_argument("--prefix-cache-mb", type=float, default=None,
+                   help=f"prefix cache of each model, MiB (default {heldout.EVAL_ENGINE['prefix_cache_mb']:g})")
     p.set_defaults(func=_main)
 
 
@@ -35,7 +39,9 @@ def _main(args: argparse.Namespace) -> int:
     levels = tuple(int(x) for x in args.levels.split(",") if x.strip())
     conds = [c.strip() for c in args.conditions.split(",") if c.strip()] if args.conditions else None
     doc = run_heldout(args.run, levels=levels, n=args.n, seed=args.seed, batch_size=args.batch_size, out=args.out,
-                      conditions=conds, progress=True)
+                      conditions=conds, progress=True,
+                      engine_kwargs={k: v for k, v in (("kv_cache_mb", args.kv_cache_mb),
+                                                       ("prefix_cache_mb", args.prefix_cache_mb)) if v is not None})
     print(render(doc))
     print(f"wrote {args.out or Path(args.run) / 'heldout.json'}")
     return 0

@@ -18,6 +18,7 @@ with its 95 % interval (mx eval's bootstrap over tasks), the mean over levels, a
 
 from __future__ import annotations
 
+import gc
 import json
 from collections import Counter
 from collections.abc import Sequence
@@ -26,13 +27,21 @@ from pathlib import Path
 from typing import Any
 
 from mx_agents.progress import progress_bar
+from mx_train.memory_watch import PhaseRSS, release_free_heap
 
 ENV_ID = "MetaAgentX-Arithmetic-v0"
+# base alone, then the cold start, then the two conditions that play the trained model (one of them
+# with the cold-start designer): at most two models are ever loaded, each released after its last use.
+_RUN_ORDER = ("base", "cold_start", "trained_executor+cold_designer", "trained")
+# Memory bounds of the evaluation's HF backends: up to 3 levels x 20-64 episodes decode at once, and a
+# batch cache of 60 rows of long conversations grows to several GB (mx_agents.backends.hf); a smaller
+# prefix cache than training's, since two backends may hold one each.
+EVAL_ENGINE: dict[str, Any] = {"kv_cache_mb": 768.0, "prefix_cache_mb": 256.0}
 TEST_STREAM = 200  # test tasks generated per level (the first n are evaluated)
 
 
 def _policy(designer: str, executor: str, settings: dict[str, Any], backends: dict[str, Any], seed: int,
-            batch_size: int) -> Any:
+            batch_size: int, engine_kwargs: dict[str, Any]) -> Any:
     import dataclasses
 
     from mx_agents.backends import get_backend
@@ -48,7 +57,7 @@ def _policy(designer: str, executor: str, settings: dict[str, Any], backends: di
     def backend(spec: str) -> Any:
         if spec not in backends:
             backends[spec] = get_backend(resolve_model_path(spec), device="cpu", dtype="float32",
-                                         max_batch_size=batch_size)
+                                         max_batch_size=batch_size, **engine_kwargs)
         return backends[spec]
 
     def params(raw: dict[str, Any], default: Any) -> Any:
@@ -85,8 +94,14 @@ def run_heldout(
     base_model: str = "default",
     progress: bool = False,
     conditions: Sequence[str] | None = None,
+    engine_kwargs: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Evaluate the conditions of the module docstring; writes and returns the ``heldout.json`` document."""
+    """Evaluate the conditions of the module docstring; writes and returns the ``heldout.json`` document.
+
+    ``engine_kwargs`` go to every HF backend (default :data:`EVAL_ENGINE`: the memory bounds). The
+    conditions run in an order that needs at most two models at once, and a model no later condition
+    plays is released before the next one starts; ``memory`` in the document holds each condition's
+    peak resident set of this process."""
     from mx_train.eval.runner import EvalConfig, run_eval
     from mx_train.eval.trained_settings import trained_settings
 
@@ -108,6 +123,10 @@ def run_heldout(
         if unknown:
             raise ValueError(f"conditions {sorted(unknown)} are not available for {run}; available: {[p[0] for p in plan]}")
         plan = [p for p in plan if p[0] in conditions]
+    order = [p[0] for p in plan]  # the document's order; the run's order shares models between neighbours
+    plan.sort(key=lambda p: _RUN_ORDER.index(p[0]))
+    engine_kwargs = {**EVAL_ENGINE, **(engine_kwargs or {})}
+    rss = PhaseRSS().start()
     backends: dict[str, Any] = {}
     doc: dict[str, Any] = {
         "run": str(run), "env_id": ENV_ID, "split": "test", "tasks_per_level": n, "seed": seed,
@@ -115,7 +134,11 @@ def run_heldout(
         "conditions": {},
     }
     for index, (name, designer, executor) in enumerate(plan, 1):
-        policy = _policy(designer, executor, settings, backends, seed, batch_size)
+        for spec in [k for k in backends if k not in (designer, executor)]:
+            del backends[spec]  # no later condition plays it (see _RUN_ORDER): free its weights and caches
+        gc.collect()
+        release_free_heap()
+        policy = _policy(designer, executor, settings, backends, seed, batch_size, engine_kwargs)
         # One bar per condition, advanced per finished episode of any level: rate and ETA.
         bar = progress_bar(len(levels) * n, f"heldout {index}/{len(plan)} {name}") if progress else None
 
@@ -136,11 +159,12 @@ def run_heldout(
         # step costs little more for 60 rows than for 20 on a CPU). Sampling seeds derive from
         # (policy seed, episode, turn), not from call order, so the result is the sequential one.
         try:
-            with ThreadPoolExecutor(max_workers=len(levels), thread_name_prefix="heldout") as pool:
+            with rss.phase(name), ThreadPoolExecutor(max_workers=len(levels), thread_name_prefix="heldout") as pool:
                 results = list(pool.map(one_level, levels))
         finally:
             if bar is not None:
                 bar.close()
+        del policy, one_level  # the closure holds the policy too: both must go for its models to be freed
         per_level: dict[str, Any] = {}
         families: Counter[str] = Counter()
         for level, (row, fam) in zip(levels, results, strict=True):
@@ -152,6 +176,11 @@ def run_heldout(
             "designer": designer, "executor": executor, "levels": per_level, "mean_accuracy": mean,
             "structures": {k: v / total for k, v in sorted(families.items())},
         }
+    rss.stop()
+    doc["conditions"] = {k: doc["conditions"][k] for k in order}
+    doc["memory"] = {"peak_rss_gb": {k.rsplit("/", 1)[-1]: round(v, 3) for k, v in rss.metrics().items()
+                                     if k.rsplit("/", 1)[-1] in doc["conditions"] or k == "memory/peak_rss_gb"},
+                     "engine": engine_kwargs}
     c = {k: v["mean_accuracy"] for k, v in doc["conditions"].items()}
     pairs = {"system_gain_points": ("trained", "base"),
              "designer_gain_points": ("trained", "trained_executor+cold_designer"),

@@ -9,7 +9,7 @@ import pytest
 
 
 @pytest.mark.slow
-def test_heldout_runs_every_condition_on_test_tasks(tmp_path: Path, capsys):
+def test_heldout_runs_every_condition_on_test_tasks(tmp_path: Path, capsys, monkeypatch):
     pytest.importorskip("torch")
     from mx_agents.backends.hf import HFBackend
     from mx_agents.testing import tiny_llama
@@ -37,11 +37,28 @@ def test_heldout_runs_every_condition_on_test_tasks(tmp_path: Path, capsys):
     assert (run / "cold_start" / "checkpoints").is_dir()
     ckpt = sorted((run / "checkpoints").iterdir())[-1] / "models" / "policy"
     capsys.readouterr()
+    import mx_train.eval.heldout as heldout_mod
+
+    loaded: list[list[str]] = []  # the models held when each condition's policy is built
+    real_policy = heldout_mod._policy
+
+    def watched(designer, executor, settings, backends, *a):
+        policy = real_policy(designer, executor, settings, backends, *a)
+        loaded.append(sorted(backends))
+        return policy
+
+    monkeypatch.setattr(heldout_mod, "_policy", watched)
     doc = run_heldout(run, levels=(1, 3), n=2, batch_size=4, base_model=str(ckpt), progress=True)
     err = capsys.readouterr().err
-    for i, name in enumerate(("base", "cold_start", "trained", "trained_executor+cold_designer"), 1):
+    # Run order: a model is released after the last condition that plays it, so at most two are held.
+    run_order = ("base", "cold_start", "trained_executor+cold_designer", "trained")
+    for i, name in enumerate(run_order, 1):
         assert f"heldout {i}/4 {name}" in err and "4/4" in err, err  # a bar per condition, every episode counted
-    assert set(doc["conditions"]) == {"base", "cold_start", "trained", "trained_executor+cold_designer"}
+    cold, trained = str(run / "cold_start"), str(run)
+    assert loaded == [[str(ckpt)], [cold], sorted([cold, trained]), [trained]]
+    assert list(doc["conditions"]) == ["base", "cold_start", "trained", "trained_executor+cold_designer"]
+    assert set(doc["memory"]["peak_rss_gb"]) == {*run_order, "peak_rss_gb"}
+    assert doc["memory"]["engine"] == heldout_mod.EVAL_ENGINE
     assert doc["settings"]["designer_prompt"] == {"system_prompt": "TINY"}
     for c in doc["conditions"].values():
         assert set(c["levels"]) == {"1", "3"} and all(v["n"] == 2 for v in c["levels"].values())
