@@ -18,6 +18,9 @@ class Transition:
     ``reward`` is filled at episode end; ``advantage`` by the credit assignment.
     ``metadata["temperature"]`` is the temperature the turn was sampled at (the rollout records it on
     every turn; 1 for a turn no model sampled): the one place the learner reads it from.
+    ``policy_version`` is the learner version (optimizer steps) of the weights that sampled the turn;
+    ``staleness`` = the learner's version when it trained on the turn minus ``policy_version`` (0 in a
+    synchronous run; up to the updates of ``rollout.async.max_staleness`` steps in an async one).
     """
 
     episode_id: str
@@ -39,6 +42,7 @@ class Transition:
     messages: list[dict[str, str]] = field(default_factory=list)
     response_text: str = ""
     metadata: dict[str, Any] = field(default_factory=dict)
+    staleness: int = 0  # last: older JSON lines (without it) and positional callers stay valid
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), ensure_ascii=False)

@@ -133,10 +133,15 @@ def shares_model(backend: Any, learner: Any) -> bool:
     return getattr(backend, "model", None) is learner.model
 
 
-def build_learners(config: TrainConfig, backends: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+def build_learners(
+    config: TrainConfig, backends: dict[str, Any], engine_copy: bool = False
+) -> tuple[dict[str, Any], dict[str, Any]]:
     """``(role -> learner, role -> EngineSync)``: one learner per distinct backend (a shared policy's
     two roles get the same one), a :class:`~mx_train.learner.fsdp.LearnerGroup` when this process
-    leads an FSDP group (``--learner-procs``); a sync for each engine whose model is not the learner's."""
+    leads an FSDP group (``--learner-procs``); a sync for each engine whose model is not the learner's.
+    ``engine_copy``: the learner never trains the engine's own model object but a deep copy of it
+    (async rollouts: the engine samples the next step while the learner updates), so every engine
+    gets a sync; one more model in memory."""
     from mx_train.learner.fsdp import make_learner
     from mx_train.weight_sync import EngineSync
 
@@ -154,6 +159,10 @@ def build_learners(config: TrainConfig, backends: dict[str, Any]) -> tuple[dict[
         if model is None or not hasattr(model, "parameters"):
             # An engine that serves weights (vLLM): the learner trains its own copy and pushes it.
             model, tokenizer = _learner_copy(backend, role, pc.device)
+        elif engine_copy:
+            import copy
+
+            model = copy.deepcopy(model)
         name = "policy" if not pc.executor_model else role
         learner = make_learner(model, config.learner, tokenizer=tokenizer, name=name)
         if not shares_model(backend, learner):

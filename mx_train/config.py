@@ -80,6 +80,20 @@ class SamplingConfig:
 
 
 @dataclass
+class AsyncRolloutConfig:
+    """``rollout.async``: the rollout of step t+1 runs while step t's update does (mx_train.async_rollout).
+
+    ``max_staleness`` (k >= 0): step s's rollout samples with the weights of step ``s - k`` (after
+    ``s - k`` updates), so its samples are at most k updates older than the learner that trains on
+    them; the rollout thread waits for those weights rather than running further ahead. k = 0 is the
+    synchronous run, step for step; k >= 1 overlaps generation with the update (the engine then keeps
+    its own copy of the weights: one more model in memory).
+    """
+
+    max_staleness: int = 1
+
+
+@dataclass
 class RolloutConfig:
     tasks_per_step: int = 8  # B
     designs: int = 4  # M designs per task
@@ -99,6 +113,9 @@ class RolloutConfig:
     # A library design name or script file played on every designer turn (the executor is trained under
     # it, e.g. the "Single Agent + GRPO" baseline with `single`); None: the policy designs.
     fixed_design: str | None = None
+    # YAML key ``async`` (a Python keyword, hence the field name): {max_staleness: k}; absent or null
+    # = synchronous (rollout, then update, then push).
+    async_: AsyncRolloutConfig | None = field(default=None, metadata={"key": "async"})
 
 
 @dataclass
@@ -276,7 +293,8 @@ class TrainConfig:
             _check_env(env, "env" if not self.envs else f"envs[{i}]")
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The config as YAML would write it (fields under their YAML keys: ``rollout.async``)."""
+        return _as_yaml_dict(self)
 
     def env_entries(self) -> list[tuple[EnvConfig, float, str | None]]:
         """``(env config, sampling weight, metrics name or None)`` per training env: the ``envs``
@@ -303,6 +321,11 @@ class TrainConfig:
         for name in ("tasks_per_step", "designs", "executions"):
             if getattr(r, name) < 1:
                 raise ConfigError(f"must be >= 1, got {getattr(r, name)}", key=f"rollout.{name}")
+        if r.async_ is not None:
+            k = r.async_.max_staleness
+            if isinstance(k, bool) or not isinstance(k, int) or k < 0:
+                raise ConfigError(f"must be an integer >= 0 (0: the synchronous run, step for step), got {k!r}",
+                                  key="rollout.async.max_staleness")
         if r.schedule not in ("continuous", "lockstep"):
             raise ConfigError(f"must be 'continuous' or 'lockstep', got {r.schedule!r}", key="rollout.schedule")
         from mx_agents.backends.sampling import validate_params
@@ -442,15 +465,34 @@ def _build(cls: type[T], data: Any, where: str) -> T:
         return cls()  # type: ignore[call-arg]
     if not isinstance(data, dict):
         raise ConfigError(f"expected a mapping, got {type(data).__name__} {data!r}", key=key or None)
-    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    # A field's YAML key is its name unless its metadata says otherwise (``async``: a keyword).
+    fields = {_yaml_key(f): f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     hints = _hints(cls)
     kwargs: dict[str, Any] = {}
     for name, value in data.items():
         sub = f"{key}.{name}" if key else str(name)
         if name not in fields:
             raise unknown_name("key", name, fields, key=key or None)
-        kwargs[name] = _coerce(value, hints.get(name, Any), sub)
+        attr = fields[name].name
+        kwargs[attr] = _coerce(value, hints.get(attr, Any), sub)
     return cls(**kwargs)
+
+
+def _yaml_key(f: dataclasses.Field[Any]) -> str:
+    return str(f.metadata.get("key", f.name))
+
+
+def _as_yaml_dict(obj: Any) -> Any:
+    """``dataclasses.asdict`` with each field under its YAML key, so ``from_dict(to_dict())`` round-trips."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {_yaml_key(f): _as_yaml_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, list | tuple):
+        return type(obj)(_as_yaml_dict(v) for v in obj)
+    if isinstance(obj, dict):
+        return {k: _as_yaml_dict(v) for k, v in obj.items()}
+    import copy
+
+    return copy.deepcopy(obj)
 
 
 def _key(where: str) -> str:

@@ -17,6 +17,9 @@ One step (``Trainer.step``):
    warnings) go to ``metrics.jsonl`` and TensorBoard; a checkpoint is written atomically every
    ``save_every`` steps.
 
+With ``rollout.async: {max_staleness: k}`` the rollout of step t+1 runs in a thread while step t's
+update runs (:mod:`mx_train.async_rollout`): steps 1-3 move to that thread, 4-6 stay here.
+
 ``Trainer.run`` resumes from the newest checkpoint in ``RUN/checkpoints`` when asked: a run killed
 with SIGKILL mid-step restarts at its last completed step with the same model, optimizer, schedule,
 RNG and data position.
@@ -29,6 +32,7 @@ import json
 import logging
 import os
 import random
+import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -51,6 +55,7 @@ from mx_train.assembly import (
     mixed_env_factory,
     shares_model,
 )
+from mx_train.async_rollout import AsyncRollout, Published, RolloutResult, frozen_view, snapshot
 from mx_train.config import TrainConfig
 from mx_train.metrics import design_labels_and_validity, summarize_records
 
@@ -110,6 +115,11 @@ class Trainer:
         self.mix_position: list[dict[str, Any]] = [
             {"order": [], "position": 0, "epoch": 0} for _ in (self.mix or [])
         ]
+        # The async rollout thread draws tasks while a checkpoint may read the position.
+        self._data_lock = threading.Lock()
+        self._async: AsyncRollout | None = None
+        self._restored_pending: list[RolloutResult] = []  # rollouts made ahead, from a checkpoint
+        self._update_span = (0.0, 0.0)  # the last update's (start, end), for async/overlap_s
         self._build_policy(backend_factory)
         from mx_train.schedule import CoEvolutionSchedule
 
@@ -137,9 +147,24 @@ class Trainer:
         if self.config.distributed.backend == "ray" and backend_factory is None:
             factory = _learner_side_factory(self.config, factory)
         self.backends = build_backends(self.config, factory)
-        # role -> learner; role -> mx_train.weight_sync.EngineSync (engines that get pushed weights)
-        self.learners, self.syncs = build_learners(self.config, self.backends)
+        k = self.max_staleness
+        ray = self.config.distributed.backend == "ray"
+        # role -> learner; role -> mx_train.weight_sync.EngineSync (engines that get pushed weights).
+        # Overlapping rollouts need an engine that is not the model the learner updates meanwhile.
+        self.learners, self.syncs = build_learners(self.config, self.backends,
+                                                   engine_copy=bool(k) and not ray)
+        if k:
+            # The push waits for the rollout thread (mx_train.async_rollout); the hook stays set, so the
+            # learner knows its samples come from another sampler (off_policy_correction auto -> TIS).
+            for learner in {id(lr): lr for lr in self.learners.values()}.values():
+                learner.on_weights_updated = _push_at_next_rollout
         self.policy_group = PolicyGroup(self.learners)
+
+    @property
+    def max_staleness(self) -> int | None:
+        """``rollout.async.max_staleness``; ``None`` for a synchronous run."""
+        a = self.config.rollout.async_
+        return None if a is None else int(a.max_staleness)
 
     def make_policy(self, step: int) -> Any:
         return build_rollout_policy(self.backends, self.config, step)
@@ -181,9 +206,10 @@ class Trainer:
         return out
 
     def data_position(self) -> dict[str, Any]:
-        if self.mix is not None:
-            return {"mix": self.mix_position, "epoch": self.epoch}
-        return {"order": self.order, "position": self.position, "epoch": self.epoch}
+        with self._data_lock:  # a copy: the async rollout thread may draw the next step's tasks
+            if self.mix is not None:
+                return {"mix": [dict(p, order=list(p["order"])) for p in self.mix_position], "epoch": self.epoch}
+            return {"order": list(self.order), "position": self.position, "epoch": self.epoch}
 
     def _set_data_position(self, pos: dict[str, Any] | None) -> None:
         if pos and "mix" in pos:
@@ -204,10 +230,23 @@ class Trainer:
 
     def rollout(self, task_ids: Sequence[str], step: int) -> tuple[list[Transition], dict[str, Any]]:
         """Run the M x N hierarchical rollout of ``task_ids``; transitions carry advantages."""
+        transitions, summary, self._step_records = self._rollout(task_ids, step)
+        return transitions, summary
+
+    def _rollout(
+        self, task_ids: Sequence[str], step: int, versions: dict[str, int] | None = None,
+        learners: dict[str, Any] | None = None,
+    ) -> tuple[list[Transition], dict[str, Any], list[Any] | None]:
+        """:meth:`rollout` and the episode records (local rollout only). ``versions``: role -> the
+        learner version of the weights the engines serve (default: the learners' own); ``learners``:
+        what a Ray weight push reads (default: the live learners; an async rollout thread passes a
+        frozen view of the published weights)."""
         from mx_train.credit import assign_advantages, role_metrics
 
         r, a = self.config.rollout, self.config.algorithm
-        version = self.learners["designer"].version
+        versions = dict(versions) if versions is not None else self.policy_group.versions()
+        version = versions["designer"]
+        records: list[Any] | None = None
         uids = [f"s{step}-t{i}-{tid}" for i, tid in enumerate(task_ids)]
         labels: list[list[str]] | None = None
         valid: list[list[bool]] | None = None
@@ -217,14 +256,14 @@ class Trainer:
 
             if self._workers is None:
                 self._workers = start_workers(self.config)
-            pushed = push_weights(self.learners, self._workers)  # the first step's (warm-started) weights
+            view = learners if learners is not None else self.learners
+            pushed = push_weights(view, self._workers)  # the first step's (warm-started) weights
             transitions, exec_rewards, summary, labels, valid = ray_rollout(
-                self._workers, self.learners, task_ids, uids, step, seed)
+                self._workers, view, task_ids, uids, step, seed)
             summary.update(pushed)
-            summary.update(self._worker_sampling_metrics(transitions))
-            self._step_records = None
         else:
-            transitions, exec_rewards, summary, labels, valid = self._local_rollout(task_ids, uids, step, seed, version)
+            transitions, exec_rewards, summary, labels, valid, records = self._local_rollout(
+                task_ids, uids, step, seed, versions)
         d_adv, e_adv = assign_advantages(
             transitions,
             a.estimator,
@@ -248,13 +287,14 @@ class Trainer:
                 "transitions/executor": float(sum(t.role == "executor" for t in transitions)),
             }
         )
-        return transitions, summary
+        return transitions, summary, records
 
     def _local_rollout(
-        self, task_ids: Sequence[str], uids: list[str], step: int, seed: int, version: int
-    ) -> tuple[list[Transition], dict[tuple[str, int, int], float], dict[str, Any], list[list[str]], list[list[bool]]]:
-        """The M x N rollout in this process: transitions, execution rewards, episode metrics, and per
-        task and design its structure label and validity. Keeps the episode records for the monitor."""
+        self, task_ids: Sequence[str], uids: list[str], step: int, seed: int, versions: dict[str, int]
+    ) -> tuple[list[Transition], dict[tuple[str, int, int], float], dict[str, Any], list[list[str]],
+               list[list[bool]], list[Any]]:
+        """The M x N rollout in this process: transitions, execution rewards, episode metrics, per
+        task and design its structure label and validity, and the episode records (for the monitor)."""
         from mx_agents.design_groups import run_design_groups
         from mx_train.weight_sync import before_rollout
 
@@ -274,12 +314,13 @@ class Trainer:
             run_id=f"step{step}",
             schedule=r.schedule,
         )
+        version = versions["designer"]
         transitions = result.transitions(policy_version=version)
         for t in transitions:  # split policy: each role's engine serves its own learner's version
-            t.policy_version = self.learners[t.role].version if t.role in self.learners else version
-        self._step_records = result.records
+            t.policy_version = versions.get(t.role, version)
         labels, valid = design_labels_and_validity(result)
-        return transitions, result.execution_rewards(), summarize_records(result.records), labels, valid
+        return (transitions, result.execution_rewards(), summarize_records(result.records), labels, valid,
+                result.records)
 
     def _engine_transitions(self, transitions: Sequence[Transition]) -> dict[str, list[Transition]]:
         """Engine role (see :func:`mx_train.distributed.engine_roles`) -> the transitions it sampled."""
@@ -345,30 +386,64 @@ class Trainer:
 
     # ------------------------------------------------------------------ one step
     def step(self) -> dict[str, Any]:
-        step = self.step_index
+        """One training step: the rollout (made here, or taken from the async rollout thread), the
+        update, the weights to the engines; returns the step's metrics."""
+        if self.max_staleness is not None:
+            return self._async_step()
         t0 = time.perf_counter()
-        task_ids = self.next_tasks()
-        engines = snapshot_backends(self.backends.values())
         with self.rss.phase("rollout", release=True):
-            transitions, metrics = self.rollout(task_ids, step)
-        t_roll = time.perf_counter() - t0
+            result = self._produce(self.step_index)
+        return self._train_on(result, t0, overlapping=False)
+
+    def _produce(self, step: int, pub: Published | None = None) -> RolloutResult:
+        """Step ``step``'s tasks and rollout: with the engines' current weights, or (async rollout
+        thread) with the published weights ``pub``."""
+        t0 = time.perf_counter()
+        with self._data_lock:
+            task_ids = self.next_tasks()
+        engines = snapshot_backends(self.backends.values())
+        versions = dict(pub.versions) if pub is not None else self.policy_group.versions()
+        view = frozen_view(self.learners, pub) if pub is not None and self._workers is not None else None
+        transitions, metrics, records = self._rollout(task_ids, step, versions, view)
         metrics.update(backends_metrics(engines))  # batch-width histogram, prefix-hit rate
+        return RolloutResult(step=step, task_ids=list(task_ids), transitions=transitions, metrics=metrics,
+                             weights_step=pub.step if pub is not None else step, versions=versions,
+                             time_s=time.perf_counter() - t0, records=records)
+
+    def _train_on(self, result: RolloutResult, t0: float, overlapping: bool) -> dict[str, Any]:
+        """Steps 3-6 on ``result`` (the step ``self.step_index``): transitions written, credit already
+        assigned, the update, the push; ``overlapping``: an async rollout may run meanwhile (the engines
+        stay awake and the weights go to them when that rollout thread asks, not here)."""
+        step = self.step_index
+        if result.step != step:
+            raise RuntimeError(f"rollout of step {result.step} handed to step {step}")
+        transitions, metrics = result.transitions, dict(result.metrics)
+        t_roll = result.time_s
+        self._step_records = result.records
         self._check_integrity(step, metrics)
+        now = self.policy_group.versions()
+        for t in transitions:  # learner versions between the sampling weights and these
+            t.staleness = int(now.get(t.role, t.policy_version)) - int(t.policy_version)
         self.write_transitions(step, transitions)
         active = self.schedule.active_roles(step)
         from mx_train.weight_sync import after_rollout
 
         for sync in {id(s): s for s in self.syncs.values()}.values():
-            metrics.update(sync.rollout_metrics(transitions))  # engine vs learner, same weights
-        after_rollout(self.backends.values())
+            metrics.update(sync.rollout_metrics(transitions))  # engine vs learner (+ staleness when async)
+        if self._workers is not None:
+            metrics.update(self._worker_sampling_metrics(transitions))
+        if not overlapping:
+            after_rollout(self.backends.values())
         t1 = time.perf_counter()
         with self.rss.phase("update", release=True):
             update = self.policy_group.update(transitions, active_roles=active)
         t_update = time.perf_counter() - t1
+        self._update_span = (t1, t1 + t_update)
         metrics.update(update)
         for sync in {id(s): s for s in self.syncs.values()}.values():
             metrics.update(sync.pop_metrics())  # stale/synced differences and transfer of the push
-        metrics.update(self._push_to_workers(transitions))  # Ray: the same, for the workers' engines
+        if self.max_staleness is None:
+            metrics.update(self._push_to_workers(transitions))  # Ray: the same, for the workers' engines
         gen_tokens = sum(len(t.response_ids) for t in transitions)
         metrics.update(
             {
@@ -386,6 +461,90 @@ class Trainer:
         )
         self.step_index += 1
         return metrics
+
+    # ------------------------------------------------------------------ async rollouts
+    def _async_step(self) -> dict[str, Any]:
+        """A step whose rollout the rollout thread made (or makes now) with ``W_{step-k}``; the weights
+        it trains from are then published for step ``step + k``'s rollout."""
+        ar = self._async if self._async is not None else self._start_async(self.config.max_steps)
+        step = self.step_index
+        t0 = time.perf_counter()
+        publish_s = 0.0
+        if ar.k == 0 and step > ar.base:  # step t's rollout samples W_t: the engines hold it already
+            publish_s += self._publish_async(step)
+        with self.rss.phase("rollout", release=True):
+            result, waited = ar.get(step)
+        if ar.k >= 1 and step > ar.base:  # W_t for step t+k's rollout (the engine idles when k = 1)
+            publish_s += self._publish_async(step)
+        metrics = self._train_on(result, t0, overlapping=ar.k >= 1)
+        stale = [t.staleness for t in result.transitions] or [0]
+        metrics.update({
+            "async/max_staleness": float(ar.k),
+            "async/weights_step": float(result.weights_step),
+            "async/staleness_mean": float(np.mean(stale)),
+            "async/staleness_max": float(max(stale)),
+            "async/rollout_wait_s": waited,  # the learner waiting for this rollout
+            "async/weights_wait_s": result.weights_wait_s,  # this rollout waiting for its weights
+            "async/weights_load_s": result.load_s,  # its weights into the engines (snapshots)
+            "async/publish_s": publish_s,  # this step's weights handed over (the k = 1 push included)
+            "async/overlap_s": ar.overlap(*self._update_span),  # rollouts running during the update
+        })
+        return metrics
+
+    def _start_async(self, total: int) -> AsyncRollout:
+        """The rollout thread for steps ``step_index`` (plus any from a checkpoint) .. ``total - 1``."""
+        k = self.max_staleness
+        assert k is not None
+        if self.config.distributed.backend == "ray" and self._workers is None:
+            from mx_train.distributed import start_workers
+
+            self._workers = start_workers(self.config)
+        ar = AsyncRollout(self._produce, self._load_async, k, self.step_index, total, self._restored_pending)
+        self._restored_pending = []
+        self._async = ar
+        self._publish_async(self.step_index)
+        return ar.start()
+
+    def _publish_async(self, step: int) -> float:
+        """Hand ``W_step`` (the learners' current weights) to the rollout thread; seconds taken.
+
+        k = 0: nothing to move (the engines hold it). k = 1, local engines: pushed now, straight from
+        the learner (the engine idles until it has it). Otherwise a snapshot the rollout thread loads
+        when it needs it (Ray: on CPU, also what a replaced worker is re-synced with)."""
+        ar = self._async
+        assert ar is not None
+        t0 = time.perf_counter()
+        versions = self.policy_group.versions()
+        ray = self._workers is not None
+        weights: dict[str, dict[str, Any]] | None = None
+        if ar.k == 0 or (step == ar.base and not ray):
+            pass  # synchronous order, or the engines were loaded from these weights (start, resume)
+        elif ar.k == 1 and not ray:
+            for sync in {id(s): s for s in self.syncs.values()}.values():
+                sync.push()  # with its stale/synced log-prob checks (popped into this step's metrics)
+        else:
+            from mx_train.distributed import engine_roles
+
+            roles = sorted(set(engine_roles(self.learners).values())) if ray else sorted(self.syncs)
+            weights = {r: snapshot(self.learners[r].weights_for_sync(), "cpu" if ray else None) for r in roles}
+        ar.publish(Published(step, versions, weights))
+        return time.perf_counter() - t0
+
+    def _load_async(self, pub: Published) -> None:
+        """(Rollout thread) put a published snapshot into the engines before sampling with it."""
+        assert pub.weights is not None
+        if self._workers is not None:
+            from mx_train.distributed import push_weights
+
+            push_weights(frozen_view(self.learners, pub), self._workers)
+            return
+        for role, weights in pub.weights.items():
+            self.syncs[role].transfer(weights)
+
+    def _stop_async(self, timeout: float | None = 60.0) -> None:
+        if self._async is not None:
+            self._async.close(timeout)
+            self._async = None
 
     def _check_integrity(self, step: int, metrics: dict[str, Any]) -> None:
         """Feed the step's integrity/ rates to the reward-hack monitor; log each jump as a warning and
@@ -430,6 +589,11 @@ class Trainer:
         from mx_train.checkpoint import save_checkpoint
 
         tok = getattr(self.backends["designer"], "tokenizer", None)
+        extra: dict[str, Any] = {"config": self.config.to_dict(), "policy_settings": self.policy_settings()}
+        if full and self._async is not None:
+            # Drained, not discarded: the rollouts made ahead (steps t+1..t+k, sampled with older
+            # weights than these) are part of the run; --resume trains on exactly them.
+            extra["async_pending"] = [r.to_dict() for r in self._async.drain()]
         with self.rss.phase("checkpoint", release=True):
             return save_checkpoint(
                 root or self.out / "checkpoints",
@@ -439,7 +603,7 @@ class Trainer:
                 schedule=self.schedule,
                 rngs={"tasks": self.rng, "numpy": self.np_rng},
                 data_position=self.data_position(),
-                extra={"config": self.config.to_dict(), "policy_settings": self.policy_settings()},
+                extra=extra,
                 keep_last=self.config.keep_last if keep_last is None else keep_last,
                 tokenizer=tok,
                 full=full,
@@ -462,6 +626,15 @@ class Trainer:
         )
         self._set_data_position(ckpt.data_position)
         self.step_index = ckpt.step
+        pending = ckpt.extra.get("async_pending") or []
+        if pending and self.max_staleness is None:
+            from mx_envs.errors import ConfigError
+
+            raise ConfigError(
+                f"checkpoint {ckpt.path} holds {len(pending)} rollouts made ahead by an async run "
+                "(rollout.async); resume with rollout.async set (max_staleness: 0 trains on them, then "
+                "continues synchronously)", key="rollout.async")
+        self._restored_pending = [RolloutResult.from_dict(d) for d in pending]
         for role, learner in self.learners.items():
             if not shares_model(self.backends[role], learner):
                 self.backends[role].load_weights(learner.weights_for_sync())
@@ -557,6 +730,8 @@ class Trainer:
         # Steps of this invocation, with rate and ETA (each step also shows its rollout's episode bar).
         bar = progress_bar(total, "RL steps", "step", initial=self.step_index) if self.progress else None
         try:
+            if self.max_staleness is not None and self.step_index < total:
+                self._start_async(total)
             while self.step_index < total:
                 if self.config.distributed.backend == "ray":
                     from mx_train.distributed import check_learner_ranks
@@ -593,6 +768,7 @@ class Trainer:
         return history
 
     def close(self) -> None:
+        self._stop_async()  # before the envs close under it
         peaks = self.rss.metrics()
         logger.info("peak resident memory of this process: %s", ", ".join(
             f"{k.rsplit('/', 1)[-1]} {v:.2f} GB" for k, v in peaks.items()))
@@ -659,6 +835,13 @@ def train(
             from mx_train.distributed import release
 
             release(reservation)
+
+
+def _push_at_next_rollout(state: dict[str, Any]) -> None:
+    """A learner's ``on_weights_updated`` in an async run: nothing at the end of the update, which
+    may run while the engine samples; the trainer hands the weights over when the rollout thread
+    needs them (:meth:`Trainer._publish_async`)."""
+    del state
 
 
 def _learner_side_factory(config: TrainConfig, factory: BackendFactory) -> BackendFactory:

@@ -148,21 +148,26 @@ class EngineSync:
         stale = self._engine_vs_learner()
         if stale is not None:
             metrics["rollout/logprob_diff_stale_mean"], metrics["rollout/logprob_diff_stale_max"] = stale
-        t0 = time.perf_counter()
-        weights = state_dict if state_dict is not None else self.learner.weights_for_sync()
-        try:
-            stats = self.backend.load_weights(weights, bucket_bytes=self.bucket_bytes)
-        except TypeError:  # a backend without bucketed loading (e.g. a test double, HFBackend)
-            stats = self.backend.load_weights(weights)
-        metrics["rollout/weight_sync_s"] = time.perf_counter() - t0
-        if isinstance(stats, Mapping):
-            metrics["rollout/weight_sync_buckets"] = float(stats.get("buckets", 0))
-            metrics["rollout/weight_sync_max_bucket_mb"] = float(stats.get("max_bucket_bytes", 0)) / 2**20
+        metrics.update(self.transfer(state_dict if state_dict is not None else self.learner.weights_for_sync()))
         synced = self._engine_vs_learner()
         if synced is not None:
             metrics["rollout/logprob_diff_synced_mean"], metrics["rollout/logprob_diff_synced_max"] = synced
         self.syncs += 1
         self._metrics.update(metrics)
+        return metrics
+
+    def transfer(self, weights: Mapping[str, Any]) -> dict[str, float]:
+        """Load ``weights`` into the engine in buckets, nothing measured or kept: :meth:`push` without
+        its checks (an async rollout thread loading an older snapshot while the learner trains)."""
+        t0 = time.perf_counter()
+        try:
+            stats = self.backend.load_weights(weights, bucket_bytes=self.bucket_bytes)
+        except TypeError:  # a backend without bucketed loading (e.g. a test double, HFBackend)
+            stats = self.backend.load_weights(weights)
+        metrics = {"rollout/weight_sync_s": time.perf_counter() - t0}
+        if isinstance(stats, Mapping):
+            metrics["rollout/weight_sync_buckets"] = float(stats.get("buckets", 0))
+            metrics["rollout/weight_sync_max_bucket_mb"] = float(stats.get("max_bucket_bytes", 0)) / 2**20
         return metrics
 
     def pop_metrics(self) -> dict[str, float]:
