@@ -233,6 +233,8 @@ class AsyncRollout:
         """``W_{pub.step}`` is ready for the rollouts that need it."""
         with self._cond:
             self._published[pub.step] = pub
+            if self.next_step < self.total and self.needed(self.next_step) in self._published and not self._stop:
+                self._idle = False  # it has work now, even before it wakes: drain() must wait for it
             self._cond.notify_all()
 
     def get(self, step: int) -> tuple[RolloutResult, float]:

@@ -49,6 +49,35 @@ def test_async_key_is_yaml_async_and_validated(tmp_path):
         TrainConfig.from_dict({"rollout": {"async_": {"max_staleness": 1}}})
 
 
+def test_rollout_thread_never_runs_ahead_of_its_weights():
+    """k = 2: step s waits for W_{s-2}; draining stops exactly where the published weights end."""
+    from mx_train.async_rollout import AsyncRollout, Published, RolloutResult
+
+    made: list[tuple[int, int]] = []
+
+    def produce(step: int, pub: Published) -> RolloutResult:
+        made.append((step, pub.step))
+        return RolloutResult(step, [], [], {}, pub.step, dict(pub.versions))
+
+    loaded: list[int] = []
+    ar = AsyncRollout(produce, lambda pub: loaded.append(pub.step), max_staleness=2, base=0, total=6)
+    ar.publish(Published(0, {"designer": 0}))
+    ar.start()
+    try:
+        assert [r.step for r in ar.drain()] == [0, 1, 2]  # W_0 serves steps 0..2; step 3 needs W_1
+        assert made == [(0, 0), (1, 0), (2, 0)]
+        assert ar.get(0)[0].weights_step == 0
+        ar.publish(Published(1, {"designer": 1}, weights={"designer": {}}))
+        assert [r.step for r in ar.drain()] == [1, 2, 3]
+        assert made[-1] == (3, 1) and loaded == [1]  # the snapshot loaded once, before step 3
+        for v in (2, 3):
+            ar.publish(Published(v, {"designer": v}))
+        assert [r.step for r in ar.drain()] == [1, 2, 3, 4, 5]  # total reached: the thread ends
+        assert [w for _, w in made] == [0, 0, 0, 1, 2, 3]
+    finally:
+        ar.close(timeout=10)
+
+
 def test_max_staleness_zero_is_the_synchronous_run_step_for_step(tmp_path):
     sync = _trainer(_async(tmp_path / "sync", None, lockstep=True))
     hist_sync = sync.run()
