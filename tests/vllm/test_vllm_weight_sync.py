@@ -81,7 +81,11 @@ def test_trainer_step_with_vllm_rollout_engine(engine, tmp_path):
         "seed": 0, "max_steps": 1, "out": str(tmp_path / "run"), "tensorboard": False,
         "env": {"id": "MetaAgentX-Arithmetic-v0", "kwargs": {"budgets": {"max_llm_calls": 2, "wall_s": 20}}},
         "policy": {"model": "vllm:default", "device": "cpu"},
+        # A one-line designer prompt (as the smoke config's): the default one with the API reference is
+        # ~1.8k tokens, and each push scores the probe through the bf16 engine twice (stale, synced),
+        # whose CPU matmuls without avx512_bf16 run at a few GFLOP/s: 5+ minutes of this test's 6.
         "rollout": {"tasks_per_step": 1, "designs": 2, "executions": 1, "logprob_probe": 4,
+                    "designer_prompt": {"system_prompt": "Write a MAS script."},
                     "designer": {"temperature": 1.0, "max_new_tokens": 48},
                     "executor": {"temperature": 0.8, "max_new_tokens": 16}},
         "learner": {"lr": 1e-5, "micro_batch_tokens": 4096, "device": "cpu"},
