@@ -164,10 +164,9 @@ def test_checkpoint_drains_and_resume_equals_the_uninterrupted_run(tmp_path, mon
 
 
 @pytest.mark.slow
-def test_ray_workers_sample_the_published_weights_while_the_learner_updates(tmp_path, tiny_model_dir):
-    """k = 1 with a Ray rollout worker: step s's rollout runs in the worker with W_{s-1} (pushed from a
-    snapshot, checksummed there) while the driver trains step s-1."""
-    ray = pytest.importorskip("ray", reason="the `dist` extra (ray) is not installed")
+def test_ray_workers_sample_the_published_weights_while_the_learner_updates(tmp_path, tiny_model_dir, local_ray):
+    """k = 1 with a Ray rollout worker (on conftest's shared local Ray instance): step s's rollout runs in
+    the worker with W_{s-1} (pushed from a snapshot, checksummed there) while the driver trains step s-1."""
     from mx_train.trainer import Trainer
 
     cfg = TrainConfig.from_dict({
@@ -185,11 +184,7 @@ def test_ray_workers_sample_the_published_weights_while_the_learner_updates(tmp_
         "distributed": {"backend": "ray", "num_rollout_workers": 1, "worker_cpus": 0.5},
     })
     trainer = Trainer(cfg, progress=False)
-    try:
-        history = trainer.run()
-    finally:
-        if ray.is_initialized():
-            ray.shutdown()
+    history = trainer.run()
     assert len(history) == 3
     run = tmp_path / "run"
     assert [sorted({r["staleness"] for r in _rows(run, s)}) for s in range(3)] == [[0], [1], [1]]

@@ -3,7 +3,8 @@ steps or while its rollout call is in flight is replaced in its slot, gets the c
 re-runs its episodes (the step stays complete, the restart is counted); past
 ``distributed.max_worker_restarts`` the run stops; a dead learner rank stops the run with a clear
 error and ``--resume`` finishes it; and a two-raylet ``ray start`` cluster on this machine trains the
-smoke config with ``--learner-procs 2``."""
+smoke config with ``--learner-procs 2``. The local runs share conftest's local Ray instance, the
+cluster is conftest's ``ray_cluster``."""
 
 from __future__ import annotations
 
@@ -78,7 +79,7 @@ def _learner_digest(learner: Any) -> list[float]:
 
 
 @pytest.mark.slow
-def test_killed_rollout_worker_is_replaced_and_its_episodes_rerun(tmp_path, tiny_model_dir, monkeypatch):
+def test_killed_rollout_worker_is_replaced_and_its_episodes_rerun(tmp_path, tiny_model_dir, monkeypatch, local_ray):
     import mx_train.distributed as dist
     from mx_train.trainer import Trainer
 
@@ -136,16 +137,16 @@ def test_killed_rollout_worker_is_replaced_and_its_episodes_rerun(tmp_path, tiny
             trainer.step()
     finally:
         trainer.close()
-        if ray.is_initialized():
-            ray.shutdown()
 
 
 @pytest.mark.slow
-def test_dead_learner_rank_stops_the_run_and_resume_finishes_it(tmp_path, tiny_model_dir, monkeypatch):
+def test_dead_learner_rank_stops_the_run_and_resume_finishes_it(tmp_path, tiny_model_dir, monkeypatch, local_ray):
     import mx_train.distributed as dist
     from mx_train.trainer import Trainer, train
 
-    cfg = _config(tmp_path, tiny_model_dir, learner_procs=2)
+    # One rollout worker: the rank's death and the resume do not depend on how many there are, and each
+    # of the two runs starts its workers afresh.
+    cfg = _config(tmp_path, tiny_model_dir, learner_procs=2, num_rollout_workers=1)
     cfg.max_steps = 2
     save = Trainer.save
     killed: list[int] = []
@@ -160,121 +161,29 @@ def test_dead_learner_rank_stops_the_run_and_resume_finishes_it(tmp_path, tiny_m
         return out
 
     monkeypatch.setattr(Trainer, "save", save_then_kill_rank_1)
-    try:
-        with pytest.raises(dist.LearnerRankDied, match=r"learner rank 1 of 2 died.*mx train --resume"):
-            train(cfg, progress=False)
-        assert killed == [1]
-        lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
-        assert [json.loads(x)["step"] for x in lines] == [0]  # stopped before step 1
+    with pytest.raises(dist.LearnerRankDied, match=r"learner rank 1 of 2 died.*mx train --resume"):
+        train(cfg, progress=False)
+    assert killed == [1]
+    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["step"] for x in lines] == [0]  # stopped before step 1
 
-        monkeypatch.setattr(Trainer, "save", save)
-        assert train(cfg, resume=True, progress=False) == 0  # what `mx train --resume` runs
-        lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
-        assert [json.loads(x)["step"] for x in lines] == [0, 1]
-    finally:
-        if ray.is_initialized():
-            ray.shutdown()
+    monkeypatch.setattr(Trainer, "save", save)
+    assert train(cfg, resume=True, progress=False) == 0  # what `mx train --resume` runs
+    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["step"] for x in lines] == [0, 1]
 
 
 # ---------------------------------------------------------------------------- a two-raylet cluster
-def _wait_for_line(proc: Any, needle: str, timeout: float) -> str:
-    """Wait until ``proc`` prints a line holding ``needle`` (fail if it exits or ``timeout`` passes). A
-    daemon thread reads its output to the end, so the pipe never fills while the process runs on."""
-    import queue
-    import threading
-    import time
-
-    lines: queue.Queue[str | None] = queue.Queue()
-
-    def pump() -> None:
-        for line in proc.stdout:
-            lines.put(line)
-        lines.put(None)
-
-    threading.Thread(target=pump, daemon=True).start()
-    seen: list[str] = []
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            line = lines.get(timeout=max(0.0, deadline - time.monotonic()))
-        except queue.Empty:
-            break
-        if line is None:
-            break
-        seen.append(line)
-        if needle in line:
-            return "".join(seen)
-    pytest.fail(f"no {needle!r} from {proc.args[:3]}: {''.join(seen)[-2000:]}")
-
-
-@pytest.fixture
-def two_raylets(tmp_path):
-    """`ray start --head` and a second raylet `ray start --address=...` on this machine (2 CPUs each,
-    token authentication with the token in this test's own HOME). Stopped by their own process ids in
-    the finalizer: `ray stop` would also stop every other Ray instance on the machine (other runs,
-    other tests)."""
-    import shutil
-    import subprocess
-    import sys
-    import tempfile
-
-    from tests.mx_train.test_distributed import _free_port, _pids_of
-
-    home = tmp_path / "home"
-    home.mkdir()
-    temp = tempfile.mkdtemp(prefix="mxray2", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
-    env.update(HOME=str(home), OMP_WAIT_POLICY="PASSIVE")
-    ray_bin = str(Path(sys.executable).with_name("ray"))
-    subprocess.run([ray_bin, "get-auth-token", "--generate"], env=env, check=True, capture_output=True)
-    port = _free_port()
-    address = f"127.0.0.1:{port}"
-    common = ["--block", "--num-cpus=2", "--num-gpus=0", "--disable-usage-stats",
-              f"--dashboard-agent-listen-port={_free_port()}"]
-    procs = []
-    try:
-        head = subprocess.Popen(
-            [ray_bin, "start", "--head", f"--port={port}", f"--temp-dir={temp}", "--include-dashboard=false",
-             f"--ray-client-server-port={_free_port()}", *common],
-            env=env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        procs.append(head)
-        _wait_for_line(head, "Ray runtime started", 120)
-        second = subprocess.Popen(
-            [ray_bin, "start", f"--address={address}", *common],
-            # a joining raylet, unlike the head, uses token auth only when told (Ray says so if not)
-            env={**env, "RAY_AUTH_MODE": "token"}, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        procs.append(second)
-        _wait_for_line(second, "Ray runtime started", 120)  # printed once the raylet joined the head
-        yield address, env
-    finally:
-        for p in reversed(procs):
-            p.send_signal(signal.SIGINT)  # --block: each stops the processes it started
-            try:
-                p.wait(15)
-            except subprocess.TimeoutExpired:
-                pass
-        for pid in _pids_of(temp, port):
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        for p in procs:
-            try:
-                os.killpg(p.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        shutil.rmtree(temp, ignore_errors=True)
-
-
 @pytest.mark.slow
-def test_two_raylet_cluster_trains_the_smoke_config_with_two_learner_ranks(two_raylets, tmp_path):
-    """`mx train` of configs/smoke_cpu.yaml (2 steps) with --learner-procs 2 joined to the cluster through
-    distributed.ray_address: driver, learner rank 1 and two rollout workers need 4 CPUs, so the plan
-    spreads them over both raylets (2 CPUs each)."""
+def test_two_raylet_cluster_trains_the_smoke_config_with_two_learner_ranks(ray_cluster, tmp_path):
+    """`mx train` of configs/smoke_cpu.yaml (2 steps) with --learner-procs 2 joined to conftest's cluster
+    through distributed.ray_address: driver, learner rank 1 and two rollout workers need 4 CPUs, so the
+    plan spreads them over both raylets (2 CPUs each)."""
     import subprocess
     import sys
 
-    address, env = two_raylets
+    address, env = ray_cluster.address, ray_cluster.env
+    assert ray_cluster.cpus == 4
     root = Path(__file__).resolve().parents[2]
     out = tmp_path / "run"
     proc = subprocess.run(

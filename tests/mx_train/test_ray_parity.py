@@ -41,11 +41,8 @@ def _run(tmp: Path, backend: str) -> tuple[list[dict], list[list[dict]]]:
     cfg = TrainConfig.from_yaml(SMOKE, overrides=overrides)
     assert cfg.rollout.schedule == "continuous"  # the default: what the workers must honour too
     trainer = Trainer(cfg, progress=False)
-    try:
-        history = trainer.run()
-    finally:
-        if ray.is_initialized():
-            ray.shutdown()
+    history = trainer.run()
+    assert trainer._workers is None  # a Ray run's workers are closed by run()
     shards = [[json.loads(x) for x in p.read_text().splitlines()]
               for p in sorted((tmp / backend / "transitions").glob("step_*.jsonl"))]
     return history, shards
@@ -57,10 +54,18 @@ def _compared(m: dict) -> dict:
 
 
 @pytest.mark.slow
-def test_local_and_ray_runs_match_step_for_step(tmp_path):
+def test_local_and_ray_runs_match_step_for_step(tmp_path, local_ray):
     local, local_tr = _run(tmp_path, "local")
     dist, dist_tr = _run(tmp_path, "ray")
     assert len(local) == len(dist) == 2 and len(local_tr) == len(dist_tr) == 2
+
+    # The Ray run on its own: B * M * N episodes and B * M designer transitions gathered from both
+    # workers each step, and step 1 sampled with the learner's weights after step 0 (the version
+    # pushed through Ray).
+    for m in dist:
+        assert m["episodes"] == 8 and m["transitions/designer"] == 4
+    assert len(dist_tr[1]) >= 4
+    assert {row["policy_version"] for row in dist_tr[1]} == {int(dist[1]["policy_version"])}
 
     # The same metrics: every local key under Ray too, and Ray adds only its own (the batch-width
     # histogram's buckets are the widths that occurred: two engines see other widths than one).
