@@ -38,8 +38,10 @@ def run_once(config: str, out: Path, steps: int, k: int | None, sets: list[str])
     t0 = time.perf_counter()
     trainer = Trainer(cfg, progress=False)
     t_built = time.perf_counter()
+    cpu0 = _cpu_s()
     history = trainer.run()
     wall = time.perf_counter() - t_built
+    cpu = _cpu_s() - cpu0
     load1 = os.getloadavg()
     keys = ("time/step_s", "time/rollout_s", "time/update_s", "async/overlap_s", "async/rollout_wait_s",
             "async/weights_wait_s", "async/publish_s", "async/staleness_mean", "rollout/generated_tokens",
@@ -50,6 +52,10 @@ def run_once(config: str, out: Path, steps: int, k: int | None, sets: list[str])
         "mode": "sync" if k is None else f"async k={k}",
         "build_s": t_built - t0,
         "run_wall_s": wall,
+        # CPU seconds of this process and its children (sandboxed tool calls) per wall second: how
+        # much of the machine the run kept busy, the room an overlap has on a CPU-only machine.
+        "cpu_s": cpu,
+        "cores_busy": cpu / max(wall, 1e-9),
         "load_before": load0,
         "load_after": load1,
         "steps": per_step,
@@ -61,6 +67,13 @@ def run_once(config: str, out: Path, steps: int, k: int | None, sets: list[str])
     }
 
 
+def _cpu_s() -> float:
+    import resource
+
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", default="configs/demo_cpu.yaml")
@@ -68,25 +81,36 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--k", type=int, default=1, help="max_staleness of the async run")
     ap.add_argument("--out", default="/tmp/async_bench")
     ap.add_argument("--json", default=None, help="write the summary here too")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="pairs of runs, alternating which mode goes first (load on a shared machine drifts)")
     ap.add_argument("--set", dest="sets", action="append", default=[], help="config override KEY=VALUE")
     args = ap.parse_args(argv)
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     out = Path(args.out)
     results = []
-    for k in (None, args.k):
-        res = run_once(args.config, out / ("sync" if k is None else f"async_k{k}"), args.steps, k, args.sets)
-        results.append(res)
-        print(json.dumps({x: y for x, y in res.items() if x != "steps"}), flush=True)
-    sync, lazy = results
-    print(f"\n| mode | step time, steps 1..{args.steps - 1} (mean s) | sum of step times (s) | rollout (mean s) | "
-          "update (mean s) | load avg before -> after |")
-    print("|---|---|---|---|---|---|")
+    ratios = []
+    for rnd in range(args.rounds):
+        order = (None, args.k) if rnd % 2 == 0 else (args.k, None)
+        pair = {}
+        for k in order:
+            name = "sync" if k is None else f"async_k{k}"
+            res = run_once(args.config, out / f"r{rnd}" / name, args.steps, k, args.sets)
+            res["round"] = rnd
+            results.append(res)
+            pair[k is None] = res
+            print(json.dumps({x: y for x, y in res.items() if x != "steps"}), flush=True)
+        ratios.append(pair[False]["mean_step_s_after_first"] / pair[True]["mean_step_s_after_first"])
+    print(f"\n| round | mode | step time, steps 1..{args.steps - 1} (mean s) | sum of step times (s) | "
+          "rollout (mean s) | update (mean s) | overlap (mean s) | cores busy | peak RSS (GB) | "
+          "load avg before -> after |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
-        print(f"| {r['mode']} | {r['mean_step_s_after_first']:.1f} | {r['sum_step_s']:.1f} | "
-              f"{r['mean_rollout_s']:.1f} | {r['mean_update_s']:.1f} | "
+        overlap = statistics.fmean(s.get("async/overlap_s", 0.0) for s in r["steps"])
+        print(f"| {r['round']} | {r['mode']} | {r['mean_step_s_after_first']:.1f} | {r['sum_step_s']:.1f} | "
+              f"{r['mean_rollout_s']:.1f} | {r['mean_update_s']:.1f} | {overlap:.1f} | {r['cores_busy']:.2f} | "
+              f"{r['peak_rss_gb']:.2f} | "
               f"{r['load_before'][0]:.1f} -> {r['load_after'][0]:.1f} |")
-    print(f"\nasync / sync, mean step time after the first: "
-          f"{lazy['mean_step_s_after_first'] / sync['mean_step_s_after_first']:.2f}")
+    print("\nasync / sync, mean step time after the first, per round: " + ", ".join(f"{x:.2f}" for x in ratios))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(results, indent=1))

@@ -18,7 +18,8 @@ One step (``Trainer.step``):
    ``save_every`` steps.
 
 With ``rollout.async: {max_staleness: k}`` the rollout of step t+1 runs in a thread while step t's
-update runs (:mod:`mx_train.async_rollout`): steps 1-3 move to that thread, 4-6 stay here.
+update runs (:mod:`mx_train.async_rollout`): drawing the tasks, the rollout and the credit assignment
+(1, 2, 4) move to that thread; writing the transitions, the update and the metrics stay here.
 
 ``Trainer.run`` resumes from the newest checkpoint in ``RUN/checkpoints`` when asked: a run killed
 with SIGKILL mid-step restarts at its last completed step with the same model, optimizer, schedule,
