@@ -84,11 +84,11 @@ def test_mx_episode_with_vllm_default_executor(engine, capsys):
     assert engine.batch_stats.calls > 0  # the cached engine of `vllm:default` answered
 
 
-def test_mx_episode_json_with_vllm_is_json_alone_in_a_child_process():
-    """`mx episode ... --executor vllm:default --json | jq` works: vLLM logs on stderr, never on stdout."""
-    from tests.cli_subprocess import mx_json
-
-    doc, err = mx_json("episode", "MetaAgentX-Arithmetic-v0", "--policy", "design:single", "--executor",
-                       "vllm:default", "--json", "--max-new-tokens", "16", "--seed", "2", timeout=600)
+def test_mx_episode_json_with_vllm_is_json_alone_in_a_child_process(episode_child):
+    """`mx episode ... --executor vllm:default --json | jq` works: vLLM logs on stderr, never on stdout.
+    The child (``mx episode MetaAgentX-Arithmetic-v0 --policy design:single --executor vllm:default
+    --json --max-new-tokens 16 --seed 2``, conftest) was started at collection, beside this process's
+    engine start."""
+    doc, err = episode_child.json(timeout=600)
     assert doc["llm_calls"] >= 1 and doc["termination_reason"], doc
     assert "INFO" in err  # vLLM did log: it went to stderr

@@ -57,6 +57,9 @@ def test_engine_follows_learner_after_sync_and_stale_engine_is_caught(engine, le
         version = engine.weights_version
         m = sync.push()
         assert engine.weights_version == version + 1
+        # The reload re-dispatched vLLM's CPU GEMMs; the torch-fallback bf16 ones were wrapped again
+        # (computed in fp32 from enough rows on): none is left on the slow native path.
+        assert engine._upcast_linears() == 0
         stale, synced = m["rollout/logprob_diff_stale_mean"], m["rollout/logprob_diff_synced_mean"]
         assert stale > 5 * max(floor["rollout/logprob_diff_mean"], 0.02)  # the engine had old weights
         assert synced < 0.1 and synced < stale / 5  # and now serves the new ones
