@@ -104,6 +104,10 @@ class _EngineSteps:
         for o in self.engine.step():
             if getattr(o, "finished", False) and str(o.request_id).startswith(self.prefix):
                 out.append((int(str(o.request_id)[len(self.prefix):]), o))
+                # vLLM's automatic prefix caching (on by default) reports per request how many prompt
+                # tokens it took from the cache: the rollout's prefix_hit_rate, as for the HF engine.
+                self.backend.batch_stats.record_prompt(len(o.prompt_token_ids or ()),
+                                                       int(getattr(o, "num_cached_tokens", 0) or 0))
         return out
 
     def abort(self, keys: Sequence[int]) -> None:

@@ -46,6 +46,26 @@ def test_prompt_over_max_prompt_tokens_gets_an_empty_length_reply(engine, hf_ref
     assert len(fits.response_ids) > 0 and fits.metadata["i"] == 1
 
 
+def test_prefix_caching_is_on_and_hits_for_a_shared_prompt_prefix(engine):
+    """The N executions of a design share a long prompt prefix: after the first request, vLLM's
+    prefix cache serves the shared blocks and the backend's stats (rollout/prefix_hit_rate) say so."""
+    from mx_agents.continuous import batch_metrics
+
+    system = "You solve arithmetic with a python tool. Show the computation, box the answer. " * 24
+    chats = [[{"role": "system", "content": system}, {"role": "user", "content": f"What is {i} + {i}?"}]
+             for i in range(3)]
+    params = SamplingParams(temperature=0.0, max_new_tokens=2)
+    before = engine.batch_stats.snapshot()
+    engine.generate([ChatRequest(chats[0], params)])
+    first = engine.batch_stats.snapshot()
+    engine.generate([ChatRequest(c, params) for c in chats[1:]])
+    m = batch_metrics(engine.batch_stats, first)
+    shared = len(engine.encode_chat(chats[0])) - 12  # the template's system turn and the user's first words
+    assert m["rollout/prompt_tokens"] >= 2 * shared
+    assert m["rollout/prefix_hit_rate"] > 0.5, m  # block-granular: whole blocks of the shared prefix
+    assert 0.0 <= batch_metrics(first, before).get("rollout/prefix_hit_rate", 0.0) <= 1.0
+
+
 def test_concurrent_callers_share_running_batches(engine):
     """Four threads submit at once with uneven lengths: they share engine steps (continuous batching)
     and the short requests return before the long one finishes."""
