@@ -200,33 +200,18 @@ def _start_cluster(root: Path, cpus_per_raylet: int = 2) -> RayCluster:
              f"--ray-client-server-port={free_port()}", *common],
             env=env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         procs.append(head)
-        _wait_for_port(head, port, 120)  # the head's GCS: all a joining raylet needs of it
+        wait_for_line(head, "Ray runtime started", 120)
         second = subprocess.Popen(
             [ray_bin, "start", f"--address={address}", *common],
             # a joining raylet, unlike the head, uses token auth only when told (Ray says so if not)
             env={**env, "RAY_AUTH_MODE": "token"}, start_new_session=True, stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT, text=True)
         procs.append(second)
-        wait_for_line(head, "Ray runtime started", 120)
         wait_for_line(second, "Ray runtime started", 120)  # printed once the raylet joined the head
     except BaseException:
         _stop_ray(procs, temp, port)
         raise
     return RayCluster(address, env, float(2 * cpus_per_raylet), procs, temp, port)
-
-
-def _wait_for_port(proc: subprocess.Popen, port: int, timeout: float) -> None:
-    """Until something accepts connections on ``port`` (fail if ``proc`` exits first or ``timeout`` passes)."""
-    import socket
-
-    deadline = time.monotonic() + timeout
-    while proc.poll() is None and time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            time.sleep(0.2)
-    pytest.fail(f"nothing listens on {port} after {proc.args[:3]} (exit code {proc.poll()})")
 
 
 def _stop_ray(procs: list[subprocess.Popen], temp: str, port: int) -> None:
