@@ -56,6 +56,32 @@ def release_free_heap() -> bool:
         return False
 
 
+#: glibc's M_ARENA_MAX parameter of mallopt (malloc.h).
+_M_ARENA_MAX = -8
+
+
+def limit_malloc_arenas(arenas: int = 2) -> bool:
+    """Cap glibc's malloc arenas of this process at ``arenas`` (``mallopt(M_ARENA_MAX)``); True when
+    set. A ``MALLOC_ARENA_MAX`` in the environment is the user's choice and is left alone (False).
+
+    Why: glibc gives threads their own arenas (up to 8 per core) and a freed block goes back to its
+    thread's arena, where only that arena's allocations can reuse it. A rollout or an evaluation runs
+    one thread per episode and the batcher's leader changes thread by thread, so the KV caches and
+    activations of each step are spread over many arenas and the resident set grows with their
+    fragments: `mx heldout`'s trained condition peaked at 3.99-4.14 GB with the default arenas and at
+    3.08 GB with two, same result (benchmarks/results/heldout_memory.md). Call it before the threads
+    start (the CLI does, first thing).
+    """
+    if not sys.platform.startswith("linux") or os.environ.get("MALLOC_ARENA_MAX"):
+        return False
+    try:
+        import ctypes
+
+        return bool(ctypes.CDLL("libc.so.6").mallopt(_M_ARENA_MAX, int(arenas)))
+    except (OSError, AttributeError):  # musl and other C libraries have no mallopt arenas
+        return False
+
+
 class PhaseRSS:
     """Per-phase peaks of this process's resident set, sampled in a daemon thread."""
 

@@ -61,6 +61,10 @@ def main(argv: list[str] | None = None) -> int:
     from mx_agents.threads import configure_cpu_threads
 
     configure_cpu_threads()
+    # Before the episode threads start: two malloc arenas, not 8 per core (mx_train.memory_watch).
+    from mx_train.memory_watch import limit_malloc_arenas
+
+    limit_malloc_arenas()
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(

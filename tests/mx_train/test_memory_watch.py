@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 
@@ -52,3 +53,19 @@ def test_release_returns_freed_heap_pages_to_the_kernel():
     if not release_free_heap():
         pytest.skip("no glibc malloc_trim in this C library")
     assert before - current_rss_bytes() > 100e6
+
+
+def test_malloc_arenas_are_capped_unless_the_user_set_them():
+    """The CLI caps glibc's arenas (a subprocess: mallopt changes the process for good)."""
+    import subprocess
+
+    code = "from mx_train.memory_watch import limit_malloc_arenas as f; print(f())"
+    env = {k: v for k, v in os.environ.items() if k != "MALLOC_ARENA_MAX"}
+    capped = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    users = subprocess.run([sys.executable, "-c", code], env={**env, "MALLOC_ARENA_MAX": "4"},
+                           capture_output=True, text=True, check=True)
+    import platform
+
+    glibc = platform.libc_ver()[0] == "glibc"
+    assert capped.stdout.strip() == str(glibc)  # mallopt accepted it wherever glibc is the C library
+    assert users.stdout.strip() == "False"
