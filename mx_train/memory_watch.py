@@ -15,6 +15,7 @@ import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 _GB = 1e9
@@ -38,6 +39,19 @@ def max_rss_bytes() -> int:
     return int(peak if sys.platform == "darwin" else peak * 1024)  # bytes on macOS, KiB on Linux
 
 
+def _glibc_function(name: str) -> Any:
+    """glibc's function ``name`` through ctypes; ``None`` off Linux or where the C library lacks it
+    (musl and others have neither ``malloc_trim`` nor ``mallopt``'s arena parameter)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        import ctypes
+
+        return getattr(ctypes.CDLL("libc.so.6"), name)
+    except (OSError, AttributeError):
+        return None
+
+
 def release_free_heap() -> bool:
     """Return the C heap's free pages to the kernel (glibc ``malloc_trim``); False elsewhere.
 
@@ -45,15 +59,8 @@ def release_free_heap() -> bool:
     KV caches) mapped, so the resident set after a phase stays at that phase's peak and the next
     phase's peak lands on top of it. Costs milliseconds per call (a walk over the heap).
     """
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL("libc.so.6")
-        return bool(libc.malloc_trim(0))
-    except (OSError, AttributeError):  # musl and other C libraries have no malloc_trim
-        return False
+    trim = _glibc_function("malloc_trim")
+    return trim is not None and bool(trim(0))
 
 
 #: glibc's M_ARENA_MAX parameter of mallopt (malloc.h).
@@ -68,18 +75,14 @@ def limit_malloc_arenas(arenas: int = 2) -> bool:
     thread's arena, where only that arena's allocations can reuse it. A rollout or an evaluation runs
     one thread per episode and the batcher's leader changes thread by thread, so the KV caches and
     activations of each step are spread over many arenas and the resident set grows with their
-    fragments: `mx heldout`'s trained condition peaked at 3.99-4.14 GB with the default arenas and at
-    3.08 GB with two, same result (benchmarks/results/heldout_memory.md). Call it before the threads
+    fragments: `mx heldout`'s trained condition peaked at 3.99-4.05 GB with the default arenas and at
+    3.00-3.14 GB with two, same result (benchmarks/results/heldout_memory.md). Call it before the threads
     start (the CLI does, first thing).
     """
-    if not sys.platform.startswith("linux") or os.environ.get("MALLOC_ARENA_MAX"):
+    if os.environ.get("MALLOC_ARENA_MAX"):
         return False
-    try:
-        import ctypes
-
-        return bool(ctypes.CDLL("libc.so.6").mallopt(_M_ARENA_MAX, int(arenas)))
-    except (OSError, AttributeError):  # musl and other C libraries have no mallopt arenas
-        return False
+    mallopt = _glibc_function("mallopt")
+    return mallopt is not None and bool(mallopt(_M_ARENA_MAX, int(arenas)))
 
 
 class PhaseRSS:
