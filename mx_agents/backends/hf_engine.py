@@ -64,14 +64,91 @@ def set_cache_layers(cache: Any, kv: KV) -> None:
         cache.value_cache[:] = [v for _, v in kv]
 
 
-def new_cache(kv: KV) -> Any:
-    """A ``DynamicCache`` holding ``kv`` (no copy: the model's next update concatenates into new tensors)."""
+def slack_columns(n: int) -> int:
+    """Spare columns a batch cache of ``n`` token columns is given: a decode step writes its column
+    there, and only every ``slack_columns(n)``-th step re-allocates (copies) the cache."""
+    return max(8, n // 8)
+
+
+_SLACK_LAYER: Any = None
+
+
+def _slack_layer_class() -> Any:
+    """A transformers ``DynamicLayer`` (5.x) whose ``update`` writes the new columns into spare
+    capacity after the current ones and returns a view, instead of concatenating into new tensors.
+
+    Why: ``DynamicLayer.update`` copies the whole cache at every decode step (``torch.cat``), so a
+    step costs O(rows x columns) in copies: 30 % of a batch-6 decode step of the 135M model at 400
+    columns on a 2-core CPU (torch profiler, ``aten::cat``), and O(n^2) over a generation. Here a step
+    writes only its own column; the cache is re-allocated with :func:`slack_columns` spare columns when
+    it runs out, or when its tensors are no longer a view of this layer's buffer (replaced by
+    :func:`set_cache_layers`, or re-indexed by ``batch_select_indices``). Nothing else holds a view of
+    the spare columns, so writing them changes no tensor anybody reads."""
+    global _SLACK_LAYER
+    if _SLACK_LAYER is None:
+        from transformers.cache_utils import DynamicLayer
+
+        class SlackLayer(DynamicLayer):
+            _bufs: tuple[Any, Any] | None = None
+
+            def update(self, key_states: Any, value_states: Any, *args: Any, **kwargs: Any) -> tuple[Any, Any]:
+                if not self.is_initialized:
+                    self.lazy_initialization(key_states, value_states)
+                t = key_states.shape[-2]
+                if self.keys.numel() == 0:
+                    self.keys, self.values = key_states[..., :0, :], value_states[..., :0, :]
+                start = _start_in(self.keys, self._bufs[0], t) if self._bufs is not None else None
+                if start is None or _start_in(self.values, self._bufs[1], t) != start:
+                    n = self.keys.shape[-2]
+                    self._bufs = (_with_slack(self.keys, n + t), _with_slack(self.values, n + t))
+                    start = 0
+                n = self.keys.shape[-2]
+                kb, vb = self._bufs
+                kb[:, :, start + n : start + n + t] = key_states
+                vb[:, :, start + n : start + n + t] = value_states
+                self.keys, self.values = kb[:, :, start : start + n + t], vb[:, :, start : start + n + t]
+                return self.keys, self.values
+
+        _SLACK_LAYER = SlackLayer
+    return _SLACK_LAYER
+
+
+def _start_in(view: Any, buf: Any, t: int) -> int | None:
+    """The column of ``buf`` where ``view`` starts when ``view`` is ``buf[:, :, c : c + n]`` and ``buf``
+    has ``t`` unused columns after it; else ``None``."""
+    if (view.dim() != 4 or view.shape[0] != buf.shape[0] or view.shape[1] != buf.shape[1]
+            or view.stride() != buf.stride()
+            or view.untyped_storage().data_ptr() != buf.untyped_storage().data_ptr()):
+        return None
+    start, rest = divmod(view.storage_offset() - buf.storage_offset(), buf.stride(2))
+    if rest or start < 0 or start + view.shape[2] + t > buf.shape[2]:
+        return None
+    return start
+
+
+def _with_slack(x: Any, total: int) -> Any:
+    """A new ``[B, H, total + slack, D]`` buffer whose first columns hold ``x``."""
+    buf = x.new_empty((x.shape[0], x.shape[1], total + slack_columns(total), x.shape[3]))
+    buf[:, :, : x.shape[2]] = x
+    return buf
+
+
+def new_cache(kv: KV, *, slack: bool = False, buffers: KV | None = None) -> Any:
+    """A ``DynamicCache`` holding ``kv`` (no copy). ``slack``: the cache's updates write into spare
+    columns (see :func:`_slack_layer_class`; transformers 5.x layout) instead of concatenating;
+    ``buffers``: per layer, the tensors ``kv``'s are leading views of, whose later columns are spare."""
     from transformers import DynamicCache
 
     cache = DynamicCache()
+    slack = slack and hasattr(cache, "layers")
+    if slack:
+        cache.layer_class_to_replicate = _slack_layer_class()
     for i, (k, v) in enumerate(kv):
         cache.update(k[..., :0, :], v[..., :0, :], i)
     set_cache_layers(cache, kv)
+    if slack and buffers is not None:
+        for layer, bufs in zip(cache.layers, buffers, strict=True):
+            layer._bufs = bufs
     return cache
 
 
@@ -101,6 +178,10 @@ class _Live:
 class HFStepEngine:
     """A :class:`~mx_agents.continuous.StepEngine` over an :class:`HFBackend`'s model; see the module
     docstring. ``prefix_cache``: ``None`` prefills every prompt whole."""
+
+    #: decode steps write into spare columns of the batch cache (:func:`new_cache`); ``False``: the
+    #: transformers cache concatenates at every step (the naive side of benchmarks/test_kv_cache_bench.py)
+    slack_cache = True
 
     def __init__(self, backend: HFBackend, stats: BatchStats, prefix_cache: PrefixCache | None) -> None:
         self.backend = backend
@@ -182,12 +263,12 @@ class HFStepEngine:
         ``kv_cache_bytes`` (``None``: no budget, ``max_batch_size`` alone bounds the batch).
 
         Why a budget: the batch cache is rectangular (rows right-aligned to the longest), so its size is
-        rows x the longest row, and the model's cache update concatenates into new tensors, so a decode
-        step briefly holds it twice. 64 rows of 1.5k-token conversations of a 135M model are 4.4 GB
+        rows x (the longest row + its spare columns, :func:`slack_columns`), and the re-allocation when
+        the spare columns run out briefly holds it twice. 64 rows of 1.5k-token conversations of a 135M model are 4.4 GB
         in float32. The budget is checked when rows join; rows that are running keep growing by one
         column per step (a running row is never evicted)."""
         budget = self.backend.kv_cache_bytes
-        return budget is None or rows * width * self.backend.kv_bytes_per_token <= budget
+        return budget is None or rows * (width + slack_columns(width)) * self.backend.kv_bytes_per_token <= budget
 
     def _prefill(self, key: int, row: _Row) -> tuple[_Live, KV]:
         import torch
@@ -219,15 +300,18 @@ class HFStepEngine:
         """Copy the joining rows' states into the batch cache, right-aligned, widening it if needed."""
         if self._cache is None and len(joined) == 1:  # nothing to align with: take the cache as it is
             live, kv = joined[0]
-            self._cache, self._width, self._live = new_cache(kv), live.n_kv, [live]
+            self._cache, self._width, self._live = new_cache(kv, slack=self.slack_cache), live.n_kv, [live]
             return
         old = cache_layers(self._cache) if self._cache is not None else None
         width = max([self._width] + [live.n_kv for live, _ in joined])
         b_old, b_new = len(self._live), len(self._live) + len(joined)
         layers: KV = []
+        buffers: KV = []
         for i, (k0, _) in enumerate(joined[0][1]):
-            shape = (b_new, k0.shape[1], width, k0.shape[3])
-            k_all, v_all = k0.new_zeros(shape), k0.new_zeros(shape)
+            # spare columns after the last one: the next decode steps write there (see new_cache)
+            shape = (b_new, k0.shape[1], width + slack_columns(width), k0.shape[3])
+            k_buf, v_buf = k0.new_zeros(shape), k0.new_zeros(shape)
+            k_all, v_all = k_buf[:, :, :width], v_buf[:, :, :width]
             if old is not None:
                 k_all[:b_old, :, width - self._width :] = old[i][0]
                 v_all[:b_old, :, width - self._width :] = old[i][1]
@@ -235,7 +319,8 @@ class HFStepEngine:
                 k_all[b_old + j, :, width - live.n_kv :] = kv[i][0][0]
                 v_all[b_old + j, :, width - live.n_kv :] = kv[i][1][0]
             layers.append((k_all, v_all))
-        self._cache = new_cache(layers)
+            buffers.append((k_buf, v_buf))
+        self._cache = new_cache(layers, slack=self.slack_cache, buffers=buffers)
         self._width = width
         self._live.extend(live for live, _ in joined)
 
@@ -279,10 +364,27 @@ class HFStepEngine:
         """Keep rows ``keep`` (indices into the running set); drop the leading columns none of them uses."""
         import torch
 
-        self._cache.batch_select_indices(torch.tensor(keep, device=self.backend.device))
         self._live = [self._live[j] for j in keep]
         width = max(r.n_kv for r in self._live)
-        if width < self._width:
-            cut = self._width - width
-            set_cache_layers(self._cache, [(k[:, :, cut:], v[:, :, cut:]) for k, v in cache_layers(self._cache)])
-            self._width = width
+        cut = self._width - width
+        layers = getattr(self._cache, "layers", None)
+        if self.slack_cache and layers and isinstance(layers[0], _slack_layer_class()):
+            # one copy per kept row straight into a buffer with spare columns, rather than an index
+            # select and then a re-allocation at the next decode step
+            kv, buffers = [], []
+            for k, v in cache_layers(self._cache):
+                shape = (len(keep), k.shape[1], width + slack_columns(width), k.shape[3])
+                kb, vb = k.new_empty(shape), v.new_empty(shape)
+                for j, r in enumerate(keep):
+                    kb[j, :, :width] = k[r, :, cut:]
+                    vb[j, :, :width] = v[r, :, cut:]
+                kv.append((kb[:, :, :width], vb[:, :, :width]))
+                buffers.append((kb, vb))
+            set_cache_layers(self._cache, kv)
+            for layer, bufs in zip(layers, buffers, strict=True):
+                layer._bufs = bufs
+        else:
+            self._cache.batch_select_indices(torch.tensor(keep, device=self.backend.device))
+            if cut:
+                set_cache_layers(self._cache, [(k[:, :, cut:], v[:, :, cut:]) for k, v in cache_layers(self._cache)])
+        self._width = width

@@ -188,7 +188,9 @@ def test_key_value_budget_bounds_the_batch_cache_and_changes_no_result(tiny):
         nonlocal peak
         out = step()
         if engine._cache is not None:
-            peak = max(peak, sum(k.nbytes + v.nbytes for k, v in cache_layers(engine._cache)))
+            # what is allocated, spare columns included (the layers hold views of larger buffers)
+            peak = max(peak, sum(k.untyped_storage().nbytes() + v.untyped_storage().nbytes()
+                                 for k, v in cache_layers(engine._cache)))
         return out
 
     engine.step = watched_step
@@ -294,3 +296,36 @@ def test_models_with_windowed_or_linear_layers_fall_back_to_whole_batches():
     assert step_engine_supported(model(sliding_window=4096, use_sliding_window=False)) is None
     assert "sliding window" in step_engine_supported(model(sliding_window=4096))
     assert "layer types" in step_engine_supported(model(layer_types=["sliding_attention", "full_attention"]))
+
+
+def test_slack_cache_writes_decode_columns_in_place_and_equals_concatenation(tiny):
+    """The batch cache's layers write each decode step's column into spare capacity: the same
+    logits as transformers' concatenating cache, and no re-allocation until the spare columns run
+    out (then one, with new spare columns)."""
+    from transformers import DynamicCache
+
+    from mx_agents.backends.hf_engine import new_cache, slack_columns
+
+    model, _ = tiny
+    torch.manual_seed(0)
+    x = torch.randint(0, model.config.vocab_size, (3, 40))
+    with torch.inference_mode():
+        kv = cache_layers(model(input_ids=x, use_cache=True).past_key_values)
+        plain = DynamicCache()
+        for i, (k, v) in enumerate(kv):
+            plain.update(k.clone(), v.clone(), i)
+        slack = new_cache([(k.clone(), v.clone()) for k, v in kv], slack=True)
+        storages, steps = [], slack_columns(41) + 3
+        for t in range(steps):
+            tok = torch.randint(0, model.config.vocab_size, (3, 1))
+            pos = torch.full((3, 1), 40 + t)
+            a = model(input_ids=tok, position_ids=pos, past_key_values=plain, use_cache=True).logits
+            b = model(input_ids=tok, position_ids=pos, past_key_values=slack, use_cache=True).logits
+            torch.testing.assert_close(b, a, rtol=0, atol=1e-5)
+            k0 = cache_layers(slack)[0][0]
+            assert k0.shape[2] == 41 + t
+            storages.append(k0.untyped_storage().data_ptr())
+    # the first step re-allocates (the prefill's tensors have no spare columns) to 41 columns plus
+    # slack_columns(41) spare ones, which the next steps fill in place; then one re-allocation
+    assert len(set(storages)) == 2
+    assert storages.count(storages[0]) == 1 + slack_columns(41)
