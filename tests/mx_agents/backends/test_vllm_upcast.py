@@ -73,3 +73,71 @@ def test_large_weights_need_more_rows_and_other_kernels_are_left_alone():
         calls.clear()
         assert head(torch.zeros(rows, 64, dtype=torch.bfloat16)).shape == (rows, 1 << 18)
         assert calls == path, (rows, calls)
+
+
+class _RecordingLLM:
+    """Test double of ``vllm.LLM`` for the weight push through an engine-core process: records each
+    ``collective_rpc`` and, for a bucket, opens the shared-memory block by name as the worker does and
+    reads the tensors from it (vLLM's worker-side ``load_weights`` is not run)."""
+
+    def __init__(self, fail_on_bucket: int | None = None) -> None:
+        self.calls: list[str] = []
+        self.names: list[str] = []
+        self.loaded: dict[str, torch.Tensor] = {}
+        self.fail_on_bucket = fail_on_bucket
+
+    def collective_rpc(self, fn, args=()):
+        from multiprocessing import shared_memory
+
+        self.calls.append(fn.__name__)
+        if args:
+            payload = args[0]
+            if self.fail_on_bucket is not None and len(self.names) == self.fail_on_bucket:
+                self.names.append(payload["name"])
+                raise RuntimeError("engine core died")
+            self.names.append(payload["name"])
+            shm = shared_memory.SharedMemory(name=payload["name"])
+            try:
+                raw = torch.frombuffer(shm.buf, dtype=torch.uint8)
+                for name, dtype, shape, offset in payload["entries"]:
+                    dt = getattr(torch, dtype)
+                    n = torch.Size(shape).numel() * torch.empty((), dtype=dt).element_size()
+                    self.loaded[name] = raw[offset : offset + n].view(dt).view(shape).clone()
+                del raw
+            finally:
+                shm.close()
+        return [0]
+
+
+def _rpc_backend(llm):
+    from mx_agents.backends.vllm_backend import VLLMBackend
+
+    backend = object.__new__(VLLMBackend)  # the push path only: no engine is started
+    backend.llm, backend.on_cuda, backend._shm = llm, False, None
+    return backend
+
+
+@pytest.mark.parametrize("fail_on_bucket", [None, 1])
+def test_weight_push_through_shared_memory_leaves_no_block_behind(fail_on_bucket):
+    """Each push's shared-memory block is unlinked when the push ends, also when the engine core fails
+    mid-push: a block kept between pushes outlived killed processes and filled /dev/shm."""
+    import os
+
+    weights = {f"layer{i}.weight": torch.randn(64, 64, generator=torch.Generator().manual_seed(i)) for i in range(4)}
+    llm = _RecordingLLM(fail_on_bucket)
+    backend = _rpc_backend(llm)
+    stats: dict[str, int] = {}
+    bucket = 2 * 64 * 64 * 4  # two tensors per bucket
+    if fail_on_bucket is None:
+        backend._load_via_rpc(weights, bucket, stats)
+        assert stats["buckets"] == 2 and set(llm.loaded) == set(weights)
+        for name, t in weights.items():
+            assert torch.equal(llm.loaded[name], t)
+    else:
+        with pytest.raises(RuntimeError, match="engine core died"):
+            backend._load_via_rpc(weights, bucket, stats)
+    assert llm.calls[0] == "_worker_begin_reload" and llm.calls[-1] == "_worker_end_reload"
+    assert len(set(llm.names)) == 1  # one block, reused by the buckets of the push
+    assert backend._shm is None
+    if os.path.isdir("/dev/shm"):
+        assert not os.path.exists(f"/dev/shm/{llm.names[0].lstrip('/')}")
