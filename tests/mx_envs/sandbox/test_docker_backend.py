@@ -469,7 +469,9 @@ def test_docker_run_does_not_outlive_a_dead_host(docker_sb):
         while not started and time.monotonic() < deadline and proc.poll() is None:
             for c in docker_sb.api.containers(filters=label):
                 try:
-                    top = docker_sb.api.top(c["Id"])
+                    # -ww: ps cuts the command column to the daemon's COLUMNS otherwise (a dockerd
+                    # started from a test process had "/root/.pyenv/versions/3.11.7/bin" only)
+                    top = docker_sb.api.top(c["Id"], ps_args="-ww -eo pid,args")
                 except docker.errors.APIError:  # created, not running yet (409): look again
                     continue
                 started = any("main.py" in " ".join(map(str, p)) for p in top.get("Processes") or [])
