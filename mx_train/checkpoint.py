@@ -267,6 +267,9 @@ def save_checkpoint(
 def _parked_as_files(learner: Any, dest: Path, name: str) -> contextlib.AbstractContextManager[Any]:
     """A learner whose optimizer parks phases on disk saves them as files of their own (see
     ``PhaseOptimizer.parked_as_files``); any other learner saves as it is."""
+    settle = getattr(learner, "settle_phase", None)
+    if settle is not None:
+        settle()  # a phase switch still running (Learner.prepare_phase) changes what is parked
     opt = getattr(learner, "opt", None)
     into = getattr(opt, "parked_as_files", None)
     return into(dest, name) if into is not None else contextlib.nullcontext()

@@ -392,6 +392,8 @@ class Trainer:
         if self.max_staleness is not None:
             return self._async_step()
         t0 = time.perf_counter()
+        # A phase change parks and restores optimizer moments (seconds on a CPU): beside the rollout
+        self.policy_group.prepare_phase(self.schedule.active_roles(self.step_index))
         with self.rss.phase("rollout", release=True):
             result = self._produce(self.step_index)
         return self._train_on(result, t0, overlapping=False)

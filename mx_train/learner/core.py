@@ -41,6 +41,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
@@ -86,6 +87,10 @@ def _model_dtype(model: Any) -> torch.dtype:
         if p.is_floating_point():
             return p.dtype
     return torch.float32
+
+
+def _phase_key(roles: Iterable[str] | None) -> str:
+    return "+".join(sorted(roles)) if roles is not None else "all"
 
 
 class Learner:
@@ -165,6 +170,9 @@ class Learner:
                 self.master.load_from([p for p in given.parameters() if p.requires_grad])
             params = self.master.masters
         self.opt = PhaseOptimizer(params, cfg)
+        # (phase key, thread, outcome) of a switch started ahead by prepare_phase
+        self._prepared: tuple[str, threading.Thread, dict[str, Any]] | None = None
+        self._switched_ahead: str | None = None
         self.version = 0  # optimizer steps taken (the weight version the engine serves)
 
     def _prepare_model(self, model: Any) -> tuple[Any, Any]:
@@ -230,10 +238,12 @@ class Learner:
     # ---------------------------------------------------------------- compatibility views
     @property
     def optimizer(self) -> torch.optim.Optimizer:
+        self.settle_phase()
         return self.opt.optimizer
 
     @property
     def lr_scheduler(self) -> Any:
+        self.settle_phase()
         return self.opt.lr_scheduler
 
     @property
@@ -351,10 +361,49 @@ class Learner:
         self.version += 1
         return norm, True
 
+    def prepare_phase(self, roles: Iterable[str] | None) -> None:
+        """Start :meth:`switch_phase`'s optimizer-state switch to ``roles``' phase in a background
+        thread, when it is not the current phase. Why: on a CPU the leaving phase's AdamW moments are
+        parked on disk and the arriving phase's read back (:mod:`.optim`), 3-10 s for a 135M model on
+        the 2-core development machine; the trainer calls this as a step's rollout starts, which does
+        not touch the optimizer, so the switch runs beside the rollout instead of before the update.
+        :meth:`switch_phase` (and so :meth:`update`) waits for it; the resulting state is the same."""
+        key = _phase_key(roles)
+        if self._prepared is not None or key == self.opt.phase or self.opt.mode != "per_role":
+            return
+        outcome: dict[str, Any] = {}
+
+        def run() -> None:
+            try:
+                outcome["changed"] = self.opt.switch(key)
+            except BaseException as exc:  # noqa: BLE001 - re-raised by settle_phase in the caller
+                outcome["error"] = exc
+
+        thread = threading.Thread(target=run, name=f"{self.name}-phase-switch", daemon=True)
+        self._prepared = (key, thread, outcome)
+        thread.start()
+
+    def settle_phase(self) -> None:
+        """Wait for a switch started by :meth:`prepare_phase` (every use of the optimizer state
+        does); what it changed is reported by the next :meth:`switch_phase`."""
+        if self._prepared is None:
+            return
+        key, thread, outcome = self._prepared
+        thread.join()
+        self._prepared = None
+        if "error" in outcome:
+            raise outcome["error"]
+        if outcome["changed"]:
+            self._switched_ahead = key
+
     def switch_phase(self, roles: Iterable[str] | None) -> bool:
         """Select the optimizer state of the active-role set ``roles`` (see :mod:`.optim`)."""
-        key = "+".join(sorted(roles)) if roles is not None else "all"
+        key = _phase_key(roles)
+        self.settle_phase()
         changed = self.opt.switch(key)
+        if self._switched_ahead is not None:
+            changed = changed or self._switched_ahead == key
+            self._switched_ahead = None
         if self.config.phase_lr:
             self.opt.set_lr(float(self.config.phase_lr.get(key, self.config.lr)))
         if changed:
@@ -408,6 +457,7 @@ class Learner:
         approx_kl, kl, entropy, grad_norm, lr, tokens, sequences, total_tokens, tokens_per_s, time_s,
         optimizer_steps, skipped (1.0 when no step was taken) and skip_reason codes."""
         t0 = time.perf_counter()
+        self.settle_phase()
         with self.training_mode():
             seqs = self.prepare(transitions, active_roles)
             if not seqs:
@@ -599,6 +649,7 @@ class Learner:
 
     def release(self) -> None:
         """Free this learner's optimizer state (a finished warm start); the model stays."""
+        self.settle_phase()
         self.opt.zero_grad()
         self.opt.optimizer.state.clear()
         self.opt.clear_parked()
@@ -634,6 +685,7 @@ class Learner:
     def state_dict(self) -> dict[str, Any]:
         """Optimizer (per phase), LR schedule, step count and fp32 masters (the model's own weights
         are saved separately; in bf16 they would lose what the masters hold below bf16 spacing)."""
+        self.settle_phase()
         out: dict[str, Any] = {
             "optimizer_phases": self.opt.state_dict(),
             "optimizer": self.opt.optimizer.state_dict(),
@@ -645,6 +697,7 @@ class Learner:
         return out
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.settle_phase()
         if "optimizer_phases" in state:
             self.opt.load_state_dict(state["optimizer_phases"])
         else:  # checkpoints from before per-phase state

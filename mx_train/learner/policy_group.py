@@ -41,6 +41,20 @@ class PolicyGroup:
         """Role -> the weight version (optimizer steps) of the learner that trains it."""
         return {role: int(learner.version) for role, learner in self.by_role.items()}
 
+    def prepare_phase(self, active_roles: Iterable[str] | None = None) -> None:
+        """Start each learner's optimizer-state switch to the phase :meth:`update` with
+        ``active_roles`` will select (``Learner.prepare_phase``), in the background."""
+        active = set(self.by_role) if active_roles is None else set(active_roles)
+        done: set[int] = set()
+        for learner in self.by_role.values():
+            if id(learner) in done:
+                continue
+            done.add(id(learner))
+            roles = {r for r, lr in self.by_role.items() if lr is learner} & active
+            prepare = getattr(learner, "prepare_phase", None)
+            if roles and prepare is not None:
+                prepare(roles)
+
     def update(
         self, transitions: Sequence[SequenceLike], active_roles: Iterable[str] | None = None
     ) -> dict[str, float]:

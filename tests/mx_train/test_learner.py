@@ -511,6 +511,49 @@ def test_parking_on_disk_equals_parking_in_memory_and_holds_nothing_resident(tin
         assert all(torch.equal(v, sd["parked"]["executor"][i][k]) for k, v in st.items())
 
 
+def test_phase_switch_prepared_in_the_background_equals_the_inline_switch(tiny):
+    """``prepare_phase`` (called by the trainer as a rollout starts) parks and restores the moments on
+    another thread; the updates, the parked state and the logged switches are those of switching
+    inside ``update``; a checkpoint taken while it runs waits for it."""
+    import threading
+
+    model, _ = tiny
+    roles = ["executor", "executor", "designer", "designer", "executor", "designer"]
+    runs = {}
+    for ahead in (False, True):
+        learner = Learner(copy.deepcopy(model), {"lr": 1e-3, "park_optimizer": "disk"})
+        group = PolicyGroup.shared(learner)
+        threads: list[str] = []
+        real_switch = learner.opt.switch
+
+        def switch(phase, _real=real_switch, _seen=threads):
+            _seen.append(threading.current_thread().name)
+            return _real(phase)
+
+        learner.opt.switch = switch
+        changed = []
+        for k, role in enumerate(roles):
+            before = learner.opt.switches
+            if ahead:
+                group.prepare_phase({role})
+            if ahead and k == 4:  # a checkpoint while the switch may still run
+                state = copy.deepcopy(learner.state_dict()["optimizer_phases"])
+                assert state["phase"] == "executor"
+            group.update(_role_batch(role, 4, k), active_roles={role})
+            changed.append(learner.opt.switches - before)
+        runs[ahead] = (_weights(learner.model), copy.deepcopy(learner.state_dict()["optimizer_phases"]), changed)
+        if ahead:  # the first selection and the three phase changes ran on the prepare thread
+            assert sum(name.endswith("-phase-switch") for name in threads) == 4
+        learner.release()
+    (w0, s0, c0), (w1, s1, c1) = runs[False], runs[True]
+    assert all(torch.equal(w0[n], w1[n]) for n in w0)
+    assert c0 == c1 == [0, 0, 1, 0, 1, 1]
+    assert s0["phase"] == s1["phase"] and set(s0["parked"]) == set(s1["parked"])
+    for phase, st in s0["parked"].items():
+        for i, entry in st.items():
+            assert all(torch.equal(v, s1["parked"][phase][i][key]) for key, v in entry.items())
+
+
 # ---------------------------------------------------------------- PPO mini-batches and old log-probs
 def test_mini_batch_size_and_epochs_set_the_optimizer_steps_and_free_gradients(tiny):
     model, _ = tiny
