@@ -45,7 +45,11 @@ what stays resident:
   the same activations and logits;
 * the rollout: the engine's KV cache for the concurrent sequences (at most ``policy.max_batch_size``
   and at most the step's ``B x M x N`` episodes) of ``max_prompt_tokens`` (1024 when unset) plus the
-  longer reply budget.
+  longer reply budget, for an HF engine at most its ``kv_cache_mb`` (1024 MiB on the CPU). Its
+  prefix cache (at most ``prefix_cache_mb``, what the step's prompts put there) is not counted; the
+  trainer clears it before each update;
+* async rollouts (``rollout.async``): the engine's own copy of the weights (``dtype x P``) stays
+  resident (the next rollout runs beside the update).
 
 Under ``distributed.backend: ray`` each rollout worker is a process of its own (runtime, its engine's
 weights and KV cache): the plan lists it apart from the trainer's.
@@ -463,13 +467,29 @@ def plan_host_memory(config: Any, *, learner_procs: int | None = None, host_mem_
         sft = {"gradients (fp32)": grads, "warm-start AdamW": 8 * trained["designer"] / scale, act_key: acts,
                f"logits chunk ({chunk} tok)": logits, "(no RL moments yet)": -rl_moments}
         phases["warm start"] = sft
+    async_k = r.async_.max_staleness if r.async_ is not None else None
     if d.backend == "local":
         prompt = max(r.designer.max_prompt_tokens or DEFAULT_PROMPT_TOKENS,
                      r.executor.max_prompt_tokens or DEFAULT_PROMPT_TOKENS)
         reply = max(r.designer.max_new_tokens, r.executor.max_new_tokens)
         seqs = min(pc.max_batch_size, r.tasks_per_step * r.designs * r.executions)
-        kv = sum(seqs * (prompt + reply) * 2 * s.layers * s.kv_dim * engine_dtype for s in shapes.values())
-        phases["rollout"] = {f"KV cache ({seqs} seqs x {prompt + reply} tok)": kv}
+        ek = pc.engine_kwargs or {}
+        rollout: dict[str, float] = {}
+        for role, sh in shapes.items():
+            label = "" if len(shapes) == 1 else f" ({role})"
+            kv = seqs * (prompt + reply) * 2 * sh.layers * sh.kv_dim * engine_dtype
+            if not serving[role]:  # an HF engine bounds its running batch by kv_cache_mb (1024 MiB on the CPU)
+                kv = min(kv, float(ek.get("kv_cache_mb") or 1024.0) * 2**20)
+            rollout[f"KV cache ({seqs} seqs x {prompt + reply} tok){label}"] = kv
+        phases["rollout"] = rollout
+    if async_k and d.backend == "local":
+        for role, s in shapes.items():
+            if not serving[role]:  # the engine samples with a copy of its own (mx_train/async_rollout.py)
+                label = "" if len(shapes) == 1 else f" ({role})"
+                resident[f"engine weights copy (async, max_staleness {async_k}){label}"] = engine_dtype * s.params()
+    rl_only = sum(v for k, v in resident.items() if "async" in k)  # made when RL starts, after the warm start
+    if rl_only and "warm start" in phases:
+        phases["warm start"]["(no async engine copy yet)"] = -rl_only
     peak_phase = max(phases, key=lambda k: sum(phases[k].values()))
     terms = dict(resident)
     for k, v in phases[peak_phase].items():
@@ -478,7 +498,7 @@ def plan_host_memory(config: Any, *, learner_procs: int | None = None, host_mem_
     rl_free = phases[peak_phase].get("(no RL moments yet)", 0.0)
     if rl_free:
         for k in list(terms):
-            if k.startswith("AdamW moments"):
+            if k.startswith("AdamW moments") or "async" in k:
                 terms[k] = 0.0  # not yet created during the warm start
     total = sum(terms.values()) / 1e9
     budget = float(host_mem_gb) if host_mem_gb is not None else host_memory_total_gb()

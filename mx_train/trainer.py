@@ -437,6 +437,14 @@ class Trainer:
             metrics.update(self._worker_sampling_metrics(transitions))
         if not overlapping:
             after_rollout(self.backends.values())
+            # The update is about to change these roles' weights, which makes every key/value state in
+            # their engines' prefix caches stale (they are cleared at the next step anyway): freed now,
+            # they are not resident beside the update's gradients and activations (up to 512 MiB per
+            # HF engine). A skipped update loses the next step's hits on them; a frozen role keeps its.
+            for backend in {id(b): b for r, b in self.backends.items() if r in active}.values():
+                cache = getattr(backend, "prefix_cache", None)
+                if cache is not None and hasattr(cache, "clear"):
+                    cache.clear()
         t1 = time.perf_counter()
         with self.rss.phase("update", release=True):
             update = self.policy_group.update(transitions, active_roles=active)

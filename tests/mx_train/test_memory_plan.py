@@ -78,6 +78,13 @@ def test_cpu_config_gets_a_host_plan_with_what_stays_resident():
     nockpt = plan_memory(TrainConfig.from_yaml("configs/demo_cpu.yaml",
                                                overrides=["learner.gradient_checkpointing=false"]), host_mem_gb=24)
     assert nockpt.total_gb > demo.total_gb
+    # Async rollouts: the engine samples with its own copy of the weights, resident through the update
+    # (not before RL starts: the warm start's figure is the synchronous one).
+    asy = plan_memory(TrainConfig.from_yaml("configs/demo_cpu.yaml", overrides=["rollout.async.max_staleness=1"]),
+                      host_mem_gb=24)
+    assert asy.per_gpu_gb["engine weights copy (async, max_staleness 1)"] == pytest.approx(4 * p / 1e9, rel=1e-3)
+    assert asy.total_gb - demo.total_gb == pytest.approx(4 * p / 1e9, rel=1e-2)
+    assert "warm start 3.33 GB" in asy.why and "warm start 3.33 GB" in demo.why
     tight = _plan("configs/demo_cpu.yaml", host_mem_gb=2)
     assert not tight.fits and "Try:" in tight.why
 

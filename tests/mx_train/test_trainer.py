@@ -123,7 +123,19 @@ def test_training_steps_change_parameters_and_write_everything(tmp_path):
 
 def test_stagewise_schedule_freezes_inactive_role(tmp_path):
     cfg = _config(tmp_path, schedule={"mode": "stagewise", "phase_steps": 1, "first": "executor"}, max_steps=2)
-    history = _trainer(cfg).run()
+    trainer = _trainer(cfg)
+    # The engine's prefix cache is full after a rollout and empty when the update starts: the update
+    # changes the weights its states were computed with, so they are freed before the update's peak.
+    seen: list[int] = []
+    update = trainer.policy_group.update
+
+    def watched(transitions, active_roles=None):
+        seen.append(trainer.backends["executor"].prefix_cache.bytes)
+        return update(transitions, active_roles=active_roles)
+
+    trainer.policy_group.update = watched
+    history = trainer.run()
+    assert seen == [0, 0] and history[0]["rollout/prefix_hit_rate"] > 0
     assert [m["phase"] for m in history] == ["executor", "designer"]
     assert history[0]["active/designer"] == 0.0 and history[0]["active/executor"] == 1.0
     # Only the active role's transitions reach the loss: step 0 trains 8 executor sequences, step 1 4 designs.
