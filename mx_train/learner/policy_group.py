@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from mx_train.learner.collation import SequenceLike
@@ -41,9 +41,8 @@ class PolicyGroup:
         """Role -> the weight version (optimizer steps) of the learner that trains it."""
         return {role: int(learner.version) for role, learner in self.by_role.items()}
 
-    def prepare_phase(self, active_roles: Iterable[str] | None = None) -> None:
-        """Start each learner's optimizer-state switch to the phase :meth:`update` with
-        ``active_roles`` will select (``Learner.prepare_phase``), in the background."""
+    def _active_learners(self, active_roles: Iterable[str] | None) -> Iterator[tuple[Any, set[str]]]:
+        """Each distinct learner with an active role, and its active roles (``None``: every role)."""
         active = set(self.by_role) if active_roles is None else set(active_roles)
         done: set[int] = set()
         for learner in self.by_role.values():
@@ -51,26 +50,25 @@ class PolicyGroup:
                 continue
             done.add(id(learner))
             roles = {r for r, lr in self.by_role.items() if lr is learner} & active
+            if roles:
+                yield learner, roles
+
+    def prepare_phase(self, active_roles: Iterable[str] | None = None) -> None:
+        """Start each learner's optimizer-state switch to the phase :meth:`update` with
+        ``active_roles`` will select (``Learner.prepare_phase``), in the background."""
+        for learner, roles in self._active_learners(active_roles):
             prepare = getattr(learner, "prepare_phase", None)
-            if roles and prepare is not None:
+            if prepare is not None:
                 prepare(roles)
 
     def update(
         self, transitions: Sequence[SequenceLike], active_roles: Iterable[str] | None = None
     ) -> dict[str, float]:
         """Update every learner that has an active role; metrics prefixed ``<learner>/``."""
-        active = set(self.by_role) if active_roles is None else set(active_roles)
         if unknown := {t.role for t in transitions} - set(self.by_role):
             raise ValueError(f"transitions for roles {sorted(unknown)} that no learner trains")
         metrics: dict[str, float] = {}
-        done: set[int] = set()
-        for learner in self.by_role.values():
-            if id(learner) in done:
-                continue
-            done.add(id(learner))
-            roles = {r for r, lr in self.by_role.items() if lr is learner} & active
-            if not roles:
-                continue
+        for learner, roles in self._active_learners(active_roles):
             key = learner.name if self.is_shared else next(r for r, lr in self.by_role.items() if lr is learner)
             for k, v in learner.update(transitions, active_roles=roles).items():
                 metrics[f"{key}/{k}"] = v
