@@ -28,6 +28,7 @@ the backends of a run).
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -50,6 +51,9 @@ class BatchStats:
     step engine, the running set each time requests joined it). ``width_hist``: decode steps by the
     number of rows they computed, the batch-width histogram. ``prompt_tokens``: tokens of the prompts
     prefilled; ``cached_tokens``: those whose KV came from a prefix cache instead of a forward pass.
+    ``engine_s``: wall seconds the engine worked (batches, or admissions plus decode steps): set
+    against a rollout's wall time it says whether the rollout waited on the engine or the engine on
+    the episodes (sandboxed scripts and tools).
     """
 
     calls: int = 0
@@ -59,6 +63,9 @@ class BatchStats:
     width_hist: dict[int, int] = field(default_factory=dict)
     prompt_tokens: int = 0
     cached_tokens: int = 0
+    engine_s: float = 0.0
+    draft_tokens: int = 0
+    accepted_tokens: int = 0
 
     def record(self, n: int) -> None:
         self.calls += 1
@@ -77,10 +84,16 @@ class BatchStats:
         self.prompt_tokens += tokens
         self.cached_tokens += cached
 
+    def record_draft(self, proposed: int, accepted: int) -> None:
+        """Speculative decoding: a row proposed ``proposed`` draft tokens and ``accepted`` were kept."""
+        self.draft_tokens += proposed
+        self.accepted_tokens += accepted
+
     def snapshot(self) -> BatchStats:
         """A copy to diff against later (:func:`batch_metrics`)."""
         return BatchStats(self.calls, self.requests, self.max_batch, list(self.sizes), dict(self.width_hist),
-                          self.prompt_tokens, self.cached_tokens)
+                          self.prompt_tokens, self.cached_tokens, self.engine_s, self.draft_tokens,
+                          self.accepted_tokens)
 
 
 def batch_metrics(now: BatchStats, before: BatchStats | None = None, prefix: str = "rollout/") -> dict[str, float]:
@@ -89,7 +102,9 @@ def batch_metrics(now: BatchStats, before: BatchStats | None = None, prefix: str
     ``batch_width_mean``/``_max``: rows per decode step, ``batch_width_hist_<w>``: decode steps of
     width ``w`` (powers-of-two buckets ``1``, ``2``, ``3-4``, ``5-8``, ...; the histogram), ``decode_steps``,
     ``single_row_steps``: the fraction of steps that computed one row; ``prefix_hit_rate``: prompt
-    tokens served from the prefix cache / prompt tokens (absent when no prompt was admitted).
+    tokens served from the prefix cache / prompt tokens (absent when no prompt was admitted);
+    ``engine_s``: seconds the engine worked (absent when it did nothing); ``draft_tokens`` and
+    ``draft_accept_rate``: speculative decoding's proposed draft tokens and the fraction accepted.
     """
     base = before.width_hist if before is not None else {}
     hist = {w: c - base.get(w, 0) for w, c in now.width_hist.items() if c - base.get(w, 0) > 0}
@@ -110,6 +125,14 @@ def batch_metrics(now: BatchStats, before: BatchStats | None = None, prefix: str
         cached = now.cached_tokens - (before.cached_tokens if before is not None else 0)
         out[f"{prefix}prompt_tokens"] = float(prompt)
         out[f"{prefix}prefix_hit_rate"] = cached / prompt
+    drafted = now.draft_tokens - (before.draft_tokens if before is not None else 0)
+    if drafted > 0:
+        accepted = now.accepted_tokens - (before.accepted_tokens if before is not None else 0)
+        out[f"{prefix}draft_tokens"] = float(drafted)
+        out[f"{prefix}draft_accept_rate"] = accepted / drafted
+    busy = now.engine_s - (before.engine_s if before is not None else 0.0)
+    if busy > 0:
+        out[f"{prefix}engine_s"] = busy
     return out
 
 
@@ -120,6 +143,9 @@ def _total(stats: Sequence[BatchStats]) -> BatchStats:
             out.width_hist[w] = out.width_hist.get(w, 0) + c
         out.prompt_tokens += st.prompt_tokens
         out.cached_tokens += st.cached_tokens
+        out.engine_s += st.engine_s
+        out.draft_tokens += st.draft_tokens
+        out.accepted_tokens += st.accepted_tokens
     return out
 
 
@@ -184,6 +210,7 @@ class DynamicBatcher(_Gate):
                 batch, self._pending = self._pending[:cut], self._pending[cut:]
                 self._busy = True
                 self._cond.release()
+                t0 = time.perf_counter()
                 try:
                     results, error = list(self._run_batch([s.item for s in batch])), None
                     if len(results) != len(batch):
@@ -192,6 +219,7 @@ class DynamicBatcher(_Gate):
                     results, error = [], exc
                 finally:
                     self._cond.acquire()
+                self.stats.engine_s += time.perf_counter() - t0
                 self.stats.record(len(batch))
                 for i, s in enumerate(batch):
                     s.done, s.error = True, error
@@ -275,6 +303,7 @@ class StepBatcher(_Gate):
                 self._cond.release()
                 finished: list[tuple[int, Any]] = []
                 error: BaseException | None = None
+                t0 = time.perf_counter()
                 try:
                     for key, slot in joining:
                         self._engine.add(key, slot.item)
@@ -283,6 +312,7 @@ class StepBatcher(_Gate):
                     error = exc
                 finally:
                     self._cond.acquire()
+                self.stats.engine_s += time.perf_counter() - t0
                 if joining:
                     self.stats.record(len(self._running))
                 if error is None:

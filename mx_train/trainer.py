@@ -466,6 +466,9 @@ class Trainer:
                 "time/step_s": time.perf_counter() - t0,
                 "rollout/generated_tokens": float(gen_tokens),
                 "rollout/tokens_per_s": gen_tokens / max(t_roll, 1e-9),
+                # < 1: the engine waited on the episodes (scripts, sandboxed tools) part of the rollout
+                **({"rollout/engine_busy_frac": metrics["rollout/engine_s"] / max(t_roll, 1e-9)}
+                   if "rollout/engine_s" in metrics else {}),
                 "epoch": float(self.epoch),
                 **self.rss.metrics(),  # peaks so far: a checkpoint's shows from the next step on
             }

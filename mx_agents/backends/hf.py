@@ -43,6 +43,7 @@ Completion conventions:
 from __future__ import annotations
 
 import inspect
+import logging
 import os
 import random
 from collections.abc import Mapping, Sequence
@@ -59,6 +60,8 @@ from mx_agents.backends.sampling import (
     validate_params,
 )
 from mx_agents.batching import left_pad
+
+logger = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     import torch
@@ -165,6 +168,10 @@ class HFBackend:
     a prefix cache of ``prefix_cache_mb`` MiB of key/value states, 0: none) or ``"batch"`` (the
     whole-batch loop, where ``shared_prefix_min`` is the shortest prompt prefix common to a whole
     chunk that is prefilled once for it, 0 turns that sharing off); see the module docstring.
+    ``speculative`` (step engine): ``True`` or ``{max_draft: 8, min_match: 3, history_tokens: 200000}``
+    checks n-gram drafts of up to ``max_draft`` tokens per row in one forward pass, sampling exactly
+    what plain decoding samples in distribution (:mod:`mx_agents.backends.drafts`); other random draws
+    than plain decoding, so a seeded request gives another (equally distributed) reply than without.
     """
 
     name = "hf"
@@ -183,6 +190,7 @@ class HFBackend:
         batching: str = "step",
         prefix_cache_mb: float = 512.0,
         kv_cache_mb: float | None = None,
+        speculative: Mapping[str, Any] | bool | None = None,
     ) -> None:
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
@@ -229,6 +237,21 @@ class HFBackend:
         if batching == "step" and step_engine_supported(self.model) is not None:
             batching = "batch"
         self.batching = batching
+        # Speculative decoding with n-gram drafts (mx_agents.backends.drafts): the step engine only.
+        self.drafter: Any = None
+        if speculative:
+            from mx_agents.backends.drafts import NgramDrafter
+
+            opts = {} if speculative is True else dict(speculative)
+            unknown = set(opts) - {"max_draft", "min_match", "history_tokens"}
+            if unknown:
+                raise ValueError(f"unknown speculative option(s) {sorted(unknown)}; "
+                                 "known: ['history_tokens', 'max_draft', 'min_match']")
+            drafter = NgramDrafter(**opts)
+            if batching != "step":
+                logger.warning("speculative decoding needs the step engine; %s decodes without it", self.name)
+            elif drafter.max_draft > 0:
+                self.drafter = drafter
         self.prefix_cache: PrefixCache | None = None
         # Concurrent callers (one thread per episode) share batches: see mx_agents.continuous.
         self._batcher: DynamicBatcher | StepBatcher

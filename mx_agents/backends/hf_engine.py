@@ -24,11 +24,21 @@ last sampled token, which was never fed) go into the prefix cache: the sub-agent
 prompt starts with them, prefills only its new message. Leading columns that no row uses any more are
 dropped when rows leave.
 
+Speculative decoding (``HFBackend(speculative=...)``, :mod:`~mx_agents.backends.drafts`): each row
+proposes up to ``max_draft`` tokens read off n-gram matches (its own prompt and reply, then sequences
+the engine finished recently), and one forward pass over ``1 + longest draft`` new columns per row
+checks them; each draft token is accepted with the model's own probability of it, so what is sampled
+is distributed exactly as without drafts. Rows accept different numbers of tokens, so the columns of
+rejected and padding positions stay in the cache as *holes*: an explicit per-row mask of the valid
+columns (``_valid``) replaces the right-aligned layout's implicit one, positions stay per row (its
+number of valid states), and a finished row's valid columns are gathered for the prefix cache.
+
 The engine is used by one thread at a time (the batcher's leader); it is not thread-safe itself.
 """
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -152,6 +162,14 @@ def new_cache(kv: KV, *, slack: bool = False, buffers: KV | None = None) -> Any:
     return cache
 
 
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
 def step_engine_supported(model: Any) -> str | None:
     """``None`` when the model's cache is the plain one this engine re-lays (full attention on every
     layer); else the reason (sliding-window or linear-attention layers keep other states)."""
@@ -173,6 +191,8 @@ class _Live:
     row: _Row
     n_kv: int  # tokens whose states are in the cache: prompt + reply, less the pending token
     pending: int  # the last sampled token, fed at the next decode step
+    own: Any = None  # speculative decoding: the row's n-gram index (drafts.RowIndex)
+    accept: float | None = None  # speculative decoding: the row's draft-token acceptance (EMA)
 
 
 class HFStepEngine:
@@ -182,6 +202,11 @@ class HFStepEngine:
     #: decode steps write into spare columns of the batch cache (:func:`new_cache`); ``False``: the
     #: transformers cache concatenates at every step (the naive side of benchmarks/test_kv_cache_bench.py)
     slack_cache = True
+    #: rows admitted at one step prefill in one forward pass (``False``: one pass per row, the naive
+    #: side of the benchmark); rows whose uncached prompts share ``SHARE_MIN`` leading tokens with an
+    #: earlier one's take a later pass, after the earlier one has put those states in the prefix cache
+    batch_prefill = True
+    SHARE_MIN = 16
 
     def __init__(self, backend: HFBackend, stats: BatchStats, prefix_cache: PrefixCache | None) -> None:
         self.backend = backend
@@ -194,6 +219,14 @@ class HFStepEngine:
         self._last_width = 0
         self._params = list(backend.model.parameters())
         self._weights_seen = self._weights_key()
+        self.drafter = getattr(backend, "drafter", None)
+        # speculative decoding: which columns of the batch cache hold each row's states ([rows, _width])
+        self._valid: Any = None
+        if self.drafter is not None:
+            from mx_agents.backends.drafts import PassCost
+
+            self._pass_cost = PassCost()
+            self._accept_prior = 0.5  # acceptance of all rows' draft tokens (EMA): a new row's estimate
 
     def _weights_key(self) -> int:
         """Changes whenever a parameter is modified in place: a learner that trains the served model
@@ -216,7 +249,7 @@ class HFStepEngine:
         self._waiting = deque((k, r) for k, r in self._waiting if k not in drop)
         keep = [j for j, live in enumerate(self._live) if live.key not in drop]
         if not keep:
-            self._live, self._cache, self._width = [], None, 0
+            self._live, self._cache, self._width, self._valid = [], None, 0, None
         elif len(keep) < len(self._live):
             self._select(keep)
 
@@ -231,11 +264,11 @@ class HFStepEngine:
             self.prefix_cache.clear()  # states computed with the previous weights
             self._weights_seen = key
         with torch.inference_mode():
-            joined: list[tuple[_Live, KV]] = []
+            admitted: list[tuple[int, _Row]] = []
             width = self._width
-            while self._waiting and len(self._live) + len(joined) < self.backend.max_batch_size:
+            while self._waiting and len(self._live) + len(admitted) < self.backend.max_batch_size:
                 key, row = self._waiting[0]
-                rows = len(self._live) + len(joined) + 1
+                rows = len(self._live) + len(admitted) + 1
                 need = max(width, len(row.prompt_ids))
                 if rows > 1 and not self._fits(rows, need):
                     break  # first come, first served: the queue waits for rows to leave
@@ -244,12 +277,14 @@ class HFStepEngine:
                     row.finish_reason = "length"
                     done.append((key, self.backend._to_completion(row)))
                     continue
-                live, kv = self._prefill(key, row)
-                if row.finish_reason:  # its first token ended it
-                    done.append((key, self.backend._to_completion(row)))
+                admitted.append((key, row))
+                width = need
+            joined: list[tuple[_Live, KV]] = []
+            for live, kv in self._prefill_all(admitted):
+                if live.row.finish_reason:  # its first token ended it
+                    done.append((live.key, self.backend._to_completion(live.row)))
                 else:
                     joined.append((live, kv))
-                    width = max(width, live.n_kv)
             if joined:
                 self._join(joined)
             if self._live:
@@ -270,6 +305,89 @@ class HFStepEngine:
         budget = self.backend.kv_cache_bytes
         return budget is None or rows * (width + slack_columns(width)) * self.backend.kv_bytes_per_token <= budget
 
+    def _prefill_all(self, admitted: list[tuple[int, _Row]]) -> list[tuple[_Live, KV]]:
+        """Prefill the rows admitted at this step: together in one forward pass per *wave* (one pass
+        costs about as much as a decode step however few its tokens: 107 ms for 10 tokens of one row
+        of the 135M model on 2 CPU cores), each row's cached prefix from the prefix cache. A row whose
+        uncached part starts with the same ``SHARE_MIN`` tokens as an earlier admitted row's (the N
+        executions of a design, the M designs of a task) waits for a later wave, which finds that
+        part in the prefix cache instead of computing it again."""
+        if not self.batch_prefill or len(admitted) <= 1:
+            return [self._prefill(key, row) for key, row in admitted]
+        out: list[tuple[_Live, KV]] = []
+        remaining = admitted
+        while remaining:
+            wave, later = [], []
+            for key, row in remaining:
+                ids = row.prompt_ids
+                n = 0 if self.prefix_cache is None else self.prefix_cache.match(ids, len(ids) - 1)[0]
+                shares = self.prefix_cache is not None and any(
+                    _common_prefix(ids, other.prompt_ids) >= n + self.SHARE_MIN for _, other in wave)
+                (later if shares else wave).append((key, row))
+            out += self._prefill_batch(wave)
+            remaining = later
+        return out
+
+    def _prefill_batch(self, rows: list[tuple[int, _Row]]) -> list[tuple[_Live, KV]]:
+        """Rows' uncached prompt parts in one forward pass. Layout per row: its cached prefix
+        right-aligned before column ``P`` (the longest one), its uncached tail right-aligned after it,
+        so that every row's last prompt token is the last column (one logit per row); the columns in
+        between are masked. Each row's states are then gathered into one contiguous run for the prefix
+        cache and the batch cache."""
+        import torch
+
+        if len(rows) == 1:
+            return [self._prefill(*rows[0])]
+        b = self.backend
+        dev = b.device
+        matches = []
+        for _, row in rows:
+            ids = row.prompt_ids
+            n, cached = (0, None) if self.prefix_cache is None else self.prefix_cache.match(ids, len(ids) - 1)
+            self.stats.record_prompt(len(ids), n)
+            matches.append((n, cached))
+        prefix = max(n for n, _ in matches)
+        tail = max(len(row.prompt_ids) - n for (_, row), (n, _) in zip(rows, matches, strict=True))
+        j_rows = len(rows)
+        kw: dict[str, Any] = {b._keep_kw: 1} if b._keep_kw else {}
+        valid = torch.zeros((j_rows, prefix + tail), dtype=torch.bool, device=dev)
+        x = torch.full((j_rows, tail), b._pad_id if b._pad_id is not None else 0, dtype=torch.long, device=dev)
+        positions = torch.zeros((j_rows, tail), dtype=torch.long, device=dev)
+        for j, ((_, row), (n, _)) in enumerate(zip(rows, matches, strict=True)):
+            t = len(row.prompt_ids) - n
+            valid[j, prefix - n : prefix] = True
+            valid[j, prefix + tail - t :] = True
+            x[j, tail - t :] = torch.tensor(row.prompt_ids[n:], dtype=torch.long, device=dev)
+            positions[j, tail - t :] = torch.arange(n, n + t, device=dev)
+        if prefix:
+            layers: KV = []
+            ref = next(c for n, c in matches if c is not None)
+            for i in range(ref.shape[0]):
+                shape = (j_rows, ref.shape[2], prefix, ref.shape[4])
+                k_all, v_all = ref.new_zeros(shape), ref.new_zeros(shape)
+                for j, (n, cached) in enumerate(matches):
+                    if n:
+                        k_all[j, :, prefix - n :] = cached[i, 0]
+                        v_all[j, :, prefix - n :] = cached[i, 1]
+                layers.append((k_all, v_all))
+            kw[b._cache_kw] = new_cache(layers)
+        out = b.model(input_ids=x, attention_mask=valid.long(), position_ids=positions, use_cache=True, **kw)
+        kv_all = cache_layers(b._cache_of(out))
+        tokens, logprobs = self._select_tokens(out.logits[:, -1, :], [row for _, row in rows])
+        result = []
+        for j, ((key, row), (n, _)) in enumerate(zip(rows, matches, strict=True)):
+            idx = valid[j].nonzero()[:, 0]
+            kv = [(k[j : j + 1].index_select(2, idx), v[j : j + 1].index_select(2, idx)) for k, v in kv_all]
+            ids = row.prompt_ids
+            if self.prefix_cache is not None:
+                self.prefix_cache.insert(ids, [(k[0], v[0]) for k, v in kv])
+            b._append(row, tokens[j], logprobs[j])
+            own = self.drafter.row_index(ids + [tokens[j]]) if self.drafter is not None else None
+            if row.finish_reason and self.drafter is not None:
+                self.drafter.remember(own.tokens)
+            result.append((_Live(key, row, len(ids), tokens[j], own), kv))
+        return result
+
     def _prefill(self, key: int, row: _Row) -> tuple[_Live, KV]:
         import torch
 
@@ -288,7 +406,10 @@ class HFStepEngine:
             self.prefix_cache.insert(ids, [(k[0], v[0]) for k, v in kv])
         token, logprob = self._select_tokens(out.logits[:, -1, :], [row])
         b._append(row, token[0], logprob[0])
-        return _Live(key, row, len(ids), token[0]), kv
+        own = self.drafter.row_index(ids + [token[0]]) if self.drafter is not None else None
+        if row.finish_reason and self.drafter is not None:
+            self.drafter.remember(own.tokens)
+        return _Live(key, row, len(ids), token[0], own), kv
 
     def _select_tokens(self, logits: torch.Tensor, rows: list[_Row]) -> tuple[list[int], list[float]]:
         histories = [r.prompt_ids + r.response_ids for r in rows] \
@@ -298,9 +419,13 @@ class HFStepEngine:
 
     def _join(self, joined: list[tuple[_Live, KV]]) -> None:
         """Copy the joining rows' states into the batch cache, right-aligned, widening it if needed."""
+        import torch
+
         if self._cache is None and len(joined) == 1:  # nothing to align with: take the cache as it is
             live, kv = joined[0]
             self._cache, self._width, self._live = new_cache(kv, slack=self.slack_cache), live.n_kv, [live]
+            if self.drafter is not None:
+                self._valid = torch.ones((1, live.n_kv), dtype=torch.bool, device=self.backend.device)
             return
         old = cache_layers(self._cache) if self._cache is not None else None
         width = max([self._width] + [live.n_kv for live, _ in joined])
@@ -321,12 +446,21 @@ class HFStepEngine:
             layers.append((k_all, v_all))
             buffers.append((k_buf, v_buf))
         self._cache = new_cache(layers, slack=self.slack_cache, buffers=buffers)
+        if self.drafter is not None:
+            valid = torch.zeros((b_new, width), dtype=torch.bool, device=self.backend.device)
+            if self._valid is not None and b_old:
+                valid[:b_old, width - self._width :] = self._valid
+            for j, (live, _) in enumerate(joined):
+                valid[b_old + j, width - live.n_kv :] = True
+            self._valid = valid
         self._width = width
         self._live.extend(live for live, _ in joined)
 
     def _decode(self) -> list[tuple[int, Any]]:
         import torch
 
+        if self.drafter is not None:
+            return self._decode_speculative()
         b = self.backend
         live, width = self._live, self._width
         n = torch.tensor([r.n_kv for r in live], dtype=torch.long, device=b.device)
@@ -365,8 +499,15 @@ class HFStepEngine:
         import torch
 
         self._live = [self._live[j] for j in keep]
-        width = max(r.n_kv for r in self._live)
-        cut = self._width - width
+        if self._valid is not None:
+            # holes: the first column any kept row uses, not the longest row, bounds what is kept
+            valid = self._valid[torch.tensor(keep, device=self._valid.device)]
+            cut = int(valid.any(dim=0).nonzero()[0, 0])
+            self._valid = valid[:, cut:]
+            width = self._width - cut
+        else:
+            width = max(r.n_kv for r in self._live)
+            cut = self._width - width
         layers = getattr(self._cache, "layers", None)
         if self.slack_cache and layers and isinstance(layers[0], _slack_layer_class()):
             # one copy per kept row straight into a buffer with spare columns, rather than an index
@@ -388,3 +529,104 @@ class HFStepEngine:
             if cut:
                 set_cache_layers(self._cache, [(k[:, :, cut:], v[:, :, cut:]) for k, v in cache_layers(self._cache)])
         self._width = width
+
+    # -- speculative decoding ----------------------------------------------------------------------
+
+    def _row_states(self, j: int, kv: KV) -> tuple[KV, int]:
+        """Row ``j``'s states as ``(per layer (key, value) [kv_heads, T, head_dim], offset)`` for the
+        prefix cache: a view when its columns are contiguous, else its valid columns gathered."""
+        import torch
+
+        r = self._live[j]
+        if self._valid is None:
+            return [(k[j], v[j]) for k, v in kv], self._width - r.n_kv
+        idx = self._valid[j].nonzero()[:, 0]
+        if idx.numel() == r.n_kv and int(idx[0]) == self._width - r.n_kv:
+            return [(k[j], v[j]) for k, v in kv], self._width - r.n_kv
+        return [(k[j].index_select(1, idx), v[j].index_select(1, idx)) for k, v in kv], 0
+
+    def _decode_speculative(self) -> list[tuple[int, Any]]:
+        """One verify step: every row feeds its pending token and its draft (padded to the longest),
+        accepts a prefix of the draft by the exact rule of :func:`~mx_agents.backends.drafts.accept_or_resample`
+        and samples one token after it; columns it did not accept become holes (module docstring)."""
+        import torch
+
+        from mx_agents.backends.drafts import accept_or_resample
+
+        b, drafter = self.backend, self.drafter
+        live, width = self._live, self._width
+        context = b._context
+        drafts = []
+        for r in live:
+            room = r.row.budget - len(r.row.response_ids) - 1  # the row emits up to len(draft) + 1
+            if context is not None:
+                room = min(room, context - r.n_kv - 1)
+            drafts.append(drafter.draft(r.own, room) if r.row.params.repetition_penalty == 1.0 else [])
+        # how many columns this pass checks: the expected tokens per second of pass time, each row's
+        # draft accepted token by token with its own rate, the pass cost fitted to this machine
+        rates = [self._accept_prior if r.accept is None else r.accept for r in live]
+        k_cols = self._pass_cost.best_width([len(d) for d in drafts], rates)
+        drafts = [d[: k_cols - 1] for d in drafts]
+        n = torch.tensor([r.n_kv for r in live], dtype=torch.long, device=b.device)
+        pad = b._pad_id if b._pad_id is not None else 0
+        tokens = torch.tensor([[r.pending, *d, *([pad] * (k_cols - 1 - len(d)))] for r, d in zip(live, drafts, strict=True)],
+                              dtype=torch.long, device=b.device)
+        # causal among the new columns; a row's padding columns come after its real ones
+        mask = torch.cat([self._valid, torch.ones((len(live), k_cols), dtype=torch.bool, device=b.device)], dim=1).long()
+        positions = n[:, None] + torch.arange(k_cols, device=b.device)[None, :]
+        kw: dict[str, Any] = {b._keep_kw: k_cols} if b._keep_kw else {}
+        t0 = time.perf_counter()
+        out = b.model(input_ids=tokens, attention_mask=mask, position_ids=positions, use_cache=True,
+                      **{b._cache_kw: self._cache}, **kw)
+        logits = out.logits[:, -k_cols:, :].float()  # (forces the computation before the clock stops)
+        self._pass_cost.observe(len(live) * k_cols, time.perf_counter() - t0)
+        self._cache, self._width, self._last_width = b._cache_of(out), width + k_cols, len(live)
+        new_valid = torch.zeros((len(live), k_cols), dtype=torch.bool, device=b.device)
+        stats = self.stats
+        done: list[tuple[int, Any]] = []
+        keep: list[int] = []
+        for j, (r, d) in enumerate(zip(live, drafts, strict=True)):
+            if r.row.params.repetition_penalty != 1.0:
+                hist = [r.row.prompt_ids + r.row.response_ids]
+                toks, lps = select_tokens(logits[j, :1], [r.row.params], [r.row.generator], hist)
+                emitted, lp = toks.tolist(), lps.tolist()
+            else:
+                emitted, lp = accept_or_resample(logits[j, : len(d) + 1], d, r.row.params, r.row.generator)
+            stats.record_draft(len(d), len(emitted) - 1)
+            if d:
+                # tokens checked: the accepted ones, and the first rejected one unless all were taken
+                seen = min(len(d), len(emitted))
+                hits = len(emitted) - 1
+                for x in [1.0] * hits + [0.0] * (seen - hits):
+                    r.accept = (self._accept_prior if r.accept is None else r.accept) * 0.7 + 0.3 * x
+                    self._accept_prior = self._accept_prior * 0.95 + 0.05 * x
+            fed = 1  # the pending token's column
+            for i, (tok, p) in enumerate(zip(emitted, lp, strict=True)):
+                b._append(r.row, tok, p)
+                r.own.extend([tok])
+                if i < len(emitted) - 1:
+                    fed += 1  # an accepted draft token: its column holds its state
+                if r.row.finish_reason:
+                    break
+            new_valid[j, :fed] = True
+            r.n_kv += fed
+            r.pending = emitted[-1]
+            if not r.row.finish_reason:
+                keep.append(j)
+        self._valid = torch.cat([self._valid, new_valid], dim=1)
+        if len(keep) < len(live):
+            kv = cache_layers(self._cache)
+            for j, r in enumerate(live):
+                if not r.row.finish_reason:
+                    continue
+                seq = r.row.prompt_ids + r.row.response_ids
+                if self.prefix_cache is not None:
+                    states, offset = self._row_states(j, kv)
+                    self.prefix_cache.insert(seq[: r.n_kv], states, offset=offset)
+                drafter.remember(seq)
+                done.append((r.key, b._to_completion(r.row)))
+            if keep:
+                self._select(keep)
+            else:
+                self._live, self._cache, self._width, self._valid = [], None, 0, None
+        return done

@@ -172,4 +172,25 @@ def test_batch_metrics_diff_snapshots_into_a_width_histogram_and_hit_rate():
     hist = {k.rsplit("_", 1)[1]: v for k, v in m.items() if "hist" in k}
     assert hist == {"1": 1, "2": 1, "3-4": 2, "5-8": 2, "9-16": 1}
     assert m["rollout/prefix_hit_rate"] == pytest.approx(0.75) and m["rollout/prompt_tokens"] == 200
+    assert "rollout/engine_s" not in m  # the engine did not work between the snapshots
+    stats.engine_s += 1.5
+    assert batch_metrics(stats, before)["rollout/engine_s"] == pytest.approx(1.5)
     assert batch_metrics(BatchStats()) == {}
+
+
+def test_step_batcher_counts_the_seconds_its_engine_works_not_the_seconds_callers_wait():
+    import threading
+
+    from mx_agents.continuous import StepBatcher
+
+    engine = CountdownEngine(step_s=0.01)
+    batcher = StepBatcher(engine)
+    batcher.submit([5])
+    worked = batcher.stats.engine_s
+    assert 0.05 <= worked < 0.5  # five steps of 10 ms
+    idle = threading.Event()
+    t = threading.Thread(target=lambda: (idle.wait(0.2), batcher.submit([2])))
+    t.start()
+    t.join()
+    # the 0.2 s the second caller spent before submitting is not engine time
+    assert 0.02 <= batcher.stats.engine_s - worked < 0.15

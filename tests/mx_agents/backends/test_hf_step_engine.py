@@ -329,3 +329,36 @@ def test_slack_cache_writes_decode_columns_in_place_and_equals_concatenation(tin
     # slack_columns(41) spare ones, which the next steps fill in place; then one re-allocation
     assert len(set(storages)) == 2
     assert storages.count(storages[0]) == 1 + slack_columns(41)
+
+
+def test_rows_admitted_together_prefill_in_waves_and_equal_one_pass_per_row(tiny):
+    """Rows admitted at one step prefill in one pass (cached prefixes of different lengths, tails of
+    different lengths, masked in between); rows sharing a prompt prefix with an earlier admitted row
+    take a second pass that reads it from the prefix cache. Greedy and seeded-sampled replies, their
+    logprobs and the prefix-cache hits equal one pass per row."""
+    params = [GREEDY, SamplingParams(temperature=0.9, max_new_tokens=16, seed=5)]
+
+    def run(batch_prefill: bool):
+        b = _backend(tiny)
+        engine = b._batcher._engine
+        engine.batch_prefill = batch_prefill
+        passes = []  # rows per prefill forward pass
+        single, batch = engine._prefill, engine._prefill_batch
+        engine._prefill = lambda key, row: (passes.append(1), single(key, row))[1]
+        engine._prefill_batch = lambda rows: (passes.append(len(rows)) if len(rows) > 1 else None, batch(rows))[1]
+        b.generate([ChatRequest(CHATS[0], GREEDY)])  # a cached prefix for the system prompt
+        passes.clear()
+        reqs = [ChatRequest(CHATS[i % 4] if i < 4 else CHATS[i % 4] + [{"role": "assistant", "content": "ok"},
+                                                                          {"role": "user", "content": "again"}],
+                            params[i % 2]) for i in range(7)]
+        out = b.generate(reqs)
+        return out, b.batch_stats.cached_tokens, passes
+
+    want, hits_want, one_by_one = run(False)
+    got, hits_got, waves = run(True)
+    assert [c.response_ids for c in got] == [c.response_ids for c in want]
+    for g, w in zip(got, want, strict=True):
+        assert g.logprobs == pytest.approx(w.logprobs, abs=1e-4)
+    assert hits_got == hits_want  # the second wave found what the first one computed
+    assert one_by_one == [1] * 7
+    assert len(waves) == 2 and sum(waves) == 7  # two waves: rows 4-6 share rows 0-2's prompts

@@ -1,0 +1,114 @@
+"""Speculative decoding with n-gram drafts in the HF step engine vs plain decoding (issue 22).
+
+Workload: the embedded SmolLM2-135M (fp32, CPU), ``ROWS`` designer-like requests: the three demo
+designs (``configs/demo_designs``) in the system prompt and a different task each, asking for a design
+script. What an RL designer does after its cold start: write near copies of designs it has seen. One
+untimed round fills the drafter's history (as the earlier steps of a run do); then each round runs
+plain and speculative decoding alternately over the same model object, greedy, so both sides must
+produce the same tokens (asserted) and the time is the only difference. ``extra_info``: per-round
+seconds, decode tokens/s, forward passes and draft acceptance of both sides, the speedup (median of
+per-round ratios).
+
+Run: ``.venv/bin/python -m pytest benchmarks/test_speculative_bench.py --benchmark-only -q``
+(``MX_BENCH_QUICK=1``: fewer rows, tokens and rounds).
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from pathlib import Path
+
+import pytest
+
+from mx_agents.backends.base import ChatRequest, SamplingParams
+
+DESIGNS = Path(__file__).resolve().parents[1] / "configs" / "demo_designs"
+TASKS = ["What is 37 + 48?", "Compute 12 * 13.", "What is 91 - 56?", "Compute (7 + 8) * 3.",
+         "What is 144 / 12?", "Compute 25 * 4 + 3.", "What is 17 * 19?", "Compute 1000 - 387."]
+
+
+def _system() -> str:
+    designs = "\n\n".join(f"```python\n{p.read_text().strip()}\n```" for p in sorted(DESIGNS.glob("*.py")))
+    return ("You design a multi-agent system. Reply with one ```python block that defines `def forward(task):` "
+            "like these designs:\n\n" + designs)
+
+
+@pytest.fixture(scope="module")
+def sizes(bench_quick) -> dict[str, int]:
+    return {"rows": 4, "max_new": 48, "rounds": 2} if bench_quick else {"rows": 6, "max_new": 96, "rounds": 3}
+
+
+@pytest.fixture(scope="module")
+def backends():
+    from mx_agents.backends.embedded import EmbeddedModelUnavailable
+    from mx_agents.backends.hf import HFBackend
+
+    try:
+        plain = HFBackend("default", device="cpu", dtype="float32", max_batch_size=32, batching="step")
+    except EmbeddedModelUnavailable as exc:
+        pytest.skip(f"embedded SmolLM2 not installed: {exc}")
+    spec = HFBackend(plain.model, plain.tokenizer, device="cpu", dtype="float32", max_batch_size=32,
+                     batching="step", speculative={"max_draft": 8, "min_match": 3})
+    return plain, spec
+
+
+def _requests(sizes, offset: int, temperature: float) -> list[ChatRequest]:
+    return [ChatRequest([{"role": "system", "content": _system()},
+                         {"role": "user", "content": TASKS[(i + offset) % len(TASKS)]}],
+                        SamplingParams(temperature=temperature, max_new_tokens=sizes["max_new"], seed=i, stop=()))
+            for i in range(sizes["rows"])]
+
+
+def _run(backend, reqs) -> tuple[float, int, list[list[int]], int]:
+    backend.prefix_cache.clear()
+    steps0 = sum(backend.batch_stats.width_hist.values())
+    t0 = time.perf_counter()
+    comps = backend.generate(reqs)
+    secs = time.perf_counter() - t0
+    steps = sum(backend.batch_stats.width_hist.values()) - steps0
+    return secs, sum(len(c.response_ids) for c in comps), [c.response_ids for c in comps], steps
+
+
+def test_speculative_decoding_vs_plain(benchmark, backends, sizes):
+    plain, spec = backends
+    spec.generate(_requests(sizes, 1, temperature=1.0))  # an earlier step's replies: the drafter's history
+    secs: dict[str, list[float]] = {"plain": [], "spec": []}
+    toks: dict[str, list[int]] = {"plain": [], "spec": []}
+    passes: dict[str, list[int]] = {"plain": [], "spec": []}
+    same: list[bool] = []
+    plain_ids: list[list[list[int]]] = []
+    reqs = _requests(sizes, 0, temperature=0.0)
+
+    def plain_first() -> None:  # untimed by pytest-benchmark, timed here: the neighbouring plain run
+        s, n, ids, steps = _run(plain, reqs)
+        secs["plain"].append(s)
+        toks["plain"].append(n)
+        passes["plain"].append(steps)
+        plain_ids.append(ids)
+
+    def new() -> None:
+        s, n, ids, steps = _run(spec, reqs)
+        secs["spec"].append(s)
+        toks["spec"].append(n)
+        passes["spec"].append(steps)
+        same.append(ids == plain_ids[-1])
+
+    drafted0, accepted0 = spec.batch_stats.draft_tokens, spec.batch_stats.accepted_tokens
+    benchmark.group = "speculative-smollm2"
+    benchmark.pedantic(new, setup=plain_first, rounds=sizes["rounds"], iterations=1, warmup_rounds=0)
+    ratios = [a / b for a, b in zip(secs["plain"], secs["spec"], strict=True)]
+    drafted = spec.batch_stats.draft_tokens - drafted0
+    benchmark.extra_info.update({
+        "rows": sizes["rows"], "max_new_tokens": sizes["max_new"],
+        "spec_s": [round(x, 2) for x in secs["spec"]], "plain_s": [round(x, 2) for x in secs["plain"]],
+        "spec_tokens_per_s": [round(n / s, 1) for n, s in zip(toks["spec"], secs["spec"], strict=True)],
+        "plain_tokens_per_s": [round(n / s, 1) for n, s in zip(toks["plain"], secs["plain"], strict=True)],
+        "forward_passes": {k: v for k, v in passes.items()},
+        "draft_tokens": drafted,
+        "draft_accept_rate": round((spec.batch_stats.accepted_tokens - accepted0) / max(drafted, 1), 3),
+        "speedup": round(statistics.median(ratios), 3), "speedup_per_round": [round(r, 3) for r in ratios],
+        "same_tokens_per_round": same,
+    })
+    assert all(same), "greedy speculative decoding must give the plain tokens"
+    assert all(t > 0 for t in toks["spec"])
