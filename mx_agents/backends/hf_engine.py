@@ -375,7 +375,7 @@ class HFStepEngine:
         kv_all = cache_layers(b._cache_of(out))
         tokens, logprobs = self._select_tokens(out.logits[:, -1, :], [row for _, row in rows])
         result = []
-        for j, ((key, row), (n, _)) in enumerate(zip(rows, matches, strict=True)):
+        for j, (key, row) in enumerate(rows):
             idx = valid[j].nonzero()[:, 0]
             kv = [(k[j : j + 1].index_select(2, idx), v[j : j + 1].index_select(2, idx)) for k, v in kv_all]
             ids = row.prompt_ids
@@ -535,8 +535,6 @@ class HFStepEngine:
     def _row_states(self, j: int, kv: KV) -> tuple[KV, int]:
         """Row ``j``'s states as ``(per layer (key, value) [kv_heads, T, head_dim], offset)`` for the
         prefix cache: a view when its columns are contiguous, else its valid columns gathered."""
-        import torch
-
         r = self._live[j]
         if self._valid is None:
             return [(k[j], v[j]) for k, v in kv], self._width - r.n_kv
