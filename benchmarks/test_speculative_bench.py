@@ -112,3 +112,42 @@ def test_speculative_decoding_vs_plain(benchmark, backends, sizes):
     })
     assert all(same), "greedy speculative decoding must give the plain tokens"
     assert all(t > 0 for t in toks["spec"])
+
+
+def test_prefill_in_waves_vs_one_pass_per_row(benchmark, backends, sizes):
+    """12 executor-like turns admitted at one step (a cached system prompt, then 2 tasks x 3 designs x 2
+    executions: each design's script is shared by its two executions), prefilled to their first token:
+    in waves (one forward pass per wave) vs one pass per row, the same engine alternately."""
+    plain, _ = backends
+    engine = plain._batcher._engine
+    system = _system()
+    rows = 6 if sizes["rows"] < 6 else 12
+    reqs = [ChatRequest([{"role": "system", "content": system},
+                         {"role": "user", "content": f"{TASKS[i // 6]}\n\nScript {i // 2 % 3}: "
+                                                     + "x = compute(task)\n" * (3 + i // 2 % 3)}],
+                        SamplingParams(temperature=0.0, max_new_tokens=1)) for i in range(rows)]
+    warm = ChatRequest([{"role": "system", "content": system}, {"role": "user", "content": "Hi"}],
+                       SamplingParams(temperature=0.0, max_new_tokens=1))
+    secs: dict[bool, list[float]] = {True: [], False: []}
+    firsts: dict[bool, list[list[int]]] = {True: [], False: []}
+
+    def run(waves: bool) -> None:
+        engine.batch_prefill = waves
+        plain.prefix_cache.clear()
+        plain.generate([warm])  # the system prompt is cached, as after earlier turns
+        t0 = time.perf_counter()
+        out = plain.generate(reqs)
+        secs[waves].append(time.perf_counter() - t0)
+        firsts[waves].append([c.response_ids for c in out])
+
+    benchmark.group = "prefill-waves-smollm2"
+    try:
+        benchmark.pedantic(lambda: run(True), setup=lambda: run(False), rounds=sizes["rounds"], iterations=1)
+    finally:
+        engine.batch_prefill = True
+    ratios = [a / b for a, b in zip(secs[False], secs[True], strict=True)]
+    benchmark.extra_info.update({
+        "rows": rows, "waves_s": [round(x, 3) for x in secs[True]], "per_row_s": [round(x, 3) for x in secs[False]],
+        "speedup": round(statistics.median(ratios), 3), "speedup_per_round": [round(r, 3) for r in ratios],
+    })
+    assert firsts[True] == firsts[False]

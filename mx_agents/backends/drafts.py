@@ -1,27 +1,30 @@
-"""N-gram drafts for speculative decoding in the HF step engine, and the exact acceptance rule.
+"""N-gram drafts for speculative decoding in the HF step engine, and the exact verification rule.
 
 Why: on a CPU a decode step of the 135M demo model costs about as much for 6 x 9 tokens as for 6 x 1
 (the weights are streamed once either way), and RL rollouts repeat themselves. The designer's M
 scripts of a step are near copies of the few designs it has learnt; an executor copies the task's
 expression into its tool call. So a draft read off text already seen is often right: replayed on the
-demo's recorded rollouts, an n-gram draft of up to 8 tokens would have given the designer 5.5 tokens
-per verify step and the executor 2.0 (``benchmarks/results/rl_step_time.md``).
+demo's recorded rollouts, drafts of up to 8 tokens (:class:`NgramDrafter`, ``min_match=3``) give the
+designer 6.0 tokens per verify pass and the executor 2.3 (``benchmarks/results/rl_step_time.md``).
 
 Where drafts come from (:class:`NgramDrafter`): the last ``min_match`` tokens of a row are looked up in
 its own prompt and reply (prompt lookup), then in the prompts and replies the engine finished recently
 (the suffix history); the continuation after the best match (the longest agreement further back) is
 the draft.
 
-**Exactness.** A draft only changes how many tokens one forward pass checks, never what is sampled.
-With a draft token ``d`` proposed with certainty, the engine accepts it with probability ``p(d)``
-(``p``: the row's distribution at that position after temperature, top-k and top-p, the same
-distribution :func:`~mx_agents.backends.sampling.select_tokens` draws from) and otherwise draws from
-``p`` with ``d`` removed, renormalised (:func:`accept_or_resample`). The emitted token is then
-distributed exactly as ``p``: ``P(d) = p(d)`` and, for ``t != d``, ``P(t) = (1 - p(d)) * p(t) / (1 - p(d))``.
-This is the speculative-sampling rule of Leviathan et al. / Chen et al. (2023) for a point-mass draft.
-Greedy rows accept a draft token only when it is the argmax. Reported logprobs follow the
-:mod:`~mx_agents.backends.sampling` convention. So the history may hold other episodes' text: nothing
-of it reaches a reply unless the model itself would have sampled it with that probability.
+**Exactness and reproducibility.** A draft only changes how many tokens one forward pass checks,
+never what is sampled. At every position of a reply the engine draws one uniform ``u`` from the
+row's generator and takes the token at quantile ``u`` of the row's distribution (temperature, then
+top-k / top-p, the distribution :func:`~mx_agents.backends.sampling.select_tokens` draws from); a
+draft token is accepted exactly when it is that token (:func:`verify_draft`). Each token is
+therefore distributed as the model's (a draft token is accepted with probability ``p(d)``, the best a
+point-mass draft can do, as in the speculative sampling of Leviathan et al. / Chen et al., 2023), and
+beyond that the reply is the one the same sampler gives one token per pass: what was drafted, how
+many columns a pass checked and which other rows shared it change nothing (up to float round-off
+between batch shapes, as for any batching). Greedy rows accept a draft token only when it is the
+argmax. Reported logprobs follow the :mod:`~mx_agents.backends.sampling` convention. So the history
+may hold other episodes' text: none of it reaches a reply that the model would not have sampled
+with the same random draws anyway.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ from mx_agents.backends.sampling import _truncated_probs, is_greedy
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["NgramDrafter", "PassCost", "RowIndex", "accept_or_resample"]
+__all__ = ["NgramDrafter", "PassCost", "RowIndex", "verify_draft"]
 
 
 class RowIndex:
@@ -233,23 +236,30 @@ def _support(scaled: torch.Tensor, params: SamplingParams) -> tuple[torch.Tensor
     return ids, probs / probs.sum()
 
 
-def _draw(ids: torch.Tensor | None, probs: torch.Tensor, generator: torch.Generator) -> int:
+def _inverse_cdf(ids: torch.Tensor | None, probs: torch.Tensor, u: float) -> int:
+    """The token at quantile ``u`` in [0, 1) of the distribution ``(ids, probs)``."""
     import torch
 
-    j = int(torch.multinomial(probs, 1, generator=generator)[0])
+    cums = probs.double().cumsum(dim=-1)
+    j = int(torch.searchsorted(cums, torch.tensor([u * float(cums[-1])], dtype=torch.float64), right=True)[0])
+    j = min(j, probs.shape[-1] - 1)
+    while float(probs[j]) <= 0.0 and j > 0:  # a quantile on a zero-width step belongs to the token before
+        j -= 1
     return j if ids is None else int(ids[j])
 
 
-def accept_or_resample(
+def verify_draft(
     logits: torch.Tensor,
     draft: Sequence[int],
     params: SamplingParams,
     generator: torch.Generator,
 ) -> tuple[list[int], list[float]]:
     """One row's verify step: ``logits`` ``[len(draft) + 1, V]`` (position ``j`` predicts the token
-    after the pending one and ``draft[:j]``). Returns the tokens to emit (the accepted draft tokens,
-    then one token drawn from the model: the resample at the first rejection, or a new token after a
-    fully accepted draft) and their logprobs (module docstring)."""
+    after the pending one and ``draft[:j]``). Each position draws one uniform from ``generator`` and
+    takes the token at that quantile of the row's distribution (greedy: the argmax); a draft token is
+    accepted when it is that token, and the first token that differs from the draft ends the step. So
+    the tokens, and the generator's state after them, are those of decoding one token per pass with
+    the same generator, whatever was drafted (module docstring). Returns the tokens and their logprobs."""
     import torch
 
     logits = logits.float()
@@ -258,30 +268,13 @@ def accept_or_resample(
     out: list[int] = []
     for j in range(len(draft) + 1):
         if greedy:
-            top = int(logits[j].argmax())
-            out.append(top)
-            if j == len(draft) or top != draft[j]:
-                break
-            continue
-        ids, probs = _support(scaled[j], params)
-        if j == len(draft):
-            out.append(_draw(ids, probs, generator))
+            x = int(logits[j].argmax())
+        else:
+            ids, probs = _support(scaled[j], params)
+            x = _inverse_cdf(ids, probs, float(torch.rand((), generator=generator, dtype=torch.float64)))
+        out.append(x)
+        if j == len(draft) or x != int(draft[j]):
             break
-        d = int(draft[j])
-        at = d if ids is None else (ids == d).nonzero()
-        p_d = float(probs[at]) if ids is None else (float(probs[at[0, 0]]) if at.numel() else 0.0)
-        u = float(torch.rand((), generator=generator))
-        if u < p_d:
-            out.append(d)
-            continue
-        rest = probs.clone()
-        if p_d > 0.0:
-            rest[at if ids is None else at[0, 0]] = 0.0
-        if float(rest.sum()) <= 0.0:  # p(d) == 1 up to rounding: nothing else can be drawn
-            out.append(d)
-            continue
-        out.append(_draw(ids, rest, generator))
-        break
     # logprob(token) = log_softmax(logits / T)[token] at its position (sampling's convention)
     rows = scaled[: len(out)]
     picked = torch.tensor(out, device=logits.device)

@@ -545,11 +545,11 @@ class HFStepEngine:
 
     def _decode_speculative(self) -> list[tuple[int, Any]]:
         """One verify step: every row feeds its pending token and its draft (padded to the longest),
-        accepts a prefix of the draft by the exact rule of :func:`~mx_agents.backends.drafts.accept_or_resample`
+        accepts a prefix of the draft by the exact rule of :func:`~mx_agents.backends.drafts.verify_draft`
         and samples one token after it; columns it did not accept become holes (module docstring)."""
         import torch
 
-        from mx_agents.backends.drafts import accept_or_resample
+        from mx_agents.backends.drafts import verify_draft
 
         b, drafter = self.backend, self.drafter
         live, width = self._live, self._width
@@ -589,7 +589,7 @@ class HFStepEngine:
                 toks, lps = select_tokens(logits[j, :1], [r.row.params], [r.row.generator], hist)
                 emitted, lp = toks.tolist(), lps.tolist()
             else:
-                emitted, lp = accept_or_resample(logits[j, : len(d) + 1], d, r.row.params, r.row.generator)
+                emitted, lp = verify_draft(logits[j, : len(d) + 1], d, r.row.params, r.row.generator)
             stats.record_draft(len(d), len(emitted) - 1)
             if d:
                 # tokens checked: the accepted ones, and the first rejected one unless all were taken

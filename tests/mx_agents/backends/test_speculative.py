@@ -9,7 +9,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
 from mx_agents.backends.base import ChatRequest, SamplingParams  # noqa: E402
-from mx_agents.backends.drafts import NgramDrafter, accept_or_resample  # noqa: E402
+from mx_agents.backends.drafts import NgramDrafter, verify_draft  # noqa: E402
 from mx_agents.backends.hf import HFBackend  # noqa: E402
 from mx_agents.backends.sampling import _truncated_probs  # noqa: E402
 from mx_agents.testing import tiny_llama  # noqa: E402
@@ -32,7 +32,7 @@ def _msgs(i: int) -> list[dict[str, str]]:
 @pytest.mark.parametrize("params", [SamplingParams(temperature=0.7), SamplingParams(temperature=1.0, top_p=0.8),
                                     SamplingParams(temperature=1.0, top_k=2)])
 @pytest.mark.parametrize("draft", [0, 1, 4])
-def test_accept_or_resample_emits_tokens_distributed_exactly_as_the_model(params, draft):
+def test_verify_draft_emits_tokens_distributed_exactly_as_the_model(params, draft):
     """Two positions: whatever the draft, the first token follows p1 and, after an accepted first draft
     token, the second follows p2 (the rule never changes the distribution, only the passes it takes).
     Draft 4 is outside the top-p / top-k set: it must never be emitted at the first position."""
@@ -44,7 +44,7 @@ def test_accept_or_resample_emits_tokens_distributed_exactly_as_the_model(params
     first = torch.zeros(5)
     second = torch.zeros(5)
     for _ in range(n):
-        out, lps = accept_or_resample(logits, [draft], params, gen)
+        out, lps = verify_draft(logits, [draft], params, gen)
         first[out[0]] += 1
         if out[0] == draft:
             assert len(out) >= 2
@@ -57,12 +57,12 @@ def test_accept_or_resample_emits_tokens_distributed_exactly_as_the_model(params
         assert first[4] == 0
 
 
-def test_accept_or_resample_greedy_accepts_only_the_argmax():
+def test_verify_draft_greedy_accepts_only_the_argmax():
     logits = torch.tensor([[0.0, 3.0, 1.0], [2.0, 0.0, 1.0], [0.0, 0.0, 5.0]])
     gen = torch.Generator().manual_seed(0)
-    assert accept_or_resample(logits, [1, 0], GREEDY, gen)[0] == [1, 0, 2]  # both accepted, then the argmax
-    assert accept_or_resample(logits, [1, 2], GREEDY, gen)[0] == [1, 0]  # rejected at the second: argmax there
-    assert accept_or_resample(logits[:1], [], GREEDY, gen)[0] == [1]
+    assert verify_draft(logits, [1, 0], GREEDY, gen)[0] == [1, 0, 2]  # both accepted, then the argmax
+    assert verify_draft(logits, [1, 2], GREEDY, gen)[0] == [1, 0]  # rejected at the second: argmax there
+    assert verify_draft(logits[:1], [], GREEDY, gen)[0] == [1]
 
 
 # -- drafts ---------------------------------------------------------------------------------------
@@ -140,6 +140,29 @@ def test_rows_with_holes_join_leave_and_feed_the_prefix_cache_exactly(tiny):
     assert [c.response_ids for c in got2] == [c.response_ids for c in want2]
     for w, g in zip(want2, got2, strict=True):
         assert g.logprobs == pytest.approx(w.logprobs, abs=1e-4)
+
+
+def test_sampled_replies_do_not_depend_on_drafts_or_pass_widths(tiny, monkeypatch):
+    """One uniform per emitted token: the replies of seeded sampling with drafts (filled history, a
+    pass checking up to 5 columns) are those of the same engine checking one token per pass, token for
+    token, and the generator is left in the same state."""
+    from mx_agents.backends.drafts import PassCost
+
+    model, tok = tiny
+    params = SamplingParams(temperature=0.9, top_p=0.95, max_new_tokens=24, seed=11)
+    reqs = [ChatRequest(_msgs(i), params) for i in range(4)]
+    spec = HFBackend(model, tok, device="cpu", dtype="float32", batching="step", speculative=SPEC)
+    spec.generate(reqs)
+    before = spec.batch_stats.accepted_tokens
+    drafted = spec.generate(reqs)
+    assert spec.batch_stats.accepted_tokens > before  # drafts were accepted on the way
+    monkeypatch.setattr(PassCost, "best_width", lambda self, lengths, accept: 1)
+    single = HFBackend(model, tok, device="cpu", dtype="float32", batching="step", speculative=SPEC)
+    one_by_one = single.generate(reqs)
+    assert single.batch_stats.accepted_tokens == 0
+    assert [c.response_ids for c in drafted] == [c.response_ids for c in one_by_one]
+    for a, b in zip(drafted, one_by_one, strict=True):
+        assert a.logprobs == pytest.approx(b.logprobs, abs=1e-4)
 
 
 def test_sampled_speculative_logprobs_are_the_models_and_drafts_are_reported(tiny):
