@@ -543,6 +543,28 @@ class HFStepEngine:
             return [(k[j], v[j]) for k, v in kv], self._width - r.n_kv
         return [(k[j].index_select(1, idx), v[j].index_select(1, idx)) for k, v in kv], 0
 
+    def _compact(self) -> None:
+        """Rebuild the batch cache without holes: each row's valid columns right-aligned, as after a
+        plain decode. Bounds the cache at twice its rows' states (+64) however many draft tokens were
+        rejected: every rejected draft token leaves a hole, up to ``max_draft`` per row and pass."""
+        import torch
+
+        width = max(r.n_kv for r in self._live)
+        kv, buffers = [], []
+        idx = [self._valid[j].nonzero()[:, 0] for j in range(len(self._live))]
+        for k, v in cache_layers(self._cache):
+            shape = (len(self._live), k.shape[1], width + slack_columns(width), k.shape[3])
+            kb, vb = k.new_zeros(shape), v.new_zeros(shape)
+            for j, r in enumerate(self._live):
+                kb[j, :, width - r.n_kv : width] = k[j].index_select(1, idx[j])
+                vb[j, :, width - r.n_kv : width] = v[j].index_select(1, idx[j])
+            kv.append((kb[:, :, :width], vb[:, :, :width]))
+            buffers.append((kb, vb))
+        self._cache = new_cache(kv, slack=self.slack_cache, buffers=buffers if self.slack_cache else None)
+        n = torch.tensor([r.n_kv for r in self._live], device=self._valid.device)
+        self._valid = torch.arange(width, device=self._valid.device)[None, :] >= (width - n)[:, None]
+        self._width = width
+
     def _decode_speculative(self) -> list[tuple[int, Any]]:
         """One verify step: every row feeds its pending token and its draft (padded to the longest),
         accepts a prefix of the draft by the exact rule of :func:`~mx_agents.backends.drafts.verify_draft`
@@ -612,6 +634,8 @@ class HFStepEngine:
             if not r.row.finish_reason:
                 keep.append(j)
         self._valid = torch.cat([self._valid, new_valid], dim=1)
+        if self._width > 2 * max(r.n_kv for r in live) + 64:
+            self._compact()  # holes are over half the batch cache: close them
         if len(keep) < len(live):
             kv = cache_layers(self._cache)
             for j, r in enumerate(live):

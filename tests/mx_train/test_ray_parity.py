@@ -29,7 +29,8 @@ RAY_ONLY = ("distributed/", "rollout/logprob_diff_", "rollout/weight_sync_s", "m
 # off_policy/mismatch_*: the learner vs the sampling log-probs, which agree to float32 roundoff in
 # both runs (checked below), so their gap is roundoff of roundoff.
 NOT_COMPARED = ("time/", "memory/", "tokens_per_s", "time_s", "rollout/batch_width", "rollout/prefix_hit_rate",
-                "rollout/decode_steps", "rollout/single_row_steps", "rollout/prompt_tokens", "off_policy/mismatch")
+                "rollout/decode_steps", "rollout/single_row_steps", "rollout/prompt_tokens", "off_policy/mismatch",
+                "rollout/engine_", "rollout/draft_")
 
 
 def _run(tmp: Path, backend: str) -> tuple[list[dict], list[list[dict]]]:

@@ -136,6 +136,10 @@ def test_stagewise_schedule_freezes_inactive_role(tmp_path):
     trainer.policy_group.update = watched
     history = trainer.run()
     assert seen == [0, 0] and history[0]["rollout/prefix_hit_rate"] > 0
+    # the engine's working time is part of the rollout's: busy fraction in (0, 1]
+    assert 0 < history[0]["rollout/engine_s"] <= history[0]["time/rollout_s"]
+    assert history[0]["rollout/engine_busy_frac"] == pytest.approx(
+        history[0]["rollout/engine_s"] / history[0]["time/rollout_s"])
     assert [m["phase"] for m in history] == ["executor", "designer"]
     assert history[0]["active/designer"] == 0.0 and history[0]["active/executor"] == 1.0
     # Only the active role's transitions reach the loss: step 0 trains 8 executor sequences, step 1 4 designs.

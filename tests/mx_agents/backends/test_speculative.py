@@ -203,3 +203,34 @@ def test_support_is_the_sampling_distribution_of_select_tokens(params, scale):
         ids, probs = _support(logits[j], params)
         dense = probs if ids is None else torch.zeros(5000).index_put_((ids,), probs)
         assert torch.allclose(dense, want[j], atol=1e-6)
+
+
+def test_holes_are_closed_when_they_fill_half_the_batch_cache(tiny, monkeypatch):
+    """Drafts that are always rejected leave up to max_draft holes per pass: the batch cache is
+    compacted (rows right-aligned again) before it reaches twice its rows' states + 64 columns, and
+    the replies stay the plain engine's."""
+    from mx_agents.backends.drafts import NgramDrafter, PassCost
+
+    model, tok = tiny
+    monkeypatch.setattr(NgramDrafter, "draft", lambda self, own, limit: [7] * min(limit, self.max_draft))
+    monkeypatch.setattr(PassCost, "best_width", lambda self, lengths, accept: 1 + max(lengths))
+    spec = HFBackend(model, tok, device="cpu", dtype="float32", batching="step",
+                     speculative={"max_draft": 8, "min_match": 2})
+    engine = spec._batcher._engine
+    widths = []
+    decode = engine._decode_speculative
+
+    def watched():
+        out = decode()
+        if engine._live:
+            widths.append((engine._width, max(r.n_kv for r in engine._live)))
+        return out
+
+    monkeypatch.setattr(engine, "_decode_speculative", watched)
+    compactions = []
+    compact = engine._compact
+    monkeypatch.setattr(engine, "_compact", lambda: (compactions.append(engine._width), compact())[1])
+    plain = HFBackend(model, tok, device="cpu", dtype="float32", batching="step")
+    reqs = [ChatRequest(_msgs(i), SamplingParams(temperature=0.0, max_new_tokens=40)) for i in range(3)]
+    assert [c.response_ids for c in spec.generate(reqs)] == [c.response_ids for c in plain.generate(reqs)]
+    assert compactions and all(w <= 2 * n + 64 for w, n in widths)
