@@ -81,7 +81,8 @@ def test_corrected_gradient_is_the_advantage_reweighted_by_the_capped_ratio(tiny
     plain.compute_gradients(reference)
     g_corr, g_ref = grads(corrected.model), grads(plain.model)
     for n in g_ref:
-        torch.testing.assert_close(g_corr[n], g_ref[n], rtol=1e-5, atol=1e-7)
+        # float summation order differs between the two losses: 1.5e-7 seen on an avx512 CPU
+        torch.testing.assert_close(g_corr[n], g_ref[n], rtol=1e-4, atol=1e-6)
     # the correction does change the gradient: the uncorrected one on the same data differs
     uncorrected = Learner(copy.deepcopy(model), {**cfg, "off_policy_correction": "none"})
     uncorrected.compute_gradients(mismatched)
