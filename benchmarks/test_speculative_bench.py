@@ -3,8 +3,9 @@
 Workload: the embedded SmolLM2-135M (fp32, CPU), ``ROWS`` designer-like requests: the three demo
 designs (``configs/demo_designs``) in the system prompt and a different task each, asking for a design
 script. What an RL designer does after its cold start: write near copies of designs it has seen. One
-untimed round fills the drafter's history (as the earlier steps of a run do); then each round runs
-plain and speculative decoding alternately over the same model object, greedy, so both sides must
+untimed round (other tasks, sampled) fills the drafter's history, as the earlier steps of a run do,
+and every timed round starts from that history (not from the previous round's identical replies);
+each round runs plain and speculative decoding alternately over the same model object, greedy, so both sides must
 produce the same tokens (asserted) and the time is the only difference. ``extra_info``: per-round
 seconds, decode tokens/s, forward passes and draft acceptance of both sides, the speedup (median of
 per-round ratios).
@@ -71,8 +72,12 @@ def _run(backend, reqs) -> tuple[float, int, list[list[int]], int]:
 
 
 def test_speculative_decoding_vs_plain(benchmark, backends, sizes):
+    import copy
+
     plain, spec = backends
+    engine = spec._batcher._engine
     spec.generate(_requests(sizes, 1, temperature=1.0))  # an earlier step's replies: the drafter's history
+    history = copy.deepcopy(engine.drafter)  # every round starts from it (not from the last round's replies)
     secs: dict[str, list[float]] = {"plain": [], "spec": []}
     toks: dict[str, list[int]] = {"plain": [], "spec": []}
     passes: dict[str, list[int]] = {"plain": [], "spec": []}
@@ -88,6 +93,7 @@ def test_speculative_decoding_vs_plain(benchmark, backends, sizes):
         plain_ids.append(ids)
 
     def new() -> None:
+        engine.drafter = copy.deepcopy(history)
         s, n, ids, steps = _run(spec, reqs)
         secs["spec"].append(s)
         toks["spec"].append(n)
