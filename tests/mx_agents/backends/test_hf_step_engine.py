@@ -362,3 +362,17 @@ def test_rows_admitted_together_prefill_in_waves_and_equal_one_pass_per_row(tiny
     assert hits_got == hits_want  # the second wave found what the first one computed
     assert one_by_one == [1] * 7
     assert len(waves) == 2 and sum(waves) == 7  # two waves: rows 4-6 share rows 0-2's prompts
+
+
+def test_a_wave_without_cached_prefixes_left_pads_and_equals_one_request_at_a_time(tiny):
+    """No prefix cache: the shorter prompts of a wave start with padding columns whose queries see no
+    valid key at all; the replies and logprobs still equal the plain per-request generation's."""
+    msgs = [[{"role": "user", "content": "Hi"}], [{"role": "user", "content": "What is 12 + 30? Think step by step."}],
+            [{"role": "user", "content": "abc " * 20}]]
+    reqs = [ChatRequest(m, SamplingParams(temperature=0.0, max_new_tokens=12)) for m in msgs]
+    got = _backend(tiny, prefix_cache_mb=0.0).generate(reqs)
+    plain = _plain(tiny)
+    want = [plain.generate([r])[0] for r in reqs]
+    assert [c.response_ids for c in got] == [c.response_ids for c in want]
+    for g, w in zip(got, want, strict=True):
+        assert g.logprobs == pytest.approx(w.logprobs, abs=1e-4)
