@@ -48,6 +48,8 @@ what stays resident:
   longer reply budget, for an HF engine at most its ``kv_cache_mb`` (1024 MiB on the CPU). Its
   prefix cache (at most ``prefix_cache_mb``, what the step's prompts put there) is not counted; the
   trainer clears it before each update;
+* speculative decoding (``policy.engine_kwargs.speculative``, HF engine): the n-gram draft history,
+  ``DRAFT_HISTORY_BYTES_PER_TOKEN`` x ``history_tokens`` (31 MiB at the default 200k);
 * async rollouts (``rollout.async``): the engine's own copy of the weights (``dtype x P``) stays
   resident (the next rollout runs beside the update).
 
@@ -145,6 +147,9 @@ class ModelShape:
             (self.hidden + self.q_dim) * 2 + (self.hidden + self.kv_dim) * 2 + (self.hidden + self.intermediate) * 3
         )
         return self.layers * per_layer
+
+
+DRAFT_HISTORY_BYTES_PER_TOKEN = 165  # NgramDrafter: token lists + n-gram index, measured with tracemalloc
 
 
 def model_shape(spec: str) -> ModelShape:
@@ -482,12 +487,19 @@ def plan_host_memory(config: Any, *, learner_procs: int | None = None, host_mem_
                 kv = min(kv, float(ek.get("kv_cache_mb") or 1024.0) * 2**20)
             rollout[f"KV cache ({seqs} seqs x {prompt + reply} tok){label}"] = kv
         phases["rollout"] = rollout
+        spec = ek.get("speculative")
+        if spec and not all(serving.values()):
+            # the HF engine's n-gram history (mx_agents/backends/drafts.py): ~160 B per token held
+            # (tracemalloc: 31 MiB for 200k tokens), kept from one rollout to the next
+            held = 200_000 if spec is True else int(dict(spec).get("history_tokens", 200_000))
+            resident[f"draft history (speculative, {held} tok)"] = DRAFT_HISTORY_BYTES_PER_TOKEN * held
     if async_k and d.backend == "local":
         for role, s in shapes.items():
             if not serving[role]:  # the engine samples with a copy of its own (mx_train/async_rollout.py)
                 label = "" if len(shapes) == 1 else f" ({role})"
                 resident[f"engine weights copy (async, max_staleness {async_k}){label}"] = engine_dtype * s.params()
-    rl_only = sum(v for k, v in resident.items() if "async" in k)  # made when RL starts, after the warm start
+    # made when RL starts, after the warm start: the async engine copy, the drafts' history
+    rl_only = sum(v for k, v in resident.items() if "async" in k or "draft history" in k)
     if rl_only and "warm start" in phases:
         phases["warm start"]["(no async engine copy yet)"] = -rl_only
     peak_phase = max(phases, key=lambda k: sum(phases[k].values()))

@@ -85,6 +85,11 @@ def test_cpu_config_gets_a_host_plan_with_what_stays_resident():
     assert asy.per_gpu_gb["engine weights copy (async, max_staleness 1)"] == pytest.approx(4 * p / 1e9, rel=1e-3)
     assert asy.total_gb - demo.total_gb == pytest.approx(4 * p / 1e9, rel=1e-2)
     assert "warm start 3.33 GB" in asy.why and "warm start 3.33 GB" in demo.why
+    # the demo's speculative decoding keeps an n-gram history of up to 200k tokens (not during the warm start)
+    assert terms["draft history (speculative, 200000 tok)"] == pytest.approx(165 * 200_000 / 1e9, rel=1e-3)
+    nodraft = plan_memory(TrainConfig.from_yaml("configs/demo_cpu.yaml", overrides=[
+        "policy.engine_kwargs.speculative.history_tokens=50000"]), host_mem_gb=24)
+    assert demo.total_gb - nodraft.total_gb == pytest.approx(165 * 150_000 / 1e9, abs=2e-3)  # totals to the MB
     tight = _plan("configs/demo_cpu.yaml", host_mem_gb=2)
     assert not tight.fits and "Try:" in tight.why
 
