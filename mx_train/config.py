@@ -55,7 +55,9 @@ class PolicyConfig:
     thinking: bool = False
     # Keyword arguments of the generation backend's constructor, e.g. for vLLM specs
     # ``{in_process: false}`` (engine core in a process of its own; weights reach it through shared
-    # memory on CPU, CUDA IPC on GPU), ``max_model_len``, ``kv_cache_bytes``, ``tensor_parallel_size``.
+    # memory on CPU, CUDA IPC on GPU), ``max_model_len``, ``kv_cache_bytes``, ``tensor_parallel_size``;
+    # for the HF engine ``kv_cache_mb``, ``prefix_cache_mb``, ``speculative: {max_draft: 8, min_match: 3}``
+    # (n-gram drafts checked in one pass; replies keep the model's distribution, mx_agents/backends/drafts.py).
     engine_kwargs: dict[str, Any] = field(default_factory=dict)
 
 
