@@ -317,35 +317,52 @@ class HFStepEngine:
         out: list[tuple[_Live, KV]] = []
         remaining = admitted
         while remaining:
-            wave, later = [], []
+            # each row's match against the prefix cache as it is now (the earlier waves added to it)
+            wave, matches, later = [], [], []
             for key, row in remaining:
-                ids = row.prompt_ids
-                n = 0 if self.prefix_cache is None else self.prefix_cache.match(ids, len(ids) - 1)[0]
+                match = self._match(row)
                 shares = self.prefix_cache is not None and any(
-                    _common_prefix(ids, other.prompt_ids) >= n + self.SHARE_MIN for _, other in wave)
-                (later if shares else wave).append((key, row))
-            out += self._prefill_batch(wave)
+                    _common_prefix(row.prompt_ids, other.prompt_ids) >= match[0] + self.SHARE_MIN for _, other in wave)
+                if shares:
+                    later.append((key, row))
+                else:
+                    wave.append((key, row))
+                    matches.append(match)
+            out += self._prefill_batch(wave, matches)
             remaining = later
         return out
 
-    def _prefill_batch(self, rows: list[tuple[int, _Row]]) -> list[tuple[_Live, KV]]:
+    def _match(self, row: _Row) -> tuple[int, Any]:
+        """``(n, kv)``: the longest cached prefix of the row's prompt, less its last token (whose logit
+        the prefill needs), from the prefix cache; ``(0, None)`` without one."""
+        ids = row.prompt_ids
+        return (0, None) if self.prefix_cache is None else self.prefix_cache.match(ids, len(ids) - 1)
+
+    def _start_row(self, key: int, row: _Row, token: int, logprob: float) -> _Live:
+        """A prefilled row with its first token sampled, as a running row (with its own n-gram index
+        under speculative decoding; a row that its first token ended goes to the draft history)."""
+        self.backend._append(row, token, logprob)
+        own = None
+        if self.drafter is not None:
+            own = self.drafter.row_index(row.prompt_ids + [token])
+            if row.finish_reason:
+                self.drafter.remember(own.tokens)
+        return _Live(key, row, len(row.prompt_ids), token, own)
+
+    def _prefill_batch(self, rows: list[tuple[int, _Row]], matches: list[tuple[int, Any]]) -> list[tuple[_Live, KV]]:
         """Rows' uncached prompt parts in one forward pass. Layout per row: its cached prefix
         right-aligned before column ``P`` (the longest one), its uncached tail right-aligned after it,
         so that every row's last prompt token is the last column (one logit per row); the columns in
         between are masked. Each row's states are then gathered into one contiguous run for the prefix
-        cache and the batch cache."""
+        cache and the batch cache. ``matches``: each row's :meth:`_match`."""
         import torch
 
         if len(rows) == 1:
-            return [self._prefill(*rows[0])]
+            return [self._prefill(*rows[0], match=matches[0])]
         b = self.backend
         dev = b.device
-        matches = []
-        for _, row in rows:
-            ids = row.prompt_ids
-            n, cached = (0, None) if self.prefix_cache is None else self.prefix_cache.match(ids, len(ids) - 1)
-            self.stats.record_prompt(len(ids), n)
-            matches.append((n, cached))
+        for (_, row), (n, _) in zip(rows, matches, strict=True):
+            self.stats.record_prompt(len(row.prompt_ids), n)
         prefix = max(n for n, _ in matches)
         tail = max(len(row.prompt_ids) - n for (_, row), (n, _) in zip(rows, matches, strict=True))
         j_rows = len(rows)
@@ -381,19 +398,17 @@ class HFStepEngine:
             ids = row.prompt_ids
             if self.prefix_cache is not None:
                 self.prefix_cache.insert(ids, [(k[0], v[0]) for k, v in kv])
-            b._append(row, tokens[j], logprobs[j])
-            own = self.drafter.row_index(ids + [tokens[j]]) if self.drafter is not None else None
-            if row.finish_reason and self.drafter is not None:
-                self.drafter.remember(own.tokens)
-            result.append((_Live(key, row, len(ids), tokens[j], own), kv))
+            result.append((self._start_row(key, row, tokens[j], logprobs[j]), kv))
         return result
 
-    def _prefill(self, key: int, row: _Row) -> tuple[_Live, KV]:
+    def _prefill(self, key: int, row: _Row, match: tuple[int, Any] | None = None) -> tuple[_Live, KV]:
+        """One row's uncached prompt in a forward pass of its own (``match``: its :meth:`_match`, when
+        the caller has it)."""
         import torch
 
         b = self.backend
         ids = row.prompt_ids
-        n, cached = (0, None) if self.prefix_cache is None else self.prefix_cache.match(ids, len(ids) - 1)
+        n, cached = self._match(row) if match is None else match
         self.stats.record_prompt(len(ids), n)
         kw: dict[str, Any] = {b._keep_kw: 1} if b._keep_kw else {}
         if cached is not None:
@@ -405,11 +420,7 @@ class HFStepEngine:
         if self.prefix_cache is not None:
             self.prefix_cache.insert(ids, [(k[0], v[0]) for k, v in kv])
         token, logprob = self._select_tokens(out.logits[:, -1, :], [row])
-        b._append(row, token[0], logprob[0])
-        own = self.drafter.row_index(ids + [token[0]]) if self.drafter is not None else None
-        if row.finish_reason and self.drafter is not None:
-            self.drafter.remember(own.tokens)
-        return _Live(key, row, len(ids), token[0], own), kv
+        return self._start_row(key, row, token[0], logprob[0]), kv
 
     def _select_tokens(self, logits: torch.Tensor, rows: list[_Row]) -> tuple[list[int], list[float]]:
         histories = [r.prompt_ids + r.response_ids for r in rows] \
@@ -536,8 +547,6 @@ class HFStepEngine:
         """Row ``j``'s states as ``(per layer (key, value) [kv_heads, T, head_dim], offset)`` for the
         prefix cache: a view when its columns are contiguous, else its valid columns gathered."""
         r = self._live[j]
-        if self._valid is None:
-            return [(k[j], v[j]) for k, v in kv], self._width - r.n_kv
         idx = self._valid[j].nonzero()[:, 0]
         if idx.numel() == r.n_kv and int(idx[0]) == self._width - r.n_kv:
             return [(k[j], v[j]) for k, v in kv], self._width - r.n_kv

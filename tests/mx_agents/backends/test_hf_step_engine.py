@@ -344,8 +344,9 @@ def test_rows_admitted_together_prefill_in_waves_and_equal_one_pass_per_row(tiny
         engine.batch_prefill = batch_prefill
         passes = []  # rows per prefill forward pass
         single, batch = engine._prefill, engine._prefill_batch
-        engine._prefill = lambda key, row: (passes.append(1), single(key, row))[1]
-        engine._prefill_batch = lambda rows: (passes.append(len(rows)) if len(rows) > 1 else None, batch(rows))[1]
+        engine._prefill = lambda key, row, **kw: (passes.append(1), single(key, row, **kw))[1]
+        engine._prefill_batch = lambda rows, matches: (passes.append(len(rows)) if len(rows) > 1 else None,
+                                                       batch(rows, matches))[1]
         b.generate([ChatRequest(CHATS[0], GREEDY)])  # a cached prefix for the system prompt
         passes.clear()
         reqs = [ChatRequest(CHATS[i % 4] if i < 4 else CHATS[i % 4] + [{"role": "assistant", "content": "ok"},
