@@ -96,18 +96,21 @@ class NgramDrafter:
         seq = [int(t) for t in tokens]
         self._seqs[sid] = seq
         self._held += len(seq)
-        for end in range(n, len(seq)):  # an n-gram at the very end has no continuation
-            self._where.setdefault(tuple(seq[end - n : end]), []).append((sid, end))
-        self._indexed += len(seq) - n
+        self._index(sid, seq)
         while self._held > self.history_tokens and len(self._seqs) > 1:
             _, old = self._seqs.popitem(last=False)
             self._held -= len(old)
         if self._indexed > 4 * max(self._held, 1):  # evicted entries dominate: rebuild the index
             self._where, self._indexed = {}, 0
             for s, q in self._seqs.items():
-                for end in range(n, len(q)):
-                    self._where.setdefault(tuple(q[end - n : end]), []).append((s, end))
-                self._indexed += len(q) - n
+                self._index(s, q)
+
+    def _index(self, sid: int, seq: list[int]) -> None:
+        """Index every n-gram of ``seq`` that has a continuation (not the one at its very end)."""
+        n = self.min_match
+        for end in range(n, len(seq)):
+            self._where.setdefault(tuple(seq[end - n : end]), []).append((sid, end))
+        self._indexed += len(seq) - n
 
     def draft(self, own: RowIndex, limit: int) -> list[int]:
         """Up to ``min(limit, max_draft)`` tokens that may follow ``own.tokens``."""
@@ -117,20 +120,14 @@ class NgramDrafter:
         if k <= 0 or len(seq) < n:
             return []
         key = tuple(seq[-n:])
+        # own tokens first (earlier occurrences: the last one ends at len(seq) itself, no continuation),
+        # then the history's sequences that are still held
+        candidates = [(seq, end) for end in reversed(own.where.get(key, [])[-self.CANDIDATES - 1 :]) if end < len(seq)]
+        candidates += [(self._seqs[sid], end) for sid, end in reversed(self._where.get(key, [])[-self.CANDIDATES :])
+                       if sid in self._seqs]
         best: list[int] = []
         best_rank = (-1, -1)
-        # own tokens: earlier occurrences (the last one ends at len(seq) itself: no continuation)
-        for end in reversed(own.where.get(key, [])[-self.CANDIDATES - 1 :]):
-            if end >= len(seq):
-                continue
-            cont = seq[end : end + k]
-            rank = (_agree(seq, seq, end, n), len(cont))
-            if rank > best_rank:
-                best, best_rank = cont, rank
-        for sid, end in reversed(self._where.get(key, [])[-self.CANDIDATES :]):
-            other = self._seqs.get(sid)
-            if other is None:
-                continue
+        for other, end in candidates:
             cont = other[end : end + k]
             rank = (_agree(seq, other, end, n), len(cont))
             if rank > best_rank:

@@ -243,10 +243,9 @@ class HFBackend:
             from mx_agents.backends.drafts import NgramDrafter
 
             opts = {} if speculative is True else dict(speculative)
-            unknown = set(opts) - {"max_draft", "min_match", "history_tokens"}
-            if unknown:
-                raise ValueError(f"unknown speculative option(s) {sorted(unknown)}; "
-                                 "known: ['history_tokens', 'max_draft', 'min_match']")
+            known = {"max_draft", "min_match", "history_tokens"}
+            if unknown := set(opts) - known:
+                raise ValueError(f"unknown speculative option(s) {sorted(unknown)}; known: {sorted(known)}")
             drafter = NgramDrafter(**opts)
             if batching != "step":
                 logger.warning("speculative decoding needs the step engine; %s decodes without it", self.name)
