@@ -32,14 +32,8 @@ def sizes(bench_quick):
 
 
 @pytest.fixture(scope="module")
-def backend():
-    from mx_agents.backends.embedded import EmbeddedModelUnavailable
-    from mx_agents.backends.hf import HFBackend
-
-    try:
-        return HFBackend("default", device="auto", dtype="float32", max_batch_size=16)
-    except EmbeddedModelUnavailable as exc:
-        pytest.skip(f"embedded SmolLM2 not installed: {exc}")
+def backend(smollm2):
+    return smollm2(device="auto", max_batch_size=16)
 
 
 def _requests(n: int, max_new: int) -> list[ChatRequest]:
@@ -95,7 +89,7 @@ ENGINE_BATCH, ENGINE_TOKENS = 16, 64
 
 
 @pytest.mark.parametrize("engine", ["hf", "vllm"])
-def test_engine_tokens_per_s(benchmark, engine):
+def test_engine_tokens_per_s(benchmark, engine, smollm2):
     """The same 16 prompts x 64 new tokens (T=1, seeded) on the HF decoding loop (fp32, the naive
     side) and on vLLM (bf16, continuous batching). Skips without vLLM (run in .venv-vllm)."""
     if engine == "vllm":
@@ -107,13 +101,7 @@ def test_engine_tokens_per_s(benchmark, engine):
 
         be = get_backend("vllm:default")
     else:
-        from mx_agents.backends.embedded import EmbeddedModelUnavailable
-        from mx_agents.backends.hf import HFBackend
-
-        try:
-            be = HFBackend("default", device="cpu", dtype="float32", max_batch_size=ENGINE_BATCH)
-        except EmbeddedModelUnavailable as exc:
-            pytest.skip(f"embedded SmolLM2 not installed: {exc}")
+        be = smollm2(max_batch_size=ENGINE_BATCH)
     params = [SamplingParams(temperature=1.0, max_new_tokens=ENGINE_TOKENS, seed=i) for i in range(ENGINE_BATCH)]
     reqs = [ChatRequest([{"role": "user", "content": QUESTIONS[i]}], params[i]) for i in range(ENGINE_BATCH)]
     be.generate(reqs[:2])  # warm-up

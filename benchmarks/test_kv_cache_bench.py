@@ -40,14 +40,8 @@ def sizes(bench_quick) -> dict[str, int]:
 
 
 @pytest.fixture(scope="module")
-def backend():
-    from mx_agents.backends.embedded import EmbeddedModelUnavailable
-    from mx_agents.backends.hf import HFBackend
-
-    try:
-        b = HFBackend("default", device="cpu", dtype="float32", max_batch_size=32, batching="step")
-    except EmbeddedModelUnavailable as exc:
-        pytest.skip(f"embedded SmolLM2 not installed: {exc}")
+def backend(smollm2):
+    b = smollm2(max_batch_size=32, batching="step")
     b.generate([ChatRequest([{"role": "user", "content": "Hi"}], SamplingParams(max_new_tokens=4, seed=0))])
     return b
 

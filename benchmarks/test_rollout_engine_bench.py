@@ -58,15 +58,11 @@ def sizes(bench_quick) -> dict[str, float]:
 
 
 @pytest.fixture(scope="module")
-def backends():
+def backends(smollm2):
     """``{"batch": ..., "step": ...}``: the two engines over one model object."""
-    from mx_agents.backends.embedded import EmbeddedModelUnavailable
     from mx_agents.backends.hf import HFBackend
 
-    try:
-        old = HFBackend("default", device="cpu", dtype="float32", max_batch_size=32, batching="batch")
-    except EmbeddedModelUnavailable as exc:
-        pytest.skip(f"embedded SmolLM2 not installed: {exc}")
+    old = smollm2(max_batch_size=32, batching="batch")
     new = HFBackend(old.model, old.tokenizer, device="cpu", dtype="float32", max_batch_size=32, batching="step")
     warm = [ChatRequest([{"role": "user", "content": q}], SamplingParams(max_new_tokens=4, seed=0)) for q in TASKS[:3]]
     for b in (old, new):  # first calls pay one-off costs (allocator, kernels) that no case should carry

@@ -41,14 +41,10 @@ def sizes(bench_quick) -> dict[str, int]:
 
 
 @pytest.fixture(scope="module")
-def backends():
-    from mx_agents.backends.embedded import EmbeddedModelUnavailable
+def backends(smollm2):
     from mx_agents.backends.hf import HFBackend
 
-    try:
-        plain = HFBackend("default", device="cpu", dtype="float32", max_batch_size=32, batching="step")
-    except EmbeddedModelUnavailable as exc:
-        pytest.skip(f"embedded SmolLM2 not installed: {exc}")
+    plain = smollm2(max_batch_size=32, batching="step")
     spec = HFBackend(plain.model, plain.tokenizer, device="cpu", dtype="float32", max_batch_size=32,
                      batching="step", speculative={"max_draft": 8, "min_match": 3})
     return plain, spec
