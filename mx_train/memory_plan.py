@@ -473,6 +473,7 @@ def plan_host_memory(config: Any, *, learner_procs: int | None = None, host_mem_
                f"logits chunk ({chunk} tok)": logits, "(no RL moments yet)": -rl_moments}
         phases["warm start"] = sft
     async_k = r.async_.max_staleness if r.async_ is not None else None
+    rl_only: set[str] = set()  # resident terms made when RL starts, after the warm start
     if d.backend == "local":
         prompt = max(r.designer.max_prompt_tokens or DEFAULT_PROMPT_TOKENS,
                      r.executor.max_prompt_tokens or DEFAULT_PROMPT_TOKENS)
@@ -492,16 +493,18 @@ def plan_host_memory(config: Any, *, learner_procs: int | None = None, host_mem_
             # the HF engine's n-gram history (mx_agents/backends/drafts.py): ~160 B per token held
             # (tracemalloc: 31 MiB for 200k tokens), kept from one rollout to the next
             held = 200_000 if spec is True else int(dict(spec).get("history_tokens", 200_000))
-            resident[f"draft history (speculative, {held} tok)"] = DRAFT_HISTORY_BYTES_PER_TOKEN * held
+            key = f"draft history (speculative, {held} tok)"
+            resident[key] = DRAFT_HISTORY_BYTES_PER_TOKEN * held
+            rl_only.add(key)
     if async_k and d.backend == "local":
         for role, s in shapes.items():
             if not serving[role]:  # the engine samples with a copy of its own (mx_train/async_rollout.py)
                 label = "" if len(shapes) == 1 else f" ({role})"
-                resident[f"engine weights copy (async, max_staleness {async_k}){label}"] = engine_dtype * s.params()
-    # made when RL starts, after the warm start: the async engine copy, the drafts' history
-    rl_only = sum(v for k, v in resident.items() if "async" in k or "draft history" in k)
+                key = f"engine weights copy (async, max_staleness {async_k}){label}"
+                resident[key] = engine_dtype * s.params()
+                rl_only.add(key)
     if rl_only and "warm start" in phases:
-        phases["warm start"]["(no async engine copy yet)"] = -rl_only
+        phases["warm start"]["(no async engine copy or draft history yet)"] = -sum(resident[k] for k in rl_only)
     peak_phase = max(phases, key=lambda k: sum(phases[k].values()))
     terms = dict(resident)
     for k, v in phases[peak_phase].items():
@@ -510,7 +513,7 @@ def plan_host_memory(config: Any, *, learner_procs: int | None = None, host_mem_
     rl_free = phases[peak_phase].get("(no RL moments yet)", 0.0)
     if rl_free:
         for k in list(terms):
-            if k.startswith("AdamW moments") or "async" in k:
+            if k.startswith("AdamW moments") or k in rl_only:
                 terms[k] = 0.0  # not yet created during the warm start
     total = sum(terms.values()) / 1e9
     budget = float(host_mem_gb) if host_mem_gb is not None else host_memory_total_gb()
